@@ -1,0 +1,208 @@
+"""The ``pricepipe`` command.
+
+Core subcommands live here (``up``, ``migrate``, ``status``, ``config``);
+each role package contributes its own through a light ``<role>/cli.py``
+module exposing ``register(subparsers)``. Those modules are imported only
+here, when the parser is built, and must defer heavy imports (numpy,
+FastAPI, websockets) into their handlers so that ``pricepipe --help`` stays
+fast.
+
+Every handler is ``handler(args) -> int`` (the exit code). Settings come from
+the environment with flags overriding (see :func:`redis_settings`,
+:func:`database_settings`); when no URL is configured and ``pricepipe up`` is
+running with embedded servers, their URLs are read from its state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import DatabaseSettings, RedisSettings, RuntimeSettings
+from .exceptions import PricepipeError
+from .logs import setup_logging
+
+log = logging.getLogger("pricepipe")
+
+#: Role packages adding subcommands (imported lazily, when the parser is built).
+ROLE_CLI_MODULES = ("publisher.cli", "workers.cli", "subscriber.cli", "api.cli")
+
+#: Written by ``pricepipe up`` while it runs embedded servers.
+EMBEDDED_ENV_FILE = "embedded.env"
+
+
+def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
+    return RuntimeSettings.from_env(
+        data_dir=getattr(args, "data_dir", None), log_level=getattr(args, "log_level", None)
+    )
+
+
+def embedded_env(args: argparse.Namespace) -> dict[str, str]:
+    """URLs published by a running ``pricepipe up`` (empty if none)."""
+    path = Path(runtime_settings(args).data_dir) / EMBEDDED_ENV_FILE
+    out: dict[str, str] = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.startswith("PRICEPIPE_"):
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def _environ(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in embedded_env(args).items():
+        env.setdefault(key, value)
+    return env
+
+
+def redis_settings(args: argparse.Namespace) -> RedisSettings:
+    """Redis settings from env (or a running ``up``), ``--redis-url`` winning."""
+    return RedisSettings.from_env(_environ(args), url=getattr(args, "redis_url", None))
+
+
+def database_settings(args: argparse.Namespace) -> DatabaseSettings:
+    """Database settings from env (or a running ``up``), ``--database-url`` winning."""
+    return DatabaseSettings.from_env(_environ(args), url=getattr(args, "database_url", None))
+
+
+def add_server_flags(parser: argparse.ArgumentParser, *, redis: bool = True,
+                     database: bool = True) -> None:
+    """The ``--redis-url`` / ``--database-url`` flags, for subcommands that connect."""
+    if redis:
+        parser.add_argument("--redis-url", help="Redis URL (env PRICEPIPE_REDIS_URL)")
+    if database:
+        parser.add_argument("--database-url",
+                            help="PostgreSQL URL (env PRICEPIPE_DATABASE_URL)")
+
+
+# --- core subcommands ------------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .connections import pg_connect
+    from .migrate import migrate
+
+    conn = pg_connect(database_settings(args).require_url(), application_name="pricepipe-migrate")
+    try:
+        done = migrate(conn)
+    finally:
+        conn.close()
+    print(f"applied {len(done)} migration(s)" + (f": {done}" if done else ""))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, render
+
+    report = collect(redis_settings(args), database_settings(args))
+    if args.json:
+        from .codec import encode_json
+
+        print(encode_json(report).decode())
+    else:
+        print(render(report))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    rows = [row for cls in all_settings() for row in cls.documentation()]
+    if args.markdown:
+        print("| variable | default | meaning |")
+        print("| --- | --- | --- |")
+        for name, default, help_text in rows:
+            print(f"| `{name}` | `{default}` | {help_text} |")
+    else:
+        width = max(len(r[0]) for r in rows)
+        for name, default, help_text in rows:
+            print(f"{name:<{width}}  {default:<12}  {help_text}")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .supervisor import run_up
+
+    return run_up(args)
+
+
+def all_settings() -> list[type]:
+    """Every settings class: the core's and each role's ``SETTINGS`` tuple."""
+    from .config import CORE_SETTINGS
+
+    found: list[type] = list(CORE_SETTINGS)
+    for module_name in ROLE_CLI_MODULES:
+        package = module_name.split(".")[0]
+        try:
+            module = importlib.import_module(f"{package}.settings")
+        except ModuleNotFoundError:
+            continue
+        found.extend(getattr(module, "SETTINGS", ()))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pricepipe", description="Market-data pipeline: publish, persist, serve.")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (env PRICEPIPE_LOG_LEVEL)")
+    parser.add_argument("--data-dir", help="state directory (env PRICEPIPE_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="run the whole pipeline (embedded servers unless URLs are set)")
+    add_server_flags(p)
+    p.add_argument("--symbols", type=int, default=10, help="number of demo GBM symbols")
+    p.add_argument("--rate", type=float, default=5.0, help="ticks per second per symbol")
+    p.add_argument("--api-port", type=int, default=None, help="HTTP port (default: free port)")
+    p.add_argument("--ws-port", type=int, default=None, help="websocket port (default: free)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("migrate", help="apply database migrations (safe to run twice)")
+    add_server_flags(p, redis=False)
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("status", help="streams, lag, pending, rows, jobs")
+    add_server_flags(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("config", help="list every environment variable and its default")
+    p.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    p.set_defaults(func=_cmd_config)
+
+    for module_name in ROLE_CLI_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runtime = runtime_settings(args)
+    setup_logging(runtime.log_level, json=runtime.log_json)
+    try:
+        code: Any = args.func(args)
+    except PricepipeError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Encoding and decoding of ticks: the one codec every role uses.
+
+Pure functions, no I/O.
+
+* Stream entries (Redis): a flat field map, see :func:`encode_fields`.
+  Numbers are written as their shortest exact text (``repr`` of a float), so
+  ``decode_fields(encode_fields(t)) == t`` for every valid tick.
+* JSON (websocket and HTTP): :func:`tick_to_dict` / :func:`encode_json`.
+* Redis entry IDs (``"<ms>-<seq>"``) pack into one signed 64-bit integer for
+  the database's unique key, see :func:`pack_entry_id`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .clock import format_us
+from .exceptions import DecodeError
+from .tick import Tick
+
+# Field names inside a stream entry. Short, because they are stored per entry.
+F_SYMBOL = b"sym"
+F_TS = b"ts"
+F_PRICE = b"px"
+F_SIZE = b"sz"
+F_SOURCE = b"src"
+F_RECV_TS = b"rts"
+
+#: Entry IDs pack as ``ms << SEQ_BITS | seq``: 42 bits of milliseconds last
+#: until the year 2109, and 21 bits allow two million entries per stream per
+#: millisecond; together 63 bits, a PostgreSQL ``bigint``.
+SEQ_BITS = 21
+_SEQ_MAX = (1 << SEQ_BITS) - 1
+_MS_MAX = (1 << (63 - SEQ_BITS)) - 1
+
+
+def encode_fields(tick: Tick) -> dict[bytes, bytes | str | int]:
+    """Field map for ``XADD``. Optional fields are left out when unset."""
+    fields: dict[bytes, bytes | str | int] = {
+        F_SYMBOL: tick.symbol,
+        F_TS: tick.ts_us,
+        F_PRICE: repr(tick.price),
+        F_SOURCE: tick.source,
+    }
+    if tick.size is not None:
+        fields[F_SIZE] = repr(tick.size)
+    if tick.recv_ts_us is not None:
+        fields[F_RECV_TS] = tick.recv_ts_us
+    return fields
+
+
+def decode_fields(fields: Mapping[bytes, bytes]) -> Tick:
+    """Tick from a stream entry's field map, as redis-py returns it with
+    ``decode_responses=False``.
+
+    Raises :exc:`DecodeError` when a field is missing or unreadable and
+    :exc:`InvalidTickError` when the values are out of bounds; both are
+    ``ValueError``, so one ``except ValueError`` catches every bad entry.
+    """
+    try:
+        symbol = fields[F_SYMBOL].decode()
+        ts_us = int(fields[F_TS])
+        price = float(fields[F_PRICE])
+        source = fields[F_SOURCE].decode()
+        size = fields.get(F_SIZE)
+        recv = fields.get(F_RECV_TS)
+        size_f = None if size is None else float(size)
+        recv_us = None if recv is None else int(recv)
+    except KeyError as exc:
+        raise DecodeError(f"stream entry lacks field {exc.args[0]!r}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DecodeError(f"unreadable stream entry: {exc}") from exc
+    return Tick(symbol, ts_us, price, size_f, source, recv_us)
+
+
+def tick_to_dict(tick: Tick, entry_id: str | None = None) -> dict[str, Any]:
+    """JSON-ready dict: ``ts`` as ISO-8601 UTC plus exact ``ts_us``."""
+    out: dict[str, Any] = {
+        "symbol": tick.symbol,
+        "ts": format_us(tick.ts_us),
+        "ts_us": tick.ts_us,
+        "price": tick.price,
+        "size": tick.size,
+        "source": tick.source,
+    }
+    if tick.recv_ts_us is not None:
+        out["recv_ts_us"] = tick.recv_ts_us
+    if entry_id is not None:
+        out["id"] = entry_id
+    return out
+
+
+def tick_from_dict(data: Mapping[str, Any]) -> Tick:
+    """Inverse of :func:`tick_to_dict` (``ts_us`` wins over ``ts``).
+
+    Raises :exc:`DecodeError` or :exc:`InvalidTickError`.
+    """
+    if not isinstance(data, Mapping):
+        raise DecodeError("tick must be a JSON object")
+    try:
+        return Tick(
+            data["symbol"],
+            data["ts_us"],
+            data["price"],
+            data.get("size"),
+            data.get("source", "unknown"),
+            data.get("recv_ts_us"),
+        )
+    except KeyError as exc:
+        raise DecodeError(f"tick lacks field {exc.args[0]!r}") from exc
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact JSON bytes (orjson: floats as shortest exact text)."""
+    return orjson.dumps(obj)
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Parse JSON; raises :exc:`DecodeError` on malformed input."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}") from exc
+
+
+def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)``; raises :exc:`DecodeError`."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, sep, seq = text.partition("-")
+    try:
+        if not sep:
+            return int(ms), 0
+        ms_i, seq_i = int(ms), int(seq)
+    except ValueError as exc:
+        raise DecodeError(f"invalid stream entry id {text!r}") from exc
+    if ms_i < 0 or seq_i < 0:
+        raise DecodeError(f"invalid stream entry id {text!r}")
+    return ms_i, seq_i
+
+
+def pack_entry_id(entry_id: bytes | str) -> int:
+    """Pack an entry ID into a non-negative 63-bit integer, order preserving.
+
+    Raises :exc:`DecodeError` when it does not fit (see :data:`SEQ_BITS`).
+    """
+    ms, seq = parse_entry_id(entry_id)
+    if ms > _MS_MAX or seq > _SEQ_MAX:
+        raise DecodeError(f"stream entry id {entry_id!r} does not fit in 63 bits")
+    return (ms << SEQ_BITS) | seq
+
+
+def unpack_entry_id(packed: int) -> str:
+    """Inverse of :func:`pack_entry_id`."""
+    return f"{packed >> SEQ_BITS}-{packed & _SEQ_MAX}"

@@ -1,0 +1,68 @@
+"""Connection factories. Nothing here runs at import time: callers create
+connections from settings and pass them on explicitly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import redis
+import redis.asyncio
+
+from .config import RedisSettings
+
+#: What the rest of the code accepts as "a Redis connection".
+RedisClient = redis.Redis | redis.RedisCluster
+
+
+def redis_client(settings: RedisSettings, **kwargs: Any) -> Any:
+    """A synchronous client (``decode_responses=False``: codecs work on bytes).
+
+    In cluster mode a :class:`redis.RedisCluster`; key names keep each
+    multi-key command inside one hash slot (see :mod:`pricepipe.keys`).
+    """
+    url = settings.require_url()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": min(settings.socket_timeout_s, 5.0),
+        "health_check_interval": 30,
+    }
+    options.update(kwargs)
+    if settings.cluster:
+        options.pop("health_check_interval", None)
+        return redis.RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def async_redis_client(settings: RedisSettings, **kwargs: Any) -> Any:
+    """An asyncio client, same options as :func:`redis_client`."""
+    url = settings.require_url()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": min(settings.socket_timeout_s, 5.0),
+    }
+    options.update(kwargs)
+    if settings.cluster:
+        return redis.asyncio.RedisCluster.from_url(url, **options)
+    return redis.asyncio.Redis.from_url(url, **options)
+
+
+def pg_connect(
+    url: str, *, application_name: str = "pricepipe", readonly: bool = False,
+    statement_timeout_ms: int | None = None, connect_timeout_s: int = 5,
+) -> psycopg2.extensions.connection:
+    """A psycopg2 connection. ``readonly`` makes every transaction read-only
+    (defence in depth beside the read-only role the API should use)."""
+    options = []
+    if statement_timeout_ms is not None:
+        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+    conn = psycopg2.connect(
+        url,
+        application_name=application_name,
+        connect_timeout=connect_timeout_s,
+        options=" ".join(options) or None,
+    )
+    if readonly:
+        conn.set_session(readonly=True)
+    return conn

@@ -1,0 +1,64 @@
+"""Every error pricepipe raises on purpose.
+
+* :exc:`PricepipeError`
+    * :exc:`ConfigError` - a setting is missing or malformed.
+    * :exc:`InvalidTickError` - a tick fails validation (also a ``ValueError``).
+    * :exc:`DecodeError` - bytes that should hold a tick or message do not
+      (also a ``ValueError``).
+    * :exc:`UpstreamError` - an upstream price API failed or answered garbage.
+        * :exc:`BadResponseError` - the answer could not be parsed into quotes.
+    * :exc:`BackpressureError` - Redis is near its memory limit and the
+      publisher's policy is to refuse rather than block.
+    * :exc:`EmbeddedServerError` - an embedded redis-server or PostgreSQL
+      could not be found or started.
+    * :exc:`MigrationError` - a schema migration failed.
+
+Messages are lower-case; the offending value is kept as an attribute where
+it helps a caller react, and the original error is chained with ``from``.
+"""
+
+from __future__ import annotations
+
+
+class PricepipeError(Exception):
+    """Base class of every error raised on purpose by pricepipe."""
+
+
+class ConfigError(PricepipeError):
+    """A setting is missing or malformed."""
+
+
+class InvalidTickError(PricepipeError, ValueError):
+    """A tick failed validation; ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DecodeError(PricepipeError, ValueError):
+    """Bytes that should hold a tick or a protocol message do not."""
+
+
+class UpstreamError(PricepipeError):
+    """An upstream price API failed (network, HTTP status, rate limit)."""
+
+
+class BadResponseError(UpstreamError):
+    """An upstream answer could not be parsed into valid quotes."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BackpressureError(PricepipeError):
+    """Redis memory is near its limit and the policy says refuse."""
+
+
+class EmbeddedServerError(PricepipeError):
+    """An embedded server binary could not be found or did not start."""
+
+
+class MigrationError(PricepipeError):
+    """A schema migration could not be applied."""

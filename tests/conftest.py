@@ -1,0 +1,210 @@
+"""Fixtures: throwaway real servers on free ports.
+
+* ``redis_server`` / ``pg_server`` (session): a ``redis-server`` with AOF and a
+  PostgreSQL cluster started by the test run itself, never the machine's
+  standard ports. Tests may stop, kill and restart them; the function-scoped
+  fixtures below bring them back up.
+* ``redis_url`` (function): the session Redis, flushed before the test.
+* ``database_url`` (function): a fresh database cloned from a migrated
+  template, so every test starts from the current schema with no rows.
+* ``make_redis_server`` / ``make_pg_server``: private servers for tests that
+  need their own (chaos, cluster), stopped at the end of the test.
+* ``spawn``: start a ``pricepipe`` subprocess; killed at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+from psycopg2 import sql
+
+from pricepipe.config import DatabaseSettings, RedisSettings
+from pricepipe.embedded import PostgresServer, RedisServer
+from pricepipe.keys import Keys
+from pricepipe.migrate import migrate
+
+TEMPLATE_DB = "pricepipe_template"
+TEST_DB = "pricepipe_test"
+TEST_SHARDS = 4
+TEST_PREFIX = "pp"
+
+
+def _reachable_tempdir(prefix: str) -> Path:
+    # mkdtemp makes 0700 directories; PostgreSQL may run as another user
+    # (we are often root) and must be able to enter it.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def servers_dir() -> Iterator[Path]:
+    path = _reachable_tempdir("pricepipe-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(servers_dir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(servers_dir: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(servers_dir / "pg", database=TEMPLATE_DB, fsync=False)
+    server.start()
+    conn = psycopg2.connect(server.url_for(TEMPLATE_DB))
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+def recreate_database(server: PostgresServer, name: str, template: str = TEMPLATE_DB) -> str:
+    conn = psycopg2.connect(server.url_for("postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)))
+    finally:
+        conn.close()
+    return server.url_for(name)
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> str:
+    if not pg_server.running:
+        pg_server.start()
+    return recreate_database(pg_server, TEST_DB)
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> RedisSettings:
+    return RedisSettings(url=redis_url, prefix=TEST_PREFIX, shards=TEST_SHARDS)
+
+
+@pytest.fixture
+def db_settings(database_url: str) -> DatabaseSettings:
+    return DatabaseSettings(url=database_url)
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(TEST_PREFIX, TEST_SHARDS)
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Any]:
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pipeline_env(redis_url: str, database_url: str) -> dict[str, str]:
+    """Environment for a ``pricepipe`` subprocess talking to the test servers."""
+    env = dict(os.environ)
+    env.update({
+        "PRICEPIPE_REDIS_URL": redis_url,
+        "PRICEPIPE_DATABASE_URL": database_url,
+        "PRICEPIPE_REDIS_SHARDS": str(TEST_SHARDS),
+        "PRICEPIPE_REDIS_PREFIX": TEST_PREFIX,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.fixture
+def make_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def make(**kwargs: Any) -> RedisServer:
+        server = RedisServer(_reachable_tempdir("pricepipe-redis-"), **kwargs)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_pg_server() -> Iterator[Callable[..., PostgresServer]]:
+    started: list[PostgresServer] = []
+
+    def make(**kwargs: Any) -> PostgresServer:
+        kwargs.setdefault("fsync", False)
+        server = PostgresServer(_reachable_tempdir("pricepipe-pg-"), **kwargs)
+        server.start()
+        conn = psycopg2.connect(server.url)
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.kill()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """``spawn(["persist", "--burst"], env=...)`` runs ``python -m pricepipe ...``."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], *, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "pricepipe", *args], env=env, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,109 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pricepipe import codec
+from pricepipe.clock import format_us, parse_time_us
+from pricepipe.exceptions import DecodeError, InvalidTickError
+from pricepipe.tick import MAX_TS_US, MIN_TS_US, Tick
+
+symbols = st.from_regex(r"[A-Z0-9][A-Z0-9._:-]{0,31}", fullmatch=True)
+prices = st.floats(min_value=1e-12, max_value=1e15, allow_nan=False, allow_infinity=False)
+sizes = st.none() | st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+times = st.integers(min_value=MIN_TS_US, max_value=MAX_TS_US - 1)
+ticks = st.builds(
+    Tick, symbols, times, prices, sizes,
+    st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,31}", fullmatch=True), st.none() | times,
+)
+
+
+def _as_redis_returns(fields: dict) -> dict[bytes, bytes]:
+    # redis-py sends str/int values as their text; it hands back bytes.
+    return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in fields.items()}
+
+
+@given(ticks)
+def test_stream_fields_round_trip_exactly(tick: Tick) -> None:
+    assert codec.decode_fields(_as_redis_returns(codec.encode_fields(tick))) == tick
+
+
+@given(ticks)
+def test_json_round_trip_exactly(tick: Tick) -> None:
+    data = codec.decode_json(codec.encode_json(codec.tick_to_dict(tick, "1-0")))
+    assert data["id"] == "1-0"
+    assert codec.tick_from_dict(data) == tick
+
+
+@pytest.mark.parametrize("price", [0.0, -1.0, math.nan, math.inf, -math.inf, "1.0", True, None])
+def test_bad_prices_are_rejected(price: object) -> None:
+    with pytest.raises(InvalidTickError) as info:
+        Tick("AAPL", MIN_TS_US, price)  # type: ignore[arg-type]
+    assert info.value.field == "price"
+
+
+@pytest.mark.parametrize("symbol", ["", "aapl", "A{B}", "A/B", "A B", "X" * 33, 7])
+def test_bad_symbols_are_rejected(symbol: object) -> None:
+    with pytest.raises(InvalidTickError, match="symbol"):
+        Tick(symbol, MIN_TS_US, 1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ts_us", [0, 1_700_000_000, MAX_TS_US, 1.5e15, -1])
+def test_absurd_timestamps_are_rejected(ts_us: object) -> None:
+    with pytest.raises(InvalidTickError, match="ts_us"):
+        Tick("AAPL", ts_us, 1.0)  # type: ignore[arg-type]
+
+
+def test_integer_price_becomes_float() -> None:
+    tick = Tick("AAPL", MIN_TS_US, 3, 2)
+    assert type(tick.price) is float and type(tick.size) is float
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {b"sym": b"AAPL", b"ts": b"x", b"px": b"1", b"src": b"gbm"},
+        {b"sym": b"AAPL", b"ts": b"1700000000000000", b"src": b"gbm"},
+        {b"sym": b"\xff", b"ts": b"1700000000000000", b"px": b"1", b"src": b"gbm"},
+    ],
+)
+def test_undecodable_entries_raise_decode_error(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_fields(fields)
+
+
+def test_invalid_values_in_entries_raise_value_error() -> None:
+    with pytest.raises(ValueError):
+        codec.decode_fields({b"sym": b"AAPL", b"ts": b"1700000000000000", b"px": b"nan",
+                             b"src": b"gbm"})
+
+
+@given(st.integers(0, (1 << 42) - 1), st.integers(0, (1 << 21) - 1))
+def test_entry_id_packing_round_trips_and_orders(ms: int, seq: int) -> None:
+    packed = codec.pack_entry_id(f"{ms}-{seq}")
+    assert 0 <= packed < 1 << 63
+    assert codec.unpack_entry_id(packed) == f"{ms}-{seq}"
+    assert codec.pack_entry_id(f"{ms}-{seq + 1}") > packed or seq + 1 > (1 << 21) - 1
+
+
+@pytest.mark.parametrize("bad", ["x-1", "1-x", "-1-0", f"{1 << 42}-0", f"1-{1 << 21}"])
+def test_bad_entry_ids(bad: str) -> None:
+    with pytest.raises(DecodeError):
+        codec.pack_entry_id(bad)
+
+
+def test_decode_json_errors_are_decode_errors() -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_json(b"{nope")
+
+
+def test_time_parsing() -> None:
+    assert parse_time_us("2026-01-02T03:04:05.000006Z") == 1767323045000006
+    assert parse_time_us("2026-01-02T03:04:05.000006") == 1767323045000006
+    assert parse_time_us("1767323045") == 1767323045000000
+    assert parse_time_us("1767323045123") == 1767323045123000
+    assert format_us(1767323045000006) == "2026-01-02T03:04:05.000006Z"
+    with pytest.raises(ValueError):
+        parse_time_us("yesterday")
