@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DatabaseSettings, RedisSettings, RuntimeSettings
+from .config import DatabaseSettings, RedisSettings, RuntimeSettings, Settings
 from .exceptions import PricepipeError
 from .logs import setup_logging
 
@@ -133,11 +133,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run_up(args)
 
 
-def all_settings() -> list[type]:
+def all_settings() -> list[type[Settings]]:
     """Every settings class: the core's and each role's ``SETTINGS`` tuple."""
     from .config import CORE_SETTINGS
 
-    found: list[type] = list(CORE_SETTINGS)
+    found: list[type[Settings]] = list(CORE_SETTINGS)
     for module_name in ROLE_CLI_MODULES:
         package = module_name.split(".")[0]
         try:

@@ -64,6 +64,7 @@ def cholesky_factor(correlation: FloatArray, n: int) -> FloatArray:
     if not np.allclose(corr, corr.T) or not np.allclose(np.diag(corr), 1.0):
         raise ValueError("correlation must be symmetric with a unit diagonal")
     try:
-        return np.linalg.cholesky(corr)
+        factor = np.asarray(np.linalg.cholesky(corr), dtype=np.float64)
+        return factor
     except np.linalg.LinAlgError as exc:
         raise ValueError("correlation matrix is not positive definite") from exc

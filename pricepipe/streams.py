@@ -64,7 +64,7 @@ def append_ticks(r: Any, keys: Keys, ticks: Sequence[Tick], *, pipeline: Any = N
     stream = keys.stream
     encode = codec.encode_fields
     for tick in ticks:
-        pipe.xadd(stream(tick.symbol), encode(tick))  # type: ignore[arg-type]
+        pipe.xadd(stream(tick.symbol), encode(tick))
     if pipeline is not None:
         return []
     return list(pipe.execute())

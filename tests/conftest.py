@@ -152,7 +152,7 @@ def pipeline_env(redis_url: str, database_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
     started: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:

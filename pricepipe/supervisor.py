@@ -1,0 +1,278 @@
+"""``pricepipe up``: the whole pipeline on one machine, for a first look and
+for development.
+
+With no server URLs configured it starts an embedded ``redis-server`` (AOF
+on) and PostgreSQL in the data directory (``./.pricepipe`` by default; a
+second run keeps the data), applies migrations, then runs a GBM publisher, a
+persist worker, the websocket server and the HTTP API as child processes,
+restarting any that dies (as systemd would in production). It prints the
+URLs and a live one-line status; Ctrl-C (or SIGTERM) stops the children
+gracefully, then the servers.
+
+While it runs, ``<data_dir>/embedded.env`` holds the servers' URLs so that
+other ``pricepipe`` commands in another terminal (``status``, ``tail``) find
+them without configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .config import DatabaseSettings, RedisSettings, RuntimeSettings
+from .keys import PERSIST_GROUP, Keys
+
+log = logging.getLogger("pricepipe.up")
+
+DEFAULT_API_PORT = 8000
+DEFAULT_WS_PORT = 8765
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(wanted: int | None, default: int) -> int:
+    """``wanted`` if given, else ``default`` when free, else any free port."""
+    from .embedded import free_port
+
+    if wanted:
+        return wanted
+    return default if _port_free(default) else free_port()
+
+
+@dataclass
+class Child:
+    """A role process kept alive like a systemd unit with Restart=on-failure."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    _log: Any = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self._log is None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pricepipe", *self.args], env=self.env,
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def check(self, now: float) -> None:
+        """Restart a dead child with capped exponential backoff."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        if self.next_start == 0.0:
+            delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
+            self.next_start = now + delay
+            log.warning("%s exited with code %s; restarting in %.1fs (log: %s)",
+                        self.name, self.proc.returncode, delay, self.log_path)
+        elif now >= self.next_start:
+            self.restarts += 1
+            self.next_start = 0.0
+            self.start()
+
+    def stop(self, timeout_s: float) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout_s)
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, int]:
+    """``(published, persisted, lag)`` from the streams' group bookkeeping
+    (Redis >= 7: ``entries-added``, ``entries-read``, ``lag``), so the status
+    line costs no database query."""
+    published = persisted = lag = 0
+    pipe = r.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xinfo_stream(keys.stream(symbol))
+        pipe.xinfo_groups(keys.stream(symbol))
+    replies = pipe.execute(raise_on_error=False)
+    for info, groups in zip(replies[::2], replies[1::2], strict=True):
+        if isinstance(info, Exception) or isinstance(groups, Exception):
+            continue
+        added = int(info.get("entries-added") or info.get("length") or 0)
+        published += added
+        for group in groups:
+            name = group["name"]
+            if (name.decode() if isinstance(name, bytes) else name) != PERSIST_GROUP:
+                continue
+            pending = int(group["pending"])
+            behind = group.get("lag")
+            behind = int(behind) if behind is not None else 0
+            persisted += max(added - behind - pending, 0)
+            lag += behind + pending
+    return published, persisted, lag
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested:  # second signal: stop waiting for children
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from .connections import pg_connect, redis_client
+    from .embedded import PostgresServer, RedisServer
+    from .migrate import migrate
+    from .streams import known_symbols
+
+    runtime = RuntimeSettings.from_env(data_dir=args.data_dir, log_level=args.log_level)
+    # Deliberately not cli.redis_settings(): a stale embedded.env of an
+    # earlier run must not be mistaken for configured servers.
+    rs = RedisSettings.from_env(url=args.redis_url)
+    ds = DatabaseSettings.from_env(url=args.database_url)
+    data_dir = Path(runtime.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir = data_dir / "logs"
+    logs_dir.mkdir(exist_ok=True)
+    env_file = data_dir / "embedded.env"
+
+    servers: list[Any] = []
+    children: list[Child] = []
+    stop = _Stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not rs.url:
+            server = RedisServer(data_dir / "redis")
+            server.start()
+            servers.append(server)
+            rs = RedisSettings.from_env(url=server.url)
+            print(f"embedded redis-server  {server.url}  (data: {server.data_dir})")
+        if not ds.url:
+            pg = PostgresServer(data_dir / "postgres", database="pricepipe")
+            pg.start()
+            servers.append(pg)
+            ds = DatabaseSettings.from_env(url=pg.url)
+            print(f"embedded PostgreSQL    {pg.url}  (data: {pg.pgdata})")
+        redis_url, database_url = rs.require_url(), ds.require_url()
+        if servers:
+            env_file.write_text(
+                f"PRICEPIPE_REDIS_URL={redis_url}\nPRICEPIPE_DATABASE_URL={database_url}\n")
+
+        conn = pg_connect(database_url, application_name="pricepipe-up")
+        try:
+            applied = migrate(conn)
+        finally:
+            conn.close()
+        if applied:
+            print(f"applied migrations {applied}")
+
+        api_port = pick_port(args.api_port, DEFAULT_API_PORT)
+        ws_port = pick_port(args.ws_port, DEFAULT_WS_PORT)
+        env = dict(os.environ)
+        env.update({
+            "PRICEPIPE_REDIS_URL": redis_url,
+            "PRICEPIPE_DATABASE_URL": database_url,
+            "PRICEPIPE_DATA_DIR": str(data_dir),
+            # The dashboard is served by the API on another port than the
+            # websocket server here (behind nginx both share one origin).
+            "PRICEPIPE_API_WS_URL": f"ws://127.0.0.1:{ws_port}/ws",
+            "PYTHONUNBUFFERED": "1",
+        })
+        roles = [
+            ("publisher", ["publish", "--source", "gbm", "--symbols", str(args.symbols),
+                           "--rate", str(args.rate)]),
+            ("worker", ["persist", "--name", f"{socket.gethostname()}-up"]),
+            ("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)]),
+            ("api", ["api", "--host", "127.0.0.1", "--port", str(api_port)]),
+        ]
+        for name, role_args in roles:
+            child = Child(name, role_args, env, logs_dir / f"{name}.log")
+            child.start()
+            children.append(child)
+
+        api_ok = _wait_http(f"http://127.0.0.1:{api_port}/healthz", 30)
+        ws_ok = _wait_http(f"http://127.0.0.1:{ws_port}/healthz", 10)
+        print(f"dashboard   http://127.0.0.1:{api_port}/" + ("" if api_ok else "  (not up yet)"))
+        print(f"HTTP API    http://127.0.0.1:{api_port}/v1/symbols   "
+              f"docs: http://127.0.0.1:{api_port}/docs")
+        print(f"websocket   ws://127.0.0.1:{ws_port}/ws" + ("" if ws_ok else "  (not up yet)"))
+        print(f"logs        {logs_dir}/   Ctrl-C stops everything")
+
+        r = redis_client(rs)
+        keys = Keys(rs.prefix, rs.shards)
+        started = time.monotonic()
+        interactive = sys.stdout.isatty()
+        last_print = 0.0
+        while not stop.requested:
+            now = time.monotonic()
+            if args.duration is not None and now - started >= args.duration:
+                break
+            for child in children:
+                child.check(now)
+            if now - last_print >= (1.0 if interactive else 5.0):
+                last_print = now
+                try:
+                    published, persisted, lag = pipeline_counts(r, keys, known_symbols(r, keys))
+                    line = (f"published {published:>9}  persisted {persisted:>9}  "
+                            f"lag {lag:>6}  up {now - started:>6.0f}s")
+                except (redis.RedisError, OSError) as exc:
+                    line = f"redis unreachable: {exc}"
+                if interactive:
+                    print("\r" + line, end="", flush=True)
+                else:
+                    print(line, flush=True)
+            time.sleep(0.2)
+        r.close()
+        if interactive:
+            print()
+        print("stopping...")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for child in reversed(children):
+            child.stop(timeout_s=15.0)
+        for server in reversed(servers):
+            server.stop()
+        if servers:
+            env_file.unlink(missing_ok=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
