@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="as a Markdown table")
     p.set_defaults(func=_cmd_config)
 
+    from . import bench
+
+    bench.register(sub)
+
     for module_name in ROLE_CLI_MODULES:
         try:
             module = importlib.import_module(module_name)
