@@ -113,14 +113,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_markdown() -> str:
+    """The README's configuration table: every variable of every settings class."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for cls in all_settings():
+        for name, default, help_text in cls.documentation():
+            lines.append(f"| `{name}` | `{default}` | {help_text} |")
+    return "\n".join(lines)
+
+
+README_TABLE_START = "<!-- config-table:start -->"
+README_TABLE_END = "<!-- config-table:end -->"
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
-    rows = [row for cls in all_settings() for row in cls.documentation()]
-    if args.markdown:
-        print("| variable | default | meaning |")
-        print("| --- | --- | --- |")
-        for name, default, help_text in rows:
-            print(f"| `{name}` | `{default}` | {help_text} |")
+    if args.update_readme:
+        path = Path(args.update_readme)
+        text = path.read_text()
+        head, _, rest = text.partition(README_TABLE_START)
+        _, _, tail = rest.partition(README_TABLE_END)
+        path.write_text(f"{head}{README_TABLE_START}\n{config_markdown()}\n{README_TABLE_END}{tail}")
+        print(f"updated the configuration table in {path}")
+    elif args.markdown:
+        print(config_markdown())
     else:
+        rows = [row for cls in all_settings() for row in cls.documentation()]
         width = max(len(r[0]) for r in rows)
         for name, default, help_text in rows:
             print(f"{name:<{width}}  {default:<12}  {help_text}")
@@ -176,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="list every environment variable and its default")
     p.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    p.add_argument("--update-readme", metavar="PATH",
+                   help="rewrite the table between the config-table markers of PATH")
     p.set_defaults(func=_cmd_config)
 
     from . import bench

@@ -109,6 +109,8 @@ class Settings:
             default = f.default if f.default is not dataclasses.MISSING else None
             if isinstance(default, tuple):
                 default = ",".join(map(str, default))
+            elif isinstance(default, bool):
+                default = "true" if default else "false"
             shown = "(unset)" if default is None else str(default)
             rows.append((cls.env_name(f.name), shown, f.metadata.get("help", "")))
         return rows
