@@ -5,6 +5,8 @@
     * :exc:`InvalidTickError` - a tick fails validation (also a ``ValueError``).
     * :exc:`DecodeError` - bytes that should hold a tick or message do not
       (also a ``ValueError``).
+        * :exc:`ProtocolError` - a websocket client message breaks the protocol;
+          ``code`` is the stable error code sent back.
     * :exc:`UpstreamError` - an upstream price API failed or answered garbage.
         * :exc:`BadResponseError` - the answer could not be parsed into quotes.
     * :exc:`BackpressureError` - Redis is near its memory limit and the
@@ -38,6 +40,19 @@ class InvalidTickError(PricepipeError, ValueError):
 
 class DecodeError(PricepipeError, ValueError):
     """Bytes that should hold a tick or a protocol message do not."""
+
+
+class ProtocolError(DecodeError):
+    """A websocket client message breaks the protocol.
+
+    ``code`` is the stable, documented error code sent back to the client;
+    ``req`` echoes the client's request id when the message carried one.
+    """
+
+    def __init__(self, code: str, message: str, *, req: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.req = req
 
 
 class UpstreamError(PricepipeError):
