@@ -1,0 +1,42 @@
+"""``pricepipe publish``: flags only; the work (and numpy, requests) is
+imported by the handler, so ``pricepipe --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+SOURCES = ("gbm",)
+
+
+def register(subparsers: Any) -> None:
+    from pricepipe.cli import add_server_flags
+
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "publish", help="publish ticks: simulated (GBM) or polled from an upstream API",
+        description="Append ticks to the Redis streams. Flags override "
+                    "PRICEPIPE_PUBLISHER_* settings (see `pricepipe config`).")
+    add_server_flags(p, database=False)
+    p.add_argument("--source", choices=SOURCES, help="where prices come from (default gbm)")
+    p.add_argument("--symbols",
+                   help="a number N (first N demo symbols) or AAPL,MSFT,LOCAL=UPSTREAM")
+    p.add_argument("--count", type=int, help="bulk mode: publish N ticks in total, then exit")
+    g = p.add_argument_group("GBM")
+    g.add_argument("--rate", type=float, help="ticks per second per symbol (default 5)")
+    g.add_argument("--seed", type=int, help="random seed: same seed, same prices")
+    g.add_argument("--params", action="append", metavar="SYM:PRICE[:MU[:SIGMA]]",
+                   help="per-symbol start price, annual drift and volatility (repeatable)")
+    g.add_argument("--dt-years", type=float, help="simulated years per tick")
+    g.add_argument("--correlation", help="one number for every pair, or rows '1,0.5;0.5,1'")
+    g.add_argument("--batch-size", type=int, help="most ticks per pipelined round trip")
+    g = p.add_argument_group("backpressure")
+    g.add_argument("--backpressure", choices=("block", "drop"),
+                   help="policy when Redis memory is above the high-water mark")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .service import run
+
+    return run(args)

@@ -1,0 +1,58 @@
+"""The publisher's counters (prometheus-client), one registry per publisher
+so that tests and several publishers in one process do not mix counts.
+
+``pricepipe publish --metrics-port P`` serves them in the Prometheus text
+format; the periodic log line reports the main ones.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class PublisherMetrics:
+    """Counters of one publisher process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.published = Counter("pricepipe_publisher_ticks_published", "Ticks appended to streams",
+                                 registry=r)
+        self.dropped = Counter("pricepipe_publisher_ticks_dropped",
+                               "Ticks not published, by reason", ["reason"], registry=r)
+        self.redis_errors = Counter("pricepipe_publisher_redis_errors",
+                                    "Redis connection errors while appending", registry=r)
+        self.backpressure = Gauge("pricepipe_publisher_backpressure",
+                                  "1 while Redis memory is above the high-water mark", registry=r)
+        self.skipped_periods = Counter("pricepipe_publisher_skipped_periods",
+                                       "GBM periods skipped after the publisher fell behind",
+                                       registry=r)
+        # Pollers
+        self.requests = Counter("pricepipe_publisher_requests",
+                                "Upstream requests, by provider and outcome",
+                                ["provider", "outcome"], registry=r)
+        self.rejected = Counter("pricepipe_publisher_quotes_rejected",
+                                "Upstream quotes rejected, by provider and reason",
+                                ["provider", "reason"], registry=r)
+        self.unchanged = Counter("pricepipe_publisher_quotes_unchanged",
+                                 "Quotes equal to the previous one, not published",
+                                 ["provider"], registry=r)
+        self.stale_polls = Counter("pricepipe_publisher_polls_dropped",
+                                   "Polls dropped: the upstream was slower than the schedule",
+                                   ["provider"], registry=r)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample (``name`` without ``_total``), 0 if never set."""
+        for suffix in ("_total", ""):
+            found = self.registry.get_sample_value(name + suffix, labels)
+            if found is not None:
+                return found
+        return 0.0
+
+    def total(self, name: str) -> float:
+        """Sum of a counter over all its label values."""
+        out = 0.0
+        for metric in self.registry.collect():
+            if metric.name == name:
+                out += sum(s.value for s in metric.samples if s.name == name + "_total")
+        return out

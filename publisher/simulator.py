@@ -1,0 +1,121 @@
+"""The simulator: the GBM publisher's loop (generator -> sink).
+
+Two modes:
+
+* real time (:meth:`Simulator.run_realtime`): one period (one tick per
+  symbol) every ``1 / rate_hz`` seconds on a drift-free schedule
+  (:class:`~publisher.pacer.Pacer`); the event time is the wall-clock time
+  each period was due. Periods that fall due together (after a slow batch)
+  go out in one pipelined batch.
+* bulk (:meth:`Simulator.run_bulk`): ``count`` ticks as fast as possible, in
+  pipelined batches of ``batch_size``; event times are the wall clock,
+  strictly increasing by at least one microsecond per period.
+
+Both stop after the current batch once a stop is requested.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from pricepipe import notify
+from pricepipe.clock import now_us
+
+from .generator import GbmGenerator
+from .metrics import PublisherMetrics
+from .pacer import Pacer
+from .sink import StreamSink
+from .stop import StopRequest
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    """Publishes a :class:`GbmGenerator`'s prices through a :class:`StreamSink`."""
+
+    def __init__(
+        self, generator: GbmGenerator, sink: StreamSink, *, stop: StopRequest,
+        metrics: PublisherMetrics, batch_size: int = 1000, log_interval_s: float = 10.0,
+        max_lag_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+        wall_us: Callable[[], int] = now_us,
+    ) -> None:
+        self.generator = generator
+        self.sink = sink
+        self.stop = stop
+        self.metrics = metrics
+        self.periods_per_batch = max(1, batch_size // len(generator.symbols))
+        self.log_interval_s = log_interval_s
+        self.max_lag_s = max_lag_s
+        self.clock = clock
+        self.wall_us = wall_us
+        self.last_ts_us = 0
+        self._ready = False
+        self._logged_at = clock()
+        self._logged_count = 0.0
+
+    def run_bulk(self, count: int) -> int:
+        """Publish ``count`` ticks in total (spread over the symbols, in turn);
+        returns how many were appended."""
+        n = len(self.generator.symbols)
+        remaining = count
+        appended = 0
+        while remaining > 0 and not self.stop.requested:
+            periods = min(self.periods_per_batch, math.ceil(remaining / n))
+            base_us = max(self.wall_us(), self.last_ts_us + 1)
+            ts_us = [base_us + i for i in range(periods)]
+            ticks = self.generator.ticks(ts_us)[:remaining]
+            self.last_ts_us = ts_us[-1]
+            appended += self.sink.publish(ticks)
+            remaining -= len(ticks)
+            self._tick_over()
+        self._report(final=True)
+        return appended
+
+    def run_realtime(self, rate_hz: float) -> int:
+        """Publish ``rate_hz`` ticks per second per symbol until a stop is
+        requested; returns how many were appended."""
+        pacer = Pacer(rate_hz, self.clock(), max_lag_s=self.max_lag_s,
+                      max_batch=self.periods_per_batch)
+        appended = 0
+        skipped = 0
+        while not self.stop.requested:
+            due = pacer.due(self.clock())
+            if pacer.skipped != skipped:
+                log.warning("fell %d period(s) behind schedule; skipped them",
+                            pacer.skipped - skipped)
+                self.metrics.skipped_periods.inc(pacer.skipped - skipped)
+                skipped = pacer.skipped
+            if not due:
+                self.stop.wait(pacer.next_due_s() - self.clock())
+                continue
+            now_mono, now_wall = self.clock(), self.wall_us()
+            ts_us = []
+            for due_s in due:
+                ts = max(now_wall - int((now_mono - due_s) * 1e6), self.last_ts_us + 1)
+                ts_us.append(ts)
+                self.last_ts_us = ts
+            appended += self.sink.publish(self.generator.ticks(ts_us))
+            self._tick_over()
+        self._report(final=True)
+        return appended
+
+    def _tick_over(self) -> None:
+        if not self._ready:
+            self._ready = True
+            notify.ready(f"publishing {len(self.generator.symbols)} symbols")
+        notify.watchdog()
+        if self.clock() - self._logged_at >= self.log_interval_s:
+            self._report()
+
+    def _report(self, *, final: bool = False) -> None:
+        now = self.clock()
+        published = self.metrics.value("pricepipe_publisher_ticks_published")
+        elapsed = max(now - self._logged_at, 1e-9)
+        rate = (published - self._logged_count) / elapsed
+        dropped = self.metrics.total("pricepipe_publisher_ticks_dropped")
+        log.info("%spublished %d ticks (%.0f/s), dropped %d", "done: " if final else "",
+                 published, rate, dropped)
+        self._logged_at, self._logged_count = now, published
