@@ -1,0 +1,97 @@
+"""Helpers for the workers tests: publish deterministic ticks, count rows, run a
+worker in-process in burst mode."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pricepipe import streams
+from pricepipe.keys import Keys
+from pricepipe.tick import Tick
+from workers.consumer import GroupConsumer
+from workers.persister import PersistWorker
+from workers.settings import WorkerSettings
+from workers.sink import TickSink
+
+#: 2026-01-02T03:04:05Z: a fixed event time, so bars are reproducible.
+BASE_TS_US = 1_767_323_045_000_000
+SYMBOLS = ("AAPL", "MSFT", "BTC-USD", "ETH-USD", "SPY")
+
+
+def make_ticks(n: int, *, symbols: tuple[str, ...] = SYMBOLS, step_us: int = 250_000,
+               start_us: int = BASE_TS_US) -> list[Tick]:
+    """``n`` valid ticks spread over ``symbols``, event times ``step_us`` apart."""
+    out = []
+    for i in range(n):
+        symbol = symbols[i % len(symbols)]
+        price = 100.0 + (i * 7919 % 1000) / 100.0
+        out.append(Tick(symbol, start_us + i * step_us, price, float(i % 5 + 1), "test"))
+    return out
+
+
+def publish(r: Any, keys: Keys, ticks: list[Tick], *, chunk: int = 5000) -> list[str]:
+    streams.register_symbols(r, keys, sorted({t.symbol for t in ticks}))
+    ids: list[str] = []
+    for i in range(0, len(ticks), chunk):
+        ids.extend(x.decode() for x in streams.append_ticks(r, keys, ticks[i:i + chunk]))
+    return ids
+
+
+def row_count(db: Any) -> int:
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks")
+        return int(cur.fetchone()[0])
+
+
+def duplicate_count(db: Any) -> int:
+    """Rows beyond the first per (symbol, entry_id): a redelivery that slipped through."""
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) - count(DISTINCT (symbol, entry_id)) FROM ticks")
+        return int(cur.fetchone()[0])
+
+
+def fast_settings(**overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {"block_ms": 50, "claim_idle_ms": 60_000, "retry_base_s": 0.05,
+                              "retry_cap_s": 0.5, "refresh_interval_s": 0.5}
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+@pytest.fixture
+def run_worker(redis_url: str, database_url: str, r: Any, keys: Keys
+               ) -> Callable[..., PersistWorker]:
+    """Run an in-process burst worker to completion; returns it (for its stats)."""
+
+    def run(name: str = "w1", **overrides: Any) -> PersistWorker:
+        worker = PersistWorker(r, TickSink(database_url), GroupConsumer(r, keys, name),
+                               fast_settings(**overrides), burst=True)
+        assert worker.run(install_signals=False) == 0
+        return worker
+
+    return run
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0,
+               proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``predicate`` (no timing assertion: the timeout only ends a hung test)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise AssertionError(f"process exited early ({proc.returncode}):\n{out}")
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the test's safety timeout")
+        time.sleep(0.05)
+
+
+def pending_count(r: Any, keys: Keys, symbols: tuple[str, ...] = SYMBOLS) -> int:
+    total = 0
+    for symbol in symbols:
+        summary = r.xpending(keys.stream(symbol), "persist")
+        total += int(summary["pending"])
+    return total

@@ -1,0 +1,381 @@
+"""The persist worker: Redis Streams -> PostgreSQL, nothing lost, nothing doubled.
+
+Delivery guarantee: every entry of every registered stream ends up either as
+exactly one row of ``ticks`` or as one dead letter with its reason.
+
+* **At least once** from Redis: an entry is acknowledged (``XACK``) only
+  after the transaction holding its row has committed. A worker that dies
+  before that leaves the entry pending; it is delivered again to the same
+  consumer name on restart, or claimed by another worker after
+  ``claim_idle_ms``.
+* **At most once** into PostgreSQL: the row's primary key contains the packed
+  entry ID and the insert is ``ON CONFLICT DO NOTHING``, so a redelivered
+  entry adds no row and is not counted twice in its 1-minute bar.
+* **Outages** keep the worker's place: the batch in hand is retried against
+  PostgreSQL (and its ``XACK`` against Redis) with capped, jittered backoff
+  until the server is back; nothing newer is read meanwhile, and what the
+  publishers add waits in Redis.
+* **Poison**: an entry that cannot be decoded or validated is dead-lettered
+  at once (retrying cannot change its bytes) and never blocks its batch; a
+  row PostgreSQL refuses is isolated by splitting the batch and
+  dead-lettered; an entry delivered more than ``max_deliveries`` times
+  (it keeps killing workers) is dead-lettered before it is tried again.
+
+Stopping: the first SIGTERM (or SIGINT) lets the batch in hand finish -
+committed and acknowledged - and then :meth:`PersistWorker.run` returns 0.
+If the batch cannot finish because a server is down, it is left pending
+(nothing lost: it is redelivered later). A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from types import FrameType
+from typing import Any, TypeVar
+
+import psycopg2
+import redis
+from redis.backoff import EqualJitterBackoff
+
+from pricepipe import codec, notify, streams
+from pricepipe.clock import now_ms
+from pricepipe.tick import Tick
+
+from .batch import Batch, Reject, TickRow
+from .consumer import GroupConsumer
+from .settings import WorkerSettings
+from .sink import TickSink, classify
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Redis errors worth waiting out (server restarting, loading its AOF, network).
+REDIS_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Abandoned(Exception):
+    """A stop was requested while a server was unreachable: the batch in hand
+    stays pending in Redis (it is redelivered later), nothing is lost."""
+
+
+class GracefulStop:
+    """First SIGTERM/SIGINT: :attr:`requested`; a second: exit at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def request(self) -> None:
+        self.requested = True
+        self._event.set()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            log.warning("second stop signal: exiting now (the batch in hand stays pending)")
+            os._exit(1)
+        log.info("stop requested: finishing the current batch (signal again to exit now)")
+        notify.stopping()
+        self.request()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake up as soon as a stop is requested."""
+        self._event.wait(seconds)
+
+
+@dataclass
+class Stats:
+    """Counters of one worker's life, for logs, heartbeats and tests."""
+
+    batches: int = 0
+    entries: int = 0
+    rows_inserted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    claimed: int = 0
+    retries: int = 0
+    started_ms: int = field(default_factory=now_ms)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class PersistWorker:
+    """One persist worker. Build with connections, then :meth:`run`.
+
+    ``burst``: drain everything in the streams now - new entries, this
+    name's pending ones, and other consumers' pending ones idle for
+    ``claim_idle_ms`` - then return (rq's burst mode; used by tests and
+    one-shot catch-ups).
+    """
+
+    def __init__(self, r: Any, sink: TickSink, consumer: GroupConsumer,
+                 settings: WorkerSettings, *, burst: bool = False,
+                 stop: GracefulStop | None = None) -> None:
+        self.r = r
+        self.sink = sink
+        self.consumer = consumer
+        self.settings = settings
+        self.burst = burst
+        self.stop = stop or GracefulStop()
+        self.stats = Stats()
+        self._backoff = EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s)
+        self._next_refresh = 0.0
+        self._next_claim = 0.0
+        self._next_trim = time.monotonic() + settings.trim_interval_s
+        self._next_heartbeat = 0.0
+        self._idle_shard = 0
+
+    # Life cycle
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Serve until stopped (or drained, in burst mode). Returns the exit code."""
+        if install_signals:
+            self.stop.install()
+        try:
+            self._start()
+            notify.ready(f"persisting as {self.consumer.name}")
+            log.info("persist worker %s reading %d stream(s)", self.consumer.name,
+                     len(self.consumer.all_streams()))
+            self._recover_own_pending()
+            while not self.stop.requested:
+                progressed = self.step()
+                if self.burst and not progressed:
+                    break
+            if self.burst and not self.stop.requested:
+                self._trim()
+        except Abandoned:
+            log.warning("stopped with a batch unfinished: it stays pending and is redelivered")
+        finally:
+            self.sink.close()
+        log.info("persist worker %s stopped: %s", self.consumer.name, self.stats.as_dict())
+        return 0
+
+    def _start(self) -> None:
+        self._retry("connect to redis", self.r.ping)
+        self._retry_db("connect to postgresql", self.sink.connect)
+        self._retry("read the symbol registry", self.consumer.refresh)
+        self._next_refresh = time.monotonic() + self.settings.refresh_interval_s
+
+    def step(self) -> bool:
+        """One round over every shard. Returns True if any entry was handled."""
+        now = time.monotonic()
+        if self.burst or now >= self._next_refresh:
+            self._retry("read the symbol registry", self.consumer.refresh)
+            self._next_refresh = now + self.settings.refresh_interval_s
+        progressed = False
+        if self.burst or now >= self._next_claim:
+            progressed |= self._claim_idle()
+            self._next_claim = now + self.settings.claim_interval_s
+        for shard in list(self.consumer.streams):
+            if self.stop.requested:
+                return progressed
+            count = self.consumer.count_per_stream(shard, self.settings.batch_size)
+            batch = self._retry("read new entries",
+                                partial(self.consumer.read_new, shard, count=count))
+            if len(batch):
+                self.process(batch, redelivered=False)
+                progressed = True
+        if not progressed and not self.burst and not self.stop.requested:
+            progressed = self._wait_for_entries()
+        if now >= self._next_trim:
+            self._trim()
+            self._next_trim = now + self.settings.trim_interval_s
+        self._housekeeping()
+        return progressed
+
+    def _wait_for_entries(self) -> bool:
+        """Nothing anywhere: block on one shard at a time, rotating, so an idle
+        worker neither spins nor waits longer than ``block_ms`` to notice a stop."""
+        shards = list(self.consumer.streams)
+        if not shards:
+            self.stop.sleep(self.settings.block_ms / 1000)
+            return False
+        shard = shards[self._idle_shard % len(shards)]
+        self._idle_shard += 1
+        count = self.consumer.count_per_stream(shard, self.settings.batch_size)
+        batch = self._retry("wait for entries", lambda: self.consumer.read_new(
+            shard, count=count, block_ms=self.settings.block_ms))
+        if len(batch):
+            self.process(batch, redelivered=False)
+            return True
+        return False
+
+    def _recover_own_pending(self) -> None:
+        """Read back what this consumer name had been given but not acknowledged."""
+        for shard, names in list(self.consumer.streams.items()):
+            cursors = dict.fromkeys(names, "0")
+            count = self.consumer.count_per_stream(shard, self.settings.batch_size)
+            while cursors and not self.stop.requested:
+                batch = self._retry("read own pending entries", partial(
+                    self.consumer.read_own_pending, shard, cursors, count=count))
+                if len(batch):
+                    log.info("recovering %d entries pending for %s", len(batch),
+                             self.consumer.name)
+                    self.process(batch, redelivered=True)
+
+    def _claim_idle(self) -> bool:
+        """Take over entries that dead (or stuck) consumers left pending."""
+        progressed = False
+        for stream in self.consumer.all_streams():
+            cursor = "0-0"
+            while not self.stop.requested:
+                batch, cursor = self._retry("claim idle entries", partial(
+                    self.consumer.claim_idle, stream, min_idle_ms=self.settings.claim_idle_ms,
+                    count=self.settings.batch_size, start_id=cursor))
+                if len(batch):
+                    self.stats.claimed += len(batch)
+                    log.info("claimed %d idle entries of %s", len(batch), stream)
+                    self.process(batch, redelivered=True)
+                    progressed = True
+                if cursor == "0-0":
+                    break
+        return progressed
+
+    # One batch
+
+    def process(self, batch: Batch, *, redelivered: bool) -> None:
+        """Persist a batch, dead-letter its poison, then acknowledge it all.
+
+        Safe to call again with the same entries: rows already written are
+        skipped by the database, acknowledgements are idempotent.
+        """
+        self.stats.batches += 1
+        self.stats.entries += len(batch)
+        deliveries: dict[tuple[str, str], int] = {}
+        if redelivered:
+            deliveries = self._retry("read delivery counts",
+                                     lambda: self.consumer.delivery_counts(batch.ack_ids()))
+            self._drop_poison(batch, deliveries)
+        if batch.rejects:
+            self.stats.dead_letters += self._retry(
+                "dead-letter entries",
+                lambda: self.consumer.dead_letter(batch.rejects, deliveries))
+        inserted, refused = self._write(batch.rows, batch.row_ids)
+        if refused:
+            self.stats.dead_letters += self._retry(
+                "dead-letter refused rows", lambda: self.consumer.dead_letter(refused, deliveries))
+        self.stats.rows_inserted += inserted
+        self.stats.duplicates += len(batch.rows) - len(refused) - inserted
+        ack: dict[str, list[str]] = {}
+        for stream, entry_id in batch.row_ids:
+            ack.setdefault(stream, []).append(entry_id)
+        for stream, entry_id in batch.vanished:
+            ack.setdefault(stream, []).append(entry_id)
+        self._retry("acknowledge entries", lambda: self.consumer.ack(ack))
+
+    def _drop_poison(self, batch: Batch, deliveries: dict[tuple[str, str], int]) -> None:
+        limit = self.settings.max_deliveries
+        keep_rows: list[TickRow] = []
+        keep_ids: list[tuple[str, str]] = []
+        for row, key in zip(batch.rows, batch.row_ids, strict=True):
+            n = deliveries.get(key, 0)
+            if n > limit:
+                batch.rejects.append(Reject(
+                    key[0], key[1], _fields_of(row),
+                    f"delivered {n} times without being persisted (limit {limit})"))
+            else:
+                keep_rows.append(row)
+                keep_ids.append(key)
+        batch.rows, batch.row_ids = keep_rows, keep_ids
+
+    def _write(self, rows: list[TickRow], ids: list[tuple[str, str]]
+               ) -> tuple[int, list[Reject]]:
+        """Write rows, splitting the batch to isolate rows PostgreSQL refuses.
+        Returns (rows inserted, refused rows as rejects)."""
+        if not rows:
+            return 0, []
+        try:
+            return self._retry_db("write a batch", lambda: self.sink.write(rows)), []
+        except psycopg2.Error as exc:
+            # Only "data" errors come out of _retry_db: some row is unwritable.
+            if len(rows) == 1:
+                reason = f"refused by postgresql: {str(exc).strip()}"
+                return 0, [Reject(ids[0][0], ids[0][1], _fields_of(rows[0]), reason.lower())]
+            mid = len(rows) // 2
+            left = self._write(rows[:mid], ids[:mid])
+            right = self._write(rows[mid:], ids[mid:])
+            return left[0] + right[0], left[1] + right[1]
+
+    # Retries
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` until Redis answers, backing off between attempts."""
+        failures = 0
+        while True:
+            try:
+                return fn()
+            except REDIS_RETRYABLE as exc:
+                failures += 1
+                self._wait_retry(what, failures, exc)
+
+    def _retry_db(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` until PostgreSQL accepts it; data errors are re-raised."""
+        failures = 0
+        while True:
+            try:
+                return fn()
+            except psycopg2.Error as exc:
+                kind = classify(exc)
+                if kind == "data":
+                    raise
+                failures += 1
+                if kind == "connection":
+                    self.sink.reset()
+                else:
+                    log.error("%s: unexpected database error (a missing migration?): %s",
+                              what, str(exc).strip())
+                self._wait_retry(what, failures, exc)
+
+    def _wait_retry(self, what: str, failures: int, exc: BaseException) -> None:
+        self.stats.retries += 1
+        if self.stop.requested:
+            raise Abandoned(what) from exc
+        delay = self._backoff.compute(failures)
+        log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc).strip() or type(exc),
+                    failures, delay)
+        notify.status(f"retrying: {what}")
+        self.stop.sleep(delay)
+        if self.stop.requested:
+            raise Abandoned(what) from exc
+
+    # Housekeeping
+
+    def _trim(self) -> None:
+        window_ms = self.settings.stream_window_s * 1000
+        try:
+            for stream in self.consumer.all_streams():
+                streams.trim_persisted(self.r, stream, window_ms=window_ms)
+        except REDIS_RETRYABLE as exc:
+            log.warning("trimming skipped: %s", exc)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        notify.watchdog()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + max(self.settings.heartbeat_ttl_s / 3, 1.0)
+        try:
+            self.consumer.heartbeat(self.settings.heartbeat_ttl_s,
+                                    codec.encode_json(self.stats.as_dict()))
+        except REDIS_RETRYABLE as exc:
+            log.warning("heartbeat skipped: %s", exc)
+
+
+def _fields_of(row: TickRow) -> dict[bytes, bytes]:
+    """Stream fields of a row that was a valid tick (for its dead letter)."""
+    symbol, ts_us, price, size, source, recv_ts_us, _ = row
+    tick = Tick(symbol, ts_us, price, size, source, recv_ts_us)
+    return {k: v if isinstance(v, bytes) else str(v).encode()
+            for k, v in codec.encode_fields(tick).items()}
