@@ -1,0 +1,220 @@
+"""deploy/install.sh: shellcheck-clean, a dry run that lists the right actions
+and changes nothing, the nginx site it renders, and the database roles
+script run for real (twice) against the test PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from pricepipe.embedded import PostgresServer, find_pg_bindir
+from pricepipe.migrate import migrate
+
+from .conftest import DEPLOY
+
+INSTALL = DEPLOY / "install.sh"
+
+
+def install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is missing: install the Debian package `shellcheck`")
+    result = subprocess.run([shellcheck, "--severity=style", str(INSTALL)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def test_dry_run_lists_actions_and_changes_nothing(tmp_path: Path) -> None:
+    prefix = tmp_path / "opt"
+    result = install("--dry-run", "--prefix", str(prefix), "--persist-workers", "3",
+                     "--ws-ports", "9101,9102", "--publishers", "gbm", "--jobs-workers", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert not prefix.exists()  # nothing was created
+    apt = next(line for line in out.splitlines() if "apt-get install" in line)
+    for package in ("redis-server", "postgresql", "nginx", "python3-venv"):
+        assert package in apt.split()
+    for setting in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
+        assert f"+ set '{setting}' in /etc/redis/redis.conf" in out
+    assert "roles.sql" in out
+    assert "+ write /etc/pricepipe/pricepipe.env (mode 0600, owner root:root)" in out
+    assert f"{prefix}/venv/bin/pip install" in out.replace("+ ", "")
+    enable = next(line for line in out.splitlines()
+                  if line.startswith("+ systemctl enable pricepipe"))
+    units = set(enable.split()[3:])
+    assert units == {
+        "pricepipe.target", "pricepipe-migrate.service", "pricepipe-api.service",
+        "pricepipe-jobs-scheduler.service", "pricepipe-publisher@gbm.service",
+        "pricepipe-persist@1.service", "pricepipe-persist@2.service",
+        "pricepipe-persist@3.service", "pricepipe-jobs-worker@1.service",
+        "pricepipe-jobs-worker@2.service", "pricepipe-ws@9101.service",
+        "pricepipe-ws@9102.service",
+    }
+    # Order: migrations before the roles start, nginx checked before it is reloaded.
+    assert out.index("nginx -t") < out.index("reload-or-restart nginx")
+    assert out.index("restart pricepipe-migrate") < out.index("restart pricepipe.target")
+
+
+def test_dry_run_without_local_servers_skips_them(tmp_path: Path) -> None:
+    result = install("--dry-run", "--no-local-servers", "--prefix", str(tmp_path / "opt"))
+    assert result.returncode == 0, result.stderr
+    assert "redis-server" not in result.stdout.split("systemd units")[0]
+    assert "roles.sql" not in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--persist-workers", "0"], "--persist-workers"),
+    (["--ws-ports", "80"], "port '80'"),
+    (["--publishers", "gbm;rm"], "publisher source"),
+    (["--db-name", "x'y"], "--db-name"),
+    (["--tls-cert", "/c.pem"], "go together"),
+    (["--bogus"], "unknown option"),
+])
+def test_bad_options_are_refused(args: list[str], message: str) -> None:
+    result = install("--dry-run", *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "+ " not in result.stdout  # refused before any action
+
+
+def nginx_binary() -> str | None:
+    return os.environ.get("PRICEPIPE_TEST_NGINX") or shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_nginx_site(tmp_path: Path, tls: bool) -> None:
+    env = dict(os.environ, PRICEPIPE_NGINX_DIR=str(tmp_path))
+    args = ["--render-nginx", "--ws-ports", "8101,8102,8103", "--server-name", "prices.example"]
+    if tls:
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    result = install(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    site = result.stdout
+    upstream = re.search(r"upstream pricepipe_ws \{(.*?)\}", site, re.S)
+    assert upstream is not None
+    assert "least_conn;" in upstream[1]
+    assert re.findall(r"server 127\.0\.0\.1:(\d+)", upstream[1]) == ["8101", "8102", "8103"]
+    assert "server 127.0.0.1:8000;" in site
+    assert "server_name prices.example;" in site
+    assert f"include {tmp_path}/snippets/pricepipe-locations.conf;" in site
+    assert "@" not in re.sub(r"#.*", "", site)  # every placeholder filled
+    if tls:
+        assert "listen 443 ssl" in site and f"ssl_certificate {cert};" in site
+        assert "return 301 https://$host$request_uri;" in site
+    else:
+        assert "listen 443" not in site
+    locations = (DEPLOY / "nginx" / "pricepipe-locations.conf").read_text()
+    ws_block = re.search(r"location /ws \{(.*?)\}", locations, re.S)
+    assert ws_block is not None
+    assert "proxy_set_header Upgrade $http_upgrade;" in ws_block[1]
+    assert "proxy_set_header Connection $connection_upgrade;" in ws_block[1]
+
+    nginx = nginx_binary()
+    if nginx is None:
+        return  # the rendering is checked above; `nginx -t` needs the binary
+    (tmp_path / "snippets").mkdir()
+    shutil.copy(DEPLOY / "nginx" / "pricepipe-locations.conf", tmp_path / "snippets")
+    (tmp_path / "site.conf").write_text(site)
+    if tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=prices.example", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=60)
+    temp_paths = "".join(f"{kind}_temp_path {tmp_path}/{kind}; " for kind in
+                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; {temp_paths}include {tmp_path}/site.conf; }}\n")
+    check = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path),
+                            "-c", str(tmp_path / "nginx.conf")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+# --- deploy/sql/roles.sql against a real PostgreSQL -------------------------------------
+
+
+@pytest.fixture
+def roles_names(pg_server: PostgresServer) -> Iterator[dict[str, str]]:
+    if not pg_server.running:
+        pg_server.start()
+    suffix = uuid.uuid4().hex[:8]
+    names = {"dbname": f"pp_deploy_{suffix}", "writer": f"ppw_{suffix}",
+             "reader": f"ppr_{suffix}"}
+    yield names
+    conn = psycopg2.connect(pg_server.url_for("postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(names["dbname"])))
+            for role in (names["reader"], names["writer"]):
+                cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    finally:
+        conn.close()
+
+
+def run_roles_sql(server: PostgresServer, names: dict[str, str], passwords: tuple[str, str]
+                  ) -> None:
+    psql = shutil.which("psql") or str(find_pg_bindir() / "psql")
+    # As install.sh does: names as -v variables, passwords through stdin.
+    script = (f"\\set writer_password {passwords[0]}\n\\set reader_password {passwords[1]}\n"
+              + (DEPLOY / "sql" / "roles.sql").read_text())
+    result = subprocess.run(
+        [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.url_for("postgres"),
+         *[a for k, v in names.items() for a in ("-v", f"{k}={v}")]],
+        input=script, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_roles_script_is_idempotent_and_least_privilege(
+    pg_server: PostgresServer, roles_names: dict[str, str]
+) -> None:
+    run_roles_sql(pg_server, roles_names, ("w1", "r1"))
+    run_roles_sql(pg_server, roles_names, ("w2", "r2"))  # re-run: rotates passwords only
+
+    base = f"postgresql://{{}}@127.0.0.1:{pg_server.port}/{roles_names['dbname']}"
+    writer = psycopg2.connect(base.format(roles_names["writer"]))
+    reader = psycopg2.connect(base.format(roles_names["reader"]))
+    try:
+        assert migrate(writer)  # the writer owns the database and may create the schema
+        writer.commit()
+        with writer.cursor() as cur:
+            cur.execute("SELECT ensure_tick_partitions('2031-01-01', '2031-01-01')")
+            cur.execute("INSERT INTO ticks (symbol, ts, price, source, entry_id) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        ("AAPL", "2031-01-01T10:00:00Z", 1.5, "test", 1))
+        writer.commit()
+        with reader.cursor() as cur:
+            cur.execute("SELECT symbol, price FROM ticks")
+            assert cur.fetchall() == [("AAPL", 1.5)]
+            cur.execute("SELECT count(*) FROM bars_1m")  # later tables readable too
+        reader.rollback()
+        reader.autocommit = True
+        with reader.cursor() as cur:
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+                cur.execute("INSERT INTO instruments (symbol) VALUES (%s)", ("X",))
+            cur.execute("SET default_transaction_read_only = off")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("INSERT INTO instruments (symbol) VALUES (%s)", ("X",))
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("CREATE TABLE sneaky (x int)")
+    finally:
+        writer.close()
+        reader.close()
