@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import redis.exceptions
+
 from .exceptions import ConfigError
 
 
@@ -65,5 +67,6 @@ def memory_usage(info: Mapping[str, Any]) -> MemoryUsage:
 
 
 def is_oom_error(exc: BaseException) -> bool:
-    """True for Redis's ``OOM command not allowed ...`` error reply."""
-    return str(exc).startswith("OOM ")
+    """True for Redis's ``OOM command not allowed ...`` error reply (redis-py
+    raises it as ``OutOfMemoryError``, without the ``OOM`` prefix)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM ")
