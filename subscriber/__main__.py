@@ -1,0 +1,5 @@
+import sys
+
+from pricepipe.cli import main
+
+sys.exit(main(["ws", *sys.argv[1:]]))

@@ -1,0 +1,215 @@
+"""The hub: reads the streams every connection of this process subscribes
+to and fans each tick out to the subscribers of its symbol.
+
+One reader task per shard issues one ``XREAD`` over that shard's subscribed
+streams (multi-key commands stay inside one hash slot, see
+:mod:`pricepipe.keys`). Reads use explicit per-stream cursors, never ``$``,
+so no entry is skipped between two reads. Each tick is decoded and encoded to
+JSON once; subscribers receive the encoded bytes.
+
+A subscriber is anything with ``feed(symbol, batch)`` and ``flush()``: the
+hub calls ``feed`` for every batch of its symbols, then ``flush`` once per
+event-loop turn on each subscriber it fed, so ticks read together (from
+several shards too) leave in one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+
+from pricepipe import codec
+from pricepipe.keys import Keys
+
+from .protocol import encode_tick, id_key
+
+log = logging.getLogger(__name__)
+
+#: One delivered entry: (sort key of its id, its id, its JSON bytes).
+Entry = tuple[tuple[int, int], str, bytes]
+
+#: Errors after which a reader reconnects (with backoff) instead of failing.
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+
+
+class Subscriber(Protocol):
+    def feed(self, symbol: str, batch: list[Entry]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Hub:
+    """Shared stream reader of one websocket process.
+
+    ``add`` returns an awaitable that completes once the hub holds a cursor
+    for the symbol: every entry after that cursor will be fed to the
+    subscriber, so a subscriber that registers, waits, then reads the stream
+    itself (snapshot or resume) can stitch the two without a gap.
+    """
+
+    def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000) -> None:
+        self._r = r
+        self._keys = keys
+        self._block_ms = block_ms
+        self._count = count
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._by_shard: dict[int, set[str]] = {}
+        self._cursors: dict[str, str] = {}
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._inits: dict[str, asyncio.Task[None]] = {}
+        self._readers: dict[int, asyncio.Task[None]] = {}
+        self._dirty: set[Subscriber] = set()
+        self._flush_scheduled = False
+        self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+        self._closed = False
+        #: False while Redis is unreachable; /healthz reports it.
+        self.healthy = True
+        #: time.monotonic() of the last successful read, for the watchdog.
+        self.last_ok = time.monotonic()
+        #: Ticks read from Redis (each fanned out to many connections).
+        self.ticks_read = 0
+        self.bad_entries = 0
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def add(self, sub: Subscriber, symbol: str) -> Awaitable[None]:
+        subs = self._subs.get(symbol)
+        if subs is None:
+            subs = self._subs[symbol] = set()
+            self._by_shard.setdefault(self._keys.shard(symbol), set()).add(symbol)
+            self._ready[symbol] = asyncio.get_running_loop().create_future()
+            self._inits[symbol] = asyncio.create_task(self._init_cursor(symbol))
+        subs.add(sub)
+        self._ensure_reader(self._keys.shard(symbol))
+        # Shielded: one subscriber giving up must not cancel the others' wait.
+        return asyncio.shield(self._ready[symbol])
+
+    def remove(self, sub: Subscriber, symbol: str) -> None:
+        subs = self._subs.get(symbol)
+        if subs is None:
+            return
+        subs.discard(sub)
+        self._dirty.discard(sub)
+        if subs:
+            return
+        del self._subs[symbol]
+        self._by_shard[self._keys.shard(symbol)].discard(symbol)
+        self._cursors.pop(symbol, None)
+        init = self._inits.pop(symbol, None)
+        if init is not None:
+            init.cancel()
+        ready = self._ready.pop(symbol)
+        if not ready.done():
+            ready.cancel()
+
+    def subscriber_count(self, symbol: str) -> int:
+        return len(self._subs.get(symbol, ()))
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._subs)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [*self._readers.values(), *self._inits.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _init_cursor(self, symbol: str) -> None:
+        failures = 0
+        while True:
+            try:
+                rows = await self._r.xrevrange(self._keys.stream(symbol), count=1)
+                break
+            except RETRYABLE as exc:
+                failures += 1
+                self._unhealthy(exc)
+                await asyncio.sleep(self._backoff.compute(failures))
+        self._cursors[symbol] = rows[0][0].decode() if rows else "0-0"
+        self._inits.pop(symbol, None)
+        self._ready[symbol].set_result(None)
+
+    def _ensure_reader(self, shard: int) -> None:
+        task = self._readers.get(shard)
+        if (task is None or task.done()) and not self._closed:
+            self._readers[shard] = asyncio.create_task(self._read_shard(shard))
+
+    async def _read_shard(self, shard: int) -> None:
+        failures = 0
+        stream = self._keys.stream
+        while not self._closed:
+            wanted = self._by_shard.get(shard)
+            if not wanted:
+                return  # restarted by the next add() on this shard
+            streams = {stream(s): self._cursors[s] for s in wanted if s in self._cursors}
+            if not streams:
+                await asyncio.sleep(self._block_ms / 1000)  # cursors still initialising
+                continue
+            try:
+                reply = await self._r.xread(streams, count=self._count, block=self._block_ms)
+            except RETRYABLE as exc:
+                failures += 1
+                self._unhealthy(exc)
+                await asyncio.sleep(self._backoff.compute(failures))
+                continue
+            failures = 0
+            self.healthy = True
+            self.last_ok = time.monotonic()
+            if reply:
+                self._dispatch(reply)
+
+    def _unhealthy(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("redis unreachable, retrying with backoff: %s", exc)
+        self.healthy = False
+
+    def _dispatch(self, reply: list[Any]) -> None:
+        symbol_of = self._keys.symbol_of
+        for stream_key, entries in reply:
+            symbol = symbol_of(stream_key)
+            current = self._cursors.get(symbol)
+            if current is None or not entries:
+                continue  # unsubscribed while the read was in flight
+            floor = id_key(current)
+            batch: list[Entry] = []
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                key = id_key(entry_id)
+                if key <= floor:
+                    continue  # re-subscribed meanwhile: the new cursor is ahead
+                try:
+                    tick = codec.decode_fields(fields)
+                except ValueError as exc:
+                    # The entry stays in Redis; the persist workers dead-letter it.
+                    self.bad_entries += 1
+                    log.warning("skipping bad entry %s of %s: %s", entry_id, symbol, exc)
+                    continue
+                batch.append((key, entry_id, encode_tick(tick, entry_id)))
+            last = entries[-1][0].decode()
+            if id_key(last) > floor:
+                self._cursors[symbol] = last
+            if not batch:
+                continue
+            self.ticks_read += len(batch)
+            subs = self._subs.get(symbol, ())
+            for sub in subs:
+                sub.feed(symbol, batch)
+            self._dirty.update(subs)
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for sub in dirty:
+            sub.flush()

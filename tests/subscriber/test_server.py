@@ -1,0 +1,151 @@
+"""The websocket server end to end on a real Redis: subscribe, snapshot, live
+ticks with entry IDs, errors that leave the connection usable, health, and
+the ``pricepipe ws`` process contract (ready, SIGTERM closes with 1001)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+
+import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from pricepipe.config import RedisSettings
+from pricepipe.embedded import free_port
+from pricepipe.keys import Keys
+
+from .conftest import collect_ticks, publish, recv_json, recv_type, running_server
+
+
+def test_subscribe_gets_ack_snapshot_then_live_ticks_with_ids(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    old_ids = publish(r, keys, "AAPL", 3)
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            hello = await recv_json(ws)
+            assert hello["type"] == "hello" and hello["auth_required"] is False
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL", "MSFT"], "req": 7}')
+            ack = await recv_json(ws)
+            assert ack == {"type": "subscribed", "symbols": ["AAPL", "MSFT"], "req": 7}
+            snapshot = await recv_type(ws, "snapshot")
+            # Only AAPL has ticks: its latest one, with its entry id.
+            assert [(t["symbol"], t["id"]) for t in snapshot["ticks"]] == [("AAPL", old_ids[-1])]
+            new_aapl = await asyncio.to_thread(publish, r, keys, "AAPL", 5, start=10)
+            new_msft = await asyncio.to_thread(publish, r, keys, "MSFT", 2, start=20)
+            got = await collect_ticks(ws, 7)
+            by_symbol = {s: [t["id"] for t in got if t["symbol"] == s] for s in ("AAPL", "MSFT")}
+            assert by_symbol == {"AAPL": new_aapl, "MSFT": new_msft}
+            first = next(t for t in got if t["id"] == new_aapl[0])
+            assert first["price"] == 110.0 and first["source"] == "test" and first["ts_us"]
+
+    asyncio.run(scenario())
+
+
+def test_bad_frames_get_errors_and_the_connection_stays_usable(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            await recv_json(ws)  # hello
+            cases: list[tuple[str | bytes, str]] = [
+                ("{not json", "bad_json"),
+                ('{"op": "dance"}', "unknown_op"),
+                ("[1, 2]", "bad_message"),
+                (b"\x00\x01binary", "binary_frame"),
+                ('{"op": "subscribe", "symbols": ["lower"]}', "invalid_symbol"),
+                ('{"op": "subscribe", "symbols": ["A"], "resume": {"A": "x-y"}}',
+                 "invalid_cursor"),
+            ]
+            for frame, code in cases:
+                await ws.send(frame)
+                msg = await recv_json(ws)
+                assert msg["type"] == "error" and msg["code"] == code, (frame, msg)
+                assert msg["message"]
+            await ws.send('{"op": "ping", "req": "p1"}')
+            assert await recv_json(ws) == {"type": "pong", "req": "p1"}
+            await ws.send('{"op": "subscribe", "symbols": ["IBM"], "snapshot": false}')
+            assert (await recv_json(ws))["type"] == "subscribed"
+            await asyncio.sleep(0.2)  # let the hub pick up the new stream
+            ids = await asyncio.to_thread(publish, r, keys, "IBM", 2)
+            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            await ws.send('{"op": "unsubscribe", "symbols": ["IBM", "NOPE"], "req": 3}')
+            assert await recv_json(ws) == {"type": "unsubscribed", "symbols": ["IBM"], "req": 3}
+
+    asyncio.run(scenario())
+
+
+def test_healthz_and_unknown_paths(redis_settings: RedisSettings) -> None:
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server:
+            base = f"http://127.0.0.1:{server.port}"
+            body = await asyncio.to_thread(_get, base + "/healthz")
+            assert body.startswith(b"{") and b'"redis":true' in body
+            metrics = await asyncio.to_thread(_get, base + "/metrics")
+            assert b"pricepipe_ws_connections" in metrics
+            status = await asyncio.to_thread(_status, base + "/nope")
+            assert status == 404
+
+    asyncio.run(scenario())
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+        try:
+            _get(f"http://127.0.0.1:{port}/healthz")
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("websocket server did not become healthy")
+
+
+def test_ws_command_serves_and_sigterm_closes_with_1001(
+    spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
+    r: redis.Redis, keys: Keys,
+) -> None:
+    port = free_port()
+    proc = spawn(["ws", "--host", "127.0.0.1", "--port", str(port)], env=pipeline_env)
+    wait_healthy(port, proc)
+
+    async def scenario() -> int | None:
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL"]}')
+            await recv_type(ws, "subscribed")
+            await asyncio.sleep(0.3)
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            proc.send_signal(signal.SIGTERM)
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    assert asyncio.run(scenario()) == 1001
+    assert proc.wait(timeout=15) == 0
