@@ -1,0 +1,720 @@
+"""``pricepipe bench e2e``: the whole pipeline on this machine, under a rising
+tick rate.
+
+Every role runs as its own process through the ``pricepipe`` command, as in
+production (this module never imports a role package): GBM publishers in
+real-time mode, persist workers, the websocket server, and a websocket
+probe client (:mod:`pricepipe.wsprobe`) subscribed to every symbol. Redis
+and PostgreSQL are the servers given (``pricepipe bench`` starts throwaway
+embedded ones). The run uses its own key prefix and symbol names, so it can
+share servers with the other benchmarks.
+
+The rate goes up step by step (:func:`ramp`). Each step starts the
+publishers at the step's rate, lets the pipeline settle for ``warmup_s``,
+measures for ``measure_s``, stops the publishers and waits for the backlog
+to drain. Measured per step:
+
+* **published / persisted ticks/s**: from the streams' consumer-group
+  bookkeeping (``XINFO``: ``entries-added``, and entries acknowledged by the
+  persist group; workers acknowledge only after ``COMMIT``). At the end the
+  rows in PostgreSQL are counted and compared with what was published.
+* **persist lag**: every ``lag_interval_s``, for every stream, the age of
+  the oldest tick that is published but not yet committed (now minus the
+  millisecond of its entry ID; 0 when nothing waits). The oldest waiting
+  tick is the smallest pending entry of the persist group, or else the first
+  entry after the group's last-delivered ID. A tick's publish-to-commit
+  latency is the largest age it reaches, so the samples' p99 bounds the
+  latency p99 from above within one sampling interval.
+* **websocket latency**: receipt time at the probe minus the millisecond of
+  the tick's entry ID (Redis's acceptance of the ``XADD``), over every tick
+  the probe received in the window (subsampled to a few thousand per half
+  second); also minus the tick's event time.
+* **CPU and memory** of each process (:mod:`pricepipe.procstat`; Redis and
+  PostgreSQL when they run on this machine, PostgreSQL summed over its
+  process tree) and of the whole machine.
+
+A step is *sustained* when the publishers reached 90 % of the rate, the
+persist group kept up (persisted >= 95 % of published), the probe received
+>= 90 % of the ticks, and the lag stayed bounded (persist-lag p99 and the
+last sample under ``lag_bound_ms``, websocket p99 under ``ws_bound_ms``).
+The ramp stops after the first step that is not. Benchmarks never assert.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .clock import now_ms
+from .codec import decode_json, parse_entry_id
+from .keys import PERSIST_GROUP, Keys
+from .procstat import ProcessSampler, percentile, read_machine_cpu, read_stat
+
+#: The issue's goal, reported beside the measurement.
+GOAL_TICKS_PER_S = 50_000
+GOAL_PERSIST_LAG_P99_MS = 1000.0
+GOAL_WS_P99_MS = 50.0
+
+#: Key prefix and symbol names of a load run: never mixed with other data.
+E2E_PREFIX = "ppe2e"
+
+
+def ramp(top_ticks_per_s: int) -> list[int]:
+    """Total tick rates of the steps, ending at ``top_ticks_per_s`` (pure)."""
+    top = max(int(top_ticks_per_s), 1)
+    fractions = (0.25, 0.5, 1.0) if top < 10_000 else (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+    return sorted({max(1, round(top * f)) for f in fractions})
+
+
+def symbol_names(count: int, stem: str = "E2E") -> list[str]:
+    return [f"{stem}{i:03d}" for i in range(count)]
+
+
+def split(items: Sequence[str], parts: int) -> list[list[str]]:
+    """``items`` dealt round-robin into ``parts`` non-empty lists (pure)."""
+    parts = max(1, min(parts, len(items)))
+    return [list(items[i::parts]) for i in range(parts)]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+class Role:
+    """One ``python -m pricepipe ...`` child process with its log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 *, module: str = "pricepipe") -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.module = module
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, *, stdout: Any = None) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args], env=self.env,
+                stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else log_file,
+                stderr=log_file,
+            )
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (waits for the exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Probe(Role):
+    """A :mod:`pricepipe.wsprobe` subprocess whose report lines are collected."""
+
+    def __init__(self, name: str, url: str, symbols: Sequence[str], env: dict[str, str],
+                 log_dir: Path, *, record: Path | None = None,
+                 report_interval_s: float = 0.5) -> None:
+        args = ["--url", url, "--symbols", ",".join(symbols),
+                "--report-interval-s", str(report_interval_s)]
+        if record is not None:
+            args += ["--record", str(record)]
+        super().__init__(name, args, env, log_dir, module="pricepipe.wsprobe")
+        self.record = record
+        self.lines: list[dict[str, Any]] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, *, stdout: Any = None) -> None:
+        super().start(stdout=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                self.lines.append(decode_json(raw))
+            except ValueError:
+                continue
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return super().stop(timeout_s)
+
+    def window(self, start_wall_s: float, end_wall_s: float) -> dict[str, Any]:
+        """Ticks received, and latency samples, reported within the window."""
+        lines = [ln for ln in list(self.lines) if start_wall_s < ln["t"] <= end_wall_s]
+        lat = [v for ln in lines for v in ln["lat_ms"]]
+        event = [v for ln in lines for v in ln["event_ms"]]
+        return {"ticks": sum(int(ln["n"]) for ln in lines), "lat_ms": lat, "event_ms": event,
+                "span_s": (lines[-1]["t"] - lines[0]["t"]) if len(lines) > 1 else 0.0,
+                "lines": len(lines)}
+
+
+def wait_http(url: str, timeout_s: float, role: Role | None = None) -> bool:
+    """Poll ``url`` until it answers 200 (False on timeout or if ``role`` died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if role is not None and role.proc is not None and role.proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def local_pid(pid: int | None, comm_prefix: str) -> int | None:
+    """``pid`` if it is a process on this machine whose name starts with ``comm_prefix``."""
+    if pid is None:
+        return None
+    stat = read_stat(pid)
+    return pid if stat is not None and stat.comm.startswith(comm_prefix) else None
+
+
+def redis_pid(r: Any) -> int | None:
+    try:
+        return local_pid(int(r.info("server")["process_id"]), "redis")
+    except Exception:  # noqa: BLE001 - remote or restricted server: just not sampled
+        return None
+
+
+def postgres_pid(conn: Any) -> int | None:
+    """The postmaster's pid (parent of our backend), if it runs here."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    backend = read_stat(int(row[0])) if row else None
+    if backend is None:
+        return None
+    return local_pid(backend.ppid, "postgres")
+
+
+# --- stream measurements ---------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stream_counts(r: Any, keys: Keys, symbols: Sequence[str]) -> tuple[int, int]:
+    """``(published, acknowledged)`` over the symbols' streams: entries ever
+    added (``entries-added``, which trimming does not lower) and entries the
+    persist group has acknowledged (workers ack only after COMMIT)."""
+    pipe = r.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xinfo_stream(keys.stream(symbol))
+        pipe.xinfo_groups(keys.stream(symbol))
+    replies = pipe.execute(raise_on_error=False)
+    published = acked = 0
+    for info, groups in zip(replies[::2], replies[1::2], strict=True):
+        if isinstance(info, Exception) or isinstance(groups, Exception):
+            continue
+        added = int(info.get("entries-added") or info.get("length") or 0)
+        published += added
+        for group in groups:
+            if _text(group["name"]) == PERSIST_GROUP:
+                behind = group.get("lag")
+                if behind is None:  # unknown after some trims (Redis 7): count what we know
+                    behind = 0
+                acked += max(added - int(behind) - int(group["pending"]), 0)
+    return published, acked
+
+
+def waiting_ages_ms(r: Any, keys: Keys, symbols: Sequence[str]) -> list[float]:
+    """Per stream, the age (ms) of the oldest tick published but not yet
+    acknowledged by the persist group; 0 when none waits. See the module doc."""
+    streams = [keys.stream(s) for s in symbols]
+    pipe = r.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+    replies = pipe.execute(raise_on_error=False)
+    pipe = r.pipeline(transaction=False)
+    asked: list[tuple[bool, bool]] = []
+    for stream, groups in zip(streams, replies, strict=True):
+        group = None
+        if not isinstance(groups, Exception):
+            group = next((g for g in groups if _text(g["name"]) == PERSIST_GROUP), None)
+        if group is None:
+            asked.append((False, False))
+            continue
+        pending = int(group["pending"]) > 0
+        if pending:
+            pipe.xpending(stream, PERSIST_GROUP)
+        pipe.xrange(stream, min="(" + _text(group["last-delivered-id"]), max="+", count=1)
+        asked.append((pending, True))
+    answers = iter(pipe.execute(raise_on_error=False))
+    now = now_ms()
+    ages: list[float] = []
+    for pending, ranged in asked:
+        oldest: int | None = None
+        if pending:
+            summary = next(answers)
+            if not isinstance(summary, Exception) and summary.get("min"):
+                oldest = parse_entry_id(summary["min"])[0]
+        if ranged:
+            rows = next(answers)
+            if not isinstance(rows, Exception) and rows:
+                ms = parse_entry_id(rows[0][0])[0]
+                oldest = ms if oldest is None else min(oldest, ms)
+        if ranged or pending:
+            ages.append(float(max(now - oldest, 0)) if oldest is not None else 0.0)
+    return ages
+
+
+class LagSampler:
+    """Samples :func:`waiting_ages_ms` every ``interval_s`` in a thread."""
+
+    def __init__(self, r: Any, keys: Keys, symbols: Sequence[str], *,
+                 interval_s: float = 0.2) -> None:
+        self.r = r
+        self.keys = keys
+        self.symbols = list(symbols)
+        self.interval_s = interval_s
+        #: ``(monotonic_s, ages_ms)`` per sample
+        self.samples: list[tuple[float, list[float]]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                ages = waiting_ages_ms(self.r, self.keys, self.symbols)
+            except Exception:  # noqa: BLE001 - a fault test restarts Redis under us
+                self.errors += 1
+                continue
+            self.samples.append((time.monotonic(), ages))
+
+    def start(self) -> LagSampler:
+        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def window(self, start_s: float, end_s: float) -> list[list[float]]:
+        return [ages for t, ages in list(self.samples) if start_s <= t <= end_s]
+
+
+def wait_drained(r: Any, keys: Keys, symbols: Sequence[str], timeout_s: float) -> bool:
+    """Wait until the persist group has acknowledged every published entry."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        published, acked = stream_counts(r, keys, symbols)
+        if acked >= published:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+
+def raw_xadd_per_s(r: Any, keys: Keys, count: int = 20_000, batch: int = 1000) -> float:
+    """Pipelined ``XADD`` of pre-encoded entries from this process: what
+    Redis and one Python client do with no tick logic at all."""
+    stream = keys.stream("E2EBASELINE")
+    fields = {b"sym": b"E2EBASELINE", b"ts": b"1700000000000000", b"px": b"100.25",
+              b"src": b"gbm"}
+    r.delete(stream)
+    start = time.perf_counter()
+    for offset in range(0, count, batch):
+        pipe = r.pipeline(transaction=False)
+        for _ in range(min(batch, count - offset)):
+            pipe.xadd(stream, fields)
+        pipe.execute()
+    elapsed = time.perf_counter() - start
+    r.delete(stream)
+    return count / elapsed
+
+
+def raw_copy_per_s(conn: Any, count: int = 50_000) -> float:
+    """``COPY`` of ready-made tick rows into a temporary copy of ``ticks``'s
+    columns: PostgreSQL's own write speed here, without any pipeline."""
+    import io
+
+    line = "E2EBASELINE\t2024-01-01 00:00:00.{:06d}+00\t100.25\t\\N\tgbm\t\\N\t{}\n"
+    data = "".join(line.format(i % 1_000_000, i) for i in range(count))
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE e2e_copy_baseline (LIKE ticks)")
+        start = time.perf_counter()
+        cur.copy_expert("COPY e2e_copy_baseline FROM STDIN", io.StringIO(data))
+        conn.commit()
+        elapsed = time.perf_counter() - start
+        cur.execute("DROP TABLE e2e_copy_baseline")
+    conn.commit()
+    return count / elapsed
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What "sustained" means for a step (see the module doc)."""
+
+    min_publish_ratio: float = 0.9
+    min_persist_ratio: float = 0.95
+    min_ws_ratio: float = 0.9
+    lag_bound_ms: float = 2000.0
+    ws_bound_ms: float = 1000.0
+
+
+def judge(step: dict[str, Any], bounds: Bounds) -> list[str]:
+    """Why a measured step is not sustained (empty: sustained). Pure."""
+    reasons = []
+    target = step["target_ticks_per_s"]
+    published = step["published_ticks_per_s"]
+    if published < bounds.min_publish_ratio * target:
+        reasons.append(f"published {published:.0f}/s of {target}/s")
+    if step["persisted_ticks_per_s"] < bounds.min_persist_ratio * published:
+        reasons.append(f"persisted {step['persisted_ticks_per_s']:.0f}/s "
+                       f"of {published:.0f}/s published")
+    if step["ws_ticks_per_s"] < bounds.min_ws_ratio * published:
+        reasons.append(f"websocket probe got {step['ws_ticks_per_s']:.0f}/s "
+                       f"of {published:.0f}/s")
+    lag99 = step.get("persist_lag_p99_ms")
+    if lag99 is None or lag99 > bounds.lag_bound_ms:
+        reasons.append(f"persist lag p99 {lag99} ms over {bounds.lag_bound_ms:.0f} ms")
+    last = step.get("persist_lag_last_ms")
+    if last is not None and last > bounds.lag_bound_ms:
+        reasons.append(f"persist lag still {last:.0f} ms at the end of the step")
+    ws99 = step.get("ws_latency_p99_ms")
+    if ws99 is None or ws99 > bounds.ws_bound_ms:
+        reasons.append(f"websocket p99 {ws99} ms over {bounds.ws_bound_ms:.0f} ms")
+    return reasons
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class E2EParams:
+    rates: list[int]
+    symbols: int = 20
+    publishers: int = 1
+    workers: int = 1
+    warmup_s: float = 2.0
+    measure_s: float = 5.0
+    drain_timeout_s: float = 20.0
+    bounds: Bounds = field(default_factory=Bounds)
+
+
+def _print_step(step: dict[str, Any]) -> None:
+    cpu = ", ".join(f"{k} {v:.0f}%" for k, v in step["cpu_percent"].items() if v is not None)
+    print(f"  {step['target_ticks_per_s']:>7}/s  published {step['published_ticks_per_s']:>8.0f}/s"
+          f"  persisted {step['persisted_ticks_per_s']:>8.0f}/s"
+          f"  lag p50/p99 {step['persist_lag_p50_ms']}/{step['persist_lag_p99_ms']} ms"
+          f"  ws {step['ws_ticks_per_s']:>8.0f}/s p50/p99 "
+          f"{step['ws_latency_p50_ms']}/{step['ws_latency_p99_ms']} ms"
+          f"  {'ok' if step['sustained'] else 'NOT sustained: ' + '; '.join(step['why_not'])}",
+          flush=True)
+    print(f"           cpu: {cpu}; machine {step['machine_cpu_percent']}%", flush=True)
+
+
+def run(*, redis_url: str, database_url: str, n: int | None = None,
+        warmup_s: float | None = None, measure_s: float | None = None,
+        symbols: int | None = None, publishers: int | None = None,
+        workers: int | None = None) -> dict[str, Any]:
+    """The e2e benchmark (see the module doc). ``n`` is the top of the ramp
+    in ticks/s over all symbols (default 100,000)."""
+    params = E2EParams(rates=ramp(n or 100_000))
+    if warmup_s is not None:
+        params.warmup_s = warmup_s
+    if measure_s is not None:
+        params.measure_s = measure_s
+    if symbols is not None:
+        params.symbols = symbols
+    if publishers is not None:
+        params.publishers = publishers
+    if workers is not None:
+        params.workers = workers
+    log_dir = Path(tempfile.mkdtemp(prefix="pricepipe-e2e-"))
+    try:
+        return _run(redis_url, database_url, params, log_dir)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def role_env(redis_url: str, database_url: str, prefix: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PRICEPIPE_REDIS_URL": redis_url, "PRICEPIPE_DATABASE_URL": database_url,
+                "PRICEPIPE_REDIS_PREFIX": prefix, "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _clear_prefix(r: Any, prefix: str) -> None:
+    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        r.delete(key)
+
+
+def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) -> dict[str, Any]:
+    import redis
+
+    from .connections import pg_connect
+    from .embedded import free_port
+
+    keys = Keys(E2E_PREFIX, 8)
+    names = symbol_names(params.symbols)
+    env = role_env(redis_url, database_url, E2E_PREFIX)
+    r = redis.Redis.from_url(redis_url, socket_timeout=10)
+    conn = pg_connect(database_url, application_name="pricepipe-e2e")
+    roles: list[Role] = []
+    sampler: ProcessSampler | None = None
+    lag: LagSampler | None = None
+    steps: list[dict[str, Any]] = []
+    try:
+        _clear_prefix(r, E2E_PREFIX)
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM ticks WHERE symbol = ANY(%s)", (names,))
+        conn.commit()
+        print("baselines: raw pipelined XADD and raw COPY, same servers ...", flush=True)
+        baselines = {"raw_xadd_ticks_per_s": round(raw_xadd_per_s(r, keys)),
+                     "raw_copy_rows_per_s": round(raw_copy_per_s(conn)),
+                     "goal_ticks_per_s": GOAL_TICKS_PER_S,
+                     "goal_persist_lag_p99_ms": GOAL_PERSIST_LAG_P99_MS,
+                     "goal_ws_latency_p99_ms": GOAL_WS_P99_MS}
+        print(f"  {baselines}", flush=True)
+
+        workers = [Role(f"worker{i}", ["persist", "--name", f"e2e-{i}"], env, log_dir)
+                   for i in range(params.workers)]
+        ws_port = free_port()
+        ws = Role("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)], env, log_dir)
+        for role in [*workers, ws]:
+            role.start()
+            roles.append(role)
+        if not wait_http(f"http://127.0.0.1:{ws_port}/healthz", 30, ws):
+            raise RuntimeError(f"websocket server did not come up:\n{ws.tail()}")
+        probe = Probe("probe", f"ws://127.0.0.1:{ws_port}/ws", names, env, log_dir)
+        probe.start()
+        roles.append(probe)
+
+        sampler = ProcessSampler({"loadtest": os.getpid, "ws": lambda: ws.pid,
+                                  "probe": lambda: probe.pid}, interval_s=0.5)
+        for worker in workers:
+            sampler.add(worker.name, lambda w=worker: w.pid)  # type: ignore[misc]
+        rpid = redis_pid(r)
+        if rpid:
+            sampler.add("redis", lambda: rpid)
+        ppid = postgres_pid(conn)
+        if ppid:
+            sampler.add("postgres", lambda: ppid, tree=True)
+        publisher_roles: list[Role] = []
+        for i in range(params.publishers):
+            publisher = Role(f"publisher{i}", [], env, log_dir)
+            publisher_roles.append(publisher)
+            sampler.add(publisher.name, lambda p=publisher: p.pid)  # type: ignore[misc]
+        sampler.start()
+        lag = LagSampler(r, keys, names).start()
+
+        groups = split(names, params.publishers)
+        for seed, target in enumerate(params.rates, start=1):
+            step = _step(r, keys, names, groups, publisher_roles, probe, sampler, lag,
+                         target, seed, params)
+            steps.append(step)
+            _print_step(step)
+            if not step["sustained"]:
+                break
+
+        for role in roles:
+            role.stop()
+        drained = wait_drained(r, keys, names, 5)
+        published, _ = stream_counts(r, keys, names)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT (symbol, entry_id)) FROM ticks "
+                        "WHERE symbol = ANY(%s)", (names,))
+            rows, distinct = cur.fetchone()
+        conn.commit()
+    finally:
+        if lag is not None:
+            lag.stop()
+        if sampler is not None:
+            sampler.stop()
+        for role in roles:
+            role.stop(5)
+        try:
+            _clear_prefix(r, E2E_PREFIX)
+        finally:
+            r.close()
+            conn.close()
+
+    best = max((s for s in steps if s["sustained"]), key=lambda s: s["published_ticks_per_s"],
+               default=None)
+    shown = best or (steps[0] if steps else None)
+    figures: dict[str, Any] = {
+        "max_sustained_ticks_per_s": round(best["published_ticks_per_s"]) if best else 0,
+    }
+    if shown is not None:
+        for name in ("published_ticks_per_s", "persisted_ticks_per_s", "ws_ticks_per_s"):
+            figures[name] = round(shown[name])
+        for name in ("persist_lag_p50_ms", "persist_lag_p99_ms", "ws_latency_p50_ms",
+                     "ws_latency_p99_ms", "ws_event_latency_p99_ms", "machine_cpu_percent"):
+            if shown.get(name) is not None:
+                figures[name] = shown[name]
+        for proc, value in shown["cpu_percent"].items():
+            if value is not None:
+                figures[f"cpu_percent_{proc}"] = value
+        for proc, value in shown["rss_max_mib"].items():
+            if value is not None:
+                figures[f"rss_max_mib_{proc}"] = value
+    figures["rows_persisted"] = int(rows)
+    figures["ticks_published"] = int(published)
+    sustained = figures["max_sustained_ticks_per_s"]
+    ratios = {
+        "sustained_vs_goal": round(sustained / GOAL_TICKS_PER_S, 3),
+        "sustained_vs_raw_xadd": round(sustained / baselines["raw_xadd_ticks_per_s"], 3),
+    }
+    if best is not None:
+        ratios["persist_lag_p99_vs_goal"] = round(
+            best["persist_lag_p99_ms"] / GOAL_PERSIST_LAG_P99_MS, 3)
+        ratios["ws_latency_p99_vs_goal"] = round(best["ws_latency_p99_ms"] / GOAL_WS_P99_MS, 3)
+    goal_met = bool(best and sustained >= GOAL_TICKS_PER_S
+                    and best["persist_lag_p99_ms"] < GOAL_PERSIST_LAG_P99_MS
+                    and best["ws_latency_p99_ms"] < GOAL_WS_P99_MS)
+    report = {
+        "target": "e2e",
+        "figures": figures,
+        "baselines": baselines,
+        "ratios": ratios,
+        "params": {**{k: v for k, v in asdict(params).items() if k != "bounds"},
+                   "bounds": asdict(params.bounds), "prefix": E2E_PREFIX},
+        "steps": steps,
+        "goal_met": goal_met,
+        "exactly_once": {"drained": drained, "published": int(published), "rows": int(rows),
+                         "distinct_rows": int(distinct),
+                         "ok": drained and int(rows) == int(published) == int(distinct)},
+    }
+    print(f"e2e: highest sustained rate {sustained:,} ticks/s "
+          f"(goal {GOAL_TICKS_PER_S:,}: {'met' if goal_met else 'not met'}); "
+          f"rows {rows:,} for {published:,} published", flush=True)
+    return report
+
+
+def _step(r: Any, keys: Keys, names: list[str], groups: list[list[str]],
+          publishers: list[Role], probe: Probe, sampler: ProcessSampler, lag: LagSampler,
+          target: int, seed: int, params: E2EParams) -> dict[str, Any]:
+    """One rate step: publish, settle, measure, stop, drain."""
+    per_symbol = target / len(names)
+    before, _ = stream_counts(r, keys, names)
+    for publisher, group in zip(publishers, groups, strict=False):
+        publisher.args = ["publish", "--source", "gbm", "--symbols", ",".join(group),
+                          "--rate", f"{per_symbol:.6g}", "--seed", str(seed)]
+        publisher.start()
+    # Wait for the publishers' first ticks (interpreter and numpy start-up).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if stream_counts(r, keys, names)[0] > before:
+            break
+        dead = [p for p in publishers if p.proc is not None and p.proc.poll() is not None]
+        if dead:
+            raise RuntimeError(f"publisher exited:\n{dead[0].tail()}")
+        time.sleep(0.1)
+    time.sleep(params.warmup_s)
+
+    t0, w0, cpu0 = time.monotonic(), time.time(), read_machine_cpu()
+    pub0, ack0 = stream_counts(r, keys, names)
+    time.sleep(params.measure_s)
+    t1, w1, cpu1 = time.monotonic(), time.time(), read_machine_cpu()
+    pub1, ack1 = stream_counts(r, keys, names)
+    elapsed = t1 - t0
+
+    for publisher in publishers:
+        publisher.stop()
+    drained = wait_drained(r, keys, names, params.drain_timeout_s)
+
+    ages = lag.window(t0, t1)
+    flat = [a for sample in ages for a in sample]
+    worst_last = max(ages[-1]) if ages and ages[-1] else None
+    got = probe.window(w0, w1)
+    series = sampler.series()
+    machine = None
+    if cpu0 and cpu1 and cpu1[1] > cpu0[1]:
+        machine = round((cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1]) * 100, 1)
+    step: dict[str, Any] = {
+        "target_ticks_per_s": target,
+        "published_ticks_per_s": (pub1 - pub0) / elapsed,
+        "persisted_ticks_per_s": (ack1 - ack0) / elapsed,
+        # The probe reports every 0.5 s: rate over the span of its lines.
+        "ws_ticks_per_s": got["ticks"] / elapsed,
+        "persist_lag_p50_ms": _round(percentile(flat, 50)),
+        "persist_lag_p99_ms": _round(percentile(flat, 99)),
+        "persist_lag_max_ms": _round(max(flat) if flat else None),
+        "persist_lag_last_ms": _round(worst_last),
+        "ws_latency_p50_ms": _round(percentile(got["lat_ms"], 50), 2),
+        "ws_latency_p99_ms": _round(percentile(got["lat_ms"], 99), 2),
+        "ws_event_latency_p99_ms": _round(percentile(got["event_ms"], 99), 2),
+        "cpu_percent": {name: _round(s.cpu_percent(t0, t1)) for name, s in series.items()},
+        "rss_max_mib": {name: _round(s.rss_max_mib(t0, t1)) for name, s in series.items()},
+        "machine_cpu_percent": machine,
+        "drained_after": drained,
+        "lag_samples": len(ages),
+    }
+    step["why_not"] = judge(step, params.bounds)
+    step["sustained"] = not step["why_not"]
+    for name in ("published_ticks_per_s", "persisted_ticks_per_s", "ws_ticks_per_s"):
+        step[name] = round(step[name], 1)
+    return step
