@@ -124,8 +124,8 @@ def test_block_policy_gives_up_on_stop(small_redis: Any, keys: Keys) -> None:
             pytest.fail("redis never filled up")
         worker_done: list[int] = []
 
-        def publish_one(start: int = total) -> None:
-            worker_done.append(sink.publish(batch(start * 1000)))
+        def publish_one(start: int = total, out: list[int] = worker_done) -> None:
+            out.append(sink.publish(batch(start * 1000)))
 
         worker = threading.Thread(target=publish_one)
         worker.start()
