@@ -60,6 +60,7 @@ from .clock import now_ms
 from .codec import decode_json, parse_entry_id
 from .keys import PERSIST_GROUP, Keys
 from .procstat import ProcessSampler, percentile, read_machine_cpu, read_stat
+from .streams import register_symbols
 
 #: The issue's goal, reported beside the measurement.
 GOAL_TICKS_PER_S = 50_000
@@ -540,6 +541,9 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
                      "goal_ws_latency_p99_ms": GOAL_WS_P99_MS}
         print(f"  {baselines}", flush=True)
 
+        # Registered up front so the workers find every stream when they
+        # start (they re-read the registry only every few seconds).
+        register_symbols(r, keys, names)
         workers = [Role(f"worker{i}", ["persist", "--name", f"e2e-{i}"], env, log_dir)
                    for i in range(params.workers)]
         ws_port = free_port()
