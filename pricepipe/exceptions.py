@@ -14,6 +14,8 @@
     * :exc:`EmbeddedServerError` - an embedded redis-server or PostgreSQL
       could not be found or started.
     * :exc:`MigrationError` - a schema migration failed.
+    * :exc:`InvalidParameterError` - a client's request parameter is invalid
+      (also a ``ValueError``); the HTTP API answers it with a 4xx.
 
 Messages are lower-case; the offending value is kept as an attribute where
 it helps a caller react, and the original error is chained with ``from``.
@@ -77,3 +79,11 @@ class EmbeddedServerError(PricepipeError):
 
 class MigrationError(PricepipeError):
     """A schema migration could not be applied."""
+
+
+class InvalidParameterError(PricepipeError, ValueError):
+    """A request parameter is invalid; ``param`` names it (``None``: the request as a whole)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

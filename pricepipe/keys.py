@@ -7,6 +7,7 @@ Layout (``pp`` is the configurable prefix, ``N`` the shard of a symbol)::
     pp:{sN}:dlq              stream, dead letters of shard N (entries that could not be persisted)
     pp:hb:<role>:<name>      string with TTL, a process's heartbeat
     pp:rq                    prefix of rq queues (see :meth:`Keys.rq_queue`)
+    pp:ratelimit             prefix of the HTTP API's rate-limit counters (the ``limits`` library)
 
 Redis Cluster: the ``{sN}`` hash tag puts every key of a shard in one hash
 slot, so a multi-key command (``XREADGROUP`` over several streams, a
@@ -67,6 +68,11 @@ class Keys:
     def rq_queue(self, name: str) -> str:
         """Name of an rq queue (rq adds its own ``rq:queue:`` key prefix)."""
         return f"{self.prefix}-{name}"
+
+    def rate_limits(self) -> str:
+        """Key prefix handed to the ``limits`` library; it appends its own
+        suffixes (and braces, so each counter stays in one cluster slot)."""
+        return f"{self.prefix}:ratelimit"
 
     def all_shards(self) -> range:
         return range(self.shards)

@@ -1,0 +1,7 @@
+"""``python -m api`` is ``pricepipe api``."""
+
+import sys
+
+from pricepipe.cli import main
+
+sys.exit(main(["api", *sys.argv[1:]]))

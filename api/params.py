@@ -1,0 +1,190 @@
+"""Parsing and checking of the API's request parameters. Pure functions, no I/O.
+
+Every function raises :exc:`~pricepipe.exceptions.InvalidParameterError`
+(a ``ValueError``) naming the parameter and saying what is wrong; the app
+turns it into a 422 with a JSON body. Nothing here touches SQL: values
+leave this module as typed Python values that the queries bind as
+parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pricepipe.clock import US_PER_S, parse_time_us
+from pricepipe.exceptions import InvalidParameterError
+from pricepipe.tick import MAX_TS_US, MIN_TS_US, SYMBOL_RE
+
+US_PER_DAY = 86_400 * US_PER_S
+
+#: Bar widths the API serves, in microseconds. Buckets are aligned to the
+#: Unix epoch in UTC (a 1d bar runs from midnight UTC to midnight UTC).
+INTERVALS_US: dict[str, int] = {
+    "1m": 60 * US_PER_S,
+    "5m": 300 * US_PER_S,
+    "15m": 900 * US_PER_S,
+    "1h": 3600 * US_PER_S,
+    "1d": US_PER_DAY,
+}
+
+_CURSOR_RE = re.compile(r"(\d{1,19})_(\d{1,19})")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """Half-open ``[start_us, end_us)`` in epoch microseconds, UTC."""
+
+    start_us: int
+    end_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position after the last tick of a page: its ``(ts_us, entry_id)`` key."""
+
+    ts_us: int
+    entry_id: int
+
+    def encode(self) -> str:
+        return f"{self.ts_us}_{self.entry_id}"
+
+
+def parse_symbol(text: str, param: str = "symbol") -> str:
+    """A symbol, upper-cased for convenience, checked against the tick pattern."""
+    symbol = text.strip().upper()
+    if SYMBOL_RE.fullmatch(symbol) is None:
+        raise InvalidParameterError(
+            f"{param}: invalid symbol {text[:40]!r}: want 1-32 of A-Z 0-9 . _ : -", param=param
+        )
+    return symbol
+
+
+def parse_symbols(text: str, *, most: int, param: str = "symbols") -> list[str]:
+    """Comma-separated symbols, duplicates removed, order kept; 1 .. ``most`` of them."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise InvalidParameterError(f"{param}: give at least one symbol", param=param)
+    symbols = list(dict.fromkeys(parse_symbol(p, param) for p in parts))
+    if len(symbols) > most:
+        raise InvalidParameterError(
+            f"{param}: at most {most} symbols per request, not {len(symbols)}", param=param
+        )
+    return symbols
+
+
+def parse_time(text: str, param: str) -> int:
+    """ISO-8601 (no offset means UTC) or epoch s/ms/us digits -> epoch microseconds."""
+    try:
+        ts_us = parse_time_us(text)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidParameterError(
+            f"{param}: cannot read {text[:40]!r} as a time: give ISO-8601 "
+            "(2026-01-02T03:04:05Z) or epoch seconds, milliseconds or microseconds",
+            param=param,
+        ) from exc
+    if not MIN_TS_US <= ts_us <= MAX_TS_US:
+        raise InvalidParameterError(
+            f"{param}: {text[:40]!r} is outside 2000-01-01 .. 2100-01-01", param=param
+        )
+    return ts_us
+
+
+def parse_range(
+    start: str | None, end: str | None, *, now_us: int, default_span_us: int, max_span_us: int
+) -> TimeRange:
+    """``[start, end)``; ``end`` defaults to now, ``start`` to ``end - default_span_us``.
+
+    Raises unless ``start < end`` and the span is at most ``max_span_us``.
+    """
+    end_us = parse_time(end, "end") if end is not None else now_us
+    start_us = (parse_time(start, "start") if start is not None
+                else max(end_us - default_span_us, MIN_TS_US))
+    if start_us >= end_us:
+        raise InvalidParameterError("start must be before end", param="start")
+    if end_us - start_us > max_span_us:
+        raise InvalidParameterError(
+            f"time range too long: at most {_span_text(max_span_us)} per request", param="end"
+        )
+    return TimeRange(start_us, end_us)
+
+
+def parse_cursor(text: str | None) -> Cursor | None:
+    """A ``next_cursor`` value as returned by a previous page, or None."""
+    if text is None or text == "":
+        return None
+    match = _CURSOR_RE.fullmatch(text)
+    if match is None:
+        raise InvalidParameterError(
+            "cursor: not a cursor returned by this API (want <ts_us>_<entry>)", param="cursor"
+        )
+    ts_us, entry_id = int(match[1]), int(match[2])
+    if not MIN_TS_US <= ts_us <= MAX_TS_US or entry_id >= 1 << 63:
+        raise InvalidParameterError("cursor: out of range", param="cursor")
+    return Cursor(ts_us, entry_id)
+
+
+def parse_interval(text: str) -> int:
+    """A bar width name (``1m``, ``5m``, ``15m``, ``1h``, ``1d``) -> microseconds."""
+    try:
+        return INTERVALS_US[text]
+    except KeyError:
+        raise InvalidParameterError(
+            f"interval: {text[:16]!r} is not one of {', '.join(INTERVALS_US)}", param="interval"
+        ) from None
+
+
+def align_down(ts_us: int, width_us: int) -> int:
+    """Start of the epoch-aligned bucket of width ``width_us`` holding ``ts_us``."""
+    return ts_us - ts_us % width_us
+
+
+def check_bar_count(span: TimeRange, width_us: int, most: int) -> None:
+    """Refuse a bar query that could return more than ``most`` bars."""
+    count = -(-(span.end_us - span.start_us) // width_us)
+    if count > most:
+        raise InvalidParameterError(
+            f"time range too long for this interval: {count} bars, at most {most}; "
+            "narrow the range or pick a wider interval",
+            param="end",
+        )
+
+
+def wants_csv(format_param: str | None, accept: str | None) -> bool:
+    """CSV when ``format=csv``, or when ``format`` is absent and the client
+    prefers ``text/csv`` over JSON in its ``Accept`` header."""
+    if format_param is not None:
+        if format_param not in ("json", "csv"):
+            raise InvalidParameterError(
+                f"format: {format_param[:16]!r} is not json or csv", param="format"
+            )
+        return format_param == "csv"
+    if not accept:
+        return False
+    return _accept_quality(accept, "text/csv") > _accept_quality(accept, "application/json")
+
+
+def _accept_quality(accept: str, media_type: str) -> float:
+    """Quality the ``Accept`` header gives ``media_type`` exactly (RFC 9110 12.5.1);
+    wildcards give nothing, so JSON stays the default."""
+    best = 0.0
+    for item in accept.split(","):
+        kind, *params = (p.strip() for p in item.split(";"))
+        if kind.lower() != media_type:
+            continue
+        quality = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        best = max(best, quality)
+    return best
+
+
+def _span_text(span_us: int) -> str:
+    if span_us % US_PER_DAY == 0:
+        return f"{span_us // US_PER_DAY} days"
+    return f"{span_us / US_PER_S:g} s"

@@ -1,0 +1,356 @@
+"""The API's SQL: history of ticks and bars, instruments, last prices.
+
+Every function takes an open connection; values reach PostgreSQL only as
+bound parameters (``%(name)s``), and the few pieces of SQL that vary (an
+optional cursor condition) are fixed fragments composed with
+:mod:`psycopg2.sql`.
+
+Rows are encoded by PostgreSQL itself, as JSON text or as CSV through
+``COPY ... TO STDOUT``, so a page of 100,000 ticks is not turned into
+100,000 Python dicts and back. The encoding matches
+:func:`pricepipe.codec.tick_to_dict` (the tests compare them):
+``ts`` is ISO-8601 UTC with microseconds and ``Z``, ``ts_us`` exact epoch
+microseconds, ``id`` the Redis entry ID (:func:`pricepipe.codec.unpack_entry_id`,
+using the codec's own bit split passed in as parameters), and
+``recv_ts_us`` is always present (``null`` when unknown).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from queue import Empty, Full, Queue
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pricepipe import codec
+from pricepipe.clock import us_to_datetime
+
+from .params import Cursor, TimeRange
+
+#: ``to_char`` pattern of :func:`pricepipe.clock.format_us`.
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+
+_ID_PARAMS = {"seq_bits": codec.SEQ_BITS, "seq_mask": (1 << codec.SEQ_BITS) - 1}
+
+_TICK_SELECT = sql.SQL(f"""
+    SELECT symbol,
+           to_char(ts AT TIME ZONE 'UTC', {_ISO}) AS ts,
+           (extract(epoch FROM ts) * 1000000)::bigint AS ts_us,
+           price, size, source,
+           (extract(epoch FROM recv_ts) * 1000000)::bigint AS recv_ts_us,
+           (entry_id >> %(seq_bits)s)::text || '-' || (entry_id & %(seq_mask)s)::text AS id,
+           entry_id
+      FROM ticks
+     WHERE symbol = %(symbol)s AND ts >= %(start)s AND ts < %(end)s {{after}}
+     ORDER BY ts, entry_id
+     {{limit}}
+""")
+
+_AFTER = sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)")
+
+_TICK_JSON = sql.SQL("""
+    SELECT t.ts_us, t.entry_id,
+           json_build_object('symbol', t.symbol, 'ts', t.ts, 'ts_us', t.ts_us,
+                             'price', t.price, 'size', t.size, 'source', t.source,
+                             'recv_ts_us', t.recv_ts_us, 'id', t.id)::text
+      FROM ({select}) AS t
+""")
+
+TICK_CSV_COLUMNS = ("symbol", "ts", "ts_us", "price", "size", "source", "recv_ts_us", "id")
+
+_TICK_CSV = sql.SQL("SELECT {columns} FROM ({select}) AS t")
+
+# One-minute bars: the stored rollups where the persist workers wrote them,
+# computed from raw ticks before the first and after the last stored minute
+# of the range (data persisted before rollups existed, or not yet rolled up).
+# Inside that span a minute without a stored bar had no ticks: the workers
+# write a tick and its bar in one transaction. The tick ranges are scalar
+# subqueries so PostgreSQL prunes partitions and uses the primary key.
+_MINUTES = f"""
+    WITH stored AS (
+        SELECT bucket, open, high, low, close, volume, tick_count,
+               open_ts, open_entry, close_ts, close_entry
+          FROM bars_1m
+         WHERE symbol = %(symbol)s AND bucket >= %(start)s AND bucket < %(end)s
+    ), covered AS (
+        SELECT coalesce(min(bucket), %(end)s) AS first_bucket,
+               coalesce(max(bucket) + interval '1 minute', %(end)s) AS after_bucket
+          FROM stored
+    ), raw AS (
+        SELECT ts, entry_id, price, size FROM ticks
+         WHERE symbol = %(symbol)s AND ts >= %(start)s
+           AND ts < (SELECT first_bucket FROM covered)
+        UNION ALL
+        SELECT ts, entry_id, price, size FROM ticks
+         WHERE symbol = %(symbol)s AND ts >= (SELECT after_bucket FROM covered)
+           AND ts < %(end)s
+    ), computed AS (
+        SELECT date_trunc('minute', ts) AS bucket,
+               (array_agg(price ORDER BY ts, entry_id))[1] AS open,
+               max(price) AS high, min(price) AS low,
+               (array_agg(price ORDER BY ts DESC, entry_id DESC))[1] AS close,
+               coalesce(sum(size), 0) AS volume, count(*) AS tick_count,
+               min(ts) AS open_ts, (array_agg(entry_id ORDER BY ts, entry_id))[1] AS open_entry,
+               max(ts) AS close_ts,
+               (array_agg(entry_id ORDER BY ts DESC, entry_id DESC))[1] AS close_entry
+          FROM raw GROUP BY 1
+    ), minutes AS (
+        SELECT * FROM stored UNION ALL SELECT * FROM computed
+    ), bars AS (
+        SELECT date_bin(%(width)s, bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+               (array_agg(open ORDER BY open_ts, open_entry))[1] AS open,
+               max(high) AS high, min(low) AS low,
+               (array_agg(close ORDER BY close_ts DESC, close_entry DESC))[1] AS close,
+               sum(volume) AS volume, sum(tick_count)::bigint AS tick_count
+          FROM minutes GROUP BY 1
+    )
+    SELECT to_char(bucket AT TIME ZONE 'UTC', {_ISO}) AS bucket,
+           (extract(epoch FROM bucket) * 1000000)::bigint AS bucket_us,
+           open, high, low, close, volume, tick_count
+      FROM bars
+     ORDER BY bars.bucket
+"""
+
+BAR_CSV_COLUMNS = ("bucket", "bucket_us", "open", "high", "low", "close", "volume", "tick_count")
+
+_BAR_JSON = f"""
+    SELECT json_build_object('bucket', b.bucket, 'bucket_us', b.bucket_us, 'open', b.open,
+                             'high', b.high, 'low', b.low, 'close', b.close,
+                             'volume', b.volume, 'tick_count', b.tick_count)::text
+      FROM ({_MINUTES}) AS b
+"""
+
+_BAR_CSV = f"SELECT * FROM ({_MINUTES}) AS b"
+
+_MINUTE_US = 60_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TickPage:
+    """JSON texts of up to ``limit`` ticks and the cursor of the next page."""
+
+    rows: list[str]
+    next_cursor: Cursor | None
+
+
+def _tick_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "symbol": symbol,
+        "start": us_to_datetime(span.start_us),
+        "end": us_to_datetime(span.end_us),
+        **_ID_PARAMS,
+    }
+    if cursor is not None:
+        params["after_ts"] = us_to_datetime(cursor.ts_us)
+        params["after_entry"] = cursor.entry_id
+    return params
+
+
+def _tick_select(cursor: Cursor | None, limit: int | None) -> sql.Composed:
+    return _TICK_SELECT.format(
+        after=_AFTER if cursor is not None else sql.SQL(""),
+        limit=sql.SQL("LIMIT {}").format(sql.Literal(int(limit))) if limit is not None
+        else sql.SQL(""),
+    )
+
+
+def tick_page(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
+              cursor: Cursor | None, limit: int) -> TickPage:
+    """Ticks of ``symbol`` in ``span`` after ``cursor``, oldest first, by
+    ``(ts, entry id)``; ``next_cursor`` is None on the last page."""
+    query = _TICK_JSON.format(select=_tick_select(cursor, limit + 1))
+    with conn.cursor() as cur:
+        cur.execute(query, _tick_params(symbol, span, cursor))
+        fetched = cur.fetchall()
+    next_cursor = None
+    if len(fetched) > limit:
+        ts_us, entry_id, _ = fetched[limit - 1]
+        next_cursor = Cursor(int(ts_us), int(entry_id))
+        del fetched[limit:]
+    return TickPage([row[2] for row in fetched], next_cursor)
+
+
+def tick_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
+                 cursor: Cursor | None, limit: int | None) -> bytes:
+    """The bound ``SELECT`` of a CSV tick download, for :func:`stream_copy`."""
+    query = _TICK_CSV.format(
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in TICK_CSV_COLUMNS),
+        select=_tick_select(cursor, limit),
+    )
+    with conn.cursor() as cur:
+        return cur.mogrify(query, _tick_params(symbol, span, cursor))
+
+
+def _bar_params(symbol: str, span: TimeRange, width_us: int) -> dict[str, Any]:
+    # Whole minutes: a stored bar and the ticks it summarises always agree.
+    end_us = -(-span.end_us // _MINUTE_US) * _MINUTE_US
+    return {
+        "symbol": symbol,
+        "start": us_to_datetime(span.start_us),
+        "end": us_to_datetime(end_us),
+        "width": timedelta(microseconds=width_us),
+    }
+
+
+def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
+         width_us: int) -> list[str]:
+    """JSON texts of the OHLCV bars of ``symbol`` of width ``width_us``,
+    oldest first. ``span.start_us`` should be aligned to the width."""
+    with conn.cursor() as cur:
+        cur.execute(_BAR_JSON, _bar_params(symbol, span, width_us))
+        return [row[0] for row in cur.fetchall()]
+
+
+def bar_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
+                width_us: int) -> bytes:
+    """The bound ``SELECT`` of a CSV bar download, for :func:`stream_copy`."""
+    with conn.cursor() as cur:
+        return cur.mogrify(_BAR_CSV, _bar_params(symbol, span, width_us))
+
+
+def instruments(conn: psycopg2.extensions.connection) -> dict[str, dict[str, Any]]:
+    """Metadata of every instrument, by symbol."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT symbol, name, logo_url, currency, exchange, week52_high, week52_low"
+            "  FROM instruments ORDER BY symbol"
+        )
+        return {
+            row[0]: {"name": row[1], "logo_url": row[2], "currency": row[3],
+                     "exchange": row[4], "week52_high": row[5], "week52_low": row[6]}
+            for row in cur.fetchall()
+        }
+
+
+def last_prices(conn: psycopg2.extensions.connection,
+                symbols: list[str]) -> dict[str, tuple[int, float]]:
+    """Newest stored ``(ts_us, price)`` of each symbol that has ticks."""
+    if not symbols:
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT s.symbol, (extract(epoch FROM t.ts) * 1000000)::bigint, t.price
+              FROM unnest(%(symbols)s::text[]) AS s(symbol)
+             CROSS JOIN LATERAL (
+                   SELECT ts, price FROM ticks WHERE ticks.symbol = s.symbol
+                    ORDER BY ts DESC, entry_id DESC LIMIT 1) AS t
+            """,
+            {"symbols": symbols},
+        )
+        return {row[0]: (int(row[1]), float(row[2])) for row in cur.fetchall()}
+
+
+def ping(conn: psycopg2.extensions.connection) -> None:
+    """A round trip; raises ``psycopg2.Error`` when the server is not there."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchone()
+
+
+class _QueueWriter:
+    """File-like sink for ``copy_expert`` that hands chunks to a bounded
+    queue: the COPY waits while the client is slower than PostgreSQL, so at
+    most ``depth`` chunks are ever in memory."""
+
+    def __init__(self, out: Queue[bytes | BaseException | None], chunk_bytes: int,
+                 stop: threading.Event) -> None:
+        self._out = out
+        self._chunk_bytes = chunk_bytes
+        self._stop = stop
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._buffer.append(bytes(data))
+        self._size += len(data)
+        if self._size >= self._chunk_bytes:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            chunk = b"".join(self._buffer)
+            self._buffer, self._size = [], 0
+            self.put(chunk)
+
+    def put(self, item: bytes | BaseException | None) -> None:
+        while True:
+            if self._stop.is_set():
+                # Raising inside write() makes psycopg2 abandon the COPY.
+                raise _Abandoned("client went away")
+            try:
+                self._out.put(item, timeout=0.2)
+                return
+            except Full:
+                continue
+
+
+class _Abandoned(Exception):
+    """The reader of a CSV stream stopped reading."""
+
+
+def stream_copy(
+    borrow: Callable[[], Any], select: Callable[[psycopg2.extensions.connection], bytes],
+    *, header: tuple[str, ...], chunk_bytes: int, depth: int = 4,
+) -> Iterator[bytes]:
+    """CSV of a query, as chunks of about ``chunk_bytes``, via ``COPY ... TO STDOUT``.
+
+    ``borrow()`` is a context manager lending a connection (the pool's) and
+    ``select(conn)`` returns the bound query. The COPY runs in its own thread
+    and waits while the consumer is slow, so memory stays bounded whatever
+    the size of the result. Closing the iterator early (the client
+    disconnected) stops the COPY and discards its connection. Errors of the
+    query are raised from the iterator; the first ``next()`` (the header)
+    only returns once rows arrived, so a failing query raises there.
+    """
+    chunks: Queue[bytes | BaseException | None] = Queue(maxsize=depth)
+    stop = threading.Event()
+    writer = _QueueWriter(chunks, chunk_bytes, stop)
+
+    def produce() -> None:
+        try:
+            with borrow() as conn:
+                query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(
+                    sql.SQL(select(conn).decode()))
+                with conn.cursor() as cur:
+                    cur.copy_expert(query, writer)
+                writer.flush()
+            writer.put(None)
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # handed to the consumer, raised there
+            try:
+                writer.put(exc)
+            except _Abandoned:
+                pass
+
+    thread = threading.Thread(target=produce, name="csv-copy", daemon=True)
+    thread.start()
+    try:
+        first = True
+        while True:
+            try:
+                item = chunks.get(timeout=0.5)
+            except Empty:
+                if not thread.is_alive() and chunks.empty():
+                    raise RuntimeError("csv producer ended without finishing") from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            if first:
+                # The header waits for the first rows, so that a query that
+                # fails at once fails before the response has begun.
+                first = False
+                yield (",".join(header) + "\n").encode()
+            if item is None:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

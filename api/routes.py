@@ -1,0 +1,366 @@
+"""The HTTP endpoints: ``/v1/...`` (history, bars, quotes, simulation) and
+the operator's ``/healthz`` and ``/metrics``.
+
+Handlers are plain ``def``: FastAPI runs them in its thread pool, where the
+blocking psycopg2 and redis-py calls belong. Parameters are parsed by
+:mod:`api.params` (or FastAPI's own checks, whose bounds come from
+:class:`~api.settings.ApiSettings` so ``/docs`` shows the real caps) and
+reach SQL only through :mod:`api.queries`.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the parameter
+# annotations at run time, and they refer to the local ``settings``.
+import itertools
+import logging
+import secrets
+from typing import Annotated, Any, Literal
+
+import psycopg2
+import redis
+from fastapi import APIRouter, Depends, Header, Path, Query
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from pricepipe import codec, streams
+from pricepipe.clock import format_us, now_us
+from pricepipe.exceptions import InvalidParameterError, PricepipeError
+
+from . import params, queries
+from .errors import ERROR_RESPONSES, ErrorBody
+from .metrics import Metrics
+from .responses import CsvResponse, JsonResponse
+from .services import Services, get_services
+from .settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+SYMBOL_PATH = Path(description="Instrument symbol, e.g. AAPL (case-insensitive)",
+                   max_length=64)
+TIME_HELP = ("ISO-8601 (2026-01-02T03:04:05Z; no offset means UTC) "
+             "or epoch seconds, milliseconds or microseconds")
+FormatParam = Annotated[
+    Literal["json", "csv"] | None,
+    Query(alias="format", description="json (default) or csv; `Accept: text/csv` also works"),
+]
+AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+# --- documented response shapes (the handlers build the JSON themselves) ---------------------
+
+
+class TickOut(BaseModel):
+    symbol: str
+    ts: str
+    ts_us: int
+    price: float
+    size: float | None
+    source: str
+    recv_ts_us: int | None
+    id: str
+
+
+class TickPageOut(BaseModel):
+    symbol: str
+    start: str
+    end: str
+    count: int
+    next_cursor: str | None
+    ticks: list[TickOut]
+
+
+class BarOut(BaseModel):
+    bucket: str
+    bucket_us: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    tick_count: int
+
+
+class BarsOut(BaseModel):
+    symbol: str
+    interval: str
+    start: str
+    end: str
+    count: int
+    bars: list[BarOut]
+
+
+class QuoteOut(BaseModel):
+    symbol: str
+    ts: str
+    ts_us: int
+    price: float
+    size: float | None
+    source: str
+    id: str
+
+
+class QuotesOut(BaseModel):
+    quotes: dict[str, QuoteOut | None]
+    errors: dict[str, str]
+
+
+class SymbolOut(BaseModel):
+    symbol: str
+    registered: bool
+    name: str | None
+    logo_url: str | None
+    currency: str | None
+    exchange: str | None
+    week52_high: float | None
+    week52_low: float | None
+    last_price: float | None
+    last_ts: str | None
+    last_ts_us: int | None
+
+
+class SymbolsOut(BaseModel):
+    symbols: list[SymbolOut]
+
+
+class GbmOut(BaseModel):
+    periods: int
+    start_price: float
+    mu: float
+    sigma: float
+    delta: float
+    seed: int
+    prices: list[float]
+
+
+class HealthOut(BaseModel):
+    status: str
+    redis: str
+    database: str
+
+
+def _json_page(head: dict[str, Any], list_name: str, rows: list[str]) -> Response:
+    """``{...head, list_name: [rows]}`` where rows are JSON texts from PostgreSQL."""
+    prefix = codec.encode_json(head)[:-1]
+    body = b"".join([prefix, b',"', list_name.encode(), b'":[', ",".join(rows).encode(), b"]}"])
+    return Response(body, media_type="application/json")
+
+
+def _csv(chunks: Any, filename: str) -> Response:
+    # Pull the first chunk here: a failing query still becomes a proper error
+    # status instead of a response cut off after its headers.
+    first = next(chunks)
+    return CsvResponse(
+        itertools.chain([first], chunks),
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def build_router(settings: ApiSettings) -> APIRouter:
+    """The ``/v1`` routes, their bounds taken from ``settings``."""
+    router = APIRouter(responses=ERROR_RESPONSES)
+    max_span_us = settings.max_range_days * params.US_PER_DAY
+
+    @router.get("/symbols", response_model=SymbolsOut, summary="Symbols with metadata")
+    def get_symbols(svc: ServicesDep) -> Response:
+        """Every symbol registered in Redis or described in `instruments`,
+        with its metadata (name, logo, 52-week band) and last price: from its
+        stream when it has entries, else the newest stored tick."""
+        registered = set(streams.known_symbols(svc.redis, svc.keys))
+        with svc.pool.connection() as conn:
+            meta = queries.instruments(conn)
+        symbols = sorted(registered | set(meta))
+        last: dict[str, tuple[int, float]] = {}
+        pipe = svc.redis.pipeline(transaction=False)
+        for symbol in symbols:
+            pipe.xrevrange(svc.keys.stream(symbol), count=1)
+        for symbol, rows in zip(symbols, pipe.execute(), strict=True):
+            if rows:
+                try:
+                    tick = codec.decode_fields(rows[0][1])
+                except ValueError as exc:  # a bad entry: fall back to the database
+                    log.warning("newest entry of %s unreadable: %s", symbol, exc)
+                    continue
+                last[symbol] = (tick.ts_us, tick.price)
+        missing = [s for s in symbols if s not in last]
+        if missing:
+            with svc.pool.connection() as conn:
+                last.update(queries.last_prices(conn, missing))
+        out = []
+        empty: dict[str, Any] = dict.fromkeys(
+            ("name", "logo_url", "currency", "exchange", "week52_high", "week52_low"))
+        for symbol in symbols:
+            ts_us, price = last.get(symbol, (None, None))
+            out.append({
+                "symbol": symbol, "registered": symbol in registered,
+                **meta.get(symbol, empty),
+                "last_price": price, "last_ts": format_us(ts_us) if ts_us else None,
+                "last_ts_us": ts_us,
+            })
+        return JsonResponse({"symbols": out})
+
+    @router.get("/ticks/{symbol}", response_model=TickPageOut,
+                responses={200: {"content": {"text/csv": {}}}},
+                summary="Raw ticks of a symbol in a time range")
+    def get_ticks(
+        svc: ServicesDep,
+        symbol: Annotated[str, SYMBOL_PATH],
+        start: Annotated[str | None, Query(max_length=64, description=(
+            f"Start (inclusive): {TIME_HELP}; default end - 1 day"))] = None,
+        end: Annotated[str | None, Query(max_length=64, description=(
+            f"End (exclusive): {TIME_HELP}; default now"))] = None,
+        limit: Annotated[int | None, Query(ge=1, le=settings.max_page_rows, description=(
+            f"Ticks per page (JSON: default {settings.default_page_rows}; "
+            "CSV: default all)"))] = None,
+        cursor: Annotated[str | None, Query(max_length=64, description=(
+            "`next_cursor` of the previous page"))] = None,
+        fmt: FormatParam = None,
+        accept: AcceptHeader = None,
+    ) -> Response:
+        """Ticks oldest first (by time, then stream entry ID). JSON pages carry
+        `next_cursor` (null on the last page): pass it as `cursor` with the
+        same range for the next page. CSV streams the whole range."""
+        sym = params.parse_symbol(symbol)
+        span = params.parse_range(start, end, now_us=now_us(),
+                                  default_span_us=params.US_PER_DAY, max_span_us=max_span_us)
+        after = params.parse_cursor(cursor)
+        if params.wants_csv(fmt, accept):
+            chunks = queries.stream_copy(
+                svc.pool.connection,
+                lambda conn: queries.tick_csv_sql(conn, sym, span, after, limit),
+                header=queries.TICK_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
+            return _csv(chunks, f"{sym}-ticks.csv")
+        rows = limit or settings.default_page_rows
+        with svc.pool.connection() as conn:
+            page = queries.tick_page(conn, sym, span, after, rows)
+        head = {
+            "symbol": sym, "start": format_us(span.start_us), "end": format_us(span.end_us),
+            "count": len(page.rows),
+            "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
+        }
+        return _json_page(head, "ticks", page.rows)
+
+    @router.get("/bars/{symbol}", response_model=BarsOut,
+                responses={200: {"content": {"text/csv": {}}}},
+                summary="OHLCV bars of a symbol")
+    def get_bars(
+        svc: ServicesDep,
+        symbol: Annotated[str, SYMBOL_PATH],
+        interval: Annotated[Literal["1m", "5m", "15m", "1h", "1d"], Query(
+            description="Bar width; bars are aligned to UTC midnight")] = "1m",
+        start: Annotated[str | None, Query(max_length=64, description=(
+            f"Start: {TIME_HELP}; rounded down to the interval; "
+            "default end - 1000 intervals"))] = None,
+        end: Annotated[str | None, Query(max_length=64, description=(
+            f"End (exclusive): {TIME_HELP}; default now"))] = None,
+        fmt: FormatParam = None,
+        accept: AcceptHeader = None,
+    ) -> Response:
+        """Bars from the stored one-minute rollups, computed from raw ticks
+        where there are none; a bar with no ticks is left out."""
+        sym = params.parse_symbol(symbol)
+        width_us = params.parse_interval(interval)
+        span = params.parse_range(start, end, now_us=now_us(),
+                                  default_span_us=min(width_us * 1000, max_span_us),
+                                  max_span_us=max_span_us)
+        span = params.TimeRange(params.align_down(span.start_us, width_us), span.end_us)
+        params.check_bar_count(span, width_us, settings.max_bars)
+        if params.wants_csv(fmt, accept):
+            chunks = queries.stream_copy(
+                svc.pool.connection,
+                lambda conn: queries.bar_csv_sql(conn, sym, span, width_us),
+                header=queries.BAR_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
+            return _csv(chunks, f"{sym}-bars-{interval}.csv")
+        with svc.pool.connection() as conn:
+            rows = queries.bars(conn, sym, span, width_us)
+        head = {"symbol": sym, "interval": interval, "start": format_us(span.start_us),
+                "end": format_us(span.end_us), "count": len(rows)}
+        return _json_page(head, "bars", rows)
+
+    @router.get("/quotes", response_model=QuotesOut, summary="Latest quote of several symbols")
+    def get_quotes(
+        svc: ServicesDep,
+        symbols: Annotated[str, Query(max_length=4096, description=(
+            f"Comma-separated symbols, at most {settings.max_quote_symbols}"))],
+    ) -> Response:
+        """The newest entry of each symbol's stream in Redis; `null` for a
+        symbol without one. An unreadable entry is reported in `errors`."""
+        wanted = params.parse_symbols(symbols, most=settings.max_quote_symbols)
+        quotes: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for symbol in wanted:
+            try:
+                found = streams.last_tick(svc.redis, svc.keys, symbol)
+            except ValueError as exc:
+                quotes[symbol] = None
+                problems[symbol] = f"newest stream entry unreadable: {exc}"
+                continue
+            quotes[symbol] = codec.tick_to_dict(found[1], found[0]) if found else None
+        return JsonResponse({"quotes": quotes, "errors": problems})
+
+    @router.get("/simulate/gbm", response_model=GbmOut, summary="Simulated GBM price path")
+    def simulate_gbm(
+        periods: Annotated[int, Query(ge=1, le=settings.max_gbm_periods,
+                                      description="Steps to simulate")] = 252,
+        start_price: Annotated[float, Query(gt=0, le=1e12, allow_inf_nan=False)] = 100.0,
+        mu: Annotated[float, Query(ge=-100, le=100, allow_inf_nan=False,
+                                   description="Drift per unit of time")] = 0.05,
+        sigma: Annotated[float, Query(ge=0, le=100, allow_inf_nan=False,
+                                      description="Volatility per unit of time")] = 0.2,
+        delta: Annotated[float, Query(gt=0, le=1000, allow_inf_nan=False,
+                                      description="Time step, units of time")] = 1 / 252,
+        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description=(
+            "Random seed; same seed, same path (default: a fresh one, echoed back)"))] = None,
+    ) -> Response:
+        """`periods + 1` prices of geometric Brownian motion from
+        `start_price` (the seed price service's `/gbm`)."""
+        import numpy as np
+
+        from pricepipe.gbm import gbm_path
+
+        used_seed = secrets.randbits(63) if seed is None else seed
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            path = gbm_path(start_price, mu, sigma, delta, periods,
+                            np.random.default_rng(used_seed))
+            finite = bool(np.all(np.isfinite(path)) and np.all(path > 0))
+        if not finite:
+            raise InvalidParameterError(
+                "the path overflows float64: lower mu, sigma, delta or periods", param="sigma")
+        body = {"periods": periods, "start_price": start_price, "mu": mu, "sigma": sigma,
+                "delta": delta, "seed": used_seed, "prices": path.tolist()}
+        return JsonResponse(body)
+
+    return router
+
+
+def build_ops_router(metrics: Metrics) -> APIRouter:
+    """``/healthz`` and ``/metrics``: not rate limited, not versioned."""
+    router = APIRouter()
+
+    @router.get("/healthz", response_model=HealthOut,
+                responses={503: {"model": HealthOut, "description": "A dependency is down"}},
+                summary="Liveness of the API and its servers")
+    def healthz(svc: ServicesDep) -> Response:
+        """200 when Redis and PostgreSQL answer, else 503 naming the failure."""
+        report = {"status": "ok", "redis": "ok", "database": "ok"}
+        try:
+            svc.redis.ping()
+        except (redis.RedisError, OSError) as exc:
+            report["redis"] = f"unreachable: {exc}"
+        try:
+            with svc.pool.connection() as conn:
+                queries.ping(conn)
+        except (psycopg2.Error, PricepipeError) as exc:
+            report["database"] = f"unreachable: {str(exc).strip()}"
+        healthy = report["redis"] == "ok" and report["database"] == "ok"
+        if not healthy:
+            report["status"] = "unavailable"
+        return JsonResponse(report, status_code=200 if healthy else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=Metrics.content_type)
+
+    return router
+
+
+__all__ = ["ErrorBody", "build_ops_router", "build_router"]

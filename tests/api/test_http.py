@@ -1,0 +1,104 @@
+"""The walking skeleton's endpoints against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from pricepipe import codec, streams
+from pricepipe.clock import format_us
+from pricepipe.keys import Keys
+from pricepipe.tick import Tick
+from tests.api.conftest import DAY0_US, entry_for, insert_ticks, steady_ticks
+
+
+def test_ticks_json_matches_the_codec(client: TestClient, db: Any) -> None:
+    ticks = [
+        Tick("AAPL", DAY0_US + 1, 187.25, 3.0, "test", DAY0_US + 900),
+        Tick("AAPL", DAY0_US + 2_000_000, 0.1 + 0.2, None, "gbm"),
+        Tick("AAPL", DAY0_US + 3_000_000, 1e-7, 0.5, "test"),
+        Tick("MSFT", DAY0_US + 1_500_000, 400.0, 1.0, "test"),
+    ]
+    insert_ticks(db, ticks)
+    resp = client.get("/v1/ticks/aapl", params={"start": format_us(DAY0_US),
+                                                "end": str(DAY0_US // 1000 + 10_000)})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["symbol"] == "AAPL" and body["count"] == 3 and body["next_cursor"] is None
+    expected = []
+    for tick in ticks[:3]:
+        want = codec.tick_to_dict(tick, codec.unpack_entry_id(entry_for(tick)))
+        want.setdefault("recv_ts_us", None)
+        expected.append(want)
+    assert body["ticks"] == expected
+
+
+def test_ticks_cursor_pagination_walks_every_row_once(client: TestClient, db: Any) -> None:
+    ticks = steady_ticks("PAGE", DAY0_US, 25, 1000)
+    # Two entries at the same instant: the cursor must split them correctly.
+    twin = Tick("PAGE", ticks[10].ts_us, 55.5, None, "test")
+    insert_ticks(db, [*ticks, twin], [*(entry_for(t) for t in ticks), entry_for(twin, 1)])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = {"start": str(DAY0_US), "end": str(DAY0_US + 10**9), "limit": "4"}
+        if cursor:
+            query["cursor"] = cursor
+        body = client.get("/v1/ticks/PAGE", params=query).json()
+        pages += 1
+        seen.extend(t["id"] for t in body["ticks"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 7
+    assert len(seen) == 26 and len(set(seen)) == 26
+    ordered = sorted(seen, key=codec.parse_entry_id)
+    assert seen == ordered
+
+
+def test_symbols_merge_registry_instruments_and_last_price(
+        client: TestClient, db: Any, r: Any, keys: Keys) -> None:
+    streams.register_symbols(r, keys, ["LIVE", "BOTH"])
+    live = Tick("LIVE", DAY0_US + 5_000_000, 12.5, None, "gbm")
+    streams.append_ticks(r, keys, [live])
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO instruments (symbol, name, logo_url, week52_high, week52_low)"
+                    " VALUES ('BOTH', 'Both Inc', 'https://x/b.png', 20, 5),"
+                    " ('DBONLY', 'Stored Ltd', NULL, NULL, NULL)")
+    insert_ticks(db, [Tick("DBONLY", DAY0_US, 7.0, None, "test"),
+                      Tick("DBONLY", DAY0_US + 60_000_000, 7.5, None, "test")])
+    body = client.get("/v1/symbols").json()
+    by_symbol = {s["symbol"]: s for s in body["symbols"]}
+    assert list(by_symbol) == ["BOTH", "DBONLY", "LIVE"]
+    assert by_symbol["LIVE"]["last_price"] == 12.5 and by_symbol["LIVE"]["registered"]
+    assert by_symbol["LIVE"]["last_ts_us"] == live.ts_us
+    assert by_symbol["BOTH"]["name"] == "Both Inc" and by_symbol["BOTH"]["week52_high"] == 20
+    assert by_symbol["BOTH"]["last_price"] is None
+    assert by_symbol["DBONLY"]["last_price"] == 7.5 and not by_symbol["DBONLY"]["registered"]
+
+
+def test_healthz_reports_both_servers(client: TestClient) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok", "redis": "ok", "database": "ok"}
+
+
+def test_bad_parameters_are_422_with_a_json_error(client: TestClient) -> None:
+    cases = [
+        ("/v1/ticks/bad%20symbol", "symbol"),
+        ("/v1/ticks/AAPL?start=yesterday", "start"),
+        ("/v1/ticks/AAPL?start=2026-01-02&end=2026-01-01", "start"),
+        ("/v1/ticks/AAPL?start=2000-01-01&end=2026-01-01", "time range too long"),
+        ("/v1/ticks/AAPL?limit=0", "limit"),
+        ("/v1/ticks/AAPL?limit=abc", "limit"),
+        ("/v1/ticks/AAPL?cursor=1;DROP", "cursor"),
+        ("/v1/ticks/AAPL?start=99999999999999999999999", "start"),
+        ("/v1/ticks/AAPL?format=xml", "format"),
+    ]
+    for url, word in cases:
+        resp = client.get(url)
+        assert resp.status_code == 422, (url, resp.status_code, resp.text)
+        assert resp.headers["content-type"].startswith("application/json")
+        assert word in resp.json()["error"], (url, resp.json())
