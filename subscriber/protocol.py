@@ -134,7 +134,7 @@ def _symbols(raw: Any, *, max_symbols: int, req: Any) -> tuple[str, ...]:
         raise ProtocolError(BAD_MESSAGE, "symbols must be a non-empty list", req=req)
     if len(raw) > max_symbols:
         raise ProtocolError(
-            TOO_MANY_SYMBOLS, f"{len(raw)} symbols in one request; the limit is {max_symbols}",
+            TOO_MANY_SYMBOLS, f"too many symbols in one request: {len(raw)} > {max_symbols}",
             req=req,
         )
     out: dict[str, None] = {}
