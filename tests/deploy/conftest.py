@@ -54,19 +54,18 @@ def wait_cluster_ok(ports: list[int], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
-        states = []
+        states: list[dict[str, str]] = []
         for port in ports:
             client = redis.Redis(port=port, host="127.0.0.1", socket_timeout=2)
             try:
-                info = client.cluster("INFO")
+                states.append(client.cluster("INFO"))
             finally:
                 client.close()
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            states.append(text)
-        if all("cluster_state:ok" in s and f"cluster_slots_ok:{CLUSTER_SLOTS}" in s
-               for s in states):
+        if all(s.get("cluster_state") == "ok"
+               and int(s.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS
+               and int(s.get("cluster_known_nodes", 0)) == len(ports) for s in states):
             return
-        last = states[-1]
+        last = str(states)
         time.sleep(0.1)
     raise AssertionError(f"cluster not ok within {timeout_s}s: {last}")
 

@@ -1,0 +1,139 @@
+"""Scale-out: the whole pipeline on a three-master Redis Cluster, as the
+multi-VM topology runs it (deploy/README.md): one publisher, two persist
+workers and two websocket processes, all with ``PRICEPIPE_REDIS_CLUSTER=1``
+and the URL of a single node.
+
+N published ticks become exactly N rows, and a websocket client on each
+websocket process receives live ticks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import orjson
+import psycopg2
+import redis
+from websockets.sync.client import ClientConnection, connect
+
+from pricepipe.embedded import RedisServer, free_port
+from pricepipe.keys import PERSIST_GROUP, Keys
+
+SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA"]
+N_TICKS = 3000
+WAIT_S = 60.0
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+def output_of(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stdout is not None
+    return proc.stdout.read().decode(errors="replace")[-3000:]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"websocket server exited: {output_of(proc)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise AssertionError(f"websocket server on {port} not healthy: {output_of(proc)}")
+
+
+def receive(ws: ClientConnection, kind: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        message = orjson.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        assert message.get("type") != "error", message
+        if message.get("type") == kind:
+            return message
+
+
+def count_rows(database_url: str) -> tuple[int, int]:
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT (symbol, entry_id)) FROM ticks")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+    finally:
+        conn.close()
+
+
+def test_pipeline_end_to_end_on_redis_cluster(
+    redis_cluster: list[RedisServer], pipeline_env: dict[str, str], database_url: str,
+    spawn: Spawn,
+) -> None:
+    env = dict(pipeline_env, PRICEPIPE_REDIS_CLUSTER="1",
+               PRICEPIPE_REDIS_URL=redis_cluster[0].url, PRICEPIPE_WORKER_BLOCK_MS="200")
+    cluster = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    keys = Keys(env["PRICEPIPE_REDIS_PREFIX"], int(env["PRICEPIPE_REDIS_SHARDS"]))
+    # The test is only meaningful if the shards really live on different masters.
+    nodes = {cluster.get_node_from_key(keys.stream(s)).port for s in SYMBOLS}
+    assert len(nodes) >= 2, f"symbols all on one node {nodes}: choose other symbols"
+
+    ws_ports = [free_port(), free_port()]
+    servers = [spawn(["ws", "--host", "127.0.0.1", "--port", str(p)], env=env)
+               for p in ws_ports]
+    for port, proc in zip(ws_ports, servers, strict=True):
+        wait_healthy(port, proc)
+    workers = [spawn(["persist", "--name", f"cluster-{i}"], env=env) for i in (1, 2)]
+
+    with ExitStack() as stack:
+        clients = [stack.enter_context(connect(f"ws://127.0.0.1:{p}/ws", open_timeout=10))
+                   for p in ws_ports]
+        stack.callback(cluster.close)
+        for i, ws in enumerate(clients):
+            receive(ws, "hello", 10)
+            ws.send(orjson.dumps({"op": "subscribe", "symbols": SYMBOLS, "req": i}).decode())
+            subscribed = receive(ws, "subscribed", 10)
+            assert sorted(subscribed["symbols"]) == sorted(SYMBOLS)
+
+        publisher = spawn(["publish", "--source", "gbm", "--symbols", ",".join(SYMBOLS),
+                           "--count", str(N_TICKS), "--seed", "7"], env=env)
+        assert publisher.wait(WAIT_S) == 0, output_of(publisher)
+
+        # Every websocket process relays live ticks of the cluster's streams.
+        for ws in clients:
+            frame = receive(ws, "ticks", 20)
+            assert frame["ticks"], frame
+            for tick in frame["ticks"]:
+                assert tick["symbol"] in SYMBOLS and tick["id"] and tick["price"] > 0
+
+        deadline = time.monotonic() + WAIT_S
+        rows = count_rows(database_url)
+        while rows[0] < N_TICKS and time.monotonic() < deadline:
+            for proc in workers:
+                assert proc.poll() is None, output_of(proc)
+            time.sleep(0.2)
+            rows = count_rows(database_url)
+        assert rows == (N_TICKS, N_TICKS), f"rows (total, distinct) = {rows}"
+
+        # The streams hold the N entries, all acknowledged by the persist group.
+        length = pending = 0
+        for symbol in SYMBOLS:
+            stream = keys.stream(symbol)
+            length += int(cluster.xlen(stream))
+            pending += int(cluster.xpending(stream, PERSIST_GROUP)["pending"])
+        assert (length, pending) == (N_TICKS, 0)
+
+    for proc in [*workers, *servers]:
+        proc.send_signal(signal.SIGTERM)
+    for proc in [*workers, *servers]:
+        assert proc.wait(30) == 0, output_of(proc)
+    assert count_rows(database_url) == (N_TICKS, N_TICKS)  # a clean stop adds nothing
