@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -58,7 +59,8 @@ def wait_cluster_ok(ports: list[int], timeout_s: float = 30.0) -> None:
         for port in ports:
             client = redis.Redis(port=port, host="127.0.0.1", socket_timeout=2)
             try:
-                states.append(client.cluster("INFO"))
+                info: Any = client.cluster("INFO")  # redis-py parses it into a dict
+                states.append(info)
             finally:
                 client.close()
         if all(s.get("cluster_state") == "ok"
