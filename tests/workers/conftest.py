@@ -95,3 +95,23 @@ def pending_count(r: Any, keys: Keys, symbols: tuple[str, ...] = SYMBOLS) -> int
         summary = r.xpending(keys.stream(symbol), "persist")
         total += int(summary["pending"])
     return total
+
+
+def rows_now(database_url: str) -> int:
+    """Row count over a fresh connection; -1 while the server is unreachable."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(database_url, connect_timeout=2)
+    except psycopg2.OperationalError:
+        return -1
+    try:
+        return row_count(conn)
+    finally:
+        conn.close()
+
+
+def fast_env(env: dict[str, str]) -> dict[str, str]:
+    """Subprocess environment with short retry and poll intervals."""
+    return dict(env, PRICEPIPE_WORKER_RETRY_BASE_S="0.05", PRICEPIPE_WORKER_RETRY_CAP_S="0.5",
+                PRICEPIPE_WORKER_BLOCK_MS="100", PRICEPIPE_WORKER_REFRESH_INTERVAL_S="0.5")
