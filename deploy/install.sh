@@ -280,6 +280,17 @@ run "$VENV/bin/pip" install --quiet --upgrade "$SRC_DIR"
 run rm -rf "$PREFIX/deploy"
 run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
 
+# The operator's `pricepipe` (status, dlq, migrate...): root-only, because it reads the
+# 0600 environment file, then drops to the service user like the units do.
+put_file 0750 root:root /usr/local/sbin/pricepipe <<EOF
+#!/bin/sh
+# Installed by pricepipe's deploy/install.sh: run pricepipe with the services' environment.
+set -a
+. "$ENV_FILE"
+set +a
+exec runuser -u pricepipe -- "$VENV/bin/pricepipe" "\$@"
+EOF
+
 # --- systemd units ----------------------------------------------------------------------
 
 say "systemd units into $SYSTEMD_DIR"
