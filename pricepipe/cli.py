@@ -197,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite the table between the config-table markers of PATH")
     p.set_defaults(func=_cmd_config)
 
-    from . import bench
+    from . import bench, soak
 
     bench.register(sub)
+    soak.register(sub)
 
     for module_name in ROLE_CLI_MODULES:
         try:
