@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from pricepipe.codec import encode_json
 
@@ -20,5 +20,7 @@ class JsonResponse(Response):
         return encode_json(content)
 
 
-class CsvResponse(Response):
+class CsvResponse(StreamingResponse):
+    """A streamed ``text/csv`` body (chunks from an iterator)."""
+
     media_type = "text/csv; charset=utf-8"
