@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-SOURCES = ("gbm",)
+SOURCES = ("gbm", "binance", "coinbase", "finnhub", "generic")
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
     g.add_argument("--dt-years", type=float, help="simulated years per tick")
     g.add_argument("--correlation", help="one number for every pair, or rows '1,0.5;0.5,1'")
     g.add_argument("--batch-size", type=int, help="most ticks per pipelined round trip")
+    g = p.add_argument_group("pollers")
+    g.add_argument("--interval", type=float, help="seconds between polls (default 5)")
+    g.add_argument("--rounds", type=int, help="poll this many times, then exit")
+    g.add_argument("--base-url",
+                   help="provider base URL, or the generic poller's URL template "
+                        "(a fake upstream, a mirror)")
     g = p.add_argument_group("backpressure")
     g.add_argument("--backpressure", choices=("block", "drop"),
                    help="policy when Redis memory is above the high-water mark")

@@ -10,6 +10,7 @@ from typing import Any
 from pricepipe.backpressure import Policy
 from pricepipe.cli import redis_settings
 from pricepipe.connections import redis_client
+from pricepipe.exceptions import ConfigError
 from pricepipe.keys import Keys
 
 from .catalog import apply_params, parse_correlation, parse_symbols
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             policy=Policy.parse(settings.backpressure), high_water=settings.high_water,
             low_water=settings.low_water, check_interval_s=settings.memory_check_interval_s,
         )
-        return _run_gbm(settings, sink, stop, metrics, count)
+        if settings.source == "gbm":
+            return _run_gbm(settings, sink, stop, metrics, count)
+        return _run_poller(args, settings, sink, stop, metrics)
     finally:
         stop.restore()
         r.close()
@@ -66,7 +69,7 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
     from .generator import GbmGenerator
     from .simulator import Simulator
 
-    specs = parse_symbols(settings.symbols)
+    specs = parse_symbols(settings.symbols or "10")
     if settings.params:
         specs = apply_params(specs, [settings.params])
     correlation: Any = None
@@ -76,8 +79,6 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
         generator = GbmGenerator(specs, dt_years=settings.dt_years, seed=settings.seed,
                                  correlation=correlation)
     except ValueError as exc:
-        from pricepipe.exceptions import ConfigError
-
         raise ConfigError(f"gbm: {exc}") from exc
     simulator = Simulator(generator, sink, stop=stop, metrics=metrics,
                           batch_size=settings.batch_size, log_interval_s=settings.log_interval_s,
@@ -89,4 +90,26 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
         simulator.run_bulk(count)
     else:
         simulator.run_realtime(settings.rate)
+    return 0
+
+
+def _run_poller(args: argparse.Namespace, settings: PublisherSettings, sink: StreamSink,
+                stop: StopRequest, metrics: PublisherMetrics) -> int:
+    from .poller import Poller
+    from .providers import PROVIDERS, make_provider
+    from .settings import PollerSettings
+
+    if getattr(args, "count", None) is not None:
+        raise ConfigError("--count is for --source gbm; pollers take --rounds")
+    provider_cls = PROVIDERS.get(settings.source)
+    if provider_cls is None:
+        raise ConfigError(f"unknown source {settings.source!r}")
+    provider = make_provider(settings.source, base_url=getattr(args, "base_url", None))
+    specs = parse_symbols(settings.symbols or provider_cls.example_symbols)
+    poll_settings = PollerSettings.from_env(interval_s=getattr(args, "interval", None))
+    poller = Poller(provider, specs, sink, settings=poll_settings, stop=stop, metrics=metrics,
+                    log_interval_s=settings.log_interval_s)
+    log.info("polling %s every %.1fs for %s", provider.name, poll_settings.interval_s,
+             ",".join(spec.symbol for spec in specs))
+    poller.run(rounds=getattr(args, "rounds", None))
     return 0

@@ -20,9 +20,9 @@ class PublisherSettings(Settings):
     env_prefix: ClassVar[str] = "PRICEPIPE_PUBLISHER_"
 
     source: str = setting("gbm", "gbm, binance, coinbase, finnhub or generic")
-    symbols: str = setting(
-        "10", "Symbols: a number N (the first N demo symbols) or a list AAPL,MSFT,"
-        "LOCAL=UPSTREAM,...")
+    symbols: str | None = setting(
+        None, "Symbols: a number N (the first N demo symbols) or a list AAPL,MSFT,"
+        "LOCAL=UPSTREAM,...; unset: 10 demo symbols (gbm) or the provider's examples")
     # GBM
     rate: float = setting(5.0, "GBM real-time mode: ticks per second per symbol")
     seed: int | None = setting(None, "GBM random seed (same seed, same prices)")
@@ -57,4 +57,95 @@ class PublisherSettings(Settings):
             raise ConfigError("PRICEPIPE_PUBLISHER_DT_YEARS must be > 0")
 
 
-SETTINGS: tuple[type[Settings], ...] = (PublisherSettings,)
+@dataclass(frozen=True, kw_only=True, repr=False)
+class PollerSettings(Settings):
+    """How pollers talk to upstream APIs (every provider)."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_POLL_"
+
+    interval_s: float = setting(5.0, "Seconds between two polls of the same symbol(s)")
+    concurrency: int = setting(4, "Requests in flight at once, per provider")
+    queue_max: int = setting(100, "Most polls waiting for a free connection; more are dropped")
+    # Timeouts
+    connect_timeout_s: float = setting(3.05, "HTTP connect timeout, seconds")
+    read_timeout_s: float = setting(10.0, "HTTP read timeout, seconds")
+    # Retries (urllib3 Retry)
+    retries: int = setting(3, "Retries of one request (connection errors, 429, 5xx)")
+    backoff_factor_s: float = setting(0.5, "Exponential backoff factor between retries, seconds")
+    backoff_jitter_s: float = setting(0.25, "Random jitter added to each backoff, seconds")
+    backoff_max_s: float = setting(30.0, "Longest backoff between retries, seconds")
+    retry_after_max_s: float = setting(
+        300.0, "Longest Retry-After honoured; longer waits are cut to this")
+    proxy: str | None = setting(
+        None, "HTTP(S) proxy URL for upstream requests (default: HTTPS_PROXY etc.)")
+    # Quotes
+    publish_unchanged: bool = setting(
+        False, "Publish a quote equal to the previous one (same time and price) again")
+    max_future_s: float = setting(300.0, "Reject quotes stamped further in the future, seconds")
+    max_age_s: float = setting(7 * 86_400.0, "Reject quotes older than this, seconds")
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ConfigError("PRICEPIPE_POLL_INTERVAL_S must be > 0")
+        if self.concurrency < 1 or self.queue_max < 1:
+            raise ConfigError("PRICEPIPE_POLL_CONCURRENCY and QUEUE_MAX must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class BinanceSettings(Settings):
+    """Binance spot public market data (no key needed)."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_BINANCE_"
+
+    base_url: str = setting("https://api.binance.com", "Base URL (point at a fake upstream)")
+    rate_limit: str = setting(
+        "5000/minute", "Request-weight budget (documented limit: 6000/minute per IP)")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class CoinbaseSettings(Settings):
+    """Coinbase Exchange public market data (no key needed)."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_COINBASE_"
+
+    base_url: str = setting("https://api.exchange.coinbase.com", "Base URL")
+    rate_limit: str = setting("10/second", "Request budget (documented: 10/second per IP)")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class FinnhubSettings(Settings):
+    """Finnhub stock quotes and company metadata (API key required)."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_FINNHUB_"
+
+    base_url: str = setting("https://finnhub.io/api/v1", "Base URL")
+    api_key: str | None = setting(None, "Finnhub API key", secret=True)
+    rate_limit: str = setting(
+        "60/minute;30/second", "Request budget (documented free plan: 60/minute, 30/second)")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class GenericSettings(Settings):
+    """The generic JSON poller: any per-symbol JSON API, configured here."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_GENERIC_"
+
+    url: str | None = setting(None, "URL template with {symbol}")
+    price_path: str = setting("price", "Dotted path of the price in the answer (data.0.price)")
+    time_path: str | None = setting(
+        None, "Dotted path of the quote time; unset: receipt time")
+    time_unit: str = setting("auto", "Unit of the quote time: s, ms, us, iso or auto")
+    size_path: str | None = setting(None, "Dotted path of the traded size (optional)")
+    version_path: str | None = setting(
+        None, "Dotted path of a trade/quote id that changes with each update (optional)")
+    headers: str | None = setting(None, "Extra headers: 'Name: value; Name2: value'")
+    api_key: str | None = setting(None, "API key", secret=True)
+    api_key_header: str | None = setting(None, "Send the API key in this header")
+    api_key_param: str | None = setting(None, "Send the API key in this query parameter")
+    rate_limit: str = setting("60/minute", "Request budget, e.g. 60/minute;5/second")
+
+
+SETTINGS: tuple[type[Settings], ...] = (
+    PublisherSettings, PollerSettings, BinanceSettings, CoinbaseSettings, FinnhubSettings,
+    GenericSettings,
+)

@@ -1,0 +1,54 @@
+"""Upstream price APIs: built-in adapters and the generic JSON poller.
+
+:func:`make_provider` builds one from its settings class
+(``PRICEPIPE_<PROVIDER>_*``); ``base_url`` overrides the configured base URL
+(a fake upstream in tests and demos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pricepipe.exceptions import ConfigError
+
+from ..settings import BinanceSettings, CoinbaseSettings, FinnhubSettings, GenericSettings
+from .base import Provider
+from .binance import BinanceProvider
+from .coinbase import CoinbaseProvider
+from .finnhub import FinnhubProvider
+from .generic import GenericProvider
+
+PROVIDERS: dict[str, type[Provider]] = {
+    "binance": BinanceProvider,
+    "coinbase": CoinbaseProvider,
+    "finnhub": FinnhubProvider,
+    "generic": GenericProvider,
+}
+
+
+def make_provider(name: str, environ: Mapping[str, str] | None = None, *,
+                  base_url: str | None = None) -> Provider:
+    """The provider ``name`` configured from the environment. Raises :exc:`ConfigError`."""
+    if name == "binance":
+        b = BinanceSettings.from_env(environ, base_url=base_url)
+        return BinanceProvider(base_url=b.base_url, rate_limit=b.rate_limit)
+    if name == "coinbase":
+        c = CoinbaseSettings.from_env(environ, base_url=base_url)
+        return CoinbaseProvider(base_url=c.base_url, rate_limit=c.rate_limit)
+    if name == "finnhub":
+        f = FinnhubSettings.from_env(environ, base_url=base_url)
+        return FinnhubProvider(base_url=f.base_url, rate_limit=f.rate_limit, api_key=f.api_key)
+    if name == "generic":
+        g = GenericSettings.from_env(environ, url=base_url)
+        if not g.url:
+            raise ConfigError("generic poller needs PRICEPIPE_GENERIC_URL (a template with "
+                              "{symbol})")
+        return GenericProvider(
+            url=g.url, price_path=g.price_path, time_path=g.time_path, time_unit=g.time_unit,
+            size_path=g.size_path, version_path=g.version_path, headers=g.headers,
+            api_key=g.api_key, api_key_header=g.api_key_header, api_key_param=g.api_key_param,
+            rate_limit=g.rate_limit)
+    raise ConfigError(f"unknown provider {name!r}: want one of {sorted(PROVIDERS)}")
+
+
+__all__ = ["PROVIDERS", "Provider", "make_provider"]
