@@ -35,7 +35,8 @@ def test_binance_batches_symbols_with_documented_weights() -> None:
     assert [len(r.symbols) for r in requests] == [20, 20, 5]
     assert {r.weight for r in requests} == {2}
     assert requests[0].path == "/api/v3/ticker/24hr"
-    assert dict(requests[2].params)["symbols"] == '["S40USDT","S41USDT","S42USDT","S43USDT","S44USDT"]'
+    assert dict(requests[2].params)["symbols"] == \
+        '["S40USDT","S41USDT","S42USDT","S43USDT","S44USDT"]'
     assert (request_weight(1), request_weight(21), request_weight(101)) == (2, 40, 80)
 
 
@@ -207,8 +208,13 @@ def test_budget_never_exceeds_the_limit() -> None:
     # (about 2 s). Only upper bounds are checked: a slow machine grants less.
     budget = Budget("4/second;6/2 seconds")
     granted_at = []
+
+    def sleep(delay_s: float) -> bool:
+        time.sleep(delay_s)
+        return False
+
     for _ in range(9):
-        assert budget.acquire(1, wait=lambda s: time.sleep(s) is not None)
+        assert budget.acquire(1, wait=sleep)
         granted_at.append(time.time())
     for t in granted_at:
         assert sum(1 for g in granted_at if t <= g < t + 0.99) <= 4
