@@ -136,10 +136,14 @@ class _ThreadedReader:
                                          base=self.settings.reconnect_base_s),
             retries=-1, supported_errors=RETRYABLE,
         )
+        # Prepared here, on the caller's thread: "$" means "from when the
+        # constructor returned", so ticks appended after it are never missed.
+        states = {shard: self._call(lambda group=group: self._prepare(group))  # type: ignore[misc]
+                  for shard, group in keys.by_shard(self.symbols).items()}
         self._threads = [
-            threading.Thread(target=self._run, args=(shard, group), daemon=True,
+            threading.Thread(target=self._run, args=(state,), daemon=True,
                              name=f"pricepipe-reader-{shard}")
-            for shard, group in keys.by_shard(self.symbols).items()
+            for shard, state in states.items()
         ]
         for thread in self._threads:
             thread.start()
@@ -159,9 +163,8 @@ class _ThreadedReader:
             raise _Stopped from exc
         log.warning("redis error, reconnecting with backoff: %s", exc)
 
-    def _run(self, shard: int, symbols: list[str]) -> None:
+    def _run(self, state: Any) -> None:
         try:
-            state = self._call(lambda: self._prepare(symbols))
             while not self._stop.is_set():
                 for delivery in self._call(lambda: self._read(state)):
                     self._put(delivery)
@@ -342,9 +345,17 @@ class _TaskReader:
                                          base=self.settings.reconnect_base_s),
             retries=-1, supported_errors=ASYNC_RETRYABLE,
         )
-        self._tasks = [asyncio.create_task(self._run(group))
-                       for group in keys.by_shard(self.symbols).values()]
+        groups = list(keys.by_shard(self.symbols).values())
+        self._unprepared = len(groups)
+        self._prepared = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run(group)) for group in groups]
         self._closed = False
+
+    async def ready(self) -> None:
+        """Wait until every shard is prepared: from then on, ``"$"`` has been
+        resolved and no tick appended later can be missed. ``async with``
+        waits for it."""
+        await self._prepared.wait()
 
     async def _prepare(self, symbols: list[str]) -> Any:
         raise NotImplementedError
@@ -359,6 +370,9 @@ class _TaskReader:
     async def _run(self, symbols: list[str]) -> None:
         try:
             state = await self._call(lambda: self._prepare(symbols))
+            self._unprepared -= 1
+            if not self._unprepared:
+                self._prepared.set()
             while True:
                 for delivery in await self._call(lambda: self._read(state)):
                     await self._queue.put(delivery)
@@ -393,6 +407,7 @@ class _TaskReader:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def __aenter__(self) -> _TaskReader:
+        await self.ready()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,163 @@
+"""Example strategy: moving-average crossover on live ticks (or a replay).
+
+A BUY signal when the fast simple moving average of a symbol's price crosses
+above the slow one, SELL when it crosses below. Signals are printed; a real
+strategy would place orders.
+
+Against the demo (``pricepipe up`` in another terminal writes the URLs into
+``.pricepipe/embedded.env``; or set PRICEPIPE_REDIS_URL yourself)::
+
+    python examples/ma_crossover.py --symbols AAPL,MSFT
+    python examples/ma_crossover.py --group ma --consumer ma-1      # crash-safe
+    python examples/ma_crossover.py --replay --since 2026-01-01T00:00:00Z --speed 60
+
+``--group`` reads through a consumer group and acknowledges each tick once
+handled: kill it and start it again with the same ``--consumer`` and it
+carries on where it stopped. ``--replay`` reads history from PostgreSQL
+(PRICEPIPE_DATABASE_URL) through the same reader interface, ``--speed`` times
+faster than it happened (0: as fast as possible), for a backtest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pricepipe.clock import format_us, now_us, parse_time_us
+from pricepipe.config import DatabaseSettings, RedisSettings
+from pricepipe.connections import pg_connect, redis_client
+from pricepipe.keys import Keys
+from pricepipe.streams import known_symbols
+from subscriber.client import Delivery, GroupReader, ReplayReader, StreamReader
+
+
+@dataclass
+class Crossover:
+    """Fast/slow simple moving averages of one symbol. Pure: no I/O."""
+
+    fast: int
+    slow: int
+    _prices: deque[float] = field(default_factory=deque)
+    _above: bool | None = None
+
+    def update(self, price: float) -> str | None:
+        """Feed one price; returns "BUY" or "SELL" when the averages cross."""
+        self._prices.append(price)
+        if len(self._prices) > self.slow:
+            self._prices.popleft()
+        if len(self._prices) < self.slow:
+            return None
+        prices = list(self._prices)
+        fast_ma = sum(prices[-self.fast:]) / self.fast
+        slow_ma = sum(prices) / self.slow
+        above = fast_ma > slow_ma
+        crossed = self._above is not None and above != self._above
+        self._above = above
+        if not crossed:
+            return None
+        return "BUY" if above else "SELL"
+
+
+def _embedded_env() -> dict[str, str]:
+    """URLs of a running ``pricepipe up`` (its state file), under the real environment."""
+    env = dict(os.environ)
+    path = Path(env.get("PRICEPIPE_DATA_DIR", ".pricepipe")) / "embedded.env"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                env.setdefault(key.strip(), value.strip())
+    return env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", help="comma-separated (default: every known symbol)")
+    parser.add_argument("--fast", type=int, default=5, help="fast window, ticks")
+    parser.add_argument("--slow", type=int, default=20, help="slow window, ticks")
+    parser.add_argument("--group", help="consumer group name (crash-safe, acknowledged)")
+    parser.add_argument("--consumer", default="ma-1", help="consumer name within the group")
+    parser.add_argument("--replay", action="store_true", help="backtest on PostgreSQL history")
+    parser.add_argument("--since", help="replay start (ISO time or epoch; default: 1 h ago)")
+    parser.add_argument("--speed", type=float, default=0.0,
+                        help="replay speed multiple (0: as fast as possible)")
+    parser.add_argument("--count", type=int, help="stop after this many ticks")
+    args = parser.parse_args(argv)
+    if args.fast >= args.slow:
+        parser.error("--fast must be shorter than --slow")
+
+    env = _embedded_env()
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    redis_settings = RedisSettings.from_env(env)
+    keys = Keys(redis_settings.prefix, redis_settings.shards)
+    closers: list[Any] = []
+    if args.symbols:
+        symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    else:
+        r0 = redis_client(redis_settings)
+        symbols = known_symbols(r0, keys)
+        r0.close()
+    if not symbols:
+        print("no symbols yet: start a publisher (pricepipe up) or pass --symbols",
+              file=sys.stderr)
+        return 1
+
+    reader: Any
+    if args.replay:
+        conn = pg_connect(DatabaseSettings.from_env(env).require_read_url(),
+                          application_name="ma-crossover", readonly=True)
+        closers.append(conn)
+        since = parse_time_us(args.since) if args.since else now_us() - 3_600_000_000
+        reader = ReplayReader(conn, symbols, start_us=since, speed=args.speed or None)
+    else:
+        r = redis_client(redis_settings)
+        closers.append(r)
+        if args.group:
+            reader = GroupReader(r, keys, symbols, group=args.group, consumer=args.consumer)
+        else:
+            reader = StreamReader(r, keys, symbols)
+
+    models = {s: Crossover(args.fast, args.slow) for s in symbols}
+    seen = 0
+    started = time.monotonic()
+    print(f"watching {', '.join(symbols)} (fast {args.fast}, slow {args.slow})", flush=True)
+    try:
+        while not stop and (args.count is None or seen < args.count):
+            delivery: Delivery | None = reader.get(timeout_s=0.5)
+            if delivery is None:
+                if args.replay and reader.finished:
+                    break
+                continue
+            seen += 1
+            tick = delivery.tick
+            signal_name = models[tick.symbol].update(tick.price)
+            if signal_name:
+                print(f"{format_us(tick.ts_us)} {signal_name:<4} {tick.symbol:<10} "
+                      f"{tick.price:.4f}  (entry {delivery.entry_id})", flush=True)
+            reader.ack(delivery)
+    finally:
+        reader.close()
+        for closer in closers:
+            closer.close()
+    print(f"{seen} ticks in {time.monotonic() - started:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
