@@ -31,6 +31,44 @@ def stream_stats(r: Any, keys: Keys, symbols: list[str]) -> list[dict[str, Any]]
     return out
 
 
+def job_stats(r: Any, keys: Keys) -> list[dict[str, Any]]:
+    """Per rq queue of this deployment (name starting with ``keys.rq_queue("")``):
+    jobs waiting, running, scheduled for a retry, deferred and failed."""
+    from rq import Queue
+
+    prefix = keys.rq_queue("")
+    out = []
+    for queue in sorted(Queue.all(connection=r), key=lambda q: q.name):
+        if not queue.name.startswith(prefix):
+            continue
+        out.append({
+            "queue": queue.name,
+            "queued": queue.count,
+            "started": queue.started_job_registry.count,
+            "scheduled": queue.scheduled_job_registry.count,
+            "deferred": queue.deferred_job_registry.count,
+            "failed": queue.failed_job_registry.count,
+        })
+    return out
+
+
+def worker_stats(r: Any, keys: Keys, role: str = "persist") -> list[dict[str, Any]]:
+    """Live workers of ``role`` (their heartbeat key has not expired) and what
+    they last reported."""
+    import orjson
+
+    out = []
+    for key in sorted(r.scan_iter(match=keys.heartbeat_pattern(role), count=500)):
+        text = key.decode() if isinstance(key, bytes) else key
+        raw = r.get(key)
+        try:
+            info = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            info = {}
+        out.append({"name": text.rsplit(":", 1)[-1], **(info if isinstance(info, dict) else {})})
+    return out
+
+
 def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dict[str, Any]:
     """Gather the status report; a server that cannot be reached is reported,
     not raised, so the command is useful during an outage."""
@@ -45,6 +83,9 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
         symbols = known_symbols(r, keys)
         report["streams"] = stream_stats(r, keys, symbols)
         report["dead_letters"] = sum(int(r.xlen(keys.dead_letters(s))) for s in keys.all_shards())
+        report["jobs"] = job_stats(r, keys)
+        report["persist_workers"] = worker_stats(r, keys)
+        r.close()
     except (redis.RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
     try:
@@ -58,6 +99,17 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
                 cur.execute("SELECT count(*) FROM ticks")
                 row = cur.fetchone()
                 report["rows"] = int(row[0]) if row else 0
+                cur.execute("SELECT count(*) FROM bars_1m")
+                row = cur.fetchone()
+                report["bars_1m"] = int(row[0]) if row else 0
+                cur.execute(
+                    "SELECT count(*), min(c.relname), max(c.relname) FROM pg_inherits i"
+                    " JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'ticks'::regclass")
+                row = cur.fetchone()
+                if row:
+                    report["partitions"] = {"count": int(row[0]), "oldest": row[1],
+                                            "newest": row[2]}
         finally:
             conn.close()
     except psycopg2.Error as exc:
@@ -82,4 +134,22 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"streams: {len(streams)}, entries in Redis: {total_len}, "
                  f"dead letters: {report.get('dead_letters', 0)}")
     lines.append(f"rows persisted: {report.get('rows')}")
+    if report.get("bars_1m") is not None:
+        lines.append(f"1-minute bars: {report['bars_1m']}")
+    parts = report.get("partitions")
+    if parts:
+        lines.append(f"tick partitions: {parts['count']} ({parts['oldest']} .. {parts['newest']})")
+    workers = report.get("persist_workers")
+    if workers is not None:
+        names = ", ".join(w["name"] for w in workers) or "none"
+        lines.append(f"persist workers alive: {len(workers)} ({names})")
+    jobs = report.get("jobs")
+    if jobs:
+        lines.append(f"{'rq queue':<24} {'queued':>8} {'started':>8} {'scheduled':>10} "
+                     f"{'deferred':>9} {'failed':>8}")
+        for q in jobs:
+            lines.append(f"{q['queue']:<24} {q['queued']:>8} {q['started']:>8} "
+                         f"{q['scheduled']:>10} {q['deferred']:>9} {q['failed']:>8}")
+    elif jobs is not None:
+        lines.append("rq queues: none yet")
     return "\n".join(lines)

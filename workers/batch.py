@@ -24,9 +24,6 @@ TickRow = tuple[str, int, float, float | None, str, int | None, int]
 
 US_PER_DAY = 86_400_000_000
 
-#: Column order of the staging table, matching :data:`TickRow`.
-COLUMNS = ("symbol", "ts_us", "price", "size", "source", "recv_ts_us", "entry_id")
-
 
 @dataclass(frozen=True, slots=True)
 class Reject:

@@ -2,6 +2,8 @@
 
 * ``pricepipe persist`` - a persist worker (``python -m workers`` is the same).
 * ``pricepipe dlq list|replay|delete`` - inspect and re-queue dead letters.
+* ``pricepipe jobs worker|scheduler|list|enqueue`` - the rq jobs (see :mod:`workers.jobs`).
+* ``pricepipe backfill``, ``pricepipe export``, ``pricepipe bars verify|rebuild``.
 """
 
 from __future__ import annotations
@@ -121,6 +123,251 @@ def _cmd_dlq_delete(args: argparse.Namespace) -> int:
         r.close()
 
 
+def _time_us(text: str) -> int:
+    """argparse type: ISO-8601 time or epoch s/ms/us -> epoch microseconds."""
+    from pricepipe.clock import parse_time_us
+
+    try:
+        return parse_time_us(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: give ISO-8601 (2026-01-02T03:04:05Z) or epoch seconds"
+        ) from exc
+
+
+def _symbol(text: str) -> str:
+    from pricepipe.tick import validate_symbol
+
+    try:
+        return validate_symbol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _check_range(args: argparse.Namespace) -> None:
+    from pricepipe.exceptions import ConfigError
+
+    if args.end <= args.start:
+        raise ConfigError("--end must be after --start")
+
+
+def _export_settings_to_env(args: argparse.Namespace) -> None:
+    """Make the resolved URLs (flags, env or a running ``up``) visible to job
+    processes, which read their settings from the environment."""
+    from pricepipe.cli import database_settings, redis_settings
+
+    rs, ds = redis_settings(args), database_settings(args)
+    if rs.url:
+        os.environ["PRICEPIPE_REDIS_URL"] = rs.url
+    if ds.url:
+        os.environ["PRICEPIPE_DATABASE_URL"] = ds.url
+
+
+def _cmd_jobs_worker(args: argparse.Namespace) -> int:
+    from rq import Worker
+
+    from pricepipe import notify
+    from pricepipe.cli import redis_settings
+    from pricepipe.connections import redis_client
+    from pricepipe.keys import Keys
+
+    from .jobs import QUEUES
+
+    class NotifyingWorker(Worker):
+        """rq's worker, reporting health to systemd from its heartbeat."""
+
+        def heartbeat(self, *a: Any, **kw: Any) -> Any:
+            notify.watchdog()
+            return super().heartbeat(*a, **kw)
+
+    _export_settings_to_env(args)
+    rs = redis_settings(args)
+    keys = Keys(rs.prefix, rs.shards)
+    r = redis_client(rs)
+    try:
+        queues = [keys.rq_queue(q) for q in (args.queue or QUEUES)]
+        worker = NotifyingWorker(queues, connection=r, name=args.name)
+        notify.ready(f"rq worker on {', '.join(queues)}")
+        # with_scheduler: moves jobs waiting for a Retry interval back to their queue.
+        worker.work(burst=args.burst, with_scheduler=True,
+                    logging_level=logging.getLevelName(logging.getLogger().level or logging.INFO))
+        return 0
+    finally:
+        r.close()
+
+
+def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
+    from rq.cron import CronScheduler
+
+    from pricepipe import notify
+    from pricepipe.cli import redis_settings
+    from pricepipe.connections import redis_client
+    from pricepipe.keys import Keys
+
+    from .schedule import install
+
+    class NotifyingScheduler(CronScheduler):
+        def heartbeat(self) -> None:
+            notify.watchdog()
+            super().heartbeat()
+
+    rs = redis_settings(args)
+    r = redis_client(rs)
+    try:
+        scheduler = NotifyingScheduler(connection=r, name=args.name or "")
+        install(scheduler, Keys(rs.prefix, rs.shards))
+        notify.ready("rq cron scheduler")
+        scheduler.start()  # rq's own SIGTERM handling: stops between enqueues
+        return 0
+    finally:
+        r.close()
+
+
+def _cmd_jobs_list(args: argparse.Namespace) -> int:
+    from .jobs import JOBS
+    from .schedule import SCHEDULE
+
+    print("scheduled:")
+    for entry in SCHEDULE:
+        when = f"every {entry.interval_s}s" if entry.interval_s else f"cron '{entry.cron}'"
+        print(f"  {entry.name:<14} {when:<16} {entry.func} on {entry.queue}")
+    print("on demand (pricepipe jobs enqueue NAME key=value ...):")
+    for name, spec in JOBS.items():
+        print(f"  {name:<14} {spec.help}")
+    return 0
+
+
+def _cmd_jobs_enqueue(args: argparse.Namespace) -> int:
+    from pricepipe.cli import redis_settings
+    from pricepipe.codec import decode_json
+    from pricepipe.connections import redis_client
+    from pricepipe.exceptions import ConfigError
+    from pricepipe.keys import Keys
+
+    from .jobs import JOBS, enqueue
+
+    spec = JOBS.get(args.job)
+    if spec is None:
+        raise ConfigError(f"unknown job {args.job!r}; known: {', '.join(JOBS)}")
+    kwargs: dict[str, Any] = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"job arguments are key=value, not {item!r}")
+        try:
+            kwargs[key] = decode_json(value)  # numbers, true/false, null, "strings"
+        except ValueError:
+            kwargs[key] = value
+    rs = redis_settings(args)
+    r = redis_client(rs)
+    try:
+        job = enqueue(r, Keys(rs.prefix, rs.shards).rq_queue(spec.queue), spec.func,
+                      kwargs=kwargs)
+        print(f"enqueued {args.job} as job {job.id}")
+        return 0
+    finally:
+        r.close()
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from pricepipe.cli import database_settings, redis_settings
+
+    _check_range(args)
+    kwargs = {"symbol": args.symbol, "start_us": args.start, "end_us": args.end,
+              "interval_s": args.interval_s, "seed": args.seed}
+    if args.enqueue:
+        from pricepipe.connections import redis_client
+        from pricepipe.keys import Keys
+
+        from .jobs import BULK, enqueue
+
+        rs = redis_settings(args)
+        r = redis_client(rs)
+        try:
+            job = enqueue(r, Keys(rs.prefix, rs.shards).rq_queue(BULK),
+                          "workers.jobs.backfill_history", kwargs=kwargs)
+        finally:
+            r.close()
+        print(f"enqueued backfill of {args.symbol} as job {job.id}")
+        return 0
+
+    from tqdm import tqdm
+
+    from .backfill import backfill
+    from .history import GBMHistory
+    from .sink import TickSink
+
+    source = GBMHistory(interval_s=args.interval_s, seed=args.seed)
+    total = source.expected_count(args.symbol, args.start, args.end)
+    with TickSink(database_settings(args).require_url(),
+                  application_name="pricepipe-backfill") as sink, \
+            tqdm(total=total, unit="tick", desc=args.symbol, disable=args.quiet) as bar:
+        result = backfill(sink, source, args.symbol, args.start, args.end,
+                          progress=bar.update)
+    print(f"backfilled {args.symbol}: {result.ticks} tick(s) from {result.source}, "
+          f"{result.inserted} new")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import sys
+
+    from pricepipe.cli import database_settings
+    from pricepipe.connections import pg_connect
+
+    from .export import export_csv
+
+    _check_range(args)
+    conn = pg_connect(database_settings(args).require_read_url(),
+                      application_name="pricepipe-export", readonly=True)
+    try:
+        if args.out == "-":
+            rows = export_csv(conn, sys.stdout, args.symbol, args.start, args.end)
+        else:
+            tmp = f"{args.out}.part"
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                rows = export_csv(conn, out, args.symbol, args.start, args.end)
+            os.replace(tmp, args.out)
+    finally:
+        conn.close()
+    print(f"exported {rows} tick(s) of {args.symbol}"
+          + ("" if args.out == "-" else f" to {args.out}"), file=sys.stderr)
+    return 0
+
+
+def _cmd_bars(args: argparse.Namespace) -> int:
+    from pricepipe.cli import database_settings
+    from pricepipe.clock import format_us
+    from pricepipe.connections import pg_connect
+
+    from . import rollup
+
+    _check_range(args)
+    conn = pg_connect(database_settings(args).require_url(), application_name="pricepipe-bars")
+    try:
+        if args.bars_command == "rebuild":
+            print(f"rebuilt {rollup.rebuild(conn, args.start, args.end, args.symbol)} bar(s)")
+            return 0
+        mismatches = rollup.verify(conn, args.start, args.end, args.symbol)
+        for m in mismatches:
+            print(f"{m.symbol} {m.bucket.isoformat()}: ticks in bar {m.actual_ticks}, "
+                  f"recomputed {m.expected_ticks}")
+        print(f"{len(mismatches)} bar(s) differ from their ticks between "
+              f"{format_us(args.start)} and {format_us(args.end)}")
+        if mismatches and args.repair:
+            print(f"rebuilt {rollup.rebuild(conn, args.start, args.end, args.symbol)} bar(s)")
+            return 0
+        return 1 if mismatches else 0
+    finally:
+        conn.close()
+
+
+def _range_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=_time_us, required=True,
+                   help="start (inclusive): ISO-8601 or epoch seconds/ms/us")
+    p.add_argument("--end", type=_time_us, required=True, help="end (exclusive)")
+
+
 def register(subparsers: Any) -> None:
     from pricepipe.cli import add_server_flags
 
@@ -153,3 +400,54 @@ def register(subparsers: Any) -> None:
     add_server_flags(q, database=False)
     q.add_argument("ids", nargs="+", help="dead-letter IDs or original entry IDs")
     q.set_defaults(func=_cmd_dlq_delete)
+
+    p = subparsers.add_parser("jobs", help="rq jobs: partitions, retention, bars, backfill")
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    q = jobs.add_parser("worker", help="run an rq worker for pricepipe's job queues")
+    add_server_flags(q)
+    q.add_argument("--name", help="worker name (default: rq's)")
+    q.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    q.add_argument("--queue", action="append",
+                   help="short queue name (repeatable; default: maintenance, bulk)")
+    q.set_defaults(func=_cmd_jobs_worker)
+    q = jobs.add_parser("scheduler", help="run rq's cron scheduler with pricepipe's schedule")
+    add_server_flags(q, database=False)
+    q.add_argument("--name", help="scheduler name (default: rq's)")
+    q.set_defaults(func=_cmd_jobs_scheduler)
+    q = jobs.add_parser("list", help="show the schedule and the jobs known to enqueue")
+    q.set_defaults(func=_cmd_jobs_list)
+    q = jobs.add_parser("enqueue", help="enqueue a job now (with the retry policy)")
+    add_server_flags(q, database=False)
+    q.add_argument("job", help="job name (see `pricepipe jobs list`)")
+    q.add_argument("args", nargs="*", help="job arguments as key=value (JSON values)")
+    q.set_defaults(func=_cmd_jobs_enqueue)
+
+    p = subparsers.add_parser(
+        "backfill", help="write a symbol's history into PostgreSQL (simulated GBM source)")
+    add_server_flags(p)
+    p.add_argument("symbol", type=_symbol)
+    _range_flags(p)
+    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between ticks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated history")
+    p.add_argument("--enqueue", action="store_true", help="run as an rq job instead of here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_backfill)
+
+    p = subparsers.add_parser("export", help="write a symbol's ticks over a range as CSV")
+    add_server_flags(p, redis=False)
+    p.add_argument("symbol", type=_symbol)
+    _range_flags(p)
+    p.add_argument("--out", required=True, help="CSV file to write ('-': standard output)")
+    p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser("bars", help="check or rebuild 1-minute bars from the ticks")
+    bars = p.add_subparsers(dest="bars_command", required=True, metavar="ACTION")
+    for action, text in (("verify", "compare bars with their recomputation (exit 1 if any "
+                          "differ)"), ("rebuild", "recompute the bars of the range")):
+        q = bars.add_parser(action, help=text)
+        add_server_flags(q, redis=False)
+        _range_flags(q)
+        q.add_argument("--symbol", type=_symbol, default=None, help="only this symbol")
+        if action == "verify":
+            q.add_argument("--repair", action="store_true", help="rebuild if any differ")
+        q.set_defaults(func=_cmd_bars)

@@ -51,4 +51,30 @@ class WorkerSettings(Settings):
             raise ConfigError("PRICEPIPE_WORKER_BLOCK_MS must be at least 1")
 
 
-SETTINGS = (WorkerSettings,)
+@dataclass(frozen=True, kw_only=True, repr=False)
+class JobsSettings(Settings):
+    """The rq jobs around persistence: partitions, retention, bars, retries."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_JOBS_"
+
+    # Partitions and retention
+    partitions_ahead_days: int = setting(7, "Daily tick partitions created ahead of today")
+    retention_days: int | None = setting(
+        30, "Tick partitions older than this many days are dropped (unset: keep forever)")
+    # Bars
+    bars_verify_minutes: int = setting(
+        60, "The scheduled bar check recomputes this many recent minutes from the ticks")
+    # Retries and limits
+    retry_max: int = setting(3, "A failed job is retried this many times (rq Retry)")
+    retry_intervals_s: tuple[int, ...] = setting(
+        (30, 120, 600), "Waits before the retries of a failed job, seconds (comma-separated)")
+    job_timeout_s: int = setting(3600, "A job running longer than this is stopped and failed")
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError("PRICEPIPE_JOBS_RETENTION_DAYS must be at least 1 (or unset)")
+        if self.retry_max < 0:
+            raise ConfigError("PRICEPIPE_JOBS_RETRY_MAX must be 0 or more")
+
+
+SETTINGS = (WorkerSettings, JobsSettings)

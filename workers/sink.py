@@ -29,7 +29,7 @@ import psycopg2.extensions
 
 from pricepipe.connections import pg_connect
 
-from .batch import COLUMNS, TickRow, copy_text, days_of
+from .batch import TickRow, copy_text, days_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CREATE TEMP TABLE IF NOT EXISTS tick_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_SQL = f"COPY tick_stage ({', '.join(COLUMNS)}) FROM STDIN"
+COPY_SQL = "COPY tick_stage (symbol, ts_us, price, size, source, recv_ts_us, entry_id) FROM STDIN"
 
 # Microseconds become timestamptz in the server (no per-row datetime objects
 # in Python). date_bin against the epoch is independent of the session's

@@ -1,0 +1,59 @@
+"""One-minute OHLCV bars from ticks. Pure: no I/O.
+
+A bar's open and close are the prices of its earliest and latest tick by the
+order key ``(ts_us, entry_id)`` - the same order the database uses - so a late
+tick (an earlier event time arriving after later ones) replaces the open only
+when it really is earlier. :func:`merge` combines two partial bars of the
+same minute exactly like the upsert in :mod:`workers.sink`, which is what
+makes the incremental bars equal to bars recomputed from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .batch import TickRow
+
+US_PER_MINUTE = 60_000_000
+
+
+def bucket_of(ts_us: int) -> int:
+    """Start of the UTC minute holding ``ts_us`` (floor, also before 1970)."""
+    return ts_us - ts_us % US_PER_MINUTE
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    symbol: str
+    bucket_us: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    tick_count: int
+    open_key: tuple[int, int]  # (ts_us, entry_id) of the opening tick
+    close_key: tuple[int, int]  # (ts_us, entry_id) of the closing tick
+
+
+def merge(a: Bar, b: Bar) -> Bar:
+    """Two partial bars of the same symbol and minute as one."""
+    first = a if a.open_key <= b.open_key else b
+    last = a if a.close_key >= b.close_key else b
+    return Bar(a.symbol, a.bucket_us, first.open, max(a.high, b.high), min(a.low, b.low),
+               last.close, a.volume + b.volume, a.tick_count + b.tick_count,
+               first.open_key, last.close_key)
+
+
+def aggregate(rows: Iterable[TickRow]) -> dict[tuple[str, int], Bar]:
+    """Bars of ``rows`` keyed by ``(symbol, bucket_us)``. Rows are assumed
+    distinct (as the ``ticks`` table guarantees); a missing size counts as 0."""
+    bars: dict[tuple[str, int], Bar] = {}
+    for symbol, ts_us, price, size, _source, _recv, entry_id in rows:
+        key = (symbol, bucket_of(ts_us))
+        order = (ts_us, entry_id)
+        bar = Bar(symbol, key[1], price, price, price, price, size or 0.0, 1, order, order)
+        old = bars.get(key)
+        bars[key] = bar if old is None else merge(old, bar)
+    return bars

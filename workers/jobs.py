@@ -1,0 +1,206 @@
+"""rq jobs: the slow, periodic and bulk work around persistence.
+
+Every job is idempotent (safe to retry, safe to run twice) and returns a
+small JSON-able dict that rq keeps as its result. Jobs run in an rq worker
+process (``pricepipe jobs worker``) and read their connection settings from
+its environment (``PRICEPIPE_DATABASE_URL`` ...), never from the job's
+arguments, so no password is ever stored in Redis.
+
+Failures are retried with rq's :class:`rq.Retry` (``PRICEPIPE_JOBS_RETRY_*``)
+and, once retries are exhausted, stay in the queue's failed-job registry,
+which ``pricepipe status`` counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pricepipe.clock import now_us
+from pricepipe.config import DatabaseSettings
+from pricepipe.connections import pg_connect
+
+from .settings import JobsSettings
+
+log = logging.getLogger(__name__)
+
+#: Short queue names; the Redis name is ``keys.rq_queue(name)``.
+MAINTENANCE = "maintenance"
+BULK = "bulk"
+QUEUES = (MAINTENANCE, BULK)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job that ``pricepipe jobs enqueue NAME`` knows: function and queue."""
+
+    func: str
+    queue: str
+    help: str
+
+
+JOBS: dict[str, JobSpec] = {
+    "partitions": JobSpec("workers.jobs.maintain_partitions", MAINTENANCE,
+                          "create the daily tick partitions ahead"),
+    "retention": JobSpec("workers.jobs.apply_retention", MAINTENANCE,
+                         "drop tick partitions older than the retention"),
+    "bars-verify": JobSpec("workers.jobs.verify_bars", MAINTENANCE,
+                           "recompute recent bars from ticks and repair differences"),
+    "bars-rebuild": JobSpec("workers.jobs.rebuild_bars", BULK,
+                            "rebuild the bars of a range (start_us, end_us[, symbol])"),
+    "backfill": JobSpec("workers.jobs.backfill_history", BULK,
+                        "backfill history (symbol, start_us, end_us[, interval_s, seed])"),
+    "export": JobSpec("workers.jobs.export_ticks", BULK,
+                      "write a CSV of ticks (symbol, start_us, end_us, path)"),
+}
+
+
+def _connect(name: str) -> Any:
+    return pg_connect(DatabaseSettings.from_env().require_url(),
+                      application_name=f"pricepipe-job-{name}")
+
+
+def _today() -> Any:
+    return datetime.now(UTC).date()
+
+
+# --- the jobs ------------------------------------------------------------------------------
+
+
+def maintain_partitions(days_ahead: int | None = None) -> dict[str, Any]:
+    """Create the tick partitions from yesterday to ``days_ahead`` days ahead."""
+    from .partitions import ensure_ahead
+
+    ahead = days_ahead if days_ahead is not None else JobsSettings.from_env().partitions_ahead_days
+    conn = _connect("partitions")
+    try:
+        created = ensure_ahead(conn, today=_today(), days_ahead=ahead)
+    finally:
+        conn.close()
+    log.info("partitions: %d created (%d days ahead)", created, ahead)
+    return {"created": created, "days_ahead": ahead}
+
+
+def apply_retention(retention_days: int | None = None) -> dict[str, Any]:
+    """Drop whole tick partitions older than the retention (nothing if unset)."""
+    from .partitions import drop_expired
+
+    days = retention_days if retention_days is not None else \
+        JobsSettings.from_env().retention_days
+    if days is None:
+        return {"dropped": [], "retention_days": None}
+    conn = _connect("retention")
+    try:
+        dropped = drop_expired(conn, today=_today(), retention_days=days)
+    finally:
+        conn.close()
+    if dropped:
+        log.info("retention: dropped %s", ", ".join(dropped))
+    return {"dropped": dropped, "retention_days": days}
+
+
+def verify_bars(minutes: int | None = None, repair: bool = True) -> dict[str, Any]:
+    """Recompute the bars of the last ``minutes`` from ticks; rebuild them if
+    any differ (and ``repair``). The minute in progress is included: a worker
+    updating it meanwhile is serialised by :func:`workers.rollup.rebuild`."""
+    from . import rollup
+
+    span = minutes if minutes is not None else JobsSettings.from_env().bars_verify_minutes
+    end_us = now_us()
+    start_us = end_us - span * 60_000_000
+    conn = _connect("bars")
+    try:
+        mismatches = rollup.verify(conn, start_us, end_us)
+        rebuilt = 0
+        if mismatches and repair:
+            log.warning("bars: %d bar(s) differ from their ticks; rebuilding %d minutes",
+                        len(mismatches), span)
+            rebuilt = rollup.rebuild(conn, start_us, end_us)
+    finally:
+        conn.close()
+    return {"minutes": span, "mismatches": len(mismatches), "rebuilt": rebuilt}
+
+
+def rebuild_bars(start_us: int, end_us: int, symbol: str | None = None) -> dict[str, Any]:
+    """Rebuild the bars of ``[start_us, end_us)`` (whole minutes) from the ticks."""
+    from . import rollup
+
+    conn = _connect("bars")
+    try:
+        written = rollup.rebuild(conn, start_us, end_us, symbol)
+    finally:
+        conn.close()
+    return {"bars": written}
+
+
+def backfill_history(symbol: str, start_us: int, end_us: int, interval_s: float = 1.0,
+                     seed: int = 0) -> dict[str, Any]:
+    """Backfill ``symbol`` from the built-in simulated history source."""
+    from pricepipe.tick import validate_symbol
+
+    from .backfill import backfill
+    from .history import GBMHistory
+    from .sink import TickSink
+
+    validate_symbol(symbol)
+    with TickSink(DatabaseSettings.from_env().require_url(),
+                  application_name="pricepipe-job-backfill") as sink:
+        result = backfill(sink, GBMHistory(interval_s=interval_s, seed=seed), symbol,
+                          start_us, end_us)
+    return {"symbol": symbol, "ticks": result.ticks, "inserted": result.inserted}
+
+
+def export_ticks(symbol: str, start_us: int, end_us: int, path: str) -> dict[str, Any]:
+    """Write ``symbol``'s ticks of ``[start_us, end_us)`` as CSV to ``path`` (on
+    the worker's host), atomically: a temporary file renamed when complete."""
+    import os
+
+    from .export import export_csv
+
+    tmp = f"{path}.part"
+    conn = _connect("export")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            rows = export_csv(conn, out, symbol, start_us, end_us)
+        os.replace(tmp, path)
+    finally:
+        conn.close()
+    return {"path": path, "rows": rows}
+
+
+# --- enqueueing with retries ---------------------------------------------------------------
+
+
+def retry_policy(settings: JobsSettings | None = None) -> Any:
+    """rq :class:`~rq.Retry` from the settings (None when retries are off)."""
+    from rq import Retry
+
+    s = settings or JobsSettings.from_env()
+    if s.retry_max < 1:
+        return None
+    return Retry(max=s.retry_max, interval=list(s.retry_intervals_s) or 0)
+
+
+def enqueue(r: Any, queue_name: str, func: str, *, kwargs: dict[str, Any] | None = None,
+            settings: JobsSettings | None = None) -> Any:
+    """Enqueue ``func`` (dotted path) on the rq queue ``queue_name`` with the
+    retry policy and timeout of the settings. Returns the rq job."""
+    from rq import Queue
+
+    s = settings or JobsSettings.from_env()
+    return Queue(queue_name, connection=r).enqueue(
+        func, kwargs=kwargs or {}, retry=retry_policy(s), job_timeout=s.job_timeout_s,
+        failure_ttl=7 * 86_400)
+
+
+def run_with_retry(func: str, queue: str, kwargs: dict[str, Any] | None = None) -> str:
+    """The job the cron scheduler enqueues: it enqueues ``func`` with rq's
+    ``Retry`` (rq's cron cannot attach one itself) and returns its job ID."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_with_retry must run inside an rq job")
+    return str(enqueue(job.connection, queue, func, kwargs=kwargs).id)

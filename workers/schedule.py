@@ -1,0 +1,56 @@
+"""The cron schedule of pricepipe's rq jobs, run by ``pricepipe jobs scheduler``
+(rq's :class:`rq.cron.CronScheduler`).
+
+Each entry names a job function by its dotted path (so a role can schedule
+its own job here without this package importing that role) and its queue
+by short name (``keys.rq_queue(name)`` gives the Redis name). Interval jobs
+run once as soon as the scheduler starts, then every ``interval_s``; cron
+entries follow their crontab expression (UTC).
+
+What the scheduler enqueues is :func:`workers.jobs.run_with_retry`, which
+enqueues the real job with rq's ``Retry`` policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pricepipe.keys import Keys
+
+from .jobs import MAINTENANCE
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """One recurring job."""
+
+    name: str
+    func: str
+    queue: str = MAINTENANCE
+    interval_s: int | None = None
+    cron: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+SCHEDULE: tuple[Scheduled, ...] = (
+    # Hourly, so partitions for the coming days always exist before their
+    # first tick (workers also create a missing one, but not under load).
+    Scheduled("partitions", "workers.jobs.maintain_partitions", interval_s=3600),
+    Scheduled("retention", "workers.jobs.apply_retention", interval_s=6 * 3600),
+    Scheduled("bars-verify", "workers.jobs.verify_bars", interval_s=600),
+)
+
+
+def install(scheduler: Any, keys: Keys, schedule: tuple[Scheduled, ...] = SCHEDULE) -> list[Any]:
+    """Register ``schedule`` on an rq ``CronScheduler``; returns its cron jobs."""
+    from .jobs import run_with_retry
+
+    out = []
+    for entry in schedule:
+        queue = keys.rq_queue(entry.queue)
+        out.append(scheduler.register(
+            run_with_retry, queue_name=queue, name=entry.name,
+            kwargs={"func": entry.func, "queue": queue, "kwargs": dict(entry.kwargs)},
+            interval=entry.interval_s, cron=entry.cron))
+    return out
