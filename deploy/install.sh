@@ -22,7 +22,9 @@ NGINX_DIR=${PRICEPIPE_NGINX_DIR:-/etc/nginx}
 LOCAL_SERVERS=1
 DB_NAME=pricepipe
 DB_WRITER=pricepipe_writer
+# The reader group's name is fixed by migration 0500 (it grants SELECT to it).
 DB_READER=pricepipe_reader
+DB_API=pricepipe_api
 REDIS_MAXMEMORY=1gb
 PUBLISHERS="gbm"
 PERSIST_WORKERS=2
@@ -205,7 +207,7 @@ fi
 
 run install -d -m 0755 -o root -g root "$ETC_DIR"
 WRITER_PASSWORD=""
-READER_PASSWORD=""
+API_PASSWORD=""
 if [ "$LOCAL_SERVERS" = 0 ]; then
     # Another machine holds the database: its URLs must already be in the env file.
     [ -e "$ENV_FILE" ] || [ "$DRY_RUN" = 1 ] \
@@ -213,14 +215,14 @@ if [ "$LOCAL_SERVERS" = 0 ]; then
 elif [ -r "$SECRETS_FILE" ]; then
     say "keeping database passwords from $SECRETS_FILE"
     WRITER_PASSWORD=$(sed -n 's/^WRITER_PASSWORD=//p' "$SECRETS_FILE")
-    READER_PASSWORD=$(sed -n 's/^READER_PASSWORD=//p' "$SECRETS_FILE")
+    API_PASSWORD=$(sed -n 's/^API_PASSWORD=//p' "$SECRETS_FILE")
 fi
-if [ -z "$WRITER_PASSWORD" ] || [ -z "$READER_PASSWORD" ]; then
+if [ "$LOCAL_SERVERS" = 1 ] && { [ -z "$WRITER_PASSWORD" ] || [ -z "$API_PASSWORD" ]; }; then
     say "generating database passwords into $SECRETS_FILE"
     # hex: safe inside URLs and psql literals without escaping.
     WRITER_PASSWORD=$(random_hex)
-    READER_PASSWORD=$(random_hex)
-    printf 'WRITER_PASSWORD=%s\nREADER_PASSWORD=%s\n' "$WRITER_PASSWORD" "$READER_PASSWORD" \
+    API_PASSWORD=$(random_hex)
+    printf 'WRITER_PASSWORD=%s\nAPI_PASSWORD=%s\n' "$WRITER_PASSWORD" "$API_PASSWORD" \
         | put_file 0600 root:root "$SECRETS_FILE"
 fi
 
@@ -241,18 +243,19 @@ fi
 # --- PostgreSQL -------------------------------------------------------------------------
 
 if [ "$LOCAL_SERVERS" = 1 ]; then
-    say "postgresql: database $DB_NAME, roles $DB_WRITER (writer) and $DB_READER (read-only)"
+    say "postgresql: database $DB_NAME, roles $DB_WRITER (writer), $DB_READER (read-only) with login $DB_API"
     run systemctl enable --now postgresql.service
     # Passwords go through stdin, never the command line (visible in ps).
     if [ "$DRY_RUN" = 1 ]; then
         echo "+ runuser -u postgres -- psql -X -q -v dbname=$DB_NAME -v writer=$DB_WRITER" \
-             "-v reader=$DB_READER < (passwords) + $DEPLOY_DIR/sql/roles.sql"
+             "-v reader=$DB_READER -v api=$DB_API < (passwords) + $DEPLOY_DIR/sql/roles.sql"
     else
-        { printf '\\set writer_password %s\n\\set reader_password %s\n' \
-              "$WRITER_PASSWORD" "$READER_PASSWORD"
+        { printf '\\set writer_password %s\n\\set api_password %s\n' \
+              "$WRITER_PASSWORD" "$API_PASSWORD"
           cat "$DEPLOY_DIR/sql/roles.sql"; } \
             | runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres \
-                  -v dbname="$DB_NAME" -v writer="$DB_WRITER" -v reader="$DB_READER"
+                  -v dbname="$DB_NAME" -v writer="$DB_WRITER" -v reader="$DB_READER" \
+                  -v api="$DB_API"
     fi
 fi
 
@@ -263,7 +266,7 @@ if [ -e "$ENV_FILE" ]; then
 else
     say "writing $ENV_FILE"
     sed -e "s|pricepipe_writer:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_WRITER:$WRITER_PASSWORD@127.0.0.1:5432/$DB_NAME|" \
-        -e "s|pricepipe_reader:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_READER:$READER_PASSWORD@127.0.0.1:5432/$DB_NAME|" \
+        -e "s|pricepipe_api:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_API:$API_PASSWORD@127.0.0.1:5432/$DB_NAME|" \
         "$DEPLOY_DIR/pricepipe.env.example" | put_file 0600 root:root "$ENV_FILE"
 fi
 
