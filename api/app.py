@@ -83,8 +83,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     errors.install(app)
-    app.include_router(routes.build_router(settings), prefix="/v1",
-                       dependencies=[Depends(_rate_limit)])
+    app.include_router(routes.build_router(settings, [Depends(_rate_limit)]))
     app.include_router(routes.build_ops_router(metrics))
     # Outermost first: the client address is resolved before anything counts it.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -13,6 +13,7 @@ reach SQL only through :mod:`api.queries`.
 import itertools
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import psycopg2
@@ -155,9 +156,14 @@ def _csv(chunks: Any, filename: str) -> Response:
     )
 
 
-def build_router(settings: ApiSettings) -> APIRouter:
-    """The ``/v1`` routes, their bounds taken from ``settings``."""
-    router = APIRouter(responses=ERROR_RESPONSES)
+def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """The ``/v1`` routes, their bounds taken from ``settings``.
+
+    The prefix belongs to the router itself, so each route's ``path`` is the
+    full template the metrics label requests with.
+    """
+    router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES,
+                       dependencies=list(dependencies))
     max_span_us = settings.max_range_days * params.US_PER_DAY
 
     @router.get("/symbols", response_model=SymbolsOut, summary="Symbols with metadata")
