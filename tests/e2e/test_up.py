@@ -1,0 +1,150 @@
+"""The first README command, tried as a newcomer would: ``pricepipe up``
+with nothing configured starts its own servers and, within a minute, ticks
+arrive on the websocket and in ``GET /v1/ticks``; Ctrl-C stops everything;
+a second run keeps the data."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.sync.client import connect
+
+from pricepipe.embedded import free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Up:
+    """``python -m pricepipe up`` in a subprocess, its output read by a thread."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRICEPIPE_")}
+        env.update({"PRICEPIPE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pricepipe", "up", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.output)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
+def _poll(fn: Any, timeout_s: float, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval_s)
+    return last
+
+
+@pytest.fixture
+def data_dir() -> Any:
+    path = Path(tempfile.mkdtemp(prefix="pricepipe-up-"))
+    path.chmod(0o755)  # embedded PostgreSQL may run as an unprivileged user
+    yield path / "state"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
+    api_port, ws_port = free_port(), free_port()
+    up = Up(data_dir, "--symbols", "3", "--rate", "20",
+            "--api-port", str(api_port), "--ws-port", str(ws_port))
+    try:
+        up.wait_for(r"websocket\s+ws://", 120)
+        api = f"http://127.0.0.1:{api_port}"
+        symbols = _poll(lambda: httpx.get(f"{api}/v1/symbols", timeout=5).json(), 30)
+        names = [s["symbol"] if isinstance(s, dict) else s
+                 for s in (symbols["symbols"] if isinstance(symbols, dict) else symbols)]
+        assert len(names) == 3
+        symbol = names[0]
+
+        # Live ticks on the websocket, each with its stream entry ID.
+        with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=10) as ws:
+            ws.send(orjson.dumps({"op": "subscribe", "symbols": [symbol]}).decode())
+            live = []
+            deadline = time.monotonic() + 30
+            while len(live) < 3 and time.monotonic() < deadline:
+                message = orjson.loads(ws.recv(timeout=10))
+                batch = message if isinstance(message, list) else [message]
+                for item in batch:
+                    for tick in item.get("ticks", [item]):
+                        if tick.get("symbol") == symbol and "price" in tick and "id" in tick:
+                            live.append(tick)
+            assert len(live) >= 3
+
+        # And persisted, served as history.
+        def history() -> list[dict[str, Any]]:
+            body = httpx.get(f"{api}/v1/ticks/{symbol}", timeout=5).json()
+            rows: list[dict[str, Any]] = body["ticks"] if isinstance(body, dict) else body
+            return rows
+
+        rows = _poll(history, 60)
+        assert rows, "no persisted ticks served within a minute"
+        first_id = rows[0]["id"]
+        assert up.stop() == 0
+    finally:
+        up.stop()
+    # Everything stopped: nothing listens on the ports any more.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=2)
+    assert not (data_dir / "embedded.env").exists()
+
+    # A second run finds the first run's rows.
+    up2 = Up(data_dir, "--symbols", "3", "--rate", "1",
+             "--api-port", str(api_port), "--ws-port", str(ws_port))
+    try:
+        up2.wait_for(r"HTTP API\s+http://", 120)
+        body = httpx.get(f"http://127.0.0.1:{api_port}/v1/ticks/{symbol}", timeout=5).json()
+        rows = body["ticks"] if isinstance(body, dict) else body
+        assert rows and rows[0]["id"] == first_id
+    finally:
+        assert up2.stop() == 0
