@@ -195,12 +195,17 @@ def enqueue(r: Any, queue_name: str, func: str, *, kwargs: dict[str, Any] | None
         failure_ttl=7 * 86_400)
 
 
-def run_with_retry(func: str, queue: str, kwargs: dict[str, Any] | None = None) -> str:
-    """The job the cron scheduler enqueues: it enqueues ``func`` with rq's
-    ``Retry`` (rq's cron cannot attach one itself) and returns its job ID."""
+def run_with_retry(target: str, target_queue: str,
+                   target_kwargs: dict[str, Any] | None = None) -> str:
+    """The job the cron scheduler enqueues: it enqueues ``target`` (dotted
+    path) on ``target_queue`` with rq's ``Retry`` (rq's cron cannot attach
+    one itself) and returns its job ID.
+
+    (Parameter names avoid ``func``/``queue``/``kwargs``, which rq's
+    ``enqueue`` would take as its own options.)"""
     from rq import get_current_job
 
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_with_retry must run inside an rq job")
-    return str(enqueue(job.connection, queue, func, kwargs=kwargs).id)
+    return str(enqueue(job.connection, target_queue, target, kwargs=target_kwargs).id)

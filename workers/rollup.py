@@ -115,6 +115,8 @@ def rebuild(conn: Any, start_us: int, end_us: int, symbol: str | None = None) ->
     twice or missed either way.
     """
     params = {**minute_range(start_us, end_us), "symbol": symbol}
+    autocommit = conn.autocommit
+    conn.autocommit = False  # the lock, the delete and the insert are one transaction
     try:
         with conn.cursor() as cur:
             cur.execute("LOCK TABLE bars_1m IN SHARE ROW EXCLUSIVE MODE")
@@ -125,4 +127,6 @@ def rebuild(conn: Any, start_us: int, end_us: int, symbol: str | None = None) ->
     except BaseException:
         conn.rollback()
         raise
+    finally:
+        conn.autocommit = autocommit
     return int(written)

@@ -51,6 +51,7 @@ def install(scheduler: Any, keys: Keys, schedule: tuple[Scheduled, ...] = SCHEDU
         queue = keys.rq_queue(entry.queue)
         out.append(scheduler.register(
             run_with_retry, queue_name=queue, name=entry.name,
-            kwargs={"func": entry.func, "queue": queue, "kwargs": dict(entry.kwargs)},
+            kwargs={"target": entry.func, "target_queue": queue,
+                    "target_kwargs": dict(entry.kwargs)},
             interval=entry.interval_s, cron=entry.cron))
     return out

@@ -1,0 +1,205 @@
+"""rq jobs: partitions ahead, retention by dropping partitions, partition
+pruning, the cron schedule, retries and failed-job visibility; backfill and
+export through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from rq import Queue, SimpleWorker
+from rq.cron import CronScheduler
+
+from pricepipe.clock import datetime_to_us, utcnow
+from pricepipe.keys import Keys
+from pricepipe.status import job_stats
+from workers import jobs, partitions, rollup, schedule
+from workers.backfill import entry_id_for, rows_of
+from workers.history import GBMHistory
+from workers.persister import PersistWorker
+from workers.settings import JobsSettings
+
+from .conftest import BASE_TS_US, make_ticks, publish, row_count
+
+DAY_US = 86_400_000_000
+
+
+def test_partition_names_and_expiry_are_pure() -> None:
+    assert partitions.partition_day("ticks_20260102") == date(2026, 1, 2)
+    assert partitions.partition_day("ticks_20261340") is None
+    assert partitions.partition_day("ticks_default") is None
+    names = ["ticks_20251230", "ticks_20251231", "ticks_20260101", "ticks_20260110", "other"]
+    assert partitions.expired(names, today=date(2026, 1, 10), retention_days=9) == [
+        "ticks_20251230", "ticks_20251231"]
+
+
+def test_range_queries_prune_to_the_partitions_of_the_range(db: Any) -> None:
+    with db.cursor() as cur:
+        cur.execute("SELECT ensure_tick_partitions('2026-01-01', '2026-01-05')")
+        cur.execute("EXPLAIN SELECT * FROM ticks WHERE symbol = %s"
+                    " AND ts >= '2026-01-02T00:00:00Z' AND ts < '2026-01-03T12:00:00Z'",
+                    ("AAPL",))
+        plan = "\n".join(row[0] for row in cur.fetchall())
+    assert "ticks_20260102" in plan and "ticks_20260103" in plan
+    for other in ("ticks_20260101", "ticks_20260104", "ticks_20260105"):
+        assert other not in plan
+
+
+def test_retention_drops_whole_old_partitions_only(database_url: str, db: Any) -> None:
+    with db.cursor() as cur:
+        cur.execute("SELECT ensure_tick_partitions('2026-01-01', '2026-01-10')")
+        cur.execute("INSERT INTO ticks VALUES ('AAPL', '2026-01-01T10:00:00Z', 1, 1, 'x', NULL, 1),"
+                    " ('AAPL', '2026-01-09T10:00:00Z', 2, 1, 'x', NULL, 2)")
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    try:
+        dropped = partitions.drop_expired(conn, today=date(2026, 1, 10), retention_days=7)
+    finally:
+        conn.close()
+    assert dropped == ["ticks_20260101", "ticks_20260102"]
+    names = partitions.list_partitions(db)
+    assert "ticks_20260101" not in names and "ticks_20260103" in names
+    with db.cursor() as cur:
+        cur.execute("SELECT price FROM ticks")
+        assert cur.fetchall() == [(2.0,)]
+
+
+@pytest.fixture
+def job_env(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str) -> None:
+    """Jobs read their settings from the environment, as in `pricepipe jobs worker`."""
+    monkeypatch.setenv("PRICEPIPE_DATABASE_URL", database_url)
+    monkeypatch.setenv("PRICEPIPE_REDIS_URL", redis_url)
+    monkeypatch.setenv("PRICEPIPE_JOBS_RETRY_INTERVALS_S", "0")
+
+
+def _work(r: Any, keys: Keys) -> None:
+    queues = [Queue(keys.rq_queue(q), connection=r) for q in jobs.QUEUES]
+    SimpleWorker(queues, connection=r).work(burst=True)
+
+
+def test_scheduled_jobs_run_through_rq(job_env: None, r: Any, keys: Keys, db: Any,
+                                       run_worker: Callable[..., PersistWorker]) -> None:
+    today = utcnow().date()
+    old = today - timedelta(days=45)
+    with db.cursor() as cur:
+        cur.execute("SELECT ensure_tick_partitions(%s, %s)", (old, old))
+    # Recent ticks, and then a bar that drifted from them.
+    now = datetime_to_us(utcnow())
+    publish(r, keys, make_ticks(50, start_us=now - 20 * 60_000_000, step_us=1_000_000))
+    run_worker()
+    with db.cursor() as cur:
+        cur.execute("UPDATE bars_1m SET high = high + 1")
+    scheduler = CronScheduler(connection=r)
+    cron_jobs = schedule.install(scheduler, keys)
+    assert {j.name for j in cron_jobs} == {"partitions", "retention", "bars-verify"}
+    assert len(scheduler.enqueue_jobs()) == 3  # interval jobs: due at start
+    _work(r, keys)  # runs the dispatchers, then the jobs they enqueued (with Retry)
+    names = partitions.list_partitions(db)
+    ahead = JobsSettings().partitions_ahead_days
+    assert f"ticks_{(today + timedelta(days=ahead)):%Y%m%d}" in names
+    assert f"ticks_{old:%Y%m%d}" not in names
+    assert rollup.verify(db, now - 3_600_000_000, now) == []
+    stats = {q["queue"]: q for q in job_stats(r, keys)}
+    assert stats[keys.rq_queue("maintenance")]["failed"] == 0
+    assert stats[keys.rq_queue("maintenance")]["queued"] == 0
+
+
+def test_failed_jobs_are_retried_then_kept_visible(job_env: None, monkeypatch: pytest.MonkeyPatch,
+                                                   r: Any, keys: Keys, tmp_path: Path) -> None:
+    monkeypatch.setenv("PRICEPIPE_JOBS_RETRY_MAX", "2")
+    job = jobs.enqueue(r, keys.rq_queue(jobs.BULK), "workers.jobs.export_ticks", kwargs={
+        "symbol": "AAPL", "start_us": BASE_TS_US, "end_us": BASE_TS_US + DAY_US,
+        "path": str(tmp_path / "missing-dir" / "out.csv")})
+    assert job.retries_left == 2
+    _work(r, keys)
+    job.refresh()
+    assert job.is_failed and job.retries_left == 0
+    assert "FileNotFoundError" in (job.latest_result().exc_string or "")
+    stats = {q["queue"]: q for q in job_stats(r, keys)}
+    assert stats[keys.rq_queue(jobs.BULK)]["failed"] == 1
+
+
+def test_backfill_rows_are_deterministic_and_never_stream_ids() -> None:
+    source = GBMHistory(interval_s=0.5, seed=3)
+    a = [t for chunk in source.ticks("AAPL", BASE_TS_US, BASE_TS_US + 10_000_000, chunk=7)
+         for t in chunk]
+    b = [t for chunk in source.ticks("AAPL", BASE_TS_US, BASE_TS_US + 10_000_000) for t in chunk]
+    assert a == b and len(a) == 20 == source.expected_count("AAPL", BASE_TS_US,
+                                                            BASE_TS_US + 10_000_000)
+    rows, _ = rows_of(a)
+    assert all(row[6] < 0 for row in rows)
+    assert len({row[6] for row in rows}) == 20
+    assert entry_id_for(BASE_TS_US, 1) == entry_id_for(BASE_TS_US, 0) - 1
+
+
+def test_backfill_and_export_cli(db: Any, pipeline_env: dict[str, str], tmp_path: Path,
+                                 spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    args = ["backfill", "AAPL", "--start", "2026-01-02T00:00:00Z",
+            "--end", "2026-01-02T00:10:00Z", "--interval-s", "2"]
+    first = spawn(args, env=pipeline_env)
+    out = first.communicate(timeout=60)[0].decode()
+    assert first.returncode == 0, out
+    assert "300 tick(s)" in out and "300 new" in out and "tick/s" in out  # tqdm's bar
+    again = spawn(args, env=pipeline_env)
+    out = again.communicate(timeout=60)[0].decode()
+    assert again.returncode == 0 and "0 new" in out, out
+    assert row_count(db) == 300
+    with db.cursor() as cur:
+        cur.execute("SELECT sum(tick_count) FROM bars_1m WHERE symbol = 'AAPL'")
+        assert cur.fetchone()[0] == 300
+    target = tmp_path / "aapl.csv"
+    export = spawn(["export", "AAPL", "--start", "2026-01-02T00:02:00Z",
+                    "--end", "2026-01-02T00:04:00Z", "--out", str(target)], env=pipeline_env)
+    out = export.communicate(timeout=60)[0].decode()
+    assert export.returncode == 0 and "exported 60 tick(s)" in out, out
+    with target.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and rows[0]["ts"] == "2026-01-02 00:02:00+00"
+    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
+    assert {r["symbol"] for r in rows} == {"AAPL"}
+
+
+def test_cli_refuses_bad_input_clearly(pipeline_env: dict[str, str],
+                                       spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    for args, message in (
+        (["backfill", "aapl", "--start", "2026-01-02", "--end", "2026-01-03"], "invalid symbol"),
+        (["backfill", "AAPL", "--start", "yesterday", "--end", "2026-01-03"], "invalid time"),
+        (["export", "AAPL", "--start", "2026-01-03", "--end", "2026-01-02", "--out", "-"],
+         "--end must be after --start"),
+        (["jobs", "enqueue", "nope"], "unknown job"),
+    ):
+        proc = spawn(args, env=pipeline_env)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 2 and message in out, (args, out)
+
+
+def test_status_reports_streams_dead_letters_rows_and_jobs(
+        r: Any, keys: Keys, pipeline_env: dict[str, str],
+        spawn: Callable[..., subprocess.Popen[bytes]],
+        run_worker: Callable[..., PersistWorker]) -> None:
+    publish(r, keys, make_ticks(100))
+    r.xadd(keys.stream("AAPL"), {b"sym": b"AAPL"})  # undecodable: a dead letter
+    run_worker()
+    publish(r, keys, make_ticks(10))  # not persisted yet: lag
+    jobs.enqueue(r, keys.rq_queue(jobs.MAINTENANCE), "workers.jobs.maintain_partitions")
+    proc = spawn(["status", "--json"], env=pipeline_env)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    report = orjson.loads(out.splitlines()[-1])
+    assert report["rows"] == 100 and report["dead_letters"] == 1
+    assert sum(s["length"] for s in report["streams"]) == 111
+    assert sum(s["lag"] for s in report["streams"]) == 10
+    assert sum(s["pending"] for s in report["streams"]) == 0
+    (queue,) = [q for q in report["jobs"] if q["queue"] == keys.rq_queue("maintenance")]
+    assert queue["queued"] == 1 and queue["failed"] == 0
+    assert report["bars_1m"] > 0 and report["partitions"]["count"] >= 1
+    text = spawn(["status"], env=pipeline_env)
+    rendered = text.communicate(timeout=60)[0].decode()
+    assert "dead letters: 1" in rendered and "pp-maintenance" in rendered, rendered
