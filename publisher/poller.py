@@ -93,7 +93,8 @@ class Poller:
 
     def run(self, *, rounds: int | None = None) -> None:
         """Poll every ``interval_s`` until stopped, or ``rounds`` times and then
-        wait for those polls to finish (burst mode, for tests and one-offs)."""
+        wait for those polls to finish (burst mode, for tests and one-offs).
+        May be called again; :meth:`close` when done with the poller."""
         self.sink.register(self.local_of.values())
         self._start_workers()
         notify.ready(f"polling {self.name} for {len(self.local_of)} symbols")
@@ -115,7 +116,7 @@ class Poller:
                 while self._queue.unfinished_tasks and not self.stop.requested:
                     self.stop.wait(0.02)
         finally:
-            self.close()
+            self._stop_workers()
         self.log_progress(final=True)
 
     def schedule_round(self) -> int:
@@ -164,14 +165,27 @@ class Poller:
                     self._in_flight.discard(request.key)
                 self._queue.task_done()
 
-    def close(self, timeout_s: float | None = None) -> None:
-        """Let the workers finish their current poll and end."""
+    def _stop_workers(self) -> None:
+        """Let the workers finish their current poll and end; queued polls
+        are abandoned."""
         self._closing.set()
-        deadline = self.clock() + (timeout_s if timeout_s is not None else
-                                   self.settings.connect_timeout_s +
-                                   self.settings.read_timeout_s + 5.0)
+        deadline = self.clock() + self.settings.connect_timeout_s + \
+            self.settings.read_timeout_s + 5.0
         for worker in self._workers:
             worker.join(max(deadline - self.clock(), 0.0))
+        self._workers.clear()
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            with self._lock:
+                self._in_flight.discard(request.key)
+            self._queue.task_done()
+        self._closing.clear()
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
         self.upstream.close()
 
     # --- one poll ---------------------------------------------------------------------------

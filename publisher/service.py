@@ -111,5 +111,8 @@ def _run_poller(args: argparse.Namespace, settings: PublisherSettings, sink: Str
                     log_interval_s=settings.log_interval_s)
     log.info("polling %s every %.1fs for %s", provider.name, poll_settings.interval_s,
              ",".join(spec.symbol for spec in specs))
-    poller.run(rounds=getattr(args, "rounds", None))
+    try:
+        poller.run(rounds=getattr(args, "rounds", None))
+    finally:
+        poller.close()
     return 0

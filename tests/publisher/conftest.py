@@ -1,0 +1,17 @@
+"""Local fixtures of the publisher tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .fake_upstream import FakeUpstream
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """A fake upstream API on a free port (see :mod:`fake_upstream`)."""
+    server = FakeUpstream(slow_s=0.4, timeout_s=0.8).start()
+    yield server
+    server.close()

@@ -1,0 +1,209 @@
+"""A fake upstream: a real HTTP server on a free port, in a thread, speaking
+the documented JSON of Binance, Coinbase Exchange, Finnhub and a generic
+API, and misbehaving on cue.
+
+``fake.script("500", "503", "ok")`` makes the next requests (whatever their
+path) answer 500, then 503, then normally. Behaviours:
+
+* ``ok`` (also when the script is empty): the documented answer;
+* ``<status>`` (e.g. ``"500"``) or ``"429:<retry-after>"``: that status with
+  a JSON error body (the provider's error shape where it has one);
+* ``html``: 200 with a text/html page (a captive portal or proxy page);
+* ``html503``: 503 with an HTML page;
+* ``malformed``: 200 with broken JSON; ``truncated``: a body cut short
+  (Content-Length larger than what is sent); ``reset``: the connection
+  closed with RST before any answer; ``timeout``: no answer until after
+  the client's read timeout; ``slow``: the answer after ``slow_s``;
+* ``bad:<json>``: 200 with this body, verbatim.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+
+class FakeUpstream:
+    def __init__(self, *, slow_s: float = 0.5, timeout_s: float = 1.0) -> None:
+        self.slow_s = slow_s
+        self.timeout_s = timeout_s
+        self.lock = threading.Lock()
+        self.behaviours: collections.deque[str] = collections.deque()
+        #: symbol -> (price, event time in ms, trade id)
+        self.quotes: dict[str, tuple[float, int, int]] = {}
+        #: (monotonic time, path with query, headers) of every request
+        self.log: list[tuple[float, str, dict[str, str]]] = []
+        self.closing = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def script(self, *behaviours: str) -> None:
+        with self.lock:
+            self.behaviours.extend(behaviours)
+
+    def set_quote(self, symbol: str, price: float, ts_ms: int | None = None,
+                  trade_id: int | None = None) -> None:
+        with self.lock:
+            old = self.quotes.get(symbol)
+            next_id = (old[2] + 1) if old else 1000
+            self.quotes[symbol] = (price, ts_ms if ts_ms is not None else int(time.time() * 1000),
+                                   trade_id if trade_id is not None else next_id)
+
+    def requests_to(self, fragment: str) -> list[tuple[float, str, dict[str, str]]]:
+        with self.lock:
+            return [entry for entry in self.log if fragment in entry[1]]
+
+    # --- documented answers -----------------------------------------------------------------
+
+    def answer(self, path: str, query: dict[str, list[str]],
+               headers: dict[str, str]) -> tuple[int, Any]:
+        if path == "/api/v3/ticker/24hr":
+            wanted = orjson.loads(query["symbols"][0]) if "symbols" in query else \
+                [query["symbol"][0]]
+            if any(s not in self.quotes for s in wanted):
+                return 400, {"code": -1121, "msg": "Invalid symbol."}
+            return 200, [self._binance(s) for s in wanted]
+        if path.startswith("/products/") and path.endswith("/ticker"):
+            product = unquote(path.split("/")[2])
+            if product not in self.quotes:
+                return 404, {"message": "NotFound"}
+            price, ts_ms, trade_id = self.quotes[product]
+            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms / 1000))
+            return 200, {"ask": f"{price * 1.0001:.2f}", "bid": f"{price * 0.9999:.2f}",
+                         "volume": "53602.03940154", "trade_id": trade_id, "price": repr(price),
+                         "size": "0.00698254", "time": f"{iso}.{ts_ms % 1000:03d}000Z"}
+        if path in ("/quote", "/stock/profile2", "/stock/metric"):
+            if headers.get("x-finnhub-token") != "test-key":
+                return 401, {"error": "Invalid API key"}
+            symbol = query["symbol"][0]
+            if path == "/stock/profile2":
+                return 200, {"country": "US", "currency": "USD", "exchange": "NASDAQ NMS",
+                             "name": f"{symbol} Inc", "ticker": symbol,
+                             "logo": f"https://static.example/logo/{symbol}.png",
+                             "finnhubIndustry": "Technology"}
+            if path == "/stock/metric":
+                return 200, {"metric": {"52WeekHigh": 310.43, "52WeekLow": 149.22},
+                             "metricType": "all", "series": {}, "symbol": symbol}
+            if symbol not in self.quotes:
+                return 200, {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0,
+                             "t": 0}
+            price, ts_ms, _ = self.quotes[symbol]
+            return 200, {"c": price, "d": 0.5, "dp": 0.2, "h": price + 1, "l": price - 1,
+                         "o": price, "pc": price - 0.5, "t": ts_ms // 1000}
+        if path.startswith("/generic/"):
+            symbol = unquote(path.split("/")[2])
+            if symbol not in self.quotes:
+                return 404, {"error": "no such symbol"}
+            price, ts_ms, trade_id = self.quotes[symbol]
+            return 200, {"data": {"last": {"px": str(price), "time": ts_ms, "seq": trade_id}}}
+        return 404, {"error": "not found"}
+
+    def _binance(self, symbol: str) -> dict[str, Any]:
+        price, ts_ms, trade_id = self.quotes[symbol]
+        text = f"{price:.8f}"
+        return {"symbol": symbol, "priceChange": "0.00000000", "priceChangePercent": "0.000",
+                "weightedAvgPrice": text, "prevClosePrice": text, "lastPrice": text,
+                "lastQty": "0.50000000", "bidPrice": text, "bidQty": "1.00000000",
+                "askPrice": text, "askQty": "1.00000000", "openPrice": text, "highPrice": text,
+                "lowPrice": text, "volume": "100.00000000", "quoteVolume": "1000.00000000",
+                "openTime": ts_ms - 86_400_000, "closeTime": ts_ms, "firstId": trade_id - 10,
+                "lastId": trade_id, "count": 11}
+
+    # --- the handler ------------------------------------------------------------------------
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # quiet
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with fake.lock:
+                    fake.log.append((time.monotonic(), self.path, headers))
+                    behaviour = fake.behaviours.popleft() if fake.behaviours else "ok"
+                split = urlsplit(self.path)
+                try:
+                    self.behave(behaviour, split.path, parse_qs(split.query), headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            def send(self, status: int, body: bytes, content_type: str = "application/json",
+                     extra: dict[str, str] | None = None, length: int | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def behave(self, behaviour: str, path: str, query: dict[str, list[str]],
+                       headers: dict[str, str]) -> None:
+                kind, _, arg = behaviour.partition(":")
+                if kind == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if kind == "timeout":
+                    fake.closing.wait(fake.timeout_s)
+                    self.close_connection = True
+                    return
+                if kind == "slow":
+                    fake.closing.wait(fake.slow_s)
+                    kind = "ok"
+                if kind == "ok":
+                    with fake.lock:
+                        status, payload = fake.answer(path, query, headers)
+                    self.send(status, orjson.dumps(payload))
+                elif kind == "429":
+                    self.send(429, b'{"code": -1003, "msg": "Too many requests."}',
+                              extra={"Retry-After": arg or "1"})
+                elif kind.isdigit():
+                    self.send(int(kind), b'{"error": "upstream trouble"}')
+                elif kind == "html":
+                    self.send(200, b"<!DOCTYPE html><html><body>Sign in to Wi-Fi</body></html>",
+                              "text/html")
+                elif kind == "html503":
+                    self.send(503, b"<html><body><h1>503 Service Unavailable</h1></body></html>",
+                              "text/html")
+                elif kind == "malformed":
+                    self.send(200, b'{"c": 261.74, "t": 15826')
+                elif kind == "truncated":
+                    self.send(200, b'[{"symbol": "BTC', length=400)
+                    self.close_connection = True
+                elif kind == "bad":
+                    self.send(200, arg.encode())
+                else:
+                    raise AssertionError(f"unknown behaviour {behaviour!r}")
+
+        return Handler
