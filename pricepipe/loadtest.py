@@ -95,19 +95,25 @@ class Role:
     """One ``python -m pricepipe ...`` child process with its log file."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
-                 *, module: str = "pricepipe") -> None:
+                 *, module: str = "pricepipe", profile_dir: Path | None = None) -> None:
         self.name = name
         self.args = args
         self.env = env
         self.module = module
         self.log_path = log_dir / f"{name}.log"
+        self.profile_dir = profile_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self, *, stdout: Any = None) -> None:
+        python = [sys.executable]
+        if self.profile_dir is not None:
+            # cProfile writes its file when the role exits normally (SIGTERM).
+            out = self.profile_dir / f"{self.name}-{self.starts}.prof"
+            python += ["-m", "cProfile", "-o", str(out)]
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args], env=self.env,
+                [*python, "-m", self.module, *self.args], env=self.env,
                 stdin=subprocess.DEVNULL, stdout=stdout if stdout is not None else log_file,
                 stderr=log_file,
             )
@@ -462,6 +468,7 @@ class E2EParams:
     warmup_s: float = 2.0
     measure_s: float = 5.0
     drain_timeout_s: float = 20.0
+    profile_dir: str | None = None
     bounds: Bounds = field(default_factory=Bounds)
 
 
@@ -480,10 +487,15 @@ def _print_step(step: dict[str, Any]) -> None:
 def run(*, redis_url: str, database_url: str, n: int | None = None,
         warmup_s: float | None = None, measure_s: float | None = None,
         symbols: int | None = None, publishers: int | None = None,
-        workers: int | None = None) -> dict[str, Any]:
+        workers: int | None = None, profile_dir: str | None = None) -> dict[str, Any]:
     """The e2e benchmark (see the module doc). ``n`` is the top of the ramp
-    in ticks/s over all symbols (default 100,000)."""
+    in ticks/s over all symbols (default 100,000). With ``profile_dir``, the
+    publishers, workers and websocket server run under cProfile and leave
+    ``<role>-<start>.prof`` files there (profiling slows them down)."""
     params = E2EParams(rates=ramp(n or 100_000))
+    if profile_dir is not None:
+        params.profile_dir = str(Path(profile_dir).resolve())
+        Path(params.profile_dir).mkdir(parents=True, exist_ok=True)
     if warmup_s is not None:
         params.warmup_s = warmup_s
     if measure_s is not None:
@@ -544,10 +556,12 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
         # Registered up front so the workers find every stream when they
         # start (they re-read the registry only every few seconds).
         register_symbols(r, keys, names)
-        workers = [Role(f"worker{i}", ["persist", "--name", f"e2e-{i}"], env, log_dir)
-                   for i in range(params.workers)]
+        profile = Path(params.profile_dir) if params.profile_dir else None
+        workers = [Role(f"worker{i}", ["persist", "--name", f"e2e-{i}"], env, log_dir,
+                        profile_dir=profile) for i in range(params.workers)]
         ws_port = free_port()
-        ws = Role("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)], env, log_dir)
+        ws = Role("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)], env, log_dir,
+                  profile_dir=profile)
         for role in [*workers, ws]:
             role.start()
             roles.append(role)
@@ -569,7 +583,7 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
             sampler.add("postgres", lambda: ppid, tree=True)
         publisher_roles: list[Role] = []
         for i in range(params.publishers):
-            publisher = Role(f"publisher{i}", [], env, log_dir)
+            publisher = Role(f"publisher{i}", [], env, log_dir, profile_dir=profile)
             publisher_roles.append(publisher)
             sampler.add(publisher.name, lambda p=publisher: p.pid)  # type: ignore[misc]
         sampler.start()
@@ -722,3 +736,38 @@ def _step(r: Any, keys: Keys, names: list[str], groups: list[list[str]],
     for name in ("published_ticks_per_s", "persisted_ticks_per_s", "ws_ticks_per_s"):
         step[name] = round(step[name], 1)
     return step
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pricepipe.loadtest``: the e2e run with the knobs that
+    ``pricepipe bench e2e`` does not expose (profiling, process counts)."""
+    import argparse
+
+    from .bench import servers
+    from .codec import encode_json
+
+    parser = argparse.ArgumentParser(prog="python -m pricepipe.loadtest",
+                                     description="end-to-end load run (see pricepipe bench e2e)")
+    parser.add_argument("--n", type=int, default=None, help="top of the ramp, ticks/s")
+    parser.add_argument("--symbols", type=int, default=None)
+    parser.add_argument("--publishers", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--warmup-s", type=float, default=None)
+    parser.add_argument("--measure-s", type=float, default=None)
+    parser.add_argument("--profile-dir", help="run the roles under cProfile, .prof files here")
+    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--redis-url", help="default: a throwaway embedded redis-server")
+    parser.add_argument("--database-url", help="default: a throwaway embedded PostgreSQL")
+    args = parser.parse_args(argv)
+    with servers(args.redis_url, args.database_url) as (redis_url, database_url):
+        report = run(redis_url=redis_url, database_url=database_url, n=args.n,
+                     warmup_s=args.warmup_s, measure_s=args.measure_s, symbols=args.symbols,
+                     publishers=args.publishers, workers=args.workers,
+                     profile_dir=args.profile_dir)
+    if args.json:
+        Path(args.json).write_bytes(encode_json(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
