@@ -159,6 +159,7 @@ class PersistWorker:
             log.warning("stopped with a batch unfinished: it stays pending and is redelivered")
         finally:
             self.sink.close()
+        self._heartbeat()  # last word: final counters, expiring after the usual TTL
         log.info("persist worker %s stopped: %s", self.consumer.name, self.stats.as_dict())
         return 0
 
@@ -366,6 +367,10 @@ class PersistWorker:
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + max(self.settings.heartbeat_ttl_s / 3, 1.0)
+        self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """Heartbeat key with a TTL, holding the worker's counters (``pricepipe status``)."""
         try:
             self.consumer.heartbeat(self.settings.heartbeat_ttl_s,
                                     codec.encode_json(self.stats.as_dict()))

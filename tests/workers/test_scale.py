@@ -1,0 +1,144 @@
+"""Several workers share the streams through the consumer group; crashes,
+a PostgreSQL restart and a Redis restart during a 100k-tick run lose and
+double nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import psycopg2
+import redis
+
+from pricepipe.keys import Keys
+
+from .conftest import (
+    duplicate_count,
+    fast_env,
+    make_ticks,
+    publish,
+    row_count,
+    rows_now,
+    wait_until,
+)
+
+
+def _entries_added(r: Any, keys: Keys) -> int:
+    """Ticks ever appended to the registered streams (trimming does not lower it)."""
+    total = 0
+    for shard in keys.all_shards():
+        for symbol in r.smembers(keys.symbols(shard)):
+            total += int(r.xinfo_stream(keys.stream(symbol.decode()))["entries-added"])
+    return total
+
+
+def _pending(r: Any, keys: Keys) -> int:
+    total = 0
+    for shard in keys.all_shards():
+        for symbol in r.smembers(keys.symbols(shard)):
+            total += int(r.xpending(keys.stream(symbol.decode()), "persist")["pending"])
+    return total
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_three_workers_share_the_load_one_killed_mid_run(
+        r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    n = 60_000
+    publish(r, keys, make_ticks(n))
+    env = dict(fast_env(pipeline_env), PRICEPIPE_WORKER_CLAIM_IDLE_MS="500",
+               PRICEPIPE_WORKER_CLAIM_INTERVAL_S="0.2")
+    procs = {name: spawn(["persist", "--name", name, "--batch-size", "400"], env=env)
+             for name in ("w1", "w2", "w3")}
+    wait_until(lambda: row_count(db) > n // 6, proc=procs["w2"])
+    procs["w2"].send_signal(signal.SIGKILL)
+    procs["w2"].wait()
+    # w2's unacknowledged entries are claimed by the others once idle.
+    wait_until(lambda: row_count(db) == n and _pending(r, keys) == 0, proc=procs["w1"])
+    for name in ("w1", "w3"):
+        _stop(procs[name])
+    assert row_count(db) == n and duplicate_count(db) == 0
+    inserted = {name: orjson.loads(r.get(keys.heartbeat("persist", name)) or b"{}")
+                .get("rows_inserted", 0) for name in ("w1", "w3")}
+    assert all(count > 0 for count in inserted.values()), inserted  # both took a share
+
+
+def test_chaos_100k_ticks_with_kills_and_server_restarts(
+        make_redis_server: Callable[..., Any], make_pg_server: Callable[..., Any],
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    rng = random.Random(20260102)
+    redis_srv = make_redis_server()
+    pg_srv = make_pg_server()
+    keys = Keys("pp", 4)
+    env = fast_env({
+        **os.environ,
+        "PRICEPIPE_REDIS_URL": redis_srv.url, "PRICEPIPE_DATABASE_URL": pg_srv.url,
+        "PRICEPIPE_REDIS_SHARDS": "4", "PRICEPIPE_REDIS_PREFIX": "pp",
+        "PRICEPIPE_WORKER_CLAIM_IDLE_MS": "1000", "PRICEPIPE_WORKER_CLAIM_INTERVAL_S": "0.5",
+    })
+    r = redis.Redis.from_url(redis_srv.url)
+    try:
+        def publish_bulk(count: int, seed: int) -> None:
+            proc = spawn(["publish", "--source", "gbm", "--symbols", "12", "--count", str(count),
+                          "--seed", str(seed)], env=env)
+            out = proc.communicate(timeout=100)[0]
+            assert proc.returncode == 0, out
+
+        publish_bulk(60_000, 1)
+        names = ["c1", "c2", "c3"]
+        procs = {name: spawn(["persist", "--name", name, "--batch-size", "500"], env=env)
+                 for name in names}
+
+        def rows() -> int:
+            return rows_now(pg_srv.url)
+
+        def kill_random(at_rows: int) -> None:
+            wait_until(lambda: rows() >= at_rows)
+            name = rng.choice(names)
+            procs[name].send_signal(signal.SIGKILL)
+            procs[name].wait()
+            # Half the time it comes back under its own name, else a new one.
+            new = name if rng.random() < 0.5 else f"{name}x"
+            names[names.index(name)] = new
+            procs[new] = spawn(["persist", "--name", new, "--batch-size", "500"], env=env)
+
+        kill_random(rng.randrange(5_000, 15_000))
+        wait_until(lambda: rows() >= 20_000)
+        pg_srv.stop()
+        publish_bulk(40_000, 2)  # the database is down: ticks wait in Redis
+        pg_srv.start()
+        kill_random(rng.randrange(30_000, 45_000))
+        wait_until(lambda: rows() >= 55_000)
+        redis_srv.restart()  # graceful restart: AOF reloaded
+        wait_until(lambda: _loaded(r))
+        kill_random(rng.randrange(60_000, 80_000))
+        total = _entries_added(r, keys)
+        assert total == 100_000
+        wait_until(lambda: rows() == total and _pending(r, keys) == 0, timeout_s=90)
+        for name in names:
+            _stop(procs[name])
+        conn = psycopg2.connect(pg_srv.url)
+        try:
+            assert row_count(conn) == total and duplicate_count(conn) == 0
+        finally:
+            conn.close()
+    finally:
+        r.close()
+
+
+def _loaded(r: Any) -> bool:
+    try:
+        return bool(r.ping())
+    except (redis.BusyLoadingError, redis.ConnectionError):
+        return False
