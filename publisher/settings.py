@@ -145,7 +145,18 @@ class GenericSettings(Settings):
     rate_limit: str = setting("60/minute", "Request budget, e.g. 60/minute;5/second")
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class MetadataSettings(Settings):
+    """The instruments refresh job (``publisher.metadata.refresh_instruments``)."""
+
+    env_prefix: ClassVar[str] = "PRICEPIPE_METADATA_"
+
+    source: str = setting("history", "Where metadata comes from: finnhub or history")
+    symbols: str | None = setting(
+        None, "Symbols to refresh (LOCAL=UPSTREAM allowed); unset: every registered symbol")
+
+
 SETTINGS: tuple[type[Settings], ...] = (
     PublisherSettings, PollerSettings, BinanceSettings, CoinbaseSettings, FinnhubSettings,
-    GenericSettings,
+    GenericSettings, MetadataSettings,
 )
