@@ -33,6 +33,7 @@ def test_parse_documented_profile_and_metric() -> None:
     assert parse_profile("X", {"logo": "javascript:alert(1)"}).logo_url is None
     assert parse_metric({"metric": {"52WeekHigh": 1.0, "52WeekLow": 5.0}}) == (None, None)
     assert parse_metric({"metric": {"52WeekHigh": "x", "52WeekLow": -1}}) == (None, None)
+    bad: Any
     for bad in ([], "x", {"error": "Invalid API key"}):
         with pytest.raises(BadResponseError):
             parse_profile("X", bad)
