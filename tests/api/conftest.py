@@ -114,4 +114,40 @@ def client(make_client: Callable[..., TestClient], api_settings: ApiSettings) ->
     return make_client(api_settings)
 
 
+@pytest.fixture
+def make_live_api(redis_settings: RedisSettings, db_settings: DatabaseSettings
+                  ) -> Iterator[Callable[..., str]]:
+    """``make_live_api(settings=None)``: the app under a real uvicorn in a
+    thread, on a free port; returns its base URL. Stopped at teardown."""
+    import threading
+
+    import uvicorn
+
+    from api.server import Server
+    from pricepipe.embedded import free_port
+
+    running: list[tuple[Server, threading.Thread]] = []
+
+    def start(settings: ApiSettings | None = None) -> str:
+        app = create_app(settings or ApiSettings(rate_limit=None, key_rate_limit=None),
+                         redis_settings, db_settings)
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                access_log=False, ws="none", proxy_headers=False)
+        server = Server(config)
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+        thread.start()
+        running.append((server, thread))
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            thread.join(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(30)
+
+
 __all__ = ["DAY0_US", "MINUTE_US", "insert_ticks", "steady_ticks", "timedelta"]
