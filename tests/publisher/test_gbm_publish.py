@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -153,3 +154,12 @@ def test_realtime_rate_roughly_in_wall_clock(
     # Generous bounds: never more than the schedule allows (+ one batch),
     # and not stalled. No tight timing assertion on a shared machine.
     assert 5 <= published <= 50 * elapsed + 50
+
+
+def test_python_m_publisher_is_pricepipe_publish(
+    pipeline_env: dict[str, str], r: Any, keys: Keys
+) -> None:
+    proc = subprocess.run([sys.executable, "-m", "publisher", "--symbols", "1", "--count", "5"],
+                          env=pipeline_env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert r.xlen(keys.stream("AAPL")) == 5
