@@ -153,6 +153,12 @@ class WsServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert self.hub is not None and ws.request is not None
+        sndbuf = self.settings.socket_send_buffer_bytes
+        sock = ws.transport.get_extra_info("socket")
+        if sndbuf is not None and sock is not None:
+            # Bounds kernel memory per connection (and makes a stalled reader
+            # show up in our own buffer sooner).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         token = request_token(ws.request)
         authenticated = not self.settings.tokens or (
             token is not None and token_ok(token, self.settings.tokens))

@@ -93,6 +93,7 @@ class Session:
         self.subscribed: set[str] = set()
         self._catching: dict[str, list[Entry]] = {}
         self._overflowed: set[str] = set()
+        self._floors: dict[str, tuple[int, int]] = {}
         self._buffered = 0
         self._parts: list[bytes] = []
         self._latest: dict[str, bytes] = {}
@@ -237,10 +238,15 @@ class Session:
 
     async def _check_resumable(self, symbol: str, cursor: str) -> tuple[str | None, str | None]:
         """``(reason, first_id)``: reason None when every entry after ``cursor``
-        is still in the stream.
+        is certainly still in the stream.
 
-        Redis 7 keeps ``max-deleted-entry-id`` (XINFO STREAM): if it is after
-        the cursor, an entry the client missed was trimmed away.
+        From ``XINFO STREAM`` (Redis 7): nothing was ever removed when
+        ``entries-added`` equals ``length``; an ``XDEL`` after the cursor shows
+        in ``max-deleted-entry-id``; trimming (which Redis 7.0 does not record
+        there) removes from the front, so a cursor before the first retained
+        entry may have missed trimmed entries. That last case is ambiguous
+        (the client may have seen the very last trimmed entry) and is reported
+        as not recoverable: a needless HTTP fetch beats a silent gap.
         """
         try:
             info = await self._r.xinfo_stream(self._keys.stream(symbol))
@@ -256,6 +262,14 @@ class Session:
             return p.GAP_CURSOR_AHEAD, first_id
         max_deleted = info.get("max-deleted-entry-id")
         if max_deleted is not None and key < p.id_key(max_deleted):
+            return p.GAP_TRIMMED, first_id
+        added = info.get("entries-added")
+        if added is not None and int(added) == int(info["length"]):
+            return None, first_id
+        if first_id is None:  # emptied: fine only if the client had seen the end
+            caught_up = last_generated is not None and key >= p.id_key(last_generated)
+            return (None if caught_up else p.GAP_TRIMMED), None
+        if key < p.id_key(first_id):
             return p.GAP_TRIMMED, first_id
         return None, first_id
 
@@ -280,6 +294,10 @@ class Session:
             buffer = self._catching.pop(symbol)
             self._buffered -= len(buffer)
             floor = p.id_key(cursor)
+            # A hub read issued before our own read may still be in flight
+            # with entries we just sent: feed() drops those until it passes
+            # the floor.
+            self._floors[symbol] = floor
             pending = [entry for entry in buffer if entry[0] > floor]
             if pending:
                 self.feed(symbol, pending)
@@ -317,6 +335,7 @@ class Session:
         if buffer is not None:
             self._buffered -= len(buffer)
         self._overflowed.discard(symbol)
+        self._floors.pop(symbol, None)
         self._latest.pop(symbol, None)
 
     def _release(self) -> None:
@@ -344,6 +363,12 @@ class Session:
                     self._overflowed.add(name)
                 self._buffered = 0
             return
+        floor = self._floors.get(symbol)
+        if floor is not None:
+            batch = [entry for entry in batch if entry[0] > floor]
+            if not batch:
+                return
+            del self._floors[symbol]  # the hub's batches only go forward from here
         self._latest[symbol] = batch[-1][2]
         if not self.behind:
             self._parts.extend([entry[2] for entry in batch])

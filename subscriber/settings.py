@@ -53,6 +53,9 @@ class WsSettings(Settings):
     buffer_low_bytes: int = setting(
         32_768, "Send buffer below which a conflated client counts as caught up again"
     )
+    socket_send_buffer_bytes: int | None = setting(
+        None, "Kernel send buffer (SO_SNDBUF) per connection; unset: the kernel's autotuning"
+    )
     slow_timeout_s: float = setting(
         10.0, "A client still behind after this long is closed with code 4008"
     )
