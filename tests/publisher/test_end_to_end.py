@@ -1,0 +1,58 @@
+"""Done-when checks across roles: a poller against the fake upstream feeds the
+streams, and a persist worker (burst) writes them to PostgreSQL; correlated
+GBM symbols from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pricepipe.codec import decode_fields
+from pricepipe.keys import Keys
+
+from .fake_upstream import FakeUpstream
+
+Spawn = Callable[..., subprocess.Popen[bytes]]
+
+
+def test_coinbase_poll_reaches_postgres(spawn: Spawn, pipeline_env: dict[str, str], db: Any,
+                                        fake: FakeUpstream) -> None:
+    ts_ms = int(time.time() * 1000) - 1500
+    fake.set_quote("BTC-USD", 64000.5, ts_ms)
+    fake.set_quote("ETH-USD", 3100.25, ts_ms)
+    poll = spawn(["publish", "--source", "coinbase", "--symbols", "BTC-USD,ETH-USD",
+                  "--base-url", fake.url, "--rounds", "2", "--interval", "0.05"],
+                 env=pipeline_env)
+    out, _ = poll.communicate(timeout=60)
+    assert poll.returncode == 0, out.decode()
+    persist = spawn(["persist", "--burst"], env=pipeline_env)
+    out, _ = persist.communicate(timeout=90)
+    assert persist.returncode == 0, out.decode()
+    with db.cursor() as cur:
+        cur.execute("SELECT symbol, price, source, extract(epoch FROM ts) * 1000,"
+                    " recv_ts IS NOT NULL FROM ticks ORDER BY symbol")
+        rows = cur.fetchall()
+    assert [(s, p, src, round(float(t)), has_recv) for s, p, src, t, has_recv in rows] == [
+        ("BTC-USD", 64000.5, "coinbase", ts_ms, True),
+        ("ETH-USD", 3100.25, "coinbase", ts_ms, True),
+    ]
+
+
+def test_correlated_symbols_from_the_cli(spawn: Spawn, pipeline_env: dict[str, str], r: Any,
+                                         keys: Keys) -> None:
+    proc = spawn(["publish", "--symbols", "AAPL,MSFT", "--count", "4000", "--seed", "5",
+                  "--correlation", "0.9", "--dt-years", "0.004"], env=pipeline_env)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    prices = [[decode_fields(f).price for _, f in r.xrange(keys.stream(s))]
+              for s in ("AAPL", "MSFT")]
+    returns = np.diff(np.log(np.array(prices)), axis=1)
+    assert np.corrcoef(returns)[0, 1] > 0.8
+    bad = spawn(["publish", "--symbols", "AAPL,MSFT", "--count", "10", "--correlation",
+                 "1,2;2,1"], env=pipeline_env)
+    out, _ = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and b"correlation" in out
