@@ -13,11 +13,15 @@ the stream entry ID: together with ``(symbol, ts)`` it is the primary key of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pricepipe import codec
+from pricepipe.codec import F_PRICE, F_RECV_TS, F_SIZE, F_SOURCE, F_SYMBOL, F_TS
 from pricepipe.keys import Keys
+from pricepipe.tick import MAX_TS_US, MIN_TS_US, SOURCE_RE, validate_symbol
 
 #: ``(symbol, ts_us, price, size, source, recv_ts_us, entry_id)``
 TickRow = tuple[str, int, float, float | None, str, int | None, int]
@@ -71,49 +75,135 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+#: A stream entry's fields as redis-py parses them (a dict) or as the server
+#: sends them (a flat ``[name, value, name, value, ...]`` list).
+RawFields = Mapping[bytes, bytes] | Sequence[bytes] | None
+
+
+def as_field_map(fields: RawFields) -> dict[bytes, bytes]:
+    if not fields:
+        return {}
+    if isinstance(fields, Mapping):
+        return dict(fields)
+    it = iter(fields)
+    return dict(zip(it, it, strict=True))
+
+
+class _Validator:
+    """The hot path of decoding, for one stream: accepts exactly the entries
+    :func:`pricepipe.codec.decode_fields` turns into a valid tick of this
+    stream's symbol, using the same parsers (``int``/``float`` on the raw
+    bytes) and the same bounds as :class:`pricepipe.tick.Tick`, but without
+    building a ``Tick`` per entry. Anything it does not accept is handed to
+    the codec, which either agrees or says why the entry is bad.
+    """
+
+    __slots__ = ("symbol", "symbol_b", "sources")
+
+    def __init__(self, symbol: str) -> None:
+        try:
+            self.symbol: str | None = validate_symbol(symbol)
+        except ValueError:
+            self.symbol = None  # every entry takes the slow path and is rejected
+        self.symbol_b = symbol.encode()
+        self.sources: dict[bytes, str] = {}
+
+    def row(self, fields: Mapping[bytes, bytes], packed: int) -> TickRow | None:
+        if self.symbol is None or fields.get(F_SYMBOL) != self.symbol_b:
+            return None
+        try:
+            ts_us = int(fields[F_TS])
+            price = float(fields[F_PRICE])
+            source_b = fields[F_SOURCE]
+            size_b = fields.get(F_SIZE)
+            recv_b = fields.get(F_RECV_TS)
+            size = None if size_b is None else float(size_b)
+            recv_ts_us = None if recv_b is None else int(recv_b)
+        except (KeyError, ValueError, TypeError):
+            return None
+        if not (MIN_TS_US <= ts_us < MAX_TS_US and 0.0 < price < math.inf):
+            return None
+        if size is not None and not 0.0 <= size < math.inf:
+            return None
+        if recv_ts_us is not None and not MIN_TS_US <= recv_ts_us < MAX_TS_US:
+            return None
+        source = self.sources.get(source_b)
+        if source is None:
+            try:
+                text = source_b.decode()
+            except (UnicodeDecodeError, AttributeError):
+                return None
+            if SOURCE_RE.fullmatch(text) is None:
+                return None
+            source = self.sources[source_b] = text
+        return (self.symbol, ts_us, price, size, source, recv_ts_us, packed)
+
+
 def decode_entries(
     keys: Keys,
     stream: bytes | str,
-    entries: Iterable[tuple[bytes | str, Mapping[bytes, bytes] | None]],
+    entries: Iterable[tuple[bytes | str, RawFields]] | Iterable[Sequence[Any]],
     batch: Batch | None = None,
 ) -> Batch:
     """Decode one stream's entries into ``batch`` (a new one if None).
 
-    Entries with no fields (deleted from the stream while pending; Redis
-    returns them as nil) are listed in :attr:`Batch.vanished`.
+    ``entries`` are ``(id, fields)`` pairs, fields parsed (dict) or raw (flat
+    list). Entries with no fields (deleted from the stream while pending;
+    Redis returns them as nil) are listed in :attr:`Batch.vanished`.
     """
     out = Batch() if batch is None else batch
     stream_key = _text(stream)
     expected = keys.symbol_of(stream_key)
+    validator = _Validator(expected)
     rows, row_ids = out.rows, out.row_ids
-    decode, pack = codec.decode_fields, codec.pack_entry_id
-    for raw_id, fields in entries:
+    pack = codec.pack_entry_id
+    fast = validator.row
+    for raw_id, raw_fields in entries:
         entry_id = _text(raw_id)
+        fields = raw_fields if isinstance(raw_fields, dict) else as_field_map(raw_fields)
         if not fields:
             out.vanished.append((stream_key, entry_id))
             continue
         try:
-            tick = decode(fields)
             packed = pack(entry_id)
-        except ValueError as exc:  # DecodeError and InvalidTickError both are
-            out.rejects.append(Reject(stream_key, entry_id, dict(fields), str(exc)))
+        except ValueError as exc:
+            out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
             continue
-        if tick.symbol != expected:
-            out.rejects.append(Reject(
-                stream_key, entry_id, dict(fields),
-                f"symbol {tick.symbol!r} does not belong in the stream of {expected!r}"))
-            continue
-        rows.append((tick.symbol, tick.ts_us, tick.price, tick.size, tick.source,
-                     tick.recv_ts_us, packed))
+        row = fast(fields, packed)
+        if row is None:
+            row = _slow_row(stream_key, entry_id, fields, packed, expected, out)
+            if row is None:
+                continue
+        rows.append(row)
         row_ids.append((stream_key, entry_id))
     return out
 
 
-def decode_reply(keys: Keys, reply: Sequence[tuple[bytes | str, Sequence]] | None,
-                 batch: Batch | None = None) -> Batch:
-    """Decode an ``XREADGROUP`` reply (``[[stream, [(id, fields), ...]], ...]``)."""
+def _slow_row(stream_key: str, entry_id: str, fields: dict[bytes, bytes], packed: int,
+              expected: str, out: Batch) -> TickRow | None:
+    """The codec's verdict on an entry the fast path did not accept."""
+    try:
+        tick = codec.decode_fields(fields)
+    except ValueError as exc:  # DecodeError and InvalidTickError both are
+        out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
+        return None
+    if tick.symbol != expected:
+        out.rejects.append(Reject(
+            stream_key, entry_id, fields,
+            f"symbol {tick.symbol!r} does not belong in the stream of {expected!r}"))
+        return None
+    return (tick.symbol, tick.ts_us, tick.price, tick.size, tick.source, tick.recv_ts_us,
+            packed)
+
+
+def decode_reply(keys: Keys, reply: Any, batch: Batch | None = None) -> Batch:
+    """Decode an ``XREADGROUP`` reply: ``[[stream, [(id, fields), ...]], ...]``
+    (RESP2, parsed or raw) or ``{stream: [...]}`` (RESP3)."""
     out = Batch() if batch is None else batch
-    for stream, entries in reply or ():
+    if not reply:
+        return out
+    pairs = reply.items() if isinstance(reply, Mapping) else reply
+    for stream, entries in pairs:
         decode_entries(keys, stream, entries, out)
     return out
 

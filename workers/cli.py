@@ -16,6 +16,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Under systemd (WatchdogSec=30) the rq processes must ping at least this often, seconds.
+WATCHDOG_PING_S = 10
+#: rq's worker TTL; an idle worker heartbeats every TTL - 15 s (here 10 s).
+WATCHDOG_WORKER_TTL_S = 25
+
 
 def default_consumer_name() -> str:
     """Host and pid: unique, but not stable across restarts (pass ``--name``
@@ -186,7 +191,12 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
     r = redis_client(rs)
     try:
         queues = [keys.rq_queue(q) for q in (args.queue or QUEUES)]
-        worker = NotifyingWorker(queues, connection=r, name=args.name)
+        # rq heartbeats every worker_ttl - 15 s while idle (405 s by default) and every
+        # job_monitoring_interval s (30) while a job runs: both must stay well under the
+        # unit's WatchdogSec=30, or systemd kills a healthy idle worker.
+        worker = NotifyingWorker(queues, connection=r, name=args.name,
+                                 worker_ttl=WATCHDOG_WORKER_TTL_S,
+                                 job_monitoring_interval=WATCHDOG_PING_S)
         notify.ready(f"rq worker on {', '.join(queues)}")
         # with_scheduler: moves jobs waiting for a Retry interval back to their queue.
         worker.work(burst=args.burst, with_scheduler=True,
@@ -210,6 +220,10 @@ def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
         def heartbeat(self) -> None:
             notify.watchdog()
             super().heartbeat()
+
+        def calculate_sleep_interval(self) -> float:
+            # rq sleeps up to 60 s between heartbeats: more than the unit's WatchdogSec.
+            return min(super().calculate_sleep_interval(), float(WATCHDOG_PING_S))
 
     rs = redis_settings(args)
     r = redis_client(rs)

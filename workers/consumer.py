@@ -40,6 +40,7 @@ class GroupConsumer:
         self.group = group
         #: Stream keys by shard, from the registry (see :meth:`refresh`).
         self.streams: dict[int, list[str]] = {}
+        self._reader = _raw_reader(r)
 
     # Discovery
 
@@ -69,8 +70,8 @@ class GroupConsumer:
         if not names:
             return Batch()
         try:
-            reply = self.r.xreadgroup(self.group, self.name, dict.fromkeys(names, ">"),
-                                      count=count, block=block_ms)
+            reply = self._reader.xreadgroup(self.group, self.name, dict.fromkeys(names, ">"),
+                                            count=count, block=block_ms)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -188,6 +189,22 @@ class GroupConsumer:
 
     def heartbeat(self, ttl_s: int, value: bytes | str) -> None:
         self.r.set(self.keys.heartbeat("persist", self.name), value, ex=ttl_s)
+
+
+def _raw_reader(r: Any) -> Any:
+    """A client for ``XREADGROUP`` that skips redis-py's reply parsing (which
+    builds a dict per entry) and hands over the server's nested lists, which
+    :mod:`workers.batch` decodes directly; it shares ``r``'s connection pool.
+    Cluster clients are used as they are."""
+    if not isinstance(r, redis.Redis):
+        return r
+    reader = redis.Redis(connection_pool=r.connection_pool)
+    reader.set_response_callback("XREADGROUP", _raw_reply)
+    return reader
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -263,7 +263,7 @@ class PersistWorker:
             self.stats.dead_letters += self._retry(
                 "dead-letter entries",
                 lambda: self.consumer.dead_letter(batch.rejects, deliveries))
-        inserted, refused = self._write(batch.rows, batch.row_ids)
+        inserted, refused = self._write(batch.rows, batch.row_ids, fresh=not redelivered)
         if refused:
             self.stats.dead_letters += self._retry(
                 "dead-letter refused rows", lambda: self.consumer.dead_letter(refused, deliveries))
@@ -291,14 +291,15 @@ class PersistWorker:
                 keep_ids.append(key)
         batch.rows, batch.row_ids = keep_rows, keep_ids
 
-    def _write(self, rows: list[TickRow], ids: list[tuple[str, str]]
+    def _write(self, rows: list[TickRow], ids: list[tuple[str, str]], *, fresh: bool = False
                ) -> tuple[int, list[Reject]]:
         """Write rows, splitting the batch to isolate rows PostgreSQL refuses.
         Returns (rows inserted, refused rows as rejects)."""
         if not rows:
             return 0, []
         try:
-            return self._retry_db("write a batch", lambda: self.sink.write(rows)), []
+            return self._retry_db("write a batch",
+                                  lambda: self.sink.write(rows, fresh=fresh)), []
         except psycopg2.Error as exc:
             # Only "data" errors come out of _retry_db: some row is unwritable.
             if len(rows) == 1:

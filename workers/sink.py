@@ -112,6 +112,14 @@ WITH ins AS (
 SELECT count(*) FROM ins
 """
 
+# First deliveries almost never collide with existing rows: for them the
+# insert runs without ON CONFLICT (its speculative insertion costs about as
+# much as the insert itself) and, should a duplicate turn up after all, the
+# transaction fails on the primary key, is rolled back, and runs again as
+# MOVE_SQL. The result is the same either way; only the cost differs.
+FRESH_MOVE_SQL = MOVE_SQL.replace("    ON CONFLICT DO NOTHING\n", "", 1)
+assert FRESH_MOVE_SQL != MOVE_SQL
+
 ErrorKind = Literal["connection", "data", "other"]
 
 
@@ -215,31 +223,43 @@ class TickSink:
                 raise
         self._days.update(missing)
 
-    def write(self, rows: Sequence[TickRow]) -> int:
+    def write(self, rows: Sequence[TickRow], *, fresh: bool = False) -> int:
         """Persist ``rows`` in one transaction; returns how many were new.
 
         Idempotent: rows already in ``ticks`` (same symbol, ts, entry_id) are
-        skipped and not counted into their bars again. Raises ``psycopg2.Error``
-        (see :func:`classify`); then nothing of the batch was committed.
+        skipped and not counted into their bars again. ``fresh=True`` says the
+        rows are probably all new (first deliveries), which picks a cheaper
+        plan with a fallback (see :data:`FRESH_MOVE_SQL`); the outcome is the
+        same. Raises ``psycopg2.Error`` (see :func:`classify`); then nothing
+        of the batch was committed.
         """
         if not rows:
             return 0
         self.ensure_days(days_of(rows))
+        text = copy_text(rows)
         try:
-            return self._write_once(rows)
+            return self._write_text(text, fresh=fresh)
         except psycopg2.errors.CheckViolation:
             # "no partition of relation ticks found for row": a partition we
             # had cached was dropped meanwhile (retention). Forget and retry once.
             self._days.clear()
             self.ensure_days(days_of(rows))
-            return self._write_once(rows)
+            return self._write_text(text, fresh=fresh)
 
-    def _write_once(self, rows: Sequence[TickRow]) -> int:
+    def _write_text(self, text: str, *, fresh: bool) -> int:
+        if fresh:
+            try:
+                return self._write_once(text, FRESH_MOVE_SQL)
+            except psycopg2.errors.UniqueViolation:
+                log.debug("batch holds rows already written: inserting with ON CONFLICT")
+        return self._write_once(text, MOVE_SQL)
+
+    def _write_once(self, text: str, move_sql: str) -> int:
         conn = self.connect()
         try:
             with conn.cursor() as cur:
-                cur.copy_expert(COPY_SQL, io.StringIO(copy_text(rows)))
-                cur.execute(MOVE_SQL)
+                cur.copy_expert(COPY_SQL, io.StringIO(text))
+                cur.execute(move_sql)
                 row = cur.fetchone()
             conn.commit()
         except BaseException:

@@ -70,8 +70,8 @@ def test_redelivered_entries_add_no_rows_and_do_not_recount_bars(
 class _CrashAfterCommit(TickSink):
     """Commits, then dies before the worker can acknowledge: the widest window."""
 
-    def write(self, rows: Any) -> int:
-        super().write(rows)
+    def write(self, rows: Any, *, fresh: bool = False) -> int:
+        super().write(rows, fresh=fresh)
         raise SystemExit("simulated crash between COMMIT and XACK")
 
 
