@@ -19,7 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from pricepipe.config import DatabaseSettings, RedisSettings
 from pricepipe.keys import Keys
 
-from . import errors, routes
+from . import dashboard, errors, routes
 from .metrics import Metrics, MetricsMiddleware
 from .pool import ReadPool
 from .ratelimit import RateLimiter, redis_storage
@@ -85,6 +85,7 @@ def create_app(
     errors.install(app)
     app.include_router(routes.build_router(settings, [Depends(_rate_limit)]))
     app.include_router(routes.build_ops_router(metrics))
+    dashboard.install(app, settings)
     # Outermost first: the client address is resolved before anything counts it.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
