@@ -30,6 +30,8 @@ from .conftest import DEPLOY, INSTALLED_VENV, UNITS_DIR
 VENV_BIN = Path(sys.executable).parent
 HOSTNAME = "testvm"
 READY_TIMEOUT_S = 45.0
+#: How long start-up pings are ignored before the idle watchdog cadence is checked.
+IDLE_SETTLE_S = 2.0
 #: ucred: pid, uid, gid (three C ints), sent along each datagram with SO_PASSCRED.
 UCRED = struct.Struct("3i")
 
@@ -175,6 +177,13 @@ def test_unit_notifies_ready_and_watchdog_then_stops_cleanly(
         if launch.port is not None:  # "really serving": the port answers at once
             assert healthz(launch.port) == 200
         watchdog_s = unitfile.seconds(launch.unit.get("Service", "WatchdogSec") or "0")
+        pid, _ = notify_socket.wait_for("WATCHDOG", proc, watchdog_s)
+        assert pid == proc.pid
+        # Start-up often pings several times at once; once idle, the pings must keep
+        # coming at least every WatchdogSec, or systemd kills a healthy process.
+        settle_until = time.monotonic() + IDLE_SETTLE_S
+        while time.monotonic() < settle_until:
+            notify_socket.receive(max(settle_until - time.monotonic(), 0.01))
         pid, _ = notify_socket.wait_for("WATCHDOG", proc, watchdog_s)
         assert pid == proc.pid
         stop_s = unitfile.seconds(launch.unit.get("Service", "TimeoutStopSec") or "90")
