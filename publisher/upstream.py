@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import requests
@@ -24,6 +25,27 @@ from .providers.base import Provider, Request
 from .settings import PollerSettings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: urllib3's loggers that write request URLs (a logger's filters do not apply
+#: to its children's records, so each is named).
+URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in log records: urllib3 logs requests and retries with the
+    full URL, query string included, where an API key may travel."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "****")
+            record.msg, record.args = message, None
+        return True
 
 
 def make_retry(settings: PollerSettings) -> Retry:
@@ -54,6 +76,11 @@ class Upstream:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(provider.headers())
+        self._redactor: RedactingFilter | None = None
+        if provider.secrets():
+            self._redactor = RedactingFilter(provider.secrets())
+            for name in URL_LOGGERS:
+                logging.getLogger(name).addFilter(self._redactor)
 
     def url(self, request: Request) -> str:
         return self.provider.base_url + request.path
@@ -82,3 +109,7 @@ class Upstream:
 
     def close(self) -> None:
         self.session.close()
+        if self._redactor is not None:
+            for name in URL_LOGGERS:
+                logging.getLogger(name).removeFilter(self._redactor)
+            self._redactor = None

@@ -95,6 +95,10 @@ class Provider:
         """Headers for every request (authentication, ``Accept``)."""
         return {"Accept": "application/json"}
 
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs (an API key sent in a URL)."""
+        return [self.api_key] if self.api_key else []
+
     def sign(self, prepared: Any) -> Any:
         """Sign a ``requests.PreparedRequest``; the default needs no signature."""
         return prepared

@@ -256,3 +256,18 @@ def test_budget_is_respected(make_harness: MakeHarness, fake: FakeUpstream) -> N
     assert len(times) == 12
     for t in times:  # never more than 6 in any second
         assert sum(1 for u in times if t <= u < t + 0.95) <= 6
+
+
+def test_api_key_in_the_query_never_reaches_the_logs(
+    make_harness: MakeHarness, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make_harness("generic", "AAPL", env={"PRICEPIPE_GENERIC_API_KEY": "sekret-123",
+                                            "PRICEPIPE_GENERIC_API_KEY_PARAM": "apikey"})
+    fake.set_quote("AAPL", 190.0)
+    fake.script("500", "503")  # urllib3 logs both retries with the URL
+    with caplog.at_level("DEBUG"):
+        h.poll(1)
+    assert h.total() == 1
+    assert any("apikey=sekret-123" in path for _, path, _ in fake.log)  # it was sent
+    assert "apikey=****" in caplog.text
+    assert "sekret-123" not in caplog.text
