@@ -163,3 +163,20 @@ def test_python_m_publisher_is_pricepipe_publish(
                           env=pipeline_env, capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert r.xlen(keys.stream("AAPL")) == 5
+
+
+def test_second_signal_exits_at_once(pipeline_env: dict[str, str]) -> None:
+    code = (
+        "import os, signal, time\n"
+        "from publisher.stop import StopRequest\n"
+        "stop = StopRequest().install()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('first:', stop.requested, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+        "print('not reached', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=pipeline_env, capture_output=True,
+                          timeout=60, check=False)
+    assert proc.stdout == b"first: True\n"
+    assert proc.returncode == 128 + signal.SIGTERM
