@@ -103,7 +103,11 @@ def persisted_floor(r: Any, stream: str, group: str = PERSIST_GROUP) -> str | No
         if info["pending"]:
             summary = r.xpending(stream, group)
             low = summary["min"]
-            return low.decode() if isinstance(low, bytes) else str(low)
+            if low is not None:
+                return low.decode() if isinstance(low, bytes) else str(low)
+            # Every pending entry was acknowledged between the two calls
+            # (another worker): the last-delivered ID read above is older
+            # than the current one, so the floor below it is still safe.
         last = info["last-delivered-id"]
         return next_id(last.decode() if isinstance(last, bytes) else str(last))
     return None

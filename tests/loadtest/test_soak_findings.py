@@ -1,0 +1,41 @@
+"""Regressions for bugs the soak found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from pricepipe.keys import PERSIST_GROUP, Keys
+from pricepipe.streams import persisted_floor, register_symbols, trim_persisted
+
+
+class _StaleGroups:
+    """A client whose XINFO GROUPS answer is from before another worker acked."""
+
+    def __init__(self, r: redis.Redis, stale: Any) -> None:
+        self._r = r
+        self._stale = stale
+
+    def xinfo_groups(self, stream: str) -> Any:
+        return self._stale
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._r, name)
+
+
+def test_floor_survives_pending_acknowledged_between_calls(r: redis.Redis, keys: Keys) -> None:
+    # Found by the soak: with two workers, XINFO GROUPS said 1 pending, the
+    # other worker acknowledged it, XPENDING then had no "min", and the
+    # floor came back as the text "None": trimming crashed the worker.
+    register_symbols(r, keys, ["AAA"])
+    stream = keys.stream("AAA")
+    first = r.xadd(stream, {b"x": b"1"}).decode()
+    r.xreadgroup(PERSIST_GROUP, "w1", {stream: ">"})
+    stale = r.xinfo_groups(stream)
+    assert stale[0]["pending"] == 1
+    r.xack(stream, PERSIST_GROUP, first)
+    client = _StaleGroups(r, stale)
+    floor = persisted_floor(client, stream)
+    assert floor == f"{first.split('-')[0]}-{int(first.split('-')[1]) + 1}"
+    assert trim_persisted(client, stream, window_ms=0) >= 0
