@@ -481,7 +481,8 @@ def _print_step(step: dict[str, Any]) -> None:
           f"{step['ws_latency_p50_ms']}/{step['ws_latency_p99_ms']} ms"
           f"  {'ok' if step['sustained'] else 'NOT sustained: ' + '; '.join(step['why_not'])}",
           flush=True)
-    print(f"           cpu: {cpu}; machine {step['machine_cpu_percent']}%", flush=True)
+    print(f"           cpu: {cpu}; machine {step['machine_cpu_percent']}%, "
+          f"load average {step['loadavg_1m']}", flush=True)
 
 
 def run(*, redis_url: str, database_url: str, n: int | None = None,
@@ -730,6 +731,8 @@ def _step(r: Any, keys: Keys, names: list[str], groups: list[list[str]],
         "machine_cpu_percent": machine,
         "drained_after": drained,
         "lag_samples": len(ages),
+        # Other work on the machine skews every figure: say how busy it was.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     step["why_not"] = judge(step, params.bounds)
     step["sustained"] = not step["why_not"]
