@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -71,15 +72,15 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.requested = False
-        self._event = threading.Event()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
     def request(self) -> None:
+        # Only a flag: a signal handler must not take locks the interrupted
+        # code may hold (threading.Event.set would).
         self.requested = True
-        self._event.set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
@@ -90,8 +91,13 @@ class GracefulStop:
         self.request()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up as soon as a stop is requested."""
-        self._event.wait(seconds)
+        """Sleep, but wake up within 50 ms of a stop request."""
+        deadline = time.monotonic() + seconds
+        while not self.requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
 
 
 @dataclass
@@ -136,6 +142,12 @@ class PersistWorker:
         self._next_trim = time.monotonic() + settings.trim_interval_s
         self._next_heartbeat = 0.0
         self._idle_shard = 0
+        # Pipelining: a writer thread commits batch N while this thread reads
+        # and decodes batch N+1 (psycopg2 releases the GIL while PostgreSQL works).
+        self._inbox: queue.Queue[tuple[Batch, bool] | None] = queue.Queue(maxsize=1)
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
+        self._abandoned = False
 
     # Life cycle
 
@@ -143,22 +155,32 @@ class PersistWorker:
         """Serve until stopped (or drained, in burst mode). Returns the exit code."""
         if install_signals:
             self.stop.install()
+        if self.settings.pipeline:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name=f"persist-writer-{self.consumer.name}")
+            self._writer.start()
         try:
             self._start()
             notify.ready(f"persisting as {self.consumer.name}")
             log.info("persist worker %s reading %d stream(s)", self.consumer.name,
                      len(self.consumer.all_streams()))
             self._recover_own_pending()
-            while not self.stop.requested:
+            while not self.stop.requested and not self._abandoned:
                 progressed = self.step()
                 if self.burst and not progressed:
                     break
+            self._drain()
             if self.burst and not self.stop.requested:
                 self._trim()
         except Abandoned:
-            log.warning("stopped with a batch unfinished: it stays pending and is redelivered")
+            self._abandoned = True
         finally:
+            self._stop_writer()
             self.sink.close()
+        if self._writer_error is not None:
+            raise self._writer_error
+        if self._abandoned:
+            log.warning("stopped with a batch unfinished: it stays pending and is redelivered")
         self._heartbeat()  # last word: final counters, expiring after the usual TTL
         log.info("persist worker %s stopped: %s", self.consumer.name, self.stats.as_dict())
         return 0
@@ -177,6 +199,9 @@ class PersistWorker:
             self._next_refresh = now + self.settings.refresh_interval_s
         progressed = False
         if self.burst or now >= self._next_claim:
+            # Batches in flight are pending for this consumer: let them finish
+            # first, so XAUTOCLAIM never hands this worker its own entries.
+            self._drain()
             progressed |= self._claim_idle()
             self._next_claim = now + self.settings.claim_interval_s
         for shard in list(self.consumer.streams):
@@ -247,6 +272,62 @@ class PersistWorker:
     # One batch
 
     def process(self, batch: Batch, *, redelivered: bool) -> None:
+        """Hand a batch to the writer thread (or persist it here, without one).
+
+        Blocks while the writer is busy with the previous batch, so at most
+        two batches are in flight. Raises what the writer died of.
+        """
+        if self._writer is None:
+            self._process_now(batch, redelivered=redelivered)
+            return
+        while not self._abandoned:
+            self._check_writer()
+            try:
+                self._inbox.put((batch, redelivered), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self._check_writer()
+
+    def _check_writer(self) -> None:
+        if self._writer_error is not None:
+            raise Abandoned("the writer thread failed") from self._writer_error
+
+    def _drain(self) -> None:
+        """Wait until every handed-over batch is committed and acknowledged
+        (or abandoned)."""
+        if self._writer is not None:
+            self._inbox.join()
+            self._check_writer()
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        self._inbox.join()
+        self._inbox.put(None)
+        self._writer.join()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._inbox.get()
+            try:
+                if item is None:
+                    return
+                if self._abandoned:
+                    continue  # not written, not acknowledged: it stays pending
+                batch, redelivered = item
+                try:
+                    self._process_now(batch, redelivered=redelivered)
+                except Abandoned:
+                    self._abandoned = True
+                except BaseException as exc:  # handed to the reading thread, which raises it
+                    log.exception("the writer failed; the batch stays pending")
+                    self._writer_error = exc
+                    self._abandoned = True
+            finally:
+                self._inbox.task_done()
+
+    def _process_now(self, batch: Batch, *, redelivered: bool) -> None:
         """Persist a batch, dead-letter its poison, then acknowledge it all.
 
         Safe to call again with the same entries: rows already written are

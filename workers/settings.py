@@ -18,6 +18,8 @@ class WorkerSettings(Settings):
 
     # Batching
     batch_size: int = setting(5000, "Most stream entries written to PostgreSQL per transaction")
+    pipeline: bool = setting(
+        True, "Commit a batch in a background thread while the next one is read and decoded")
     block_ms: int = setting(
         500, "How long an idle worker blocks in XREADGROUP, ms (also bounds how long a stop waits)"
     )
