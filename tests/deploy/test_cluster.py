@@ -4,7 +4,8 @@ workers and two websocket processes, all with ``PRICEPIPE_REDIS_CLUSTER=1``
 and the URL of a single node.
 
 N published ticks become exactly N rows, and a websocket client on each
-websocket process receives live ticks."""
+websocket process receives live ticks. The rq jobs, which rq cannot run on a
+cluster, run beside it on a standalone Redis."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 import psycopg2
 import redis
+from rq import Queue
 from websockets.sync.client import ClientConnection, connect
 
 from pricepipe.embedded import RedisServer, free_port
@@ -131,6 +133,25 @@ def test_pipeline_end_to_end_on_redis_cluster(
             length += int(cluster.xlen(stream))
             pending += int(cluster.xpending(stream, PERSIST_GROUP)["pending"])
         assert (length, pending) == (N_TICKS, 0)
+
+    # rq does not run on Redis Cluster; as deploy/README.md documents, the jobs units
+    # read /etc/pricepipe/jobs.env pointing them at a standalone Redis (here the test's
+    # session Redis) while the streams stay on the cluster.
+    jobs_env = dict(env, PRICEPIPE_REDIS_URL=pipeline_env["PRICEPIPE_REDIS_URL"],
+                    PRICEPIPE_REDIS_CLUSTER="0")
+    enqueued = spawn(["jobs", "enqueue", "partitions"], env=jobs_env)
+    assert enqueued.wait(WAIT_S) == 0, output_of(enqueued)
+    jobs = spawn(["jobs", "worker", "--burst", "--name", "cluster-jobs"], env=jobs_env)
+    assert jobs.wait(WAIT_S) == 0, output_of(jobs)
+    rq_redis = redis.Redis.from_url(pipeline_env["PRICEPIPE_REDIS_URL"])
+    try:
+        queues = [q for q in Queue.all(connection=rq_redis)
+                  if q.name.startswith(keys.rq_queue(""))]
+        finished = sum(q.finished_job_registry.count for q in queues)
+        failed = sum(q.failed_job_registry.count for q in queues)
+        assert (finished, failed) == (1, 0)
+    finally:
+        rq_redis.close()
 
     for proc in [*workers, *servers]:
         proc.send_signal(signal.SIGTERM)
