@@ -35,6 +35,7 @@ SERVER_NAME="_"
 TLS_CERT=""
 TLS_KEY=""
 RENDER_NGINX=0
+RENDER_WRAPPER=0
 START=1
 
 usage() {
@@ -54,6 +55,7 @@ usage: $0 [options]
   --tls-cert FILE --tls-key FILE
                           serve HTTPS on 443 and redirect 80 to it
   --render-nginx          print the nginx site this would install, then exit
+  --render-wrapper        print the operator's /usr/local/sbin/pricepipe, then exit
   --no-start              install and enable, but do not (re)start pricepipe.target
 EOF
 }
@@ -73,6 +75,7 @@ while [ $# -gt 0 ]; do
         --tls-cert) TLS_CERT=$2; shift ;;
         --tls-key) TLS_KEY=$2; shift ;;
         --render-nginx) RENDER_NGINX=1 ;;
+        --render-wrapper) RENDER_WRAPPER=1 ;;
         --no-start) START=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -173,8 +176,27 @@ render_nginx() {
     printf '%s\n' "$text"
 }
 
+render_wrapper() {
+    cat <<EOF
+#!/bin/sh
+# Installed by pricepipe's deploy/install.sh: run pricepipe with the services' environment.
+set -a
+. "$ENV_FILE"
+# Jobs may use their own standalone Redis (rq does not run on Redis Cluster).
+case "\${1:-}" in
+    jobs|backfill) if [ -r "$ETC_DIR/jobs.env" ]; then . "$ETC_DIR/jobs.env"; fi ;;
+esac
+set +a
+exec runuser -u pricepipe -- "$VENV/bin/pricepipe" "\$@"
+EOF
+}
+
 if [ "$RENDER_NGINX" = 1 ]; then
     render_nginx
+    exit 0
+fi
+if [ "$RENDER_WRAPPER" = 1 ]; then
+    render_wrapper
     exit 0
 fi
 
@@ -285,14 +307,7 @@ run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
 
 # The operator's `pricepipe` (status, dlq, migrate...): root-only, because it reads the
 # 0600 environment file, then drops to the service user like the units do.
-put_file 0750 root:root /usr/local/sbin/pricepipe <<EOF
-#!/bin/sh
-# Installed by pricepipe's deploy/install.sh: run pricepipe with the services' environment.
-set -a
-. "$ENV_FILE"
-set +a
-exec runuser -u pricepipe -- "$VENV/bin/pricepipe" "\$@"
-EOF
+render_wrapper | put_file 0750 root:root /usr/local/sbin/pricepipe
 
 # --- systemd units ----------------------------------------------------------------------
 

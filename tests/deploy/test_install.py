@@ -88,6 +88,30 @@ def test_bad_options_are_refused(args: list[str], message: str) -> None:
     assert "+ " not in result.stdout  # refused before any action
 
 
+def test_operator_wrapper(tmp_path: Path) -> None:
+    env = dict(os.environ, PRICEPIPE_ETC=str(tmp_path / "etc"))
+    result = install("--render-wrapper", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode == 0, result.stderr
+    wrapper = tmp_path / "pricepipe"
+    wrapper.write_text(result.stdout)
+    text = result.stdout
+    assert text.startswith("#!/bin/sh\n")
+    assert f'. "{tmp_path}/etc/pricepipe.env"' in text
+    assert f'. "{tmp_path}/etc/jobs.env"' in text  # only for jobs and backfill
+    assert text.rstrip().endswith(
+        f'exec runuser -u pricepipe -- "{tmp_path}/opt/venv/bin/pricepipe" "$@"')
+    check = subprocess.run(["sh", "-n", str(wrapper)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stderr
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is missing: install the Debian package `shellcheck`")
+    # SC1090/1091: the sourced environment files do not exist at check time.
+    lint = subprocess.run([shellcheck, "-s", "sh", "-e", "SC1090,SC1091", str(wrapper)],
+                          capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout
+
+
 def nginx_binary() -> str | None:
     return os.environ.get("PRICEPIPE_TEST_NGINX") or shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
