@@ -86,3 +86,15 @@ def test_copy_text_is_tab_separated_with_null_markers() -> None:
         f"AAPL\t{BASE_TS_US}\t0.1\t\\N\tx\t\\N\t7\n"
         f"AAPL\t{BASE_TS_US + 1}\t1e-07\t3.0\ty\t{BASE_TS_US + 5}\t8\n")
     assert days_of(rows) == {BASE_TS_US // 86_400_000_000}
+
+
+@given(st.text(alphabet="0123456789-²٣ab", max_size=25))
+def test_entry_ids_pack_like_the_codec_or_are_rejected(entry_id: str) -> None:
+    fields = _bytes_fields(codec.encode_fields(Tick("AAPL", BASE_TS_US, 2.0, None, "x")))
+    batch = decode_entries(KEYS, STREAM, [(entry_id, fields)])
+    try:
+        want = codec.pack_entry_id(entry_id)
+    except ValueError:
+        assert [r.entry_id for r in batch.rejects] == [entry_id] and not batch.rows
+        return
+    assert [row[6] for row in batch.rows] == [want]

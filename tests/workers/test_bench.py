@@ -1,0 +1,23 @@
+"""Smoke test of the persist benchmark: the report's shape, not its speed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import bench
+
+
+def test_bench_reports_figures_baselines_and_ratios(redis_url: str, database_url: str,
+                                                    db: Any, r: Any) -> None:
+    report = bench.run(redis_url=redis_url, database_url=database_url, n=1500)
+    assert report["target"] == "persist" and report["params"]["n"] == 1500
+    assert set(report["figures"]) == {"persist_ticks_per_s", "redelivery_ticks_per_s",
+                                      "persist_sequential_ticks_per_s"}
+    assert set(report["baselines"]) == {"raw_copy_ticks_per_s", "row_insert_commit_ticks_per_s"}
+    for group in ("figures", "baselines", "ratios"):
+        assert all(value > 0 for value in report[group].values()), report[group]
+    # It cleans up after itself.
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ticks")
+        assert cur.fetchone()[0] == 0
+    assert not list(r.scan_iter(match="ppbench:*"))
