@@ -3,9 +3,10 @@ multi-VM topology runs it (deploy/README.md): one publisher, two persist
 workers and two websocket processes, all with ``PRICEPIPE_REDIS_CLUSTER=1``
 and the URL of a single node.
 
-N published ticks become exactly N rows, and a websocket client on each
-websocket process receives live ticks. The rq jobs, which rq cannot run on a
-cluster, run beside it on a standalone Redis."""
+N published ticks become exactly N rows, a websocket client on each
+websocket process receives live ticks, and the API serves quotes and history.
+The rq jobs, which rq cannot run on a cluster, run beside it on a standalone
+Redis."""
 
 from __future__ import annotations
 
@@ -46,14 +47,14 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"websocket server exited: {output_of(proc)}")
+            raise AssertionError(f"server exited: {output_of(proc)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
-    raise AssertionError(f"websocket server on {port} not healthy: {output_of(proc)}")
+    raise AssertionError(f"server on {port} not healthy: {output_of(proc)}")
 
 
 def receive(ws: ClientConnection, kind: str, timeout_s: float) -> dict[str, Any]:
@@ -134,6 +135,21 @@ def test_pipeline_end_to_end_on_redis_cluster(
             pending += int(cluster.xpending(stream, PERSIST_GROUP)["pending"])
         assert (length, pending) == (N_TICKS, 0)
 
+    # The API on the same cluster: latest quotes from the streams, history from PostgreSQL.
+    api_port = free_port()
+    api = spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env=env)
+    wait_healthy(api_port, api)
+    base = f"http://127.0.0.1:{api_port}/v1"
+    with urllib.request.urlopen(f"{base}/quotes?symbols={','.join(SYMBOLS)}",
+                                timeout=10) as response:
+        quotes = orjson.loads(response.read())["quotes"]
+    assert sorted(quotes) == sorted(SYMBOLS)
+    history = 0
+    for symbol in SYMBOLS:
+        with urllib.request.urlopen(f"{base}/ticks/{symbol}?limit=100000", timeout=10) as resp:
+            history += len(orjson.loads(resp.read())["ticks"])
+    assert history == N_TICKS
+
     # rq does not run on Redis Cluster; as deploy/README.md documents, the jobs units
     # read /etc/pricepipe/jobs.env pointing them at a standalone Redis (here the test's
     # session Redis) while the streams stay on the cluster.
@@ -153,8 +169,8 @@ def test_pipeline_end_to_end_on_redis_cluster(
     finally:
         rq_redis.close()
 
-    for proc in [*workers, *servers]:
+    for proc in [*workers, *servers, api]:
         proc.send_signal(signal.SIGTERM)
-    for proc in [*workers, *servers]:
+    for proc in [*workers, *servers, api]:
         assert proc.wait(30) == 0, output_of(proc)
     assert count_rows(database_url) == (N_TICKS, N_TICKS)  # a clean stop adds nothing
