@@ -282,7 +282,17 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
     from .connections import pg_connect
     from .embedded import PostgresServer, RedisServer, free_port
     from .keys import Keys
-    from .loadtest import Probe, Role, role_env, split, stream_counts, symbol_names, wait_http
+    from .loadtest import (
+        Probe,
+        Role,
+        published_count,
+        role_env,
+        split,
+        symbol_names,
+        wait_drained,
+        wait_http,
+        waiting_ages_ms,
+    )
     from .migrate import migrate
     from .procstat import ProcessSampler
     from .streams import register_symbols
@@ -373,9 +383,10 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
             if now >= next_status:
                 next_status = now + 10
                 try:
-                    published, acked = stream_counts(r, keys, names)
-                    print(f"  {elapsed:6.1f}s published {published:,}  persisted {acked:,}  "
-                          f"backlog {published - acked:,}", flush=True)
+                    published = published_count(r, keys, names)
+                    oldest_s = max(waiting_ages_ms(r, keys, names), default=0.0) / 1000
+                    print(f"  {elapsed:6.1f}s published {published:,}  oldest tick not yet "
+                          f"persisted: {oldest_s:.1f}s old", flush=True)
                 except Exception as exc:  # noqa: BLE001 - status only; Redis may be down
                     print(f"  {elapsed:6.1f}s status unavailable: {exc}", flush=True)
             time.sleep(0.2)
@@ -386,7 +397,7 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
         exit_codes: dict[str, int | None] = {}
         for publisher in publishers:
             exit_codes[publisher.name] = publisher.stop(30)
-        drained = _wait_drained(r, keys, names, params.drain_timeout_s)
+        drained = wait_drained(r, keys, names, params.drain_timeout_s)
         last_ids = _last_ids(r, keys, names)
         _wait_idle(clients, 20.0)
         for role in [*clients, *workers, *servers]:
@@ -429,23 +440,6 @@ def _pid_of(process: Any) -> Any:
         proc = process.proc
         return proc.pid if proc is not None and proc.poll() is None else None
     return pid
-
-
-def _wait_drained(r: Any, keys: Any, names: list[str], timeout_s: float) -> bool:
-    import time
-
-    from .loadtest import stream_counts
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            published, acked = stream_counts(r, keys, names)
-            if acked >= published:
-                return True
-        except Exception:  # noqa: BLE001 - a server may still be coming back
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def _last_ids(r: Any, keys: Any, names: list[str]) -> dict[str, int]:
