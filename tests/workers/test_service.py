@@ -1,0 +1,97 @@
+"""The worker as a service: systemd notifications, trimming behind the
+acknowledged floor, and the rq worker and scheduler commands."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pricepipe.clock import utcnow
+from pricepipe.keys import PERSIST_GROUP, Keys
+from workers import partitions
+from workers.persister import PersistWorker
+
+from .conftest import fast_env, make_ticks, pending_count, publish, row_count, wait_until
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+def test_persist_tells_systemd_ready_watchdog_and_stopping(
+        r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str], tmp_path: Path,
+        notify_socket: socket.socket, spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    publish(r, keys, make_ticks(50))
+    env = dict(fast_env(pipeline_env), NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    proc = spawn(["persist", "--name", "sd"], env=env)
+    seen: list[str] = []
+    while not {"READY=1", "WATCHDOG=1"} <= set(seen):
+        seen.extend(notify_socket.recv(4096).decode().splitlines())
+    wait_until(lambda: row_count(db) == 50, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    while "STOPPING=1" not in seen:
+        seen.extend(notify_socket.recv(4096).decode().splitlines())
+    assert proc.wait(timeout=60) == 0
+    assert seen.index("READY=1") < seen.index("STOPPING=1")
+
+
+def test_worker_trims_only_what_the_group_acknowledged(
+        r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
+    ticks = make_ticks(3000, symbols=("AAPL",))
+    stream = keys.stream("AAPL")
+    publish(r, keys, ticks[:1500])
+    run_worker()
+    # A stuck consumer holds the next entry; 1499 more come after it.
+    publish(r, keys, ticks[1500:1501])
+    held = r.xreadgroup(PERSIST_GROUP, "stuck", {stream: ">"}, count=1)[0][1][0][0]
+    publish(r, keys, ticks[1501:])
+    run_worker(stream_window_s=0)  # window 0: trim everything acknowledged
+    length = r.xlen(stream)
+    assert length < 3000  # the acknowledged head is trimmed (whole nodes: approximate)...
+    assert r.xrange(stream, min=held, max=held)  # ...never the pending entry
+    assert length >= 1500  # nor anything after it
+    assert pending_count(r, keys, ("AAPL",)) == 1
+    assert row_count(db) == 2999
+
+
+def test_jobs_worker_command_runs_enqueued_jobs(
+        db: Any, pipeline_env: dict[str, str],
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    enqueue = spawn(["jobs", "enqueue", "partitions", "days_ahead=12"], env=pipeline_env)
+    out = enqueue.communicate(timeout=60)[0].decode()
+    assert enqueue.returncode == 0 and "enqueued partitions" in out, out
+    worker = spawn(["jobs", "worker", "--burst", "--name", "t1"], env=pipeline_env)
+    out = worker.communicate(timeout=100)[0].decode()
+    assert worker.returncode == 0, out
+    names = partitions.list_partitions(db)
+    assert f"ticks_{utcnow().date() + timedelta(days=12):%Y%m%d}" in names
+
+
+def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
+        r: Any, keys: Keys, pipeline_env: dict[str, str],
+        spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    from rq import Queue
+
+    proc = spawn(["jobs", "scheduler", "--name", "sched-test"], env=pipeline_env)
+    queue = Queue(keys.rq_queue("maintenance"), connection=r)
+    wait_until(lambda: queue.count >= 3, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    funcs = {job.func_name for job in queue.get_jobs()}
+    assert funcs == {"workers.jobs.run_with_retry"}
+    targets = {job.kwargs["target"] for job in queue.get_jobs()}
+    assert targets == {"workers.jobs.maintain_partitions", "workers.jobs.apply_retention",
+                       "workers.jobs.verify_bars"}
