@@ -59,6 +59,7 @@ def test_client_check_finds_gaps_duplicates_and_a_missed_end() -> None:
     assert result["gaps"] == 1  # 3 never arrived
     assert result["duplicates"] == 1  # 4 twice
     assert result["not_at_end"] == ["A"]  # 6 never arrived
+    assert "A: 1 missing from 0-3 to 0-3" in result["examples"]
 
 
 def test_client_check_reports_declared_unrecoverable_ranges_apart() -> None:
