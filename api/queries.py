@@ -35,14 +35,24 @@ from .params import Cursor, TimeRange
 #: ``to_char`` pattern of :func:`pricepipe.clock.format_us`.
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
 
+
+def _epoch_us(column: str) -> str:
+    """Exact epoch microseconds of a timestamptz column, in float8 arithmetic
+    only: whole seconds (exact in a double until far beyond 2100) plus the
+    microseconds within the second. Faster than ``extract(epoch ...)``,
+    which is ``numeric`` since PostgreSQL 14."""
+    return (f"(date_part('epoch', date_trunc('second', {column}))::bigint * 1000000"
+            f" + mod(date_part('microseconds', {column})::bigint, 1000000))")
+
+
 _ID_PARAMS = {"seq_bits": codec.SEQ_BITS, "seq_mask": (1 << codec.SEQ_BITS) - 1}
 
 _TICK_SELECT = sql.SQL(f"""
     SELECT symbol,
            to_char(ts AT TIME ZONE 'UTC', {_ISO}) AS ts,
-           (extract(epoch FROM ts) * 1000000)::bigint AS ts_us,
+           {_epoch_us("ts")} AS ts_us,
            price, size, source,
-           (extract(epoch FROM recv_ts) * 1000000)::bigint AS recv_ts_us,
+           {_epoch_us("recv_ts")} AS recv_ts_us,
            (entry_id >> %(seq_bits)s)::text || '-' || (entry_id & %(seq_mask)s)::text AS id,
            entry_id
       FROM ticks
@@ -53,11 +63,17 @@ _TICK_SELECT = sql.SQL(f"""
 
 _AFTER = sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)")
 
+# The JSON object of a tick, by concatenation: about twice as fast as
+# json_build_object. Strings go through to_json (quoting and escaping);
+# numbers are PostgreSQL's shortest exact text (extra_float_digits >= 1,
+# the default since PostgreSQL 12), which is valid JSON for finite values.
 _TICK_JSON = sql.SQL("""
-    SELECT t.ts_us, t.entry_id,
-           json_build_object('symbol', t.symbol, 'ts', t.ts, 'ts_us', t.ts_us,
-                             'price', t.price, 'size', t.size, 'source', t.source,
-                             'recv_ts_us', t.recv_ts_us, 'id', t.id)::text
+    SELECT '{{"symbol":' || to_json(t.symbol)::text || ',"ts":"' || t.ts
+           || '","ts_us":' || t.ts_us || ',"price":' || t.price
+           || ',"size":' || coalesce(t.size::text, 'null')
+           || ',"source":' || to_json(t.source)::text
+           || ',"recv_ts_us":' || coalesce(t.recv_ts_us::text, 'null')
+           || ',"id":"' || t.id || '"}}'
       FROM ({select}) AS t
 """)
 
@@ -101,31 +117,37 @@ _MINUTES = f"""
           FROM raw GROUP BY 1
     ), minutes AS (
         SELECT * FROM stored UNION ALL SELECT * FROM computed
-    ), bars AS (
+    ), bars AS ({{regroup}})
+    SELECT to_char(bucket AT TIME ZONE 'UTC', {_ISO}) AS bucket,
+           {_epoch_us("bucket")} AS bucket_us,
+           open, high, low, close, volume, tick_count
+      FROM bars
+     ORDER BY bars.bucket
+"""
+
+# Wider bars regroup the minutes: open of the earliest, close of the latest.
+_REGROUP = """
         SELECT date_bin(%(width)s, bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
                (array_agg(open ORDER BY open_ts, open_entry))[1] AS open,
                max(high) AS high, min(low) AS low,
                (array_agg(close ORDER BY close_ts DESC, close_entry DESC))[1] AS close,
                sum(volume) AS volume, sum(tick_count)::bigint AS tick_count
           FROM minutes GROUP BY 1
-    )
-    SELECT to_char(bucket AT TIME ZONE 'UTC', {_ISO}) AS bucket,
-           (extract(epoch FROM bucket) * 1000000)::bigint AS bucket_us,
-           open, high, low, close, volume, tick_count
-      FROM bars
-     ORDER BY bars.bucket
 """
+
+_AS_IS = "SELECT bucket, open, high, low, close, volume, tick_count FROM minutes"
 
 BAR_CSV_COLUMNS = ("bucket", "bucket_us", "open", "high", "low", "close", "volume", "tick_count")
 
-_BAR_JSON = f"""
-    SELECT json_build_object('bucket', b.bucket, 'bucket_us', b.bucket_us, 'open', b.open,
-                             'high', b.high, 'low', b.low, 'close', b.close,
-                             'volume', b.volume, 'tick_count', b.tick_count)::text
-      FROM ({_MINUTES}) AS b
-"""
+_BAR_JSON = sql.SQL("""
+    SELECT '{{"bucket":"' || b.bucket || '","bucket_us":' || b.bucket_us
+           || ',"open":' || b.open || ',"high":' || b.high || ',"low":' || b.low
+           || ',"close":' || b.close || ',"volume":' || b.volume
+           || ',"tick_count":' || b.tick_count || '}}'
+      FROM ({minutes}) AS b
+""")
 
-_BAR_CSV = f"SELECT * FROM ({_MINUTES}) AS b"
+_BAR_CSV = sql.SQL("SELECT * FROM ({minutes}) AS b")
 
 _MINUTE_US = 60_000_000
 
@@ -169,10 +191,11 @@ def tick_page(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange
         fetched = cur.fetchall()
     next_cursor = None
     if len(fetched) > limit:
-        ts_us, entry_id, _ = fetched[limit - 1]
-        next_cursor = Cursor(int(ts_us), int(entry_id))
+        # Only the last row of the page is decoded, for its position.
+        last = codec.decode_json(fetched[limit - 1][0])
+        next_cursor = Cursor(int(last["ts_us"]), codec.pack_entry_id(last["id"]))
         del fetched[limit:]
-    return TickPage([row[2] for row in fetched], next_cursor)
+    return TickPage([row[0] for row in fetched], next_cursor)
 
 
 def tick_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
@@ -197,12 +220,19 @@ def _bar_params(symbol: str, span: TimeRange, width_us: int) -> dict[str, Any]:
     }
 
 
+def _bar_select(width_us: int) -> sql.Composed:
+    # {regroup} in _MINUTES: one-minute bars are the minutes themselves.
+    regroup = _AS_IS if width_us == _MINUTE_US else _REGROUP
+    return sql.SQL(_MINUTES).format(regroup=sql.SQL(regroup))
+
+
 def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
          width_us: int) -> list[str]:
     """JSON texts of the OHLCV bars of ``symbol`` of width ``width_us``,
     oldest first. ``span.start_us`` should be aligned to the width."""
     with conn.cursor() as cur:
-        cur.execute(_BAR_JSON, _bar_params(symbol, span, width_us))
+        cur.execute(_BAR_JSON.format(minutes=_bar_select(width_us)),
+                    _bar_params(symbol, span, width_us))
         return [row[0] for row in cur.fetchall()]
 
 
@@ -210,7 +240,8 @@ def bar_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRan
                 width_us: int) -> bytes:
     """The bound ``SELECT`` of a CSV bar download, for :func:`stream_copy`."""
     with conn.cursor() as cur:
-        return cur.mogrify(_BAR_CSV, _bar_params(symbol, span, width_us))
+        return cur.mogrify(_BAR_CSV.format(minutes=_bar_select(width_us)),
+                           _bar_params(symbol, span, width_us))
 
 
 def instruments(conn: psycopg2.extensions.connection) -> dict[str, dict[str, Any]]:
