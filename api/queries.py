@@ -326,62 +326,71 @@ class _Abandoned(Exception):
     """The reader of a CSV stream stopped reading."""
 
 
-def stream_copy(
-    borrow: Callable[[], Any], select: Callable[[psycopg2.extensions.connection], bytes],
-    *, header: tuple[str, ...], chunk_bytes: int, depth: int = 4,
-) -> Iterator[bytes]:
+class CopyStream:
     """CSV of a query, as chunks of about ``chunk_bytes``, via ``COPY ... TO STDOUT``.
 
     ``borrow()`` is a context manager lending a connection (the pool's) and
-    ``select(conn)`` returns the bound query. The COPY runs in its own thread
-    and waits while the consumer is slow, so memory stays bounded whatever
-    the size of the result. Closing the iterator early (the client
-    disconnected) stops the COPY and discards its connection. Errors of the
-    query are raised from the iterator; the first ``next()`` (the header)
-    only returns once rows arrived, so a failing query raises there.
-    """
-    chunks: Queue[bytes | BaseException | None] = Queue(maxsize=depth)
-    stop = threading.Event()
-    writer = _QueueWriter(chunks, chunk_bytes, stop)
+    ``select(conn)`` returns the bound query. Iterating starts the COPY in a
+    thread of its own that waits while the consumer is slow (at most
+    ``depth`` chunks are buffered), so memory stays bounded whatever the size
+    of the result. :meth:`abort` (the client went away) stops the COPY and
+    discards its connection; it is safe from any thread, at any time.
 
-    def produce() -> None:
+    Errors of the query are raised from the iterator; the first chunk (the
+    header) is only yielded once rows arrived, so a query that fails at once
+    raises before anything was sent.
+    """
+
+    def __init__(self, borrow: Callable[[], Any],
+                 select: Callable[[psycopg2.extensions.connection], bytes], *,
+                 header: tuple[str, ...], chunk_bytes: int, depth: int = 4) -> None:
+        self._borrow = borrow
+        self._select = select
+        self._header = (",".join(header) + "\n").encode()
+        self._chunks: Queue[bytes | BaseException | None] = Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._writer = _QueueWriter(self._chunks, chunk_bytes, self._stop)
+        self._thread = threading.Thread(target=self._produce, name="csv-copy", daemon=True)
+
+    def abort(self) -> None:
+        self._stop.set()
+
+    def _produce(self) -> None:
+        writer = self._writer
         try:
-            with borrow() as conn:
+            with self._borrow() as conn:
                 query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(
-                    sql.SQL(select(conn).decode()))
+                    sql.SQL(self._select(conn).decode()))
                 with conn.cursor() as cur:
                     cur.copy_expert(query, writer)
                 writer.flush()
             writer.put(None)
         except _Abandoned:
-            pass
+            pass  # the connection left the pool closed: the block raised
         except BaseException as exc:  # handed to the consumer, raised there
             try:
                 writer.put(exc)
             except _Abandoned:
                 pass
 
-    thread = threading.Thread(target=produce, name="csv-copy", daemon=True)
-    thread.start()
-    try:
-        first = True
-        while True:
-            try:
-                item = chunks.get(timeout=0.5)
-            except Empty:
-                if not thread.is_alive() and chunks.empty():
-                    raise RuntimeError("csv producer ended without finishing") from None
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            if first:
-                # The header waits for the first rows, so that a query that
-                # fails at once fails before the response has begun.
-                first = False
-                yield (",".join(header) + "\n").encode()
-            if item is None:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    def __iter__(self) -> Iterator[bytes]:
+        self._thread.start()
+        try:
+            first = True
+            while not self._stop.is_set():
+                try:
+                    item = self._chunks.get(timeout=0.2)
+                except Empty:
+                    if not self._thread.is_alive() and self._chunks.empty():
+                        raise RuntimeError("csv producer ended without finishing") from None
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if first:
+                    first = False
+                    yield self._header
+                if item is None:
+                    return
+                yield item
+        finally:
+            self._stop.set()

@@ -4,6 +4,7 @@ pieces PostgreSQL already encoded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -21,6 +22,22 @@ class JsonResponse(Response):
 
 
 class CsvResponse(StreamingResponse):
-    """A streamed ``text/csv`` body (chunks from an iterator)."""
+    """A streamed ``text/csv`` body (chunks from an iterator).
+
+    ``on_close`` runs when the response ends, finished or not: a client that
+    disconnects mid-download must not leave the producer (and its database
+    connection) waiting for a reader that is gone.
+    """
 
     media_type = "text/csv; charset=utf-8"
+
+    def __init__(self, content: Iterator[bytes], *, on_close: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()

@@ -146,12 +146,17 @@ def _json_page(head: dict[str, Any], list_name: str, rows: list[str]) -> Respons
     return Response(body, media_type="application/json")
 
 
-def _csv(chunks: Any, filename: str) -> Response:
+def _csv(stream: queries.CopyStream, filename: str) -> Response:
     # Pull the first chunk here: a failing query still becomes a proper error
     # status instead of a response cut off after its headers.
-    first = next(chunks)
+    chunks = iter(stream)
+    try:
+        first = next(chunks)
+    except BaseException:
+        stream.abort()
+        raise
     return CsvResponse(
-        itertools.chain([first], chunks),
+        itertools.chain([first], chunks), on_close=stream.abort,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
@@ -230,11 +235,11 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                                   default_span_us=params.US_PER_DAY, max_span_us=max_span_us)
         after = params.parse_cursor(cursor)
         if params.wants_csv(fmt, accept):
-            chunks = queries.stream_copy(
+            stream = queries.CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.tick_csv_sql(conn, sym, span, after, limit),
                 header=queries.TICK_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
-            return _csv(chunks, f"{sym}-ticks.csv")
+            return _csv(stream, f"{sym}-ticks.csv")
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn:
             page = queries.tick_page(conn, sym, span, after, rows)
@@ -271,11 +276,11 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         span = params.TimeRange(params.align_down(span.start_us, width_us), span.end_us)
         params.check_bar_count(span, width_us, settings.max_bars)
         if params.wants_csv(fmt, accept):
-            chunks = queries.stream_copy(
+            stream = queries.CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.bar_csv_sql(conn, sym, span, width_us),
                 header=queries.BAR_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
-            return _csv(chunks, f"{sym}-bars-{interval}.csv")
+            return _csv(stream, f"{sym}-bars-{interval}.csv")
         with svc.pool.connection() as conn:
             rows = queries.bars(conn, sym, span, width_us)
         head = {"symbol": sym, "interval": interval, "start": format_us(span.start_us),

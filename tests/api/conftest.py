@@ -117,7 +117,7 @@ def client(make_client: Callable[..., TestClient], api_settings: ApiSettings) ->
 @pytest.fixture
 def make_live_api(redis_settings: RedisSettings, db_settings: DatabaseSettings
                   ) -> Iterator[Callable[..., str]]:
-    """``make_live_api(settings=None)``: the app under a real uvicorn in a
+    """``make_live_api(settings=None, db=None)``: the app under a real uvicorn in a
     thread, on a free port; returns its base URL. Stopped at teardown."""
     import threading
 
@@ -128,9 +128,9 @@ def make_live_api(redis_settings: RedisSettings, db_settings: DatabaseSettings
 
     running: list[tuple[Server, threading.Thread]] = []
 
-    def start(settings: ApiSettings | None = None) -> str:
+    def start(settings: ApiSettings | None = None, db: DatabaseSettings | None = None) -> str:
         app = create_app(settings or ApiSettings(rate_limit=None, key_rate_limit=None),
-                         redis_settings, db_settings)
+                         redis_settings, db or db_settings)
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                 access_log=False, ws="none", proxy_headers=False)

@@ -1,0 +1,65 @@
+"""The API when things go wrong: PostgreSQL restarts, clients walk away."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi.testclient import TestClient
+
+from api.settings import ApiSettings
+from pricepipe.config import DatabaseSettings
+from pricepipe.embedded import PostgresServer
+from tests.api.conftest import DAY0_US, insert_ticks, steady_ticks
+
+WINDOW = f"start={DAY0_US}&end={DAY0_US + 10**11}"
+
+
+def test_database_outage_is_503_and_the_pool_recovers(
+        client: TestClient, db: Any, pg_server: PostgresServer) -> None:
+    insert_ticks(db, steady_ticks("DOWN", DAY0_US, 10, 1000))
+    assert client.get(f"/v1/ticks/DOWN?{WINDOW}").json()["count"] == 10
+    db.close()
+    pg_server.stop()
+    try:
+        resp = client.get(f"/v1/ticks/DOWN?{WINDOW}")
+        assert resp.status_code == 503
+        assert resp.json() == {"error": "database unavailable"}
+        assert resp.headers["Retry-After"] == "1"
+        assert client.get("/healthz").json()["database"].startswith("unreachable")
+    finally:
+        pg_server.start()
+    # The dead pooled connection was dropped; the next request reconnects.
+    assert client.get(f"/v1/ticks/DOWN?{WINDOW}").json()["count"] == 10
+    assert client.get("/healthz").status_code == 200
+
+
+def test_csv_client_leaving_early_frees_its_connection(
+        make_live_api: Callable[..., str], make_client: Callable[..., TestClient],
+        db: Any, database_url: str) -> None:
+    insert_ticks(db, steady_ticks("BIG", DAY0_US, 20_000, 1000))
+    # One connection only: if the abandoned COPY kept it, the next request would wait
+    # pool_wait_s and fail with 503.
+    settings = ApiSettings(rate_limit=None, key_rate_limit=None, csv_chunk_bytes=1024,
+                           pool_wait_s=30)
+    base = make_live_api(settings, DatabaseSettings(url=database_url, pool_max=1))
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&format=csv")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        first = resp.read(4096)
+        assert first.startswith(b"symbol,ts,ts_us,price")
+    finally:
+        conn.close()  # walk away mid-download
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&limit=3")
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        assert b'"count":3' in resp.read()
+    finally:
+        conn.close()
