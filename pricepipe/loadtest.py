@@ -207,7 +207,11 @@ class Probe(Role):
         lines = [ln for ln in list(self.lines) if start_wall_s < ln["t"] <= end_wall_s]
         lat = [v for ln in lines for v in ln["lat_ms"]]
         event = [v for ln in lines for v in ln["event_ms"]]
+        before = [ln for ln in list(self.lines) if ln["t"] <= start_wall_s]
+        conflated0 = before[-1]["conflated"] if before else 0
         return {"ticks": sum(int(ln["n"]) for ln in lines), "lat_ms": lat, "event_ms": event,
+                "conflated_frames": (lines[-1]["conflated"] - conflated0) if lines else 0,
+                "connects": lines[-1]["connects"] if lines else 0,
                 "span_s": (lines[-1]["t"] - lines[0]["t"]) if len(lines) > 1 else 0.0,
                 "lines": len(lines)}
 
@@ -737,6 +741,8 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
         "ws_latency_p50_ms": _round(percentile(got["lat_ms"], 50), 2),
         "ws_latency_p99_ms": _round(percentile(got["lat_ms"], 99), 2),
         "ws_event_latency_p99_ms": _round(percentile(got["event_ms"], 99), 2),
+        "ws_conflated_frames": got["conflated_frames"],
+        "ws_probe_connects": got["connects"],
         "cpu_percent": {name: _round(s.cpu_percent(t0, t1)) for name, s in series.items()},
         "rss_max_mib": {name: _round(s.rss_max_mib(t0, t1)) for name, s in series.items()},
         "machine_cpu_percent": machine,
