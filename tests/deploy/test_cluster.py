@@ -83,7 +83,9 @@ def test_pipeline_end_to_end_on_redis_cluster(
     spawn: Spawn,
 ) -> None:
     env = dict(pipeline_env, PRICEPIPE_REDIS_CLUSTER="1",
-               PRICEPIPE_REDIS_URL=redis_cluster[0].url, PRICEPIPE_WORKER_BLOCK_MS="200")
+               PRICEPIPE_REDIS_URL=redis_cluster[0].url, PRICEPIPE_WORKER_BLOCK_MS="200",
+               # Workers start before the publisher registers the symbols: find them soon.
+               PRICEPIPE_WORKER_REFRESH_INTERVAL_S="0.5")
     cluster: Any = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
     keys = Keys(env["PRICEPIPE_REDIS_PREFIX"], int(env["PRICEPIPE_REDIS_SHARDS"]))
     # The test is only meaningful if the shards really live on different masters.
