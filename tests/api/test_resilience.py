@@ -46,7 +46,7 @@ def test_csv_client_leaving_early_frees_its_connection(
                            pool_wait_s=30)
     base = make_live_api(settings, DatabaseSettings(url=database_url, pool_max=1))
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
         conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&format=csv")
         resp = conn.getresponse()
@@ -55,7 +55,7 @@ def test_csv_client_leaving_early_frees_its_connection(
         assert first.startswith(b"symbol,ts,ts_us,price")
     finally:
         conn.close()  # walk away mid-download
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     try:
         conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&limit=3")
         resp = conn.getresponse()
