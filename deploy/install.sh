@@ -17,7 +17,10 @@ DEPLOY_DIR="$SRC_DIR/deploy"
 DRY_RUN=0
 PREFIX=${PRICEPIPE_PREFIX:-/opt/pricepipe}
 ETC_DIR=${PRICEPIPE_ETC:-/etc/pricepipe}
-SYSTEMD_DIR=/etc/systemd/system
+# System locations; the environment overrides exist for unusual layouts and the tests.
+SYSTEMD_DIR=${PRICEPIPE_SYSTEMD_DIR:-/etc/systemd/system}
+REDIS_CONF=${PRICEPIPE_REDIS_CONF:-/etc/redis/redis.conf}
+SBIN_DIR=${PRICEPIPE_SBIN_DIR:-/usr/local/sbin}
 NGINX_DIR=${PRICEPIPE_NGINX_DIR:-/etc/nginx}
 LOCAL_SERVERS=1
 DB_NAME=pricepipe
@@ -256,7 +259,7 @@ if [ "$LOCAL_SERVERS" = 1 ]; then
     # instead of silently evicting unpersisted stream entries.
     for kv in "appendonly yes" "appendfsync everysec" "maxmemory $REDIS_MAXMEMORY" \
               "maxmemory-policy noeviction" "bind 127.0.0.1 -::1" "protected-mode yes"; do
-        set_conf "${kv%% *}" "${kv#* }" /etc/redis/redis.conf
+        set_conf "${kv%% *}" "${kv#* }" "$REDIS_CONF"
     done
     run systemctl enable redis-server.service
     run systemctl restart redis-server.service
@@ -307,7 +310,7 @@ run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
 
 # The operator's `pricepipe` (status, dlq, migrate...): root-only, because it reads the
 # 0600 environment file, then drops to the service user like the units do.
-render_wrapper | put_file 0750 root:root /usr/local/sbin/pricepipe
+render_wrapper | put_file 0750 root:root "$SBIN_DIR/pricepipe"
 
 # --- systemd units ----------------------------------------------------------------------
 
