@@ -37,12 +37,16 @@ _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
 
 
 def _epoch_us(column: str) -> str:
-    """Exact epoch microseconds of a timestamptz column, in float8 arithmetic
-    only: whole seconds (exact in a double until far beyond 2100) plus the
-    microseconds within the second. Faster than ``extract(epoch ...)``,
-    which is ``numeric`` since PostgreSQL 14."""
-    return (f"(date_part('epoch', date_trunc('second', {column}))::bigint * 1000000"
-            f" + mod(date_part('microseconds', {column})::bigint, 1000000))")
+    """Epoch microseconds of a timestamptz column, exact, in float8.
+
+    ``date_part('epoch', ts)`` is ``(µs since 2000 - offset) / 1e6`` in float8:
+    one rounding of at most half an ulp, 2.4e-7 s below 2^32 s (year 2106).
+    Times 1e6 adds at most half an ulp of the product, 0.25 µs; the sum stays
+    under 0.5 µs, so ``round`` recovers the exact integer for every time a
+    tick may carry (before 2100). Twice as fast as ``extract(epoch ...)``,
+    which is ``numeric`` since PostgreSQL 14.
+    """
+    return f"round(date_part('epoch', {column}) * 1000000)::bigint"
 
 
 _ID_PARAMS = {"seq_bits": codec.SEQ_BITS, "seq_mask": (1 << codec.SEQ_BITS) - 1}
@@ -64,11 +68,12 @@ _TICK_SELECT = sql.SQL(f"""
 _AFTER = sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)")
 
 # The JSON object of a tick, by concatenation: about twice as fast as
-# json_build_object. Strings go through to_json (quoting and escaping);
+# json_build_object. The symbol is the one asked for (validated), so its
+# part of the object is a bound constant; `source` goes through to_json;
 # numbers are PostgreSQL's shortest exact text (extra_float_digits >= 1,
 # the default since PostgreSQL 12), which is valid JSON for finite values.
 _TICK_JSON = sql.SQL("""
-    SELECT '{{"symbol":' || to_json(t.symbol)::text || ',"ts":"' || t.ts
+    SELECT %(json_head)s || t.ts
            || '","ts_us":' || t.ts_us || ',"price":' || t.price
            || ',"size":' || coalesce(t.size::text, 'null')
            || ',"source":' || to_json(t.source)::text
@@ -167,6 +172,8 @@ def _tick_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[st
         "end": us_to_datetime(span.end_us),
         **_ID_PARAMS,
     }
+    # '{"symbol":"AAPL","ts":"' for _TICK_JSON.
+    params["json_head"] = '{"symbol":' + codec.encode_json(symbol).decode() + ',"ts":"'
     if cursor is not None:
         params["after_ts"] = us_to_datetime(cursor.ts_us)
         params["after_entry"] = cursor.entry_id

@@ -42,7 +42,8 @@ def insert_ticks(db: Any, ticks: Sequence[Tick], entries: Sequence[int] | None =
                   f"{tick.source}\t{recv}\t{entry}\n")
     buf.seek(0)
     with db.cursor() as cur:
-        cur.execute("SELECT ensure_tick_partitions(%s, %s)", (days[0], days[-1]))
+        for day in days:  # only the days with ticks: they may be decades apart
+            cur.execute("SELECT ensure_tick_partitions(%s, %s)", (day, day))
         cur.copy_expert("COPY ticks (symbol, ts, price, size, source, recv_ts, entry_id) "
                         "FROM STDIN", buf)
     if not getattr(db, "autocommit", True):

@@ -34,6 +34,27 @@ def test_ticks_json_matches_the_codec(client: TestClient, db: Any) -> None:
     assert body["ticks"] == expected
 
 
+def test_epoch_microseconds_are_exact_up_to_2100(client: TestClient, db: Any) -> None:
+    import random
+
+    from pricepipe.tick import MAX_TS_US
+
+    rng = random.Random(11)
+    # The float8 arithmetic of the SQL is tightest near the end of the range.
+    stamps = sorted({MAX_TS_US - 1, MAX_TS_US - 999_999, DAY0_US + 1,
+                     *(rng.randrange(MAX_TS_US - 86_400 * 10**6, MAX_TS_US) for _ in range(200)),
+                     *(rng.randrange(DAY0_US, DAY0_US + 86_400 * 10**6) for _ in range(200))})
+    ticks = [Tick("EXACT", ts, 1.0, None, "test", ts) for ts in stamps]
+    insert_ticks(db, ticks)
+    for start, end in ((DAY0_US, DAY0_US + 86_400 * 10**6), (MAX_TS_US - 86_400 * 10**6,
+                                                             MAX_TS_US)):
+        got = client.get("/v1/ticks/EXACT", params={"start": str(start), "end": str(end),
+                                                   "limit": "1000"}).json()["ticks"]
+        want = [t for t in ticks if start <= t.ts_us < end]
+        assert [(g["ts_us"], g["recv_ts_us"], g["ts"]) for g in got] == [
+            (t.ts_us, t.ts_us, format_us(t.ts_us)) for t in want]
+
+
 def test_ticks_cursor_pagination_walks_every_row_once(client: TestClient, db: Any) -> None:
     ticks = steady_ticks("PAGE", DAY0_US, 25, 1000)
     # Two entries at the same instant: the cursor must split them correctly.
