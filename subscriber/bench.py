@@ -191,6 +191,16 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _publish(r: Any, keys: Any, names: list[str], rate: float, duration_s: float) -> int:
     """Publish ``rate`` ticks/s round-robin over ``names`` for ``duration_s``."""
     from pricepipe.streams import append_ticks
@@ -236,9 +246,18 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
              "--per-client", str(per_client), "--duration", str(duration_s)],
             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         _wait_line(client_proc, "READY", 120)
+        cpu_before = (_cpu_s(server.pid), _cpu_s(client_proc.pid))
+        started = time.monotonic()
         published = _publish(r, keys, names, rate, duration_s)
+        wall = time.monotonic() - started
+        cpu_after = (_cpu_s(server.pid), _cpu_s(client_proc.pid))
         out, _ = client_proc.communicate(timeout=duration_s + 120)
         result = codec.decode_json(out.strip().splitlines()[-1])
+        result["server_cpu_pct"] = 100 * (cpu_after[0] - cpu_before[0]) / wall
+        result["clients_cpu_pct"] = 100 * (cpu_after[1] - cpu_before[1]) / wall
+        # CPU per delivery is the figure least disturbed by other load on the machine.
+        result["server_cpu_us_per_delivery"] = (
+            1e6 * (cpu_after[0] - cpu_before[0]) / max(result["deliveries"], 1))
     finally:
         for proc in (client_proc, server):
             if proc is not None and proc.poll() is None:
@@ -256,8 +275,8 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
     result["deliveries_per_s"] = result["deliveries"] / result["elapsed_s"]
     print(f"{name:<10} {result['deliveries_per_s']:>14,.0f} {result['p50_ms']:>9.2f} "
           f"{result['p99_ms']:>9.2f} {result['max_ms']:>9.1f} "
-          f"{result['deliveries'] / max(expected, 1):>9.1%} {result['frames']:>10,}",
-          flush=True)
+          f"{result['deliveries'] / max(expected, 1):>9.1%} {result['frames']:>10,} "
+          f"{result['server_cpu_pct']:>7.0f}% {result['clients_cpu_pct']:>7.0f}%", flush=True)
     return dict(result)
 
 
@@ -287,7 +306,7 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
           f"{rate:,.0f} ticks/s for {duration_s:.0f} s (~{expected_rate:,.0f} "
           "deliveries/s expected)", flush=True)
     print(f"{'server':<10} {'deliveries/s':>14} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} "
-          f"{'delivered':>9} {'frames':>10}", flush=True)
+          f"{'delivered':>9} {'frames':>10} {'srv cpu':>8} {'cli cpu':>8}", flush=True)
     try:
         register_symbols(r, keys, names)
         common: dict[str, Any] = {
@@ -313,17 +332,27 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
                "p99_ms": ours["p99_ms"], "max_ms": ours["max_ms"],
                "delivered_fraction": ours["deliveries"] / max(ours["expected_deliveries"], 1),
                "frames_per_s": ours["frames"] / ours["elapsed_s"],
+               "server_cpu_pct": ours["server_cpu_pct"],
+               "clients_cpu_pct": ours["clients_cpu_pct"],
+               "server_cpu_us_per_delivery": ours["server_cpu_us_per_delivery"],
                "conflated_frames": ours["conflated_frames"]}
     baselines = {"deliveries_per_s": base["deliveries_per_s"], "p50_ms": base["p50_ms"],
                  "p99_ms": base["p99_ms"], "max_ms": base["max_ms"],
                  "delivered_fraction": base["deliveries"] / max(base["expected_deliveries"], 1),
-                 "frames_per_s": base["frames"] / base["elapsed_s"]}
+                 "frames_per_s": base["frames"] / base["elapsed_s"],
+               "server_cpu_pct": base["server_cpu_pct"],
+               "clients_cpu_pct": base["clients_cpu_pct"],
+               "server_cpu_us_per_delivery": base["server_cpu_us_per_delivery"]}
     ratios = {
         "deliveries_per_s": figures["deliveries_per_s"] / max(baselines["deliveries_per_s"], 1e-9),
         "p99_ms": figures["p99_ms"] / max(baselines["p99_ms"], 1e-9),
+        "server_cpu_us_per_delivery": figures["server_cpu_us_per_delivery"]
+        / max(baselines["server_cpu_us_per_delivery"], 1e-9),
     }
     print(f"pricepipe/broadcast: deliveries x{ratios['deliveries_per_s']:.2f}, "
-          f"p99 x{ratios['p99_ms']:.2f} (goal: ~100,000 deliveries/s, p99 < 50 ms)", flush=True)
+          f"p99 x{ratios['p99_ms']:.2f}, server CPU per delivery "
+          f"x{ratios['server_cpu_us_per_delivery']:.2f} "
+          "(goal: ~100,000 deliveries/s, p99 < 50 ms)", flush=True)
     return {"target": "ws", "figures": figures, "baselines": baselines, "ratios": ratios,
             "params": params}
 
