@@ -540,6 +540,14 @@ def _clear_prefix(r: Any, prefix: str) -> None:
         r.delete(key)
 
 
+def _delete_rows(conn: Any, names: list[str]) -> None:
+    conn.rollback()
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM ticks WHERE symbol = ANY(%s)", (names,))
+        cur.execute("DELETE FROM bars_1m WHERE symbol = ANY(%s)", (names,))
+    conn.commit()
+
+
 def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) -> dict[str, Any]:
     import redis
 
@@ -557,9 +565,7 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
     steps: list[dict[str, Any]] = []
     try:
         _clear_prefix(r, E2E_PREFIX)
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM ticks WHERE symbol = ANY(%s)", (names,))
-        conn.commit()
+        _delete_rows(conn, names)
         print("baselines: raw pipelined XADD and raw COPY, same servers ...", flush=True)
         baselines = {"raw_xadd_ticks_per_s": round(raw_xadd_per_s(r, keys)),
                      "raw_copy_rows_per_s": round(raw_copy_per_s(conn)),
@@ -630,7 +636,9 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
         for role in roles:
             role.stop(5)
         try:
+            # The run's own keys and rows only: the servers may hold real data.
             _clear_prefix(r, E2E_PREFIX)
+            _delete_rows(conn, names)
         finally:
             r.close()
             conn.close()
