@@ -26,9 +26,11 @@ from typing import Any, Literal
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extras import execute_values
 
 from pricepipe.connections import pg_connect
 
+from .bars import bar_rows
 from .batch import TickRow, copy_text, days_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,33 @@ CREATE TEMP TABLE IF NOT EXISTS tick_stage (
 """
 
 COPY_SQL = "COPY tick_stage (symbol, ts_us, price, size, source, recv_ts_us, entry_id) FROM STDIN"
+
+# How a bar computed from new rows merges into the stored one: open/close by
+# the order key (ts, entry_id), so a late tick moves them only if it really
+# is earlier/later; high/low widen; volume and count add up.
+BAR_CONFLICT_SQL = """
+    ON CONFLICT (symbol, bucket) DO UPDATE SET
+        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry) < (b.open_ts, b.open_entry)
+                    THEN EXCLUDED.open ELSE b.open END,
+        open_ts = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry) < (b.open_ts, b.open_entry)
+                       THEN EXCLUDED.open_ts ELSE b.open_ts END,
+        open_entry = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry)
+                               < (b.open_ts, b.open_entry)
+                          THEN EXCLUDED.open_entry ELSE b.open_entry END,
+        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
+                          > (b.close_ts, b.close_entry)
+                     THEN EXCLUDED.close ELSE b.close END,
+        close_ts = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
+                             > (b.close_ts, b.close_entry)
+                        THEN EXCLUDED.close_ts ELSE b.close_ts END,
+        close_entry = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
+                                > (b.close_ts, b.close_entry)
+                           THEN EXCLUDED.close_entry ELSE b.close_entry END,
+        high = greatest(b.high, EXCLUDED.high),
+        low = least(b.low, EXCLUDED.low),
+        volume = b.volume + EXCLUDED.volume,
+        tick_count = b.tick_count + EXCLUDED.tick_count
+"""
 
 # Microseconds become timestamptz in the server (no per-row datetime objects
 # in Python). date_bin against the epoch is independent of the session's
@@ -87,38 +116,39 @@ WITH ins AS (
     JOIN firsts f ON f.symbol = a.symbol AND f.bucket = a.bucket
     JOIN lasts l ON l.symbol = a.symbol AND l.bucket = a.bucket
     ORDER BY a.symbol, a.bucket
-    ON CONFLICT (symbol, bucket) DO UPDATE SET
-        open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry) < (b.open_ts, b.open_entry)
-                    THEN EXCLUDED.open ELSE b.open END,
-        open_ts = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry) < (b.open_ts, b.open_entry)
-                       THEN EXCLUDED.open_ts ELSE b.open_ts END,
-        open_entry = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry)
-                               < (b.open_ts, b.open_entry)
-                          THEN EXCLUDED.open_entry ELSE b.open_entry END,
-        close = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
-                          > (b.close_ts, b.close_entry)
-                     THEN EXCLUDED.close ELSE b.close END,
-        close_ts = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
-                             > (b.close_ts, b.close_entry)
-                        THEN EXCLUDED.close_ts ELSE b.close_ts END,
-        close_entry = CASE WHEN (EXCLUDED.close_ts, EXCLUDED.close_entry)
-                                > (b.close_ts, b.close_entry)
-                           THEN EXCLUDED.close_entry ELSE b.close_entry END,
-        high = greatest(b.high, EXCLUDED.high),
-        low = least(b.low, EXCLUDED.low),
-        volume = b.volume + EXCLUDED.volume,
-        tick_count = b.tick_count + EXCLUDED.tick_count
-)
+""" + BAR_CONFLICT_SQL + """)
 SELECT count(*) FROM ins
 """
 
-# First deliveries almost never collide with existing rows: for them the
-# insert runs without ON CONFLICT (its speculative insertion costs about as
-# much as the insert itself) and, should a duplicate turn up after all, the
-# transaction fails on the primary key, is rolled back, and runs again as
-# MOVE_SQL. The result is the same either way; only the cost differs.
-FRESH_MOVE_SQL = MOVE_SQL.replace("    ON CONFLICT DO NOTHING\n", "", 1)
-assert FRESH_MOVE_SQL != MOVE_SQL
+# First deliveries almost never collide with existing rows. For them the
+# rows go in with a plain INSERT (ON CONFLICT's speculative insertion costs
+# about as much as the insert itself) and their bars, all new rows, are
+# aggregated in Python (workers.bars.bar_rows) and upserted from VALUES,
+# instead of being sorted twice in SQL. Should a duplicate turn up after all,
+# the primary key fails the transaction, which is rolled back and run again
+# as MOVE_SQL. The result is the same either way; only the cost differs.
+FRESH_INSERT_SQL = """
+INSERT INTO ticks (symbol, ts, price, size, source, recv_ts, entry_id)
+SELECT symbol,
+       timestamptz 'epoch' + ts_us * interval '1 microsecond',
+       price, size, source,
+       timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
+       entry_id
+FROM tick_stage
+"""
+
+BARS_UPSERT_SQL = """
+INSERT INTO bars_1m AS b (symbol, bucket, open, high, low, close, volume, tick_count,
+                         open_ts, open_entry, close_ts, close_entry)
+VALUES %s
+""" + BAR_CONFLICT_SQL
+
+#: execute_values template of one workers.bars.BarRow (microseconds -> timestamptz).
+BAR_TEMPLATE = (
+    "(%s, timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s, %s, %s, %s, %s,"
+    " timestamptz 'epoch' + %s * interval '1 microsecond', %s,"
+    " timestamptz 'epoch' + %s * interval '1 microsecond', %s)"
+)
 
 ErrorKind = Literal["connection", "data", "other"]
 
@@ -238,28 +268,44 @@ class TickSink:
         self.ensure_days(days_of(rows))
         text = copy_text(rows)
         try:
-            return self._write_text(text, fresh=fresh)
+            return self._write_text(text, rows, fresh=fresh)
         except psycopg2.errors.CheckViolation:
             # "no partition of relation ticks found for row": a partition we
             # had cached was dropped meanwhile (retention). Forget and retry once.
             self._days.clear()
             self.ensure_days(days_of(rows))
-            return self._write_text(text, fresh=fresh)
+            return self._write_text(text, rows, fresh=fresh)
 
-    def _write_text(self, text: str, *, fresh: bool) -> int:
+    def _write_text(self, text: str, rows: Sequence[TickRow], *, fresh: bool) -> int:
         if fresh:
             try:
-                return self._write_once(text, FRESH_MOVE_SQL)
+                return self._write_fresh(text, rows)
             except psycopg2.errors.UniqueViolation:
                 log.debug("batch holds rows already written: inserting with ON CONFLICT")
-        return self._write_once(text, MOVE_SQL)
+        return self._write_idempotent(text)
 
-    def _write_once(self, text: str, move_sql: str) -> int:
+    def _write_fresh(self, text: str, rows: Sequence[TickRow]) -> int:
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 cur.copy_expert(COPY_SQL, io.StringIO(text))
-                cur.execute(move_sql)
+                cur.execute(FRESH_INSERT_SQL)
+                inserted = cur.rowcount
+                bars = bar_rows(rows)
+                execute_values(cur, BARS_UPSERT_SQL, bars, template=BAR_TEMPLATE,
+                               page_size=max(len(bars), 1))
+            conn.commit()
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        return int(inserted)
+
+    def _write_idempotent(self, text: str) -> int:
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.copy_expert(COPY_SQL, io.StringIO(text))
+                cur.execute(MOVE_SQL)
                 row = cur.fetchone()
             conn.commit()
         except BaseException:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
 from workers import rollup
-from workers.bars import US_PER_MINUTE, Bar, aggregate, bucket_of, merge
+from workers.bars import US_PER_MINUTE, Bar, aggregate, bar_rows, bucket_of, merge
 from workers.batch import TickRow
 from workers.persister import PersistWorker
 from workers.sink import TickSink
@@ -44,6 +44,18 @@ def test_aggregating_in_parts_then_merging_equals_aggregating_at_once(
                                                      bar.tick_count, bar.open_key,
                                                      bar.close_key)
         assert abs(other.volume - bar.volume) <= 1e-9 * max(abs(bar.volume), 1)
+
+
+@given(st.lists(ROW, max_size=80, unique_by=lambda r: (r[0], r[1], r[6])))
+def test_hot_path_bar_rows_equal_the_reference_aggregation(rows: list[TickRow]) -> None:
+    want = aggregate(rows)
+    got = bar_rows(rows)
+    assert [(b[0], b[1]) for b in got] == sorted(want)  # sorted by (symbol, bucket)
+    for b in got:
+        ref = want[(b[0], b[1])]
+        assert b[2:6] == (ref.open, ref.high, ref.low, ref.close)
+        assert b[7:] == (ref.tick_count, *ref.open_key, *ref.close_key)
+        assert abs(b[6] - ref.volume) <= 1e-9 * max(abs(ref.volume), 1)
 
 
 def test_bucket_is_the_utc_minute() -> None:
