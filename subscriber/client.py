@@ -126,7 +126,7 @@ class _ThreadedReader:
         self._r = r
         self._keys = keys
         self.symbols = _symbols(symbols)
-        self.settings = settings or ClientSettings()
+        self.settings = settings or ClientSettings.from_env()
         # Bounded: a strategy slower than the market holds up the readers,
         # and the backlog waits in Redis, not in this process.
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self.settings.count * 2, 10))
@@ -338,7 +338,7 @@ class _TaskReader:
         self._r = r
         self._keys = keys
         self.symbols = _symbols(symbols)
-        self.settings = settings or ClientSettings()
+        self.settings = settings or ClientSettings.from_env()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(self.settings.count * 2, 10))
         self._retry = redis.asyncio.retry.Retry(
             ExponentialWithJitterBackoff(cap=self.settings.reconnect_cap_s,

@@ -40,6 +40,7 @@ TOO_MANY_SYMBOLS = "too_many_symbols"
 RATE_LIMITED = "rate_limited"
 AUTH_REQUIRED = "auth_required"
 AUTH_FAILED = "auth_failed"
+UNAVAILABLE = "unavailable"
 
 # Close codes. 1xxx are RFC 6455; 4xxx are ours (the private-use range).
 CLOSE_GOING_AWAY = 1001

@@ -186,6 +186,19 @@ class Session:
         await self._send(p.subscribed(cmd.symbols, cmd.req))
         if not new:
             return
+        try:
+            await self._catch_up_new(cmd, new)
+        except RETRYABLE as exc:
+            # Redis went away mid-way: undo what did not go live, so that
+            # repeating the request (which the error asks for) starts clean.
+            failed = [s for s in new if s in self._catching]
+            for symbol in failed:
+                self._drop(symbol)
+            raise ProtocolError(
+                p.UNAVAILABLE, f"redis is unreachable ({exc}); subscribe again to "
+                f"{', '.join(failed)}", req=cmd.req) from exc
+
+    async def _catch_up_new(self, cmd: p.Subscribe, new: list[str]) -> None:
         await asyncio.gather(*(self._hub.add(self, s) for s in new))
         fresh = [s for s in new if s not in cmd.resume]
         if fresh:

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pricepipe.config import RedisSettings
-from pricepipe.embedded import free_port
+from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import Keys
 
 from .conftest import collect_ticks, publish, recv_json, recv_type, running_server
@@ -149,3 +149,52 @@ def test_ws_command_serves_and_sigterm_closes_with_1001(
 
     assert asyncio.run(scenario()) == 1001
     assert proc.wait(timeout=15) == 0
+
+
+def test_server_rides_out_a_redis_restart_without_gaps(
+    make_redis_server: Callable[..., RedisServer], keys: Keys
+) -> None:
+    redis_server = make_redis_server()
+    settings = RedisSettings(url=redis_server.url, prefix="pp", shards=4, socket_timeout_s=2)
+    r = redis.Redis.from_url(redis_server.url)
+
+    async def scenario() -> None:
+        async with running_server(settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
+            await recv_type(ws, "subscribed")
+            await asyncio.sleep(0.2)
+            before = await asyncio.to_thread(publish, r, keys, "AAPL", 3)
+            assert [t["id"] for t in await collect_ticks(ws, 3)] == before
+            await asyncio.to_thread(redis_server.restart)  # AOF keeps the stream
+            after = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=10)
+            # The hub reconnects and carries on from its cursor.
+            assert [t["id"] for t in await collect_ticks(ws, 3, timeout_s=30)] == after
+            assert server.health()["redis"] is True
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        r.close()
+
+
+def test_two_server_processes_serve_their_own_clients(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    async def scenario() -> None:
+        async with running_server(redis_settings) as one, running_server(redis_settings) as two:
+            clients = []
+            for server in (one, two):
+                ws = await connect(f"ws://127.0.0.1:{server.port}/ws")
+                await recv_json(ws)
+                await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
+                await recv_type(ws, "subscribed")
+                clients.append(ws)
+            await asyncio.sleep(0.2)
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 4)
+            for ws in clients:
+                assert [t["id"] for t in await collect_ticks(ws, 4)] == ids
+                await ws.close()
+
+    asyncio.run(scenario())
