@@ -75,7 +75,12 @@ E2E_PREFIX = "ppe2e"
 def ramp(top_ticks_per_s: int) -> list[int]:
     """Total tick rates of the steps, ending at ``top_ticks_per_s`` (pure)."""
     top = max(int(top_ticks_per_s), 1)
-    fractions = (0.25, 0.5, 1.0) if top < 10_000 else (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+    if top < 1000:  # a smoke run
+        fractions: tuple[float, ...] = (0.5, 1.0)
+    elif top < 10_000:
+        fractions = (0.25, 0.5, 1.0)
+    else:
+        fractions = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
     return sorted({max(1, round(top * f)) for f in fractions})
 
 

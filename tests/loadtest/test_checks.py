@@ -85,7 +85,8 @@ def test_memory_verdict() -> None:
 
 def test_ramp_and_split() -> None:
     assert ramp(100_000) == [5000, 10000, 20000, 35000, 50000, 75000, 100000]
-    assert ramp(400) == [100, 200, 400]
+    assert ramp(4000) == [1000, 2000, 4000]
+    assert ramp(400) == [200, 400]
     assert ramp(0) == [1]
     names = symbol_names(5)
     assert names == ["E2E000", "E2E001", "E2E002", "E2E003", "E2E004"]

@@ -12,7 +12,7 @@ def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> Non
     assert report["target"] == "e2e"
     assert set(report) >= {"figures", "baselines", "ratios", "params", "steps"}
     steps = report["steps"]
-    assert steps and [s["target_ticks_per_s"] for s in steps] == [100, 200, 400][:len(steps)]
+    assert steps and [s["target_ticks_per_s"] for s in steps] == [200, 400][:len(steps)]
     first = steps[0]
     assert first["published_ticks_per_s"] > 0
     assert first["persisted_ticks_per_s"] > 0
