@@ -552,6 +552,7 @@ def _verify(r: Any, database_url: str, keys: Any, names: list[str], clients: lis
         result.update({"connects": record.get("connects"),
                        "conflated_frames": record.get("conflated_frames"),
                        "slow_closes": record.get("slow_closes"),
+                       "resubscribes": record.get("resubscribes"),
                        "unrecoverable": len(record.get("unrecoverable", [])),
                        "errors": len(record.get("errors", []))})
         client_results[client.name] = result
@@ -571,7 +572,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if "error" in c:
             print(f"  {name}: {c['error']}")
             continue
-        print(f"  {name}: {c['ticks']:,} ticks, {c['connects']} connects, gaps {c['gaps']}, "
+        print(f"  {name}: {c['ticks']:,} ticks, {c['connects']} connects, "
+              f"{c['resubscribes']} resubscribes, gaps {c['gaps']}, "
               f"duplicates {c['duplicates']}, declared unrecoverable "
               f"{c['declared_unrecoverable']}, conflated frames {c['conflated_frames']}, "
               f"not at end {c['not_at_end'] or '-'} {'; '.join(c['examples'])}")

@@ -43,6 +43,9 @@ from .exceptions import DecodeError
 #: close code of a slow consumer (docs/subscriber.md)
 CLOSE_SLOW_CONSUMER = 4008
 
+RECONNECT = "reconnect"
+RESUBSCRIBE = "resubscribe"
+
 
 @dataclass
 class ProbeState:
@@ -62,6 +65,7 @@ class ProbeState:
     errors: list[str] = field(default_factory=list)
     connects: int = 0
     slow_closes: int = 0
+    resubscribes: int = 0
     # window since the last report
     window_n: int = 0
     window_lat_ms: list[float] = field(default_factory=list)
@@ -74,24 +78,27 @@ class ProbeState:
             msg["resume"] = dict(self.cursors)
         return encode_json(msg)
 
-    def handle(self, raw: str | bytes, now_us: int) -> bool:
-        """Account for one server frame; True if the probe should reconnect
-        (a conflated frame while recording: resume to get the skipped ticks)."""
+    def handle(self, raw: str | bytes, now_us: int) -> str | None:
+        """Account for one server frame. Returns what the probe must do next:
+        ``"reconnect"`` after a conflated frame while recording (resume to get
+        the skipped ticks), ``"resubscribe"`` after an ``unavailable`` error
+        (Redis dropped mid-subscribe: docs/subscriber.md says send it again),
+        else None."""
         try:
             msg = decode_json(raw)
         except DecodeError as exc:
             self.errors.append(f"undecodable frame: {exc}")
-            return False
+            return None
         if not isinstance(msg, dict):
             self.errors.append("frame is not an object")
-            return False
+            return None
         kind = msg.get("type")
         if kind in ("ticks", "snapshot"):
             ticks = msg.get("ticks") or []
             if msg.get("conflated"):
                 self.conflated_frames += 1
                 self._measure(ticks, now_us)
-                return self.record
+                return RECONNECT if self.record else None
             self._measure(ticks, now_us)
             if self.record:
                 self._record(ticks)
@@ -99,7 +106,10 @@ class ProbeState:
             self.unrecoverable.append(msg)
         elif kind == "error":
             self.errors.append(f"{msg.get('code')}: {msg.get('message')}")
-        return False
+            if msg.get("code") == "unavailable":
+                self.resubscribes += 1
+                return RESUBSCRIBE
+        return None
 
     def _measure(self, ticks: Iterable[dict[str, Any]], now_us: int) -> None:
         now_ms = now_us / 1000.0
@@ -146,6 +156,7 @@ class ProbeState:
         return {"symbols": self.symbols, "ticks_total": self.ticks_total,
                 "received": self.received, "connects": self.connects,
                 "conflated_frames": self.conflated_frames, "slow_closes": self.slow_closes,
+                "resubscribes": self.resubscribes,
                 "unrecoverable": self.unrecoverable, "errors": self.errors[:100]}
 
 
@@ -159,7 +170,10 @@ async def _session(url: str, state: ProbeState) -> None:
         state.connects += 1
         await ws.send(state.subscribe_message().decode())
         async for raw in ws:
-            if state.handle(raw, time.time_ns() // 1000):
+            action = state.handle(raw, time.time_ns() // 1000)
+            if action == RESUBSCRIBE:
+                await ws.send(state.subscribe_message().decode())
+            elif action == RECONNECT:
                 return
 
 

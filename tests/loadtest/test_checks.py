@@ -124,8 +124,8 @@ def _frame(kind: str, ids: list[str], **extra: object) -> bytes:
 def test_probe_measures_and_records_ticks() -> None:
     state = ProbeState(["A", "B"], record=True)
     now_us = 1_700_000_000_050_000
-    assert not state.handle(_frame("snapshot", ["1700000000000-0"]), now_us)
-    assert not state.handle(_frame("ticks", ["1700000000040-0", "1700000000040-1"]), now_us)
+    assert state.handle(_frame("snapshot", ["1700000000000-0"]), now_us) is None
+    assert state.handle(_frame("ticks", ["1700000000040-0", "1700000000040-1"]), now_us) is None
     assert state.received["A"] == [pack_entry_id("1700000000000-0"),
                                    pack_entry_id("1700000000040-0"),
                                    pack_entry_id("1700000000040-1")]
@@ -139,14 +139,18 @@ def test_probe_measures_and_records_ticks() -> None:
 
 def test_probe_resumes_after_a_conflated_frame_and_keeps_errors() -> None:
     state = ProbeState(["A"], record=True)
-    assert state.handle(_frame("ticks", ["5-0"], conflated=True), 10_000)
+    assert state.handle(_frame("ticks", ["5-0"], conflated=True), 10_000) == "reconnect"
     assert state.received == {} and state.conflated_frames == 1
     state.handle(b'{"type":"unrecoverable","symbol":"A","after":"1-0","first_id":"3-0"}', 1)
     state.handle(b'{"type":"error","code":"bad_json","message":"x"}', 1)
     state.handle(b"not json", 1)
     assert len(state.unrecoverable) == 1 and len(state.errors) == 2
+    # Redis dropped mid-subscribe: the documented answer is to send it again.
+    assert state.handle(b'{"type":"error","code":"unavailable","message":"x"}', 1) \
+        == "resubscribe"
+    assert state.resubscribes == 1
     # Without recording, a conflated frame is just measured.
-    assert not ProbeState(["A"]).handle(_frame("ticks", ["5-0"], conflated=True), 10_000)
+    assert ProbeState(["A"]).handle(_frame("ticks", ["5-0"], conflated=True), 10_000) is None
 
 
 def test_probe_subsamples_big_windows() -> None:
