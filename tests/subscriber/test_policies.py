@@ -140,8 +140,8 @@ def test_dead_connection_is_closed_by_keepalive_and_freed(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
     async def scenario() -> None:
-        async with running_server(redis_settings, ping_interval_s=0.2,
-                                  ping_timeout_s=0.2) as server:
+        async with running_server(redis_settings, ping_interval_s=0.2, ping_timeout_s=0.2,
+                                  close_timeout_s=0.5) as server:
             dead = await subscribed(server.port, ["DEAD"])
             alive = await subscribed(server.port, ["AAPL"])
             assert dead.transport is not None
