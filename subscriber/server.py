@@ -83,6 +83,7 @@ class WsServer:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._rate = parse_rate(settings.subscribe_rate)
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._heartbeat_ok = True
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -122,9 +123,10 @@ class WsServer:
 
     def health(self) -> dict[str, Any]:
         hub = self.hub
+        redis_ok = bool(hub is not None and hub.healthy and self._heartbeat_ok)
         return {
-            "status": "ok" if hub is not None and hub.healthy else "degraded",
-            "redis": bool(hub is not None and hub.healthy),
+            "status": "ok" if redis_ok else "degraded",
+            "redis": redis_ok,
             "connections": self.stats.connections,
             "symbols": len(hub.symbols) if hub is not None else 0,
         }
@@ -178,19 +180,24 @@ class WsServer:
     # --- health ----------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """A heartbeat key with a TTL; systemd's watchdog only while reads succeed."""
+        """A heartbeat key with a TTL, and systemd's watchdog from this loop.
+
+        The watchdog proves the event loop runs; it is not withheld while
+        Redis is down, because a restart would not bring Redis back but would
+        drop every client. Redis trouble shows in /healthz (503) and STATUS.
+        """
         interval = self.settings.heartbeat_interval_s
         key = self.keys.heartbeat("ws", self._name)
         while True:
-            hub = self.hub
-            if hub is not None and hub.healthy:
-                notify.watchdog()
+            notify.watchdog()
             try:
                 await self._r.set(key, codec.encode_json({**self.health(), "pid": os.getpid()}),
                                   ex=max(int(interval * 3), 1))
+                self._heartbeat_ok = True
             except RETRYABLE:
-                pass  # the hub reports Redis being down
-            notify.status(f"{self.stats.connections} connections")
+                self._heartbeat_ok = False
+            redis_state = "" if self.health()["redis"] else ", redis unreachable"
+            notify.status(f"{self.stats.connections} connections{redis_state}")
             await asyncio.sleep(interval)
 
     def _metrics(self) -> str:

@@ -167,7 +167,14 @@ def test_server_rides_out_a_redis_restart_without_gaps(
             await asyncio.sleep(0.2)
             before = await asyncio.to_thread(publish, r, keys, "AAPL", 3)
             assert [t["id"] for t in await collect_ticks(ws, 3)] == before
-            await asyncio.to_thread(redis_server.restart)  # AOF keeps the stream
+            await asyncio.to_thread(redis_server.stop)
+            health = f"http://127.0.0.1:{server.port}/healthz"
+            for _ in range(500):  # the server notices, and says so
+                if await asyncio.to_thread(_status, health) == 503:
+                    break
+                await asyncio.sleep(0.02)
+            assert await asyncio.to_thread(_status, health) == 503
+            await asyncio.to_thread(redis_server.start)  # AOF kept the stream
             after = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=10)
             # The hub reconnects and carries on from its cursor.
             assert [t["id"] for t in await collect_ticks(ws, 3, timeout_s=30)] == after
