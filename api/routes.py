@@ -139,10 +139,10 @@ class HealthOut(BaseModel):
     database: str
 
 
-def _json_page(head: dict[str, Any], list_name: str, rows: list[str]) -> Response:
-    """``{...head, list_name: [rows]}`` where rows are JSON texts from PostgreSQL."""
-    prefix = codec.encode_json(head)[:-1]
-    body = b"".join([prefix, b',"', list_name.encode(), b'":[', ",".join(rows).encode(), b"]}"])
+def _json_page(head: dict[str, Any], list_name: str, rows: queries.JsonRows) -> Response:
+    """``{...head, "count": n, list_name: [rows]}``; the rows come encoded from PostgreSQL."""
+    prefix = codec.encode_json({**head, "count": rows.count})[:-1]
+    body = b"".join([prefix, b',"', list_name.encode(), b'":[', rows.joined, b"]}"])
     return Response(body, media_type="application/json")
 
 
@@ -245,7 +245,6 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
             page = queries.tick_page(conn, sym, span, after, rows)
         head = {
             "symbol": sym, "start": format_us(span.start_us), "end": format_us(span.end_us),
-            "count": len(page.rows),
             "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
         }
         return _json_page(head, "ticks", page.rows)
@@ -284,7 +283,7 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         with svc.pool.connection() as conn:
             rows = queries.bars(conn, sym, span, width_us)
         head = {"symbol": sym, "interval": interval, "start": format_us(span.start_us),
-                "end": format_us(span.end_us), "count": len(rows)}
+                "end": format_us(span.end_us)}
         return _json_page(head, "bars", rows)
 
     @router.get("/quotes", response_model=QuotesOut, summary="Latest quote of several symbols")
