@@ -63,3 +63,29 @@ def test_csv_client_leaving_early_frees_its_connection(
         assert b'"count":3' in resp.read()
     finally:
         conn.close()
+
+
+def test_timeouts_and_a_busy_pool_map_to_504_and_503(
+        redis_settings: Any, db_settings: DatabaseSettings) -> None:
+    import psycopg2.errors
+
+    from api.app import create_app
+    from api.pool import PoolBusyError
+
+    app = create_app(ApiSettings(rate_limit=None, key_rate_limit=None), redis_settings,
+                     db_settings)
+    failures: dict[str, BaseException] = {
+        "timeout": psycopg2.errors.QueryCanceled("canceling statement due to statement timeout"),
+        "busy": PoolBusyError("no free database connection within 5 s"),
+    }
+
+    def fail(kind: str) -> None:
+        raise failures[kind]
+
+    app.add_api_route("/test-only/{kind}", fail)
+    with TestClient(app) as client:
+        timeout = client.get("/test-only/timeout")
+        assert timeout.status_code == 504 and "statement timeout" in timeout.json()["error"]
+        busy = client.get("/test-only/busy")
+        assert busy.status_code == 503 and busy.json()["error"].startswith("database busy")
+        assert busy.headers["Retry-After"] == "1"

@@ -30,6 +30,7 @@ def test_api_process_notifies_ready_serves_and_stops_on_sigterm(
         proc = spawn(["api", "--host", "127.0.0.1", "--port", str(port)], env=env)
         messages = notify_sock.recv(4096).decode()
         assert "READY=1" in messages
+        assert notify_sock.recv(4096).decode() == "WATCHDOG=1"
         # READY means listening: the first request must succeed without retries.
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200 and b'"database":"ok"' in body
