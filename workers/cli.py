@@ -29,6 +29,12 @@ def default_consumer_name() -> str:
 
 
 def _cmd_persist(args: argparse.Namespace) -> int:
+    from .persister import GracefulStop
+
+    # Signals first: a SIGTERM while connecting must stop us cleanly, too.
+    stop = GracefulStop()
+    stop.install()
+
     from pricepipe.cli import database_settings, redis_settings
     from pricepipe.connections import redis_client
     from pricepipe.keys import Keys
@@ -48,8 +54,8 @@ def _cmd_persist(args: argparse.Namespace) -> int:
         name = args.name or default_consumer_name()
         worker = PersistWorker(
             r, TickSink(database_url, application_name=f"pricepipe-persist-{name}"[:63]),
-            GroupConsumer(r, keys, name), settings, burst=args.burst)
-        code = worker.run()
+            GroupConsumer(r, keys, name), settings, burst=args.burst, stop=stop)
+        code = worker.run(install_signals=False)
         if args.burst:
             print(f"persisted: {worker.stats.rows_inserted} new row(s), "
                   f"{worker.stats.duplicates} duplicate(s) skipped, "

@@ -43,8 +43,8 @@ def _stop_worker(proc: Any) -> str:
 def test_postgresql_restart_and_dropped_connections_lose_nothing(
         r: Any, keys: Keys, database_url: str, pg_server: PostgresServer,
         pipeline_env: dict[str, str], spawn: Callable[..., Any]) -> None:
-    ticks = make_ticks(24_000)
-    publish(r, keys, ticks[:8000])
+    ticks = make_ticks(12_000)
+    publish(r, keys, ticks[:4000])
     proc = spawn(["persist", "--name", "w1", "--batch-size", "500"], env=fast_env(pipeline_env))
     wait_until(lambda: rows_now(database_url) > 0, proc=proc)
     # Connections dropped mid-transaction (mid-COPY when the timing falls so).
@@ -60,11 +60,11 @@ def test_postgresql_restart_and_dropped_connections_lose_nothing(
         admin.close()
     # The whole server goes away; ticks keep arriving in Redis meanwhile.
     pg_server.stop()
-    publish(r, keys, ticks[8000:16000])
+    publish(r, keys, ticks[4000:8000])
     time.sleep(0.5)  # let the worker hit the refused connections
     assert proc.poll() is None
     pg_server.start()
-    publish(r, keys, ticks[16000:])
+    publish(r, keys, ticks[8000:])
     wait_until(lambda: rows_now(database_url) == len(ticks), proc=proc)
     out = _stop_worker(proc)
     assert "retry" in out  # it did go through the outage, not around it
@@ -79,14 +79,14 @@ def test_postgresql_restart_and_dropped_connections_lose_nothing(
 def test_redis_restart_loses_nothing(
         r: Any, keys: Keys, db: Any, redis_server: RedisServer,
         pipeline_env: dict[str, str], spawn: Callable[..., Any]) -> None:
-    ticks = make_ticks(20_000)
-    publish(r, keys, ticks[:10_000])
+    ticks = make_ticks(10_000)
+    publish(r, keys, ticks[:5000])
     proc = spawn(["persist", "--name", "w1", "--batch-size", "500"], env=fast_env(pipeline_env))
     wait_until(lambda: row_count(db) > 0, proc=proc)
     redis_server.restart()  # graceful: the AOF has every acknowledged write
     wait_until(lambda: _loaded(r))
     assert proc.poll() is None
-    publish(r, keys, ticks[10_000:])
+    publish(r, keys, ticks[5000:])
     wait_until(lambda: row_count(db) == len(ticks), proc=proc)
     _stop_worker(proc)
     assert row_count(db) == len(ticks) and duplicate_count(db) == 0

@@ -113,7 +113,7 @@ def test_dead_consumers_pending_entries_are_claimed_by_another(
 def test_sigkill_mid_run_then_restart_persists_every_tick_once(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
         spawn: Callable[..., Any]) -> None:
-    n = 30_000
+    n = 20_000
     publish(r, keys, make_ticks(n))
     proc = spawn(["persist", "--name", "crashy", "--batch-size", "500"], env=pipeline_env)
     wait_until(lambda: row_count(db) > 0, proc=proc)
@@ -130,7 +130,7 @@ def test_sigkill_mid_run_then_restart_persists_every_tick_once(
 def test_sigterm_finishes_the_batch_in_hand_and_exits_0(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
         spawn: Callable[..., Any]) -> None:
-    n = 30_000
+    n = 20_000
     publish(r, keys, make_ticks(n))
     proc = spawn(["persist", "--name", "polite", "--batch-size", "500"], env=pipeline_env)
     wait_until(lambda: row_count(db) > 0, proc=proc)

@@ -55,7 +55,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 def test_three_workers_share_the_load_one_killed_mid_run(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    n = 60_000
+    n = 30_000
     publish(r, keys, make_ticks(n))
     env = dict(fast_env(pipeline_env), PRICEPIPE_WORKER_CLAIM_IDLE_MS="500",
                PRICEPIPE_WORKER_CLAIM_INTERVAL_S="0.2")
@@ -111,7 +111,9 @@ def test_chaos_100k_ticks_with_kills_and_server_restarts(
             # Half the time it comes back under its own name, else a new one.
             new = name if rng.random() < 0.5 else f"{name}x"
             names[names.index(name)] = new
+            r.delete(keys.heartbeat("persist", new))  # left by its previous life
             procs[new] = spawn(["persist", "--name", new, "--batch-size", "500"], env=env)
+            wait_until(lambda: _alive(r, keys, new), proc=procs[new])
 
         kill_random(rng.randrange(5_000, 15_000))
         wait_until(lambda: rows() >= 20_000)
@@ -135,6 +137,13 @@ def test_chaos_100k_ticks_with_kills_and_server_restarts(
             conn.close()
     finally:
         r.close()
+
+
+def _alive(r: Any, keys: Keys, name: str) -> bool:
+    try:
+        return bool(r.exists(keys.heartbeat("persist", name)))
+    except redis.ConnectionError:
+        return False
 
 
 def _loaded(r: Any) -> bool:
