@@ -84,6 +84,7 @@ class WsServer:
         self._rate = parse_rate(settings.subscribe_rate)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_ok = True
+        self._gate = asyncio.Semaphore(settings.redis_concurrency)
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -167,7 +168,7 @@ class WsServer:
         session = Session(
             ws, hub=self.hub, r=self._r, keys=self.keys, settings=self.settings,
             limiter=self._limiter, rate=self._rate, stats=self.stats,
-            authenticated=authenticated,
+            authenticated=authenticated, gate=self._gate,
         )
         self.stats.connections += 1
         self.sessions.add(session)

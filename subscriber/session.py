@@ -78,6 +78,7 @@ class Session:
     def __init__(
         self, ws: ServerConnection, *, hub: Hub, r: Any, keys: Keys, settings: WsSettings,
         limiter: RateLimiter, rate: RateLimitItem, stats: Stats, authenticated: bool,
+        gate: asyncio.Semaphore,
     ) -> None:
         self.ws = ws
         self._hub = hub
@@ -87,6 +88,9 @@ class Session:
         self._limiter = limiter
         self._rate = rate
         self._stats = stats
+        # Shared by every session: bounds concurrent Redis reads (and so
+        # pool connections) when many clients subscribe at once.
+        self._gate = gate
         self._rate_key = f"ws-{id(self)}"
         self.authenticated = authenticated
         #: Every subscribed symbol, live or catching up.
@@ -213,7 +217,8 @@ class Session:
         pipe = self._r.pipeline(transaction=False)
         for symbol in symbols:
             pipe.xrevrange(self._keys.stream(symbol), count=1)
-        replies = await pipe.execute()
+        async with self._gate:
+            replies = await pipe.execute()
         parts: list[bytes] = []
         cursors: dict[str, str] = {}
         for symbol, rows in zip(symbols, replies, strict=True):
@@ -262,7 +267,8 @@ class Session:
         as not recoverable: a needless HTTP fetch beats a silent gap.
         """
         try:
-            info = await self._r.xinfo_stream(self._keys.stream(symbol))
+            async with self._gate:
+                info = await self._r.xinfo_stream(self._keys.stream(symbol))
         except RETRYABLE:
             raise
         except Exception:  # no such key: the client saw entries this Redis never had
@@ -321,7 +327,9 @@ class Session:
         stream = self._keys.stream(symbol)
         limit = self._settings.max_replay_entries
         while True:
-            rows = await self._r.xrange(stream, min=f"({cursor}", max="+", count=_REPLAY_PAGE)
+            async with self._gate:
+                rows = await self._r.xrange(stream, min=f"({cursor}", max="+",
+                                            count=_REPLAY_PAGE)
             if not rows:
                 return cursor, replayed
             replayed += len(rows)

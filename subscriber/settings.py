@@ -75,6 +75,9 @@ class WsSettings(Settings):
         100, "XREAD block time; also how soon a newly subscribed symbol's stream is read, ms"
     )
     read_count: int = setting(1000, "Most entries per stream per XREAD")
+    redis_concurrency: int = setting(
+        32, "Most concurrent snapshot/resume reads of Redis (bounds pool connections)"
+    )
     heartbeat_interval_s: float = setting(5.0, "Interval of the heartbeat key, seconds")
 
     def __post_init__(self) -> None:
