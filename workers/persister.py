@@ -286,7 +286,7 @@ class PersistWorker:
                 self._inbox.put((batch, redelivered), timeout=0.2)
                 return
             except queue.Full:
-                continue
+                notify.watchdog()  # the writer is busy (or waiting out an outage)
         self._check_writer()
 
     def _check_writer(self) -> None:
@@ -429,6 +429,9 @@ class PersistWorker:
         log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc).strip() or type(exc),
                     failures, delay)
         notify.status(f"retrying: {what}")
+        # Alive and keeping its place: systemd's watchdog must not restart a
+        # worker that waits out an outage (restarts would only add churn).
+        notify.watchdog()
         self.stop.sleep(delay)
         if self.stop.requested:
             raise Abandoned(what) from exc
