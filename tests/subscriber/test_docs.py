@@ -1,0 +1,30 @@
+"""docs/subscriber.md stays true: every setting with its default, every error
+code, close code and message type of the protocol module is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from subscriber import protocol as p
+from subscriber.settings import SETTINGS
+
+DOC = (Path(__file__).parents[2] / "docs" / "subscriber.md").read_text()
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    for cls in SETTINGS:
+        for name, default, help_text in cls.documentation():
+            assert f"| `{name}` | `{default}` | {help_text} |" in DOC, name
+
+
+def test_every_code_and_message_type_is_documented() -> None:
+    # Error codes and unrecoverable reasons: the upper-case string constants.
+    for name, value in vars(p).items():
+        if name.isupper() and isinstance(value, str):
+            assert f"`{value}`" in DOC, name
+    for name, value in vars(p).items():
+        if name.startswith("CLOSE_"):
+            assert f"| {value} |" in DOC, name
+    for kind in ("hello", "auth_ok", "subscribed", "unsubscribed", "snapshot", "ticks",
+                 "unrecoverable", "pong", "error"):
+        assert f'"type": "{kind}"' in DOC, kind
