@@ -8,6 +8,7 @@ import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pricepipe.embedded import free_port
 
@@ -56,3 +57,62 @@ def test_python_dash_m_api_runs_the_same_command(pipeline_env: dict[str, str]) -
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "--ws-url" in out.stdout and "--port" in out.stdout
+
+
+def test_second_sigterm_exits_at_once_while_a_download_is_in_flight(
+        spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
+        db: Any) -> None:
+    from tests.api.conftest import DAY0_US, insert_ticks, steady_ticks
+
+    insert_ticks(db, steady_ticks("SLOW", DAY0_US, 100_000, 1000))
+    port = free_port()
+    proc = spawn(["api", "--port", str(port)], env=pipeline_env)
+    _wait_ready(port, proc)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A tiny receive window: the server cannot push the 10 MB download into
+    # socket buffers, so the response stays in flight while we do not read.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(30)
+    try:
+        client.connect(("127.0.0.1", port))
+        client.sendall(f"GET /v1/ticks/SLOW?start={DAY0_US}&end={DAY0_US + 10**9}&format=csv "
+                       "HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        assert client.recv(64).startswith(b"HTTP/1.1 200")
+        proc.send_signal(signal.SIGTERM)  # graceful: waits for the download...
+        # (the kernel merges a second SIGTERM still pending with the first)
+        seen = _read_until(proc, b"finishing in-flight requests")
+        proc.send_signal(signal.SIGTERM)  # ...unless told twice
+        assert proc.wait(timeout=60) == 1
+    finally:
+        client.close()
+    assert proc.stdout is not None
+    assert b"second signal" in seen + proc.stdout.read()
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
+    import os
+    import select
+
+    assert proc.stdout is not None
+    out = b""
+    while marker not in out:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, out
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, out
+        out += chunk
+    return out
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None
+        try:
+            _get(f"http://127.0.0.1:{port}/healthz")
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError("api did not start")
