@@ -28,7 +28,32 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _cmd_persist_check(args: argparse.Namespace) -> int:
+    """``--check``: exit 0 if the worker ``--name`` has a live heartbeat, else 1."""
+    from pricepipe.cli import redis_settings
+    from pricepipe.codec import decode_json
+    from pricepipe.connections import redis_client
+    from pricepipe.exceptions import ConfigError
+    from pricepipe.keys import Keys
+
+    if not args.name:
+        raise ConfigError("--check needs the --name of the worker to check")
+    rs = redis_settings(args)
+    r = redis_client(rs)
+    try:
+        raw = r.get(Keys(rs.prefix, rs.shards).heartbeat("persist", args.name))
+    finally:
+        r.close()
+    if raw is None:
+        print(f"persist worker {args.name}: no heartbeat")
+        return 1
+    print(f"persist worker {args.name}: alive {decode_json(raw)}")
+    return 0
+
+
 def _cmd_persist(args: argparse.Namespace) -> int:
+    if args.check:
+        return _cmd_persist_check(args)
     from .persister import GracefulStop
 
     # Signals first: a SIGTERM while connecting must stop us cleanly, too.
@@ -399,6 +424,8 @@ def register(subparsers: Any) -> None:
                    help="drain what is in the streams now (including pending), then exit 0")
     p.add_argument("--batch-size", type=int, default=None,
                    help="entries per transaction (env PRICEPIPE_WORKER_BATCH_SIZE)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 0 if the worker --name has a live heartbeat, else 1 (health check)")
     p.add_argument("--claim-idle-ms", type=int, default=None,
                    help="claim other consumers' entries pending this long "
                         "(env PRICEPIPE_WORKER_CLAIM_IDLE_MS)")

@@ -41,6 +41,7 @@ class GroupConsumer:
         #: Stream keys by shard, from the registry (see :meth:`refresh`).
         self.streams: dict[int, list[str]] = {}
         self._reader = _raw_reader(r)
+        self._forget_script: Any = None
 
     # Discovery
 
@@ -184,11 +185,43 @@ class GroupConsumer:
             n += 1
         return n
 
+    def forget_idle_consumers(self, stream: str, *, idle_ms: int) -> list[str]:
+        """Delete consumers of the group (not this one) that hold no pending
+        entry and have been idle for ``idle_ms``: workers gone for good under
+        a name that will not come back (the host-pid default).
+
+        Check and delete run in one Lua script, atomically: a consumer that
+        holds entries is never deleted (that would drop them from the
+        pending list, and they would never be delivered again).
+        """
+        if self._forget_script is None:
+            self._forget_script = self.r.register_script(_FORGET_IDLE_LUA)
+        try:
+            gone = self._forget_script(keys=[stream], args=[self.group, self.name, idle_ms])
+        except redis.ResponseError:
+            return []
+        return [g.decode() if isinstance(g, bytes) else str(g) for g in gone]
+
     def _shard_of_stream(self, stream: str) -> int:
         return self.keys.shard(self.keys.symbol_of(stream))
 
     def heartbeat(self, ttl_s: int, value: bytes | str) -> None:
         self.r.set(self.keys.heartbeat("persist", self.name), value, ex=ttl_s)
+
+
+_FORGET_IDLE_LUA = """
+local gone = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local info = {}
+    for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+    if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+            and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+        table.insert(gone, info['name'])
+    end
+end
+return gone
+"""
 
 
 def _raw_reader(r: Any) -> Any:

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: How often consumers gone for good are looked for (see ``consumer_expiry_s``).
+CONSUMER_SWEEP_INTERVAL_S = 600.0
+
 #: Redis errors worth waiting out (server restarting, loading its AOF, network).
 REDIS_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -141,6 +144,7 @@ class PersistWorker:
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
         self._next_heartbeat = 0.0
+        self._next_sweep = 0.0
         self._idle_shard = 0
         # Pipelining: a writer thread commits batch N while this thread reads
         # and decodes batch N+1 (psycopg2 releases the GIL while PostgreSQL works).
@@ -440,9 +444,17 @@ class PersistWorker:
 
     def _trim(self) -> None:
         window_ms = self.settings.stream_window_s * 1000
+        sweep = time.monotonic() >= self._next_sweep
         try:
             for stream in self.consumer.all_streams():
                 streams.trim_persisted(self.r, stream, window_ms=window_ms)
+                if sweep:
+                    gone = self.consumer.forget_idle_consumers(
+                        stream, idle_ms=self.settings.consumer_expiry_s * 1000)
+                    if gone:
+                        log.info("forgot idle consumers of %s: %s", stream, ", ".join(gone))
+            if sweep:
+                self._next_sweep = time.monotonic() + CONSUMER_SWEEP_INTERVAL_S
         except REDIS_RETRYABLE as exc:
             log.warning("trimming skipped: %s", exc)
 

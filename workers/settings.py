@@ -43,6 +43,9 @@ class WorkerSettings(Settings):
     )
     trim_interval_s: float = setting(10.0, "How often streams are trimmed, seconds")
     heartbeat_ttl_s: int = setting(30, "TTL of the worker's heartbeat key, seconds")
+    consumer_expiry_s: int = setting(
+        86_400, "Consumers idle this long with nothing pending are removed from the group, "
+        "seconds")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -16,6 +16,7 @@ import pytest
 from pricepipe.clock import utcnow
 from pricepipe.keys import PERSIST_GROUP, Keys
 from workers import partitions
+from workers.consumer import GroupConsumer
 from workers.persister import PersistWorker
 
 from .conftest import fast_env, make_ticks, pending_count, publish, row_count, wait_until
@@ -40,6 +41,11 @@ def test_persist_tells_systemd_ready_watchdog_and_stopping(
     while not {"READY=1", "WATCHDOG=1"} <= set(seen):
         seen.extend(notify_socket.recv(4096).decode().splitlines())
     wait_until(lambda: row_count(db) == 50, proc=proc)
+    wait_until(lambda: bool(r.exists(keys.heartbeat("persist", "sd"))), proc=proc)
+    for name, code in (("sd", 0), ("nobody", 1)):
+        check = spawn(["persist", "--check", "--name", name], env=env)
+        out = check.communicate(timeout=60)[0].decode()
+        assert check.returncode == code, out
     proc.send_signal(signal.SIGTERM)
     while "STOPPING=1" not in seen:
         seen.extend(notify_socket.recv(4096).decode().splitlines())
@@ -64,6 +70,22 @@ def test_worker_trims_only_what_the_group_acknowledged(
     assert length >= 1500  # nor anything after it
     assert pending_count(r, keys, ("AAPL",)) == 1
     assert row_count(db) == 2999
+
+
+def test_consumers_gone_for_good_are_forgotten_but_never_with_pending_entries(
+        r: Any, keys: Keys, run_worker: Callable[..., PersistWorker]) -> None:
+    publish(r, keys, make_ticks(20, symbols=("AAPL",)))
+    stream = keys.stream("AAPL")
+    r.xreadgroup(PERSIST_GROUP, "holder", {stream: ">"}, count=1)  # keeps one pending
+    r.xreadgroup(PERSIST_GROUP, "gone", {stream: "0"})  # exists, holds nothing
+    consumer = GroupConsumer(r, keys, "w1")
+    assert consumer.forget_idle_consumers(stream, idle_ms=3_600_000) == []  # not idle yet
+    assert consumer.forget_idle_consumers(stream, idle_ms=0) == ["gone"]
+    names = {c["name"] for c in r.xinfo_consumers(stream, PERSIST_GROUP)}
+    assert names == {b"holder"}
+    run_worker(consumer_expiry_s=0, claim_idle_ms=0)  # claims holder's entry, then forgets it
+    assert [c["name"] for c in r.xinfo_consumers(stream, PERSIST_GROUP)] == [b"w1"]
+    assert pending_count(r, keys, ("AAPL",)) == 0
 
 
 def test_jobs_worker_command_runs_enqueued_jobs(
