@@ -108,6 +108,13 @@ def _resolve(starts: dict[str, str], replies: list[Any]) -> dict[str, str]:
     return out
 
 
+def _group_gone(exc: redis.ResponseError) -> bool:
+    """The group (or its stream) no longer exists: NOGROUP, or a blocked read
+    that Redis 7 unblocks because the stream key was deleted."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
+
+
 def _by_stream(keys: Keys, deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for delivery in deliveries:
@@ -277,7 +284,7 @@ class GroupReader(_ThreadedReader):
                                        count=self.settings.count,
                                        block=None if state.recovering else self.settings.block_ms)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _group_gone(exc):
                 raise
             # The group vanished (a Redis that lost its data): recreate it.
             log.warning("consumer group %s missing, recreating it", self.group)
@@ -469,7 +476,7 @@ class AsyncGroupReader(_TaskReader):
                 self.group, self.consumer, state.streams(), count=self.settings.count,
                 block=None if state.recovering else self.settings.block_ms)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _group_gone(exc):
                 raise
             log.warning("consumer group %s missing, recreating it", self.group)
             for stream in state.streams():

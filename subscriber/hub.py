@@ -161,6 +161,13 @@ class Hub:
                 self._unhealthy(exc)
                 await asyncio.sleep(self._backoff.compute(failures))
                 continue
+            except redis.ResponseError as exc:
+                # e.g. a stream deleted under a blocked read; the reader must
+                # not die with it (every client of the shard would go quiet).
+                failures += 1
+                log.error("XREAD on shard %d failed: %s", shard, exc)
+                await asyncio.sleep(self._backoff.compute(failures))
+                continue
             failures = 0
             self.healthy = True
             self.last_ok = time.monotonic()

@@ -176,3 +176,21 @@ def test_close_stops_reader_threads(r: redis.Redis, keys: Keys) -> None:
     assert threading.active_count() > before
     reader.close()
     assert threading.active_count() == before
+
+
+def test_group_reader_recreates_a_vanished_group(r: redis.Redis, keys: Keys) -> None:
+    publish(r, keys, "AAPL", 1)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="c", settings=FAST) as reader, \
+            StreamReader(r, keys, ["AAPL"], settings=FAST) as latest:
+        r.flushall()  # a Redis that lost its data: stream and group are gone
+        deadline = 50
+        while r.exists(keys.stream("AAPL")) == 0 and deadline:
+            deadline -= 1  # the reader recreates the group (and the stream) by itself
+            threading.Event().wait(0.1)
+        assert r.exists(keys.stream("AAPL"))
+        ids = publish(r, keys, "AAPL", 2, start=5)
+        got = take(reader, 2)
+        assert [d.entry_id for d in got] == ids and not any(d.redelivered for d in got)
+        reader.ack(*got)
+        assert [d.entry_id for d in take(latest, 2)] == ids
+    assert pending(r, keys, "g") == 0

@@ -205,3 +205,21 @@ def test_two_server_processes_serve_their_own_clients(
                 await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_server_survives_its_streams_being_deleted(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
+            await recv_type(ws, "subscribed")
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(r.flushall)  # under the hub's blocked XREAD
+            await asyncio.sleep(0.3)
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+
+    asyncio.run(scenario())
