@@ -12,7 +12,8 @@ def test_bench_reports_figures_baselines_and_ratios(redis_url: str, database_url
     report = bench.run(redis_url=redis_url, database_url=database_url, n=1500)
     assert report["target"] == "persist" and report["params"]["n"] == 1500
     assert set(report["figures"]) == {"persist_ticks_per_s", "redelivery_ticks_per_s",
-                                      "persist_sequential_ticks_per_s"}
+                                      "persist_sequential_ticks_per_s",
+                                      "persist_ticks_per_worker_cpu_s"}
     assert set(report["baselines"]) == {"raw_copy_ticks_per_s", "row_insert_commit_ticks_per_s"}
     for group in ("figures", "baselines", "ratios"):
         assert all(value > 0 for value in report[group].values()), report[group]
