@@ -108,6 +108,10 @@ def _resolve(starts: dict[str, str], replies: list[Any]) -> dict[str, str]:
     return out
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _group_gone(exc: redis.ResponseError) -> bool:
     """The group (or its stream) no longer exists: NOGROUP, or a blocked read
     that Redis 7 unblocks because the stream key was deleted."""
@@ -298,17 +302,26 @@ class GroupReader(_ThreadedReader):
         return out
 
     def _claim(self, state: GroupCursor) -> list[Delivery]:
+        """Take over entries other consumers left pending longer than
+        ``claim_idle_ms`` (checked every half of it). This consumer's own
+        pending entries are never claimed: they may still be in its hands."""
         idle = self.settings.claim_idle_ms
-        if idle is None or state.recovering:
+        now = time.monotonic()
+        if idle is None or state.recovering or now - state.claimed_at < idle / 2000:
             return []
+        state.claimed_at = now
         out: list[Delivery] = []
         for stream in state.streams():
-            reply = self._r.xautoclaim(stream, self.group, self.consumer, min_idle_time=idle,
-                                       start_id="0-0", count=self.settings.count)
-            claimed = reply[1] if len(reply) > 1 else []
-            cursor = LatestCursor(self._keys, {})
-            out.extend(Delivery(d.entry_id, d.tick, True)
-                       for d in cursor.take([(stream, [c for c in claimed if c[1] is not None])]))
+            rows = self._r.xpending_range(stream, self.group, min="-", max="+",
+                                          count=self.settings.count, idle=idle)
+            theirs = [row["message_id"] for row in rows
+                      if _text(row["consumer"]) != self.consumer]
+            if not theirs:
+                continue
+            claimed = self._r.xclaim(stream, self.group, self.consumer, idle, theirs)
+            got = LatestCursor(self._keys, {}).take(
+                [(stream, [c for c in claimed if c[1] is not None])])
+            out.extend(Delivery(d.entry_id, d.tick, True) for d in got)
         return out
 
     def _discard(self, state: GroupCursor) -> None:
@@ -484,12 +497,34 @@ class AsyncGroupReader(_TaskReader):
             state.restart()
             return []
         out = state.take(reply)
+        out.extend(await self._claim(state))
         if state.discard:
             pipe = self._r.pipeline(transaction=False)
             for stream, entry_id in state.discard:
                 pipe.xack(stream, self.group, entry_id)
             await pipe.execute()
             state.discard.clear()
+        return out
+
+    async def _claim(self, state: GroupCursor) -> list[Delivery]:
+        """As :meth:`GroupReader._claim`."""
+        idle = self.settings.claim_idle_ms
+        now = time.monotonic()
+        if idle is None or state.recovering or now - state.claimed_at < idle / 2000:
+            return []
+        state.claimed_at = now
+        out: list[Delivery] = []
+        for stream in state.streams():
+            rows = await self._r.xpending_range(stream, self.group, min="-", max="+",
+                                                count=self.settings.count, idle=idle)
+            theirs = [row["message_id"] for row in rows
+                      if _text(row["consumer"]) != self.consumer]
+            if not theirs:
+                continue
+            claimed = await self._r.xclaim(stream, self.group, self.consumer, idle, theirs)
+            got = LatestCursor(self._keys, {}).take(
+                [(stream, [c for c in claimed if c[1] is not None])])
+            out.extend(Delivery(d.entry_id, d.tick, True) for d in got)
         return out
 
     async def ack(self, *deliveries: Delivery) -> None:

@@ -101,6 +101,8 @@ class GroupCursor:
         #: ``(stream, entry_id)`` to acknowledge without delivering: pending
         #: entries that were trimmed away or cannot be decoded.
         self.discard: list[tuple[str, str]] = []
+        #: time.monotonic() of the last look for other consumers' idle entries.
+        self.claimed_at = 0.0
 
     @property
     def recovering(self) -> bool:

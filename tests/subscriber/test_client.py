@@ -194,3 +194,48 @@ def test_group_reader_recreates_a_vanished_group(r: redis.Redis, keys: Keys) -> 
         reader.ack(*got)
         assert [d.entry_id for d in take(latest, 2)] == ids
     assert pending(r, keys, "g") == 0
+
+
+def test_group_reader_claims_entries_of_a_consumer_gone_for_good(
+    redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, keys, "AAPL", 3)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="gone", start="0",
+                     settings=FAST) as reader:
+        assert len(take(reader, 3)) == 3  # read, never acknowledged: then it "dies"
+    claiming = ClientSettings(block_ms=100, count=50, claim_idle_ms=50)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="heir",
+                     settings=claiming) as heir:
+        got = take(heir, 3)
+        assert sorted(d.entry_id for d in got) == ids and all(d.redelivered for d in got)
+        heir.ack(*got[:1])  # the heir dies too, leaving two
+    assert pending(r, keys, "g") == 2
+
+    async def scenario() -> list[Delivery]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            async with AsyncGroupReader(client, keys, ["AAPL"], group="g", consumer="heir2",
+                                        settings=claiming) as reader:
+                out = [await reader.get(10), await reader.get(10)]
+                await reader.ack(*[d for d in out if d])
+                return [d for d in out if d]
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(scenario())
+    assert sorted(d.entry_id for d in got) == ids[1:] and all(d.redelivered for d in got)
+    assert pending(r, keys, "g") == 0
+
+
+def test_claiming_never_takes_this_consumers_own_pending_entries(
+    r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, keys, "AAPL", 2)
+    claiming = ClientSettings(block_ms=50, count=50, claim_idle_ms=20)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="slow", start="0",
+                     settings=claiming) as reader:
+        got = take(reader, 2)
+        threading.Event().wait(0.3)  # a slow strategy: its entries idle past claim_idle_ms
+        assert reader.get(timeout_s=0.3) is None  # ... and are not handed out again
+        reader.ack(*got)
+    assert [d.entry_id for d in got] == ids
