@@ -192,13 +192,17 @@ _MS_LIMIT = 1 << (63 - _SEQ_BITS)
 
 
 def _pack(entry_id: str) -> int | None:
-    """:func:`pricepipe.codec.pack_entry_id` for well-formed IDs; None sends
-    the ID to the codec (which packs it or says what is wrong)."""
+    """:func:`pricepipe.codec.pack_entry_id` for well-formed IDs (same ``int``
+    parsing, same bounds); None sends the ID to the codec, which packs it or
+    says what is wrong."""
     ms, sep, seq = entry_id.partition("-")
-    if not (sep and entry_id.isascii() and ms.isdigit() and seq.isdigit()):
+    if not sep:
         return None
-    ms_i, seq_i = int(ms), int(seq)
-    if ms_i >= _MS_LIMIT or seq_i >= _SEQ_LIMIT:
+    try:
+        ms_i, seq_i = int(ms), int(seq)
+    except ValueError:
+        return None
+    if not (0 <= ms_i < _MS_LIMIT and 0 <= seq_i < _SEQ_LIMIT):
         return None
     return (ms_i << _SEQ_BITS) | seq_i
 
