@@ -78,6 +78,7 @@ class SoakParams:
     drain_timeout_s: float = 120.0
     stream_window_s: int = 60
     seed: int = 7
+    faults: tuple[str, ...] = FAULT_KINDS
 
 
 def fault_plan(duration_s: float, interval_s: float, seed: int, *, warmup_s: float = 0.0,
@@ -363,7 +364,7 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
                                        "ws": servers, "client": clients}
         faults = _Faults(roles, redis_server, pg, random.Random(params.seed), params.stall_s)
         plan = fault_plan(params.duration_s, params.fault_interval_s, params.seed,
-                          warmup_s=params.warmup_s)
+                          warmup_s=params.warmup_s, kinds=params.faults)
         unexpected: list[str] = []
         print(f"soak: {params.duration_s:.0f}s at {params.rate:.0f} ticks/s over "
               f"{len(names)} symbols; {len(plan)} faults; logs in {log_dir}", flush=True)
@@ -597,9 +598,20 @@ def _cmd_soak(args: argparse.Namespace) -> int:
                         publishers=args.publishers, workers=args.workers,
                         ws_servers=args.ws_servers, clients=args.clients,
                         fault_interval_s=args.fault_interval_s, stall_s=args.stall_s,
-                        stream_window_s=args.stream_window_s, seed=args.seed)
+                        stream_window_s=args.stream_window_s, seed=args.seed,
+                        faults=_fault_kinds(args.faults))
     summary = run_soak(params, json_path=args.json, keep_dir=args.keep)
     return 0 if summary["ok"] else 1
+
+
+def _fault_kinds(text: str) -> tuple[str, ...]:
+    from .exceptions import ConfigError
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    if unknown or not kinds:
+        raise ConfigError(f"--faults: want some of {', '.join(FAULT_KINDS)}, not {text!r}")
+    return kinds
 
 
 def register(sub: Any) -> None:
@@ -618,6 +630,8 @@ def register(sub: Any) -> None:
     p.add_argument("--stream-window-s", type=int, default=60,
                    help="workers keep acknowledged entries this long in Redis")
     p.add_argument("--seed", type=int, default=7, help="seed of the fault schedule")
+    p.add_argument("--faults", default=",".join(FAULT_KINDS),
+                   help="comma-separated fault kinds to use (default: all)")
     p.add_argument("--json", help="also write the summary as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the servers' data and the logs")
     p.set_defaults(func=_cmd_soak)
