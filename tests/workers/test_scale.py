@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -56,11 +57,14 @@ def test_three_workers_share_the_load_one_killed_mid_run(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     n = 30_000
-    publish(r, keys, make_ticks(n))
     env = dict(fast_env(pipeline_env), PRICEPIPE_WORKER_CLAIM_IDLE_MS="500",
                PRICEPIPE_WORKER_CLAIM_INTERVAL_S="0.2")
     procs = {name: spawn(["persist", "--name", name, "--batch-size", "400"], env=env)
              for name in ("w1", "w2", "w3")}
+    # All three are up before the first tick, so they compete from the start.
+    for name, proc in procs.items():
+        wait_until(partial(_alive, r, keys, name), proc=proc)
+    publish(r, keys, make_ticks(n))
     wait_until(lambda: row_count(db) > n // 6, proc=procs["w2"])
     procs["w2"].send_signal(signal.SIGKILL)
     procs["w2"].wait()
