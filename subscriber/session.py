@@ -21,8 +21,8 @@ connection stops receiving frames and keeps only the latest tick per symbol;
 once the buffer drains below ``buffer_low_bytes`` it gets one frame marked
 ``conflated`` with those ticks. A client still behind after
 ``slow_timeout_s`` is closed with code 4008. Memory per connection is thus
-bounded by the send buffer, one tick per subscribed symbol and the catch-up
-buffer.
+bounded by the send buffer mark plus one frame (at most ``read_count`` ticks
+per symbol read), one tick per subscribed symbol, and the catch-up buffer.
 """
 
 from __future__ import annotations

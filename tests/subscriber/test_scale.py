@@ -16,7 +16,7 @@ from pricepipe.keys import Keys
 from subscriber import bench
 
 from .conftest import collect_ticks, running_server
-from .test_policies import SLOW, publish_many, subscribed
+from .test_policies import SLOW, STALLED_MAX_BYTES, publish_many, subscribed
 
 CLIENTS = 1000
 
@@ -39,26 +39,28 @@ def test_thousand_clients_with_one_stalled_reader(
                     return await subscribed(server.port, [symbols[i % 10]], ping_interval=None)
 
             clients = await asyncio.gather(*(one(i) for i in range(CLIENTS - 1)))
-            assert server.stats.connections == CLIENTS
-            await asyncio.sleep(0.3)
-            last = await asyncio.to_thread(publish_many, r, keys, symbols, 5)
-            hot = await asyncio.to_thread(publish_many, r, keys, ["HOT"], 3000)
-            got = await asyncio.gather(*(collect_ticks(c, 5, timeout_s=60) for c in clients))
-            for i, ticks in enumerate(got):
-                assert {t["symbol"] for t in ticks} == {symbols[i % 10]}
-                assert ticks[-1]["id"] == last[symbols[i % 10]]
-            (session,) = [s for s in server.sessions
-                          if s.ws.remote_address == stalled.local_address]
-            # 3,000 ticks later the stalled reader holds a bounded buffer and
-            # at most one tick per symbol, not the backlog.
-            assert session.behind
-            assert session.ws.transport.get_write_buffer_size() < 16_384 + 65_536
-            latest: dict[str, Any] = session._latest
-            assert set(latest) <= {"HOT", *symbols} and hot
-            largest = max(s.ws.transport.get_write_buffer_size() for s in server.sessions)
-            assert largest < 16_384 + 65_536
-            await asyncio.gather(*(c.close() for c in clients))
-            stalled.transport.abort()
+            try:
+                assert server.stats.connections == CLIENTS
+                await asyncio.sleep(0.3)
+                last = await asyncio.to_thread(publish_many, r, keys, symbols, 5)
+                hot = await asyncio.to_thread(publish_many, r, keys, ["HOT"], 3000)
+                got = await asyncio.gather(*(collect_ticks(c, 5, timeout_s=60) for c in clients))
+                for i, ticks in enumerate(got):
+                    assert {t["symbol"] for t in ticks} == {symbols[i % 10]}
+                    assert ticks[-1]["id"] == last[symbols[i % 10]]
+                (session,) = [s for s in server.sessions
+                              if s.ws.remote_address == stalled.local_address]
+                # 3,000 ticks later the stalled reader holds a bounded buffer and
+                # at most one tick per symbol, not the backlog.
+                assert session.behind
+                assert session.ws.transport.get_write_buffer_size() < STALLED_MAX_BYTES
+                latest: dict[str, Any] = session._latest
+                assert set(latest) <= {"HOT", *symbols} and hot
+                largest = max(s.ws.transport.get_write_buffer_size() for s in server.sessions)
+                assert largest < STALLED_MAX_BYTES
+            finally:
+                await asyncio.gather(*(c.close() for c in clients))
+                stalled.transport.abort()
 
     asyncio.run(scenario())
 
