@@ -83,8 +83,11 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
         symbols = known_symbols(r, keys)
         report["streams"] = stream_stats(r, keys, symbols)
         report["dead_letters"] = sum(int(r.xlen(keys.dead_letters(s))) for s in keys.all_shards())
-        report["jobs"] = job_stats(r, keys)
         report["persist_workers"] = worker_stats(r, keys)
+        try:
+            report["jobs"] = job_stats(r, keys)
+        except redis.RedisError as exc:  # e.g. rq on a Redis Cluster (unsupported by rq)
+            report["jobs_error"] = str(exc)
         r.close()
     except (redis.RedisError, OSError) as exc:
         report["redis_error"] = str(exc)
@@ -152,4 +155,6 @@ def render(report: dict[str, Any]) -> str:
                          f"{q['scheduled']:>10} {q['deferred']:>9} {q['failed']:>8}")
     elif jobs is not None:
         lines.append("rq queues: none yet")
+    if report.get("jobs_error"):
+        lines.append(f"rq queues: unavailable ({report['jobs_error']})")
     return "\n".join(lines)
