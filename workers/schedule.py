@@ -39,6 +39,9 @@ SCHEDULE: tuple[Scheduled, ...] = (
     Scheduled("partitions", "workers.jobs.maintain_partitions", interval_s=3600),
     Scheduled("retention", "workers.jobs.apply_retention", interval_s=6 * 3600),
     Scheduled("bars-verify", "workers.jobs.verify_bars", interval_s=600),
+    # The seed stockstreamer refreshed logos and 52-week ranges every ~5,000 s;
+    # the job lives with the providers that know where metadata comes from.
+    Scheduled("instruments", "publisher.metadata.refresh_instruments", interval_s=5000),
 )
 
 

@@ -98,14 +98,20 @@ def test_scheduled_jobs_run_through_rq(job_env: None, r: Any, keys: Keys, db: An
         cur.execute("UPDATE bars_1m SET high = high + 1")
     scheduler = CronScheduler(connection=r)
     cron_jobs = schedule.install(scheduler, keys)
-    assert {j.name for j in cron_jobs} == {"partitions", "retention", "bars-verify"}
-    assert len(scheduler.enqueue_jobs()) == 3  # interval jobs: due at start
+    assert {j.name for j in cron_jobs} == {"partitions", "retention", "bars-verify",
+                                           "instruments"}
+    assert len(scheduler.enqueue_jobs()) == 4  # interval jobs: due at start
     _work(r, keys)  # runs the dispatchers, then the jobs they enqueued (with Retry)
     names = partitions.list_partitions(db)
     ahead = JobsSettings().partitions_ahead_days
     assert f"ticks_{(today + timedelta(days=ahead)):%Y%m%d}" in names
     assert f"ticks_{old:%Y%m%d}" not in names
     assert rollup.verify(db, now - 3_600_000_000, now) == []
+    # Metadata refresh: 52-week range from stored history (no provider here).
+    with db.cursor() as cur:
+        cur.execute("SELECT symbol, week52_high, week52_low FROM instruments ORDER BY symbol")
+        instruments = cur.fetchall()
+    assert instruments and all(high >= low > 0 for _, high, low in instruments)
     stats = {q["queue"]: q for q in job_stats(r, keys)}
     assert stats[keys.rq_queue("maintenance")]["failed"] == 0
     assert stats[keys.rq_queue("maintenance")]["queued"] == 0
