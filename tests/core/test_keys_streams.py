@@ -1,9 +1,10 @@
 """Stream layout and trimming. Pure stream logic runs on fakeredis; the
 MINID trimming safety is checked on the real server too."""
 
+from typing import Any
+
 import fakeredis
 import pytest
-import redis
 
 from pricepipe import codec, streams
 from pricepipe.keys import PERSIST_GROUP, Keys
@@ -32,7 +33,7 @@ def fake() -> fakeredis.FakeRedis:
     return fakeredis.FakeRedis()
 
 
-def test_register_then_append_then_read_back(fake: fakeredis.FakeRedis) -> None:
+def test_register_then_append_then_read_back(fake: Any) -> None:
     keys = Keys("pp", 4)
     streams.register_symbols(fake, keys, ["AAPL", "MSFT"])
     assert streams.known_symbols(fake, keys) == ["AAPL", "MSFT"]
@@ -46,7 +47,7 @@ def test_register_then_append_then_read_back(fake: fakeredis.FakeRedis) -> None:
     assert [codec.decode_fields(f) for _, f in got[0][1]] == ticks
 
 
-def test_trim_never_passes_unacknowledged_entries(r: redis.Redis) -> None:
+def test_trim_never_passes_unacknowledged_entries(r: Any) -> None:
     keys = Keys("pp", 4)
     streams.register_symbols(r, keys, ["AAPL"])
     stream = keys.stream("AAPL")

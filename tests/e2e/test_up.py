@@ -110,7 +110,7 @@ def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
         # Live ticks on the websocket, each with its stream entry ID.
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=10) as ws:
             ws.send(orjson.dumps({"op": "subscribe", "symbols": [symbol]}).decode())
-            live = []
+            live: list[dict[str, Any]] = []
             deadline = time.monotonic() + 30
             while len(live) < 3 and time.monotonic() < deadline:
                 message = orjson.loads(ws.recv(timeout=10))
