@@ -54,7 +54,8 @@ class WsSettings(Settings):
         32_768, "Send buffer below which a conflated client counts as caught up again"
     )
     socket_send_buffer_bytes: int | None = setting(
-        None, "Kernel send buffer (SO_SNDBUF) per connection; unset: the kernel's autotuning"
+        131_072, "Kernel send buffer (SO_SNDBUF) per connection, so a stalled client's "
+        "backlog cannot hide in the kernel (Linux doubles it); unset: the kernel's autotuning"
     )
     slow_timeout_s: float = setting(
         10.0, "A client still behind after this long is closed with code 4008"
