@@ -72,6 +72,9 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
                 assert msg["message"]
             await ws.send('{"op": "ping", "req": "p1"}')
             assert await recv_json(ws) == {"type": "pong", "req": "p1"}
+            # A client that always authenticates works with a server without tokens.
+            await ws.send('{"op": "auth", "token": "anything", "req": 2}')
+            assert await recv_json(ws) == {"type": "auth_ok", "req": 2}
             await ws.send('{"op": "subscribe", "symbols": ["IBM"], "snapshot": false}')
             assert (await recv_json(ws))["type"] == "subscribed"
             await asyncio.sleep(0.2)  # let the hub pick up the new stream
