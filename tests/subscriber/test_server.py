@@ -226,3 +226,23 @@ def test_server_survives_its_streams_being_deleted(
             assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
 
     asyncio.run(scenario())
+
+
+def test_a_bad_stream_entry_is_skipped_and_the_rest_flows(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
+            await recv_type(ws, "subscribed")
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(r.xadd, keys.stream("AAPL"), {"sym": "AAPL", "px": "NaN?"})
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            assert server.hub is not None and server.hub.bad_entries == 1
+            # The bad entry stays in the stream (the persist workers dead-letter it).
+            assert await asyncio.to_thread(r.xlen, keys.stream("AAPL")) == 3
+
+    asyncio.run(scenario())
