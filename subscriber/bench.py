@@ -192,13 +192,11 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process so far (0 if it is gone)."""
+    from pricepipe.procstat import CLK_TCK, read_stat
+
+    stat = read_stat(pid)
+    return 0.0 if stat is None else stat.cpu_ticks / CLK_TCK
 
 
 def _publish(r: Any, keys: Any, names: list[str], rate: float, duration_s: float) -> int:
