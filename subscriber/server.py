@@ -85,7 +85,7 @@ class WsServer:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_ok = True
         self._gate = asyncio.Semaphore(settings.redis_concurrency)
-        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._name = f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def port(self) -> int:
@@ -107,7 +107,7 @@ class WsServer:
             close_timeout=s.close_timeout_s,
             server_header=None,
         )
-        self._name = f"{socket.gethostname()}:{self.port}"
+        self._name = f"{socket.gethostname()}-{self.port}"
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
 
     async def stop(self, code: int = p.CLOSE_GOING_AWAY) -> None:
