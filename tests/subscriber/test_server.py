@@ -10,11 +10,13 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from pricepipe import codec
 from pricepipe.config import RedisSettings
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import Keys
@@ -86,9 +88,18 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
     asyncio.run(scenario())
 
 
-def test_healthz_and_unknown_paths(redis_settings: RedisSettings) -> None:
+def test_healthz_heartbeat_and_unknown_paths(redis_settings: RedisSettings, r: redis.Redis,
+                                             keys: Keys) -> None:
     async def scenario() -> None:
         async with running_server(redis_settings) as server:
+            await asyncio.sleep(0.1)
+            (key,) = await asyncio.to_thread(lambda: list(r.scan_iter(
+                match=keys.heartbeat_pattern("ws"))))
+            ttl: Any = r.ttl(key)
+            assert key.decode().endswith(f"-{server.port}") and 0 < ttl <= 3
+            raw: Any = r.get(key)
+            beat = codec.decode_json(raw)
+            assert beat["status"] == "ok" and beat["connections"] == 0
             base = f"http://127.0.0.1:{server.port}"
             body = await asyncio.to_thread(_get, base + "/healthz")
             assert body.startswith(b"{") and b'"redis":true' in body
