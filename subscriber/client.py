@@ -116,7 +116,7 @@ def _group_gone(exc: redis.ResponseError) -> bool:
     """The group (or its stream) no longer exists: NOGROUP, or a blocked read
     that Redis 7 unblocks because the stream key was deleted."""
     text = str(exc)
-    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
+    return "NOGROUP" in text or text.startswith("UNBLOCKED")
 
 
 def _by_stream(keys: Keys, deliveries: Iterable[Delivery]) -> dict[str, list[str]]:
@@ -384,8 +384,11 @@ class _TaskReader:
         raise NotImplementedError
 
     async def _call(self, do: Callable[[], Any]) -> Any:
-        return await self._retry.call_with_retry(
-            do, lambda exc: log.warning("redis error, reconnecting with backoff: %s", exc))
+        return await self._retry.call_with_retry(do, self._failed)
+
+    async def _failed(self, exc: Exception) -> None:
+        # redis.asyncio's Retry awaits its failure callback.
+        log.warning("redis error, reconnecting with backoff: %s", exc)
 
     async def _run(self, symbols: list[str]) -> None:
         try:

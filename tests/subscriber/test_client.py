@@ -239,3 +239,33 @@ def test_claiming_never_takes_this_consumers_own_pending_entries(
         assert reader.get(timeout_s=0.3) is None  # ... and are not handed out again
         reader.ack(*got)
     assert [d.entry_id for d in got] == ids
+
+
+def test_async_reader_reconnects_after_redis_restart(
+    make_redis_server: Callable[..., RedisServer], keys: Keys
+) -> None:
+    server = make_redis_server()
+    r = redis.Redis.from_url(server.url)
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=2)
+        try:
+            async with AsyncGroupReader(client, keys, ["AAPL"], group="g", consumer="c",
+                                        settings=FAST) as reader:
+                first = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+                got = [await reader.get(10) for _ in first]
+                assert [d.entry_id for d in got if d] == first
+                await reader.ack(*[d for d in got if d])
+                await asyncio.to_thread(server.restart)
+                later = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=5)
+                got = [await reader.get(30) for _ in later]
+                assert [d.entry_id for d in got if d] == later
+                await reader.ack(*[d for d in got if d])
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+        assert pending(r, keys, "g") == 0
+    finally:
+        r.close()
