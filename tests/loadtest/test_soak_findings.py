@@ -30,12 +30,13 @@ def test_floor_survives_pending_acknowledged_between_calls(r: redis.Redis, keys:
     # floor came back as the text "None": trimming crashed the worker.
     register_symbols(r, keys, ["AAA"])
     stream = keys.stream("AAA")
-    first = r.xadd(stream, {b"x": b"1"}).decode()
-    r.xreadgroup(PERSIST_GROUP, "w1", {stream: ">"})
-    stale = r.xinfo_groups(stream)
+    client: Any = r  # redis-py's sync/async union return types
+    first = client.xadd(stream, {b"x": b"1"}).decode()
+    client.xreadgroup(PERSIST_GROUP, "w1", {stream: ">"})
+    stale = client.xinfo_groups(stream)
     assert stale[0]["pending"] == 1
-    r.xack(stream, PERSIST_GROUP, first)
-    client = _StaleGroups(r, stale)
-    floor = persisted_floor(client, stream)
+    client.xack(stream, PERSIST_GROUP, first)
+    stale_client = _StaleGroups(r, stale)
+    floor = persisted_floor(stale_client, stream)
     assert floor == f"{first.split('-')[0]}-{int(first.split('-')[1]) + 1}"
-    assert trim_persisted(client, stream, window_ms=0) >= 0
+    assert trim_persisted(stale_client, stream, window_ms=0) >= 0
