@@ -23,11 +23,25 @@ from pricepipe.tick import Tick
 
 from .conftest import TS, collect_ticks, publish, recv_json, recv_type, running_server
 
-SLOW = {"buffer_high_bytes": 16_384, "buffer_low_bytes": 4_096,
+# Small kernel buffers so a stalled reader shows up quickly; a high-water mark
+# well above what one event-loop turn can write (3 shards x read_count ticks),
+# so a reader that keeps up is never taken for a slow one on a busy machine.
+SLOW = {"buffer_high_bytes": 65_536, "buffer_low_bytes": 16_384,
         "socket_send_buffer_bytes": 4_096, "read_count": 100}
-#: What a stalled reader may hold: the high-water mark plus one frame of at most
-#: read_count ticks (well under 250 bytes each).
-STALLED_MAX_BYTES = 16_384 + 100 * 250
+
+
+def stalled_max_bytes(symbols: int) -> int:
+    """What a stalled reader may hold: the high-water mark plus one frame, of at
+    most read_count ticks (well under 250 bytes each) per subscribed symbol."""
+    return 65_536 + 100 * 250 * symbols
+
+
+async def until(predicate: Any, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
 
 
 async def subscribed(port: int, symbols: list[str], *, small_window: bool = False,
@@ -86,10 +100,11 @@ def test_slow_reader_gets_conflated_latest_ticks_and_others_get_everything(
             assert len({(t["symbol"], t["id"]) for t in got}) == len(got) == 3 * 1500
             (session,) = [s for s in server.sessions if s.ws.remote_address ==
                           slow.local_address]
-            assert session.behind and server.stats.conflations >= 1
+            await until(lambda: session.behind)
+            assert server.stats.conflations >= 1
             # Bounded: the stalled client holds at most the buffer mark plus a frame.
             transport = session.ws.transport
-            assert transport.get_write_buffer_size() < STALLED_MAX_BYTES
+            assert transport.get_write_buffer_size() < stalled_max_bytes(len(symbols))
             slow.transport.resume_reading()
             seen: dict[str, list[str]] = {s: [] for s in symbols}
             while True:
