@@ -1,5 +1,7 @@
-"""docs/subscriber.md stays true: every setting with its default, every error
-code, close code and message type of the protocol module is documented."""
+"""The subscriber documentation stays true: every setting with its default is
+in docs/subscriber.md, and every error code, close code and message type of
+the protocol module is in the README's protocol section (the one a client in
+another language is written from)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from pathlib import Path
 from subscriber import protocol as p
 from subscriber.settings import SETTINGS
 
-DOC = (Path(__file__).parents[2] / "docs" / "subscriber.md").read_text()
+ROOT = Path(__file__).parents[2]
+DOC = (ROOT / "docs" / "subscriber.md").read_text()
+PROTOCOL = (ROOT / "README.md").read_text().split("## Websocket protocol", 1)[-1]
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
@@ -21,10 +25,10 @@ def test_every_code_and_message_type_is_documented() -> None:
     # Error codes and unrecoverable reasons: the upper-case string constants.
     for name, value in vars(p).items():
         if name.isupper() and isinstance(value, str):
-            assert f"`{value}`" in DOC, name
+            assert f"`{value}`" in PROTOCOL, name
     for name, value in vars(p).items():
         if name.startswith("CLOSE_"):
-            assert f"| {value} |" in DOC, name
+            assert f"| {value} |" in PROTOCOL, name
     for kind in ("hello", "auth_ok", "subscribed", "unsubscribed", "snapshot", "ticks",
                  "unrecoverable", "pong", "error"):
-        assert f'"type": "{kind}"' in DOC, kind
+        assert f'"type": "{kind}"' in PROTOCOL, kind
