@@ -80,7 +80,7 @@ def ramp(top_ticks_per_s: int) -> list[int]:
     elif top < 10_000:
         fractions = (0.25, 0.5, 1.0)
     else:
-        fractions = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+        fractions = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
     return sorted({max(1, round(top * f)) for f in fractions})
 
 

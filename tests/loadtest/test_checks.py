@@ -84,7 +84,7 @@ def test_memory_verdict() -> None:
 
 
 def test_ramp_and_split() -> None:
-    assert ramp(100_000) == [5000, 10000, 20000, 35000, 50000, 75000, 100000]
+    assert ramp(100_000) == [1000, 2000, 5000, 10000, 20000, 35000, 50000, 75000, 100000]
     assert ramp(4000) == [1000, 2000, 4000]
     assert ramp(400) == [200, 400]
     assert ramp(0) == [1]
