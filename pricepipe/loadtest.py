@@ -507,7 +507,8 @@ def _print_step(step: dict[str, Any]) -> None:
 def run(*, redis_url: str, database_url: str, n: int | None = None,
         warmup_s: float | None = None, measure_s: float | None = None,
         symbols: int | None = None, publishers: int | None = None,
-        workers: int | None = None, profile_dir: str | None = None) -> dict[str, Any]:
+        workers: int | None = None, profile_dir: str | None = None,
+        log_dir: str | None = None) -> dict[str, Any]:
     """The e2e benchmark (see the module doc). ``n`` is the top of the ramp
     in ticks/s over all symbols (default 100,000). With ``profile_dir``, the
     publishers, workers and websocket server run under cProfile and leave
@@ -526,11 +527,14 @@ def run(*, redis_url: str, database_url: str, n: int | None = None,
         params.publishers = publishers
     if workers is not None:
         params.workers = workers
-    log_dir = Path(tempfile.mkdtemp(prefix="pricepipe-e2e-"))
+    if log_dir is not None:  # kept for the reader
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        return _run(redis_url, database_url, params, Path(log_dir).resolve())
+    logs = Path(tempfile.mkdtemp(prefix="pricepipe-e2e-"))
     try:
-        return _run(redis_url, database_url, params, log_dir)
+        return _run(redis_url, database_url, params, logs)
     finally:
-        shutil.rmtree(log_dir, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def role_env(redis_url: str, database_url: str, prefix: str) -> dict[str, str]:
@@ -789,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=None)
     parser.add_argument("--measure-s", type=float, default=None)
     parser.add_argument("--profile-dir", help="run the roles under cProfile, .prof files here")
+    parser.add_argument("--log-dir", help="keep the roles' logs here")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--redis-url", help="default: a throwaway embedded redis-server")
     parser.add_argument("--database-url", help="default: a throwaway embedded PostgreSQL")
@@ -797,7 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run(redis_url=redis_url, database_url=database_url, n=args.n,
                      warmup_s=args.warmup_s, measure_s=args.measure_s, symbols=args.symbols,
                      publishers=args.publishers, workers=args.workers,
-                     profile_dir=args.profile_dir)
+                     profile_dir=args.profile_dir, log_dir=args.log_dir)
     if args.json:
         Path(args.json).write_bytes(encode_json(report))
     return 0
