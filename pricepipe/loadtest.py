@@ -725,7 +725,7 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
             raise RuntimeError(f"publisher exited:\n{dead[0].tail()}")
         time.sleep(0.1)
     # The first step also warms the roles up (connections, caches, partitions).
-    time.sleep(params.warmup_s * (2 if seed == 1 else 1))
+    time.sleep(max(2 * params.warmup_s, params.warmup_s + 4) if seed == 1 else params.warmup_s)
 
     t0, w0, cpu0 = time.monotonic(), time.time(), read_machine_cpu()
     pub0, ack0 = published_count(r, keys, names), persisted_count(conn, names, since_us)
@@ -739,6 +739,11 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
     drained = wait_drained(r, keys, names, params.drain_timeout_s)
 
     ages = lag.window(t0, t1)
+    timed = [(t, max(a)) for t, a in lag.samples if t0 <= t <= t1 and a]
+    per_second: dict[int, float] = {}
+    for t, worst in timed:
+        second = int(t - t0)
+        per_second[second] = max(per_second.get(second, 0.0), worst)
     flat = [a for sample in ages for a in sample]
     worst_last = max(ages[-1]) if ages and ages[-1] else None
     got = probe.window(w0, w1)
@@ -756,6 +761,8 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
         "persist_lag_p99_ms": _round(percentile(flat, 99)),
         "persist_lag_max_ms": _round(max(flat) if flat else None),
         "persist_lag_last_ms": _round(worst_last),
+        # The worst lag of each second of the window: spikes versus a climb.
+        "persist_lag_max_per_s_ms": [round(per_second[k]) for k in sorted(per_second)],
         "ws_latency_p50_ms": _round(percentile(got["lat_ms"], 50), 2),
         "ws_latency_p99_ms": _round(percentile(got["lat_ms"], 99), 2),
         "ws_event_latency_p99_ms": _round(percentile(got["event_ms"], 99), 2),
