@@ -24,8 +24,10 @@ to drain. Measured per step:
   millisecond of its entry ID; 0 when nothing waits). The oldest waiting
   tick is the smallest pending entry of the persist group, or else the first
   entry after the group's last-delivered ID. A tick's publish-to-commit
-  latency is the largest age it reaches, so the samples' p99 bounds the
-  latency p99 from above within one sampling interval.
+  latency is the largest age it reaches, and each sample is the worst age
+  of any waiting tick at that instant: the samples' percentiles are a
+  pessimistic estimate of the per-tick ones (exact for the maximum, within
+  one sampling interval).
 * **websocket latency**: receipt time at the probe minus the millisecond of
   the tick's entry ID (Redis's acceptance of the ``XADD``), over every tick
   the probe received in the window (subsampled to a few thousand per half
