@@ -38,8 +38,9 @@ the publishers are stopped, the persist group drains, and the soak checks:
    symbol, the received entry IDs must be strictly increasing, and equal to
    the symbol's entry IDs in PostgreSQL (proven complete by 1.) between the
    first and the last one received. Ticks the server declared
-   ``unrecoverable`` (trimmed away before the client resumed) are reported,
-   not counted as a gap. Clients must also have reached each stream's last
+   ``unrecoverable`` (trimmed away before the client resumed: from the
+   message's ``after`` to the snapshot that follows it) are reported, not
+   counted as a gap. Clients must also have reached each stream's last
    entry.
 3. **Memory stayed bounded.** Each process's private resident memory
    (``RssAnon``; PostgreSQL summed over its process tree) in the last third
@@ -174,6 +175,27 @@ def check_client(received: dict[str, list[int]], truth: dict[str, list[int]],
             "declared_unrecoverable": declared_missing, "not_at_end": not_at_end,
             "never_received": missing_symbols, "examples": examples,
             "ok": duplicates == 0 and gaps == 0 and not not_at_end and not missing_symbols}
+
+
+def declared_ranges(messages: list[dict[str, Any]], received: dict[str, list[int]]
+                    ) -> dict[str, list[tuple[int, int]]]:
+    """Open ID ranges a client was told it would not get: from an
+    ``unrecoverable`` message's ``after`` to the next tick recorded for its
+    symbol (the snapshot that follows it). Pure."""
+    from .codec import pack_entry_id
+
+    out: dict[str, list[tuple[int, int]]] = {}
+    for msg in messages:
+        symbol = str(msg.get("symbol"))
+        try:
+            after = pack_entry_id(msg["after"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        ids = received.get(symbol, [])
+        index = int(msg.get("received_index", len(ids)))
+        upper = ids[index] if index < len(ids) else 2**63
+        out.setdefault(symbol, []).append((after, upper))
+    return out
 
 
 def memory_verdict(samples: list[tuple[float, float]], start_s: float, end_s: float, *,
@@ -495,7 +517,6 @@ def _stream_ids(r: Any, stream: str) -> list[int]:
 
 def _verify(r: Any, database_url: str, keys: Any, names: list[str], clients: list[Any],
             last_ids: dict[str, int]) -> dict[str, Any]:
-    from .codec import pack_entry_id
     from .connections import pg_connect
     from .wsprobe import load_record
 
@@ -541,15 +562,9 @@ def _verify(r: Any, database_url: str, keys: Any, names: list[str], clients: lis
         except (OSError, ValueError) as exc:
             client_results[client.name] = {"ok": False, "error": f"no record: {exc}"}
             continue
-        declared: dict[str, list[tuple[int, int]]] = {}
-        for msg in record.get("unrecoverable", []):
-            try:
-                after = pack_entry_id(msg["after"])
-                first = pack_entry_id(msg["first_id"]) if msg.get("first_id") else 2**63
-            except (KeyError, ValueError):
-                continue
-            declared.setdefault(msg.get("symbol", ""), []).append((after, first))
-        result = check_client(record.get("received", {}), truth, last_ids, declared)
+        received = record.get("received", {})
+        declared = declared_ranges(record.get("unrecoverable", []), received)
+        result = check_client(received, truth, last_ids, declared)
         result.update({"connects": record.get("connects"),
                        "conflated_frames": record.get("conflated_frames"),
                        "slow_closes": record.get("slow_closes"),

@@ -103,6 +103,9 @@ class ProbeState:
             if self.record:
                 self._record(ticks)
         elif kind == "unrecoverable":
+            # A snapshot and live ticks follow (docs/subscriber.md): what is
+            # skipped runs up to the next tick recorded for the symbol.
+            msg["received_index"] = len(self.received.get(str(msg.get("symbol")), []))
             self.unrecoverable.append(msg)
         elif kind == "error":
             self.errors.append(f"{msg.get('code')}: {msg.get('message')}")

@@ -8,6 +8,7 @@ from pricepipe.soak import (
     FAULT_KINDS,
     check_client,
     check_exactly_once,
+    declared_ranges,
     fault_plan,
     memory_verdict,
 )
@@ -159,3 +160,19 @@ def test_probe_subsamples_big_windows() -> None:
                  1_700_000_000_001_000)
     report = state.report(1.0)
     assert report["n"] == 100 and len(report["lat_ms"]) == 10
+
+
+def test_declared_ranges_run_from_after_to_the_next_recorded_tick() -> None:
+    state = ProbeState(["A"], record=True)
+    state.handle(_frame("ticks", ["1-0", "2-0"]), 1)
+    state.handle(b'{"type":"unrecoverable","symbol":"A","after":"2-0","reason":"trimmed",'
+                 b'"first_id":"4-0"}', 1)
+    state.handle(_frame("snapshot", ["7-0"]), 1)
+    ranges = declared_ranges(state.unrecoverable, state.received)
+    assert ranges == {"A": [(pack_entry_id("2-0"), pack_entry_id("7-0"))]}
+    truth = {"A": [pack_entry_id(f"{i}-0") for i in range(1, 8)]}
+    result = check_client(state.received, truth, {"A": pack_entry_id("7-0")}, ranges)
+    assert result["ok"] and result["declared_unrecoverable"] == 4
+    # No tick after the message: everything after "after" is declared.
+    assert declared_ranges([{"symbol": "B", "after": "1-0"}], {}) == {
+        "B": [(pack_entry_id("1-0"), 2**63)]}
