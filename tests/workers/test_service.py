@@ -108,7 +108,7 @@ def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
 
     proc = spawn(["jobs", "scheduler", "--name", "sched-test"], env=pipeline_env)
     queue = Queue(keys.rq_queue("maintenance"), connection=r)
-    wait_until(lambda: queue.count >= 3, proc=proc)
+    wait_until(lambda: queue.count >= 4, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out
@@ -116,4 +116,4 @@ def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
     assert funcs == {"workers.jobs.run_with_retry"}
     targets = {job.kwargs["target"] for job in queue.get_jobs()}
     assert targets == {"workers.jobs.maintain_partitions", "workers.jobs.apply_retention",
-                       "workers.jobs.verify_bars"}
+                       "workers.jobs.verify_bars", "publisher.metadata.refresh_instruments"}
