@@ -24,6 +24,33 @@ def bucket_of(ts_us: int) -> int:
     return ts_us - ts_us % US_PER_MINUTE
 
 
+# The bar rule in SQL, the same as :func:`bar_rows` in Python: from a CTE
+# named ``binned`` (symbol, bucket, ts, entry_id, price, size), open and close
+# are the first and last tick by the order key (ts, entry_id). Composed into
+# queries from constants only; values are always bound parameters.
+BINNED_TO_BARS_CTES = """
+    agg AS (
+        SELECT symbol, bucket, max(price) AS high, min(price) AS low,
+               coalesce(sum(size), 0) AS volume, count(*) AS tick_count
+        FROM binned GROUP BY symbol, bucket
+    ), firsts AS (
+        SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
+        FROM binned ORDER BY symbol, bucket, ts, entry_id
+    ), lasts AS (
+        SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
+        FROM binned ORDER BY symbol, bucket, ts DESC, entry_id DESC
+    )"""
+
+#: Columns in ``bars_1m`` order, from the CTEs above.
+BARS_SELECT_SQL = """
+    SELECT a.symbol, a.bucket, f.price AS open, a.high, a.low, l.price AS close, a.volume,
+           a.tick_count, f.ts AS open_ts, f.entry_id AS open_entry, l.ts AS close_ts,
+           l.entry_id AS close_entry
+    FROM agg a
+    JOIN firsts f ON f.symbol = a.symbol AND f.bucket = a.bucket
+    JOIN lasts l ON l.symbol = a.symbol AND l.bucket = a.bucket
+"""
+
 @dataclass(frozen=True, slots=True)
 class Bar:
     symbol: str

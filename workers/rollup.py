@@ -12,7 +12,7 @@ from typing import Any
 
 from pricepipe.clock import us_to_datetime
 
-from .bars import US_PER_MINUTE
+from .bars import BARS_SELECT_SQL, BINNED_TO_BARS_CTES, US_PER_MINUTE
 
 # Bars as they should be, from ticks in [start, end) (minute-aligned bounds),
 # optionally of one symbol. Same ordering rules as the incremental upsert.
@@ -23,24 +23,7 @@ EXPECTED_SQL = """
         FROM ticks
         WHERE ts >= %(start)s AND ts < %(end)s
           AND (%(symbol)s::text IS NULL OR symbol = %(symbol)s::text)
-    ), agg AS (
-        SELECT symbol, bucket, max(price) AS high, min(price) AS low,
-               coalesce(sum(size), 0) AS volume, count(*) AS tick_count
-        FROM binned GROUP BY symbol, bucket
-    ), firsts AS (
-        SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
-        FROM binned ORDER BY symbol, bucket, ts, entry_id
-    ), lasts AS (
-        SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
-        FROM binned ORDER BY symbol, bucket, ts DESC, entry_id DESC
-    )
-    SELECT a.symbol, a.bucket, f.price AS open, a.high, a.low, l.price AS close, a.volume,
-           a.tick_count, f.ts AS open_ts, f.entry_id AS open_entry, l.ts AS close_ts,
-           l.entry_id AS close_entry
-    FROM agg a
-    JOIN firsts f ON f.symbol = a.symbol AND f.bucket = a.bucket
-    JOIN lasts l ON l.symbol = a.symbol AND l.bucket = a.bucket
-"""
+    ),""" + BINNED_TO_BARS_CTES + BARS_SELECT_SQL
 
 # Composed from constants only (no values): parameters are bound by psycopg2.
 VERIFY_SQL = """

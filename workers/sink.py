@@ -30,7 +30,7 @@ from psycopg2.extras import execute_values
 
 from pricepipe.connections import pg_connect
 
-from .bars import bar_rows
+from .bars import BARS_SELECT_SQL, BINNED_TO_BARS_CTES, bar_rows
 from .batch import TickRow, copy_text, days_of
 
 log = logging.getLogger(__name__)
@@ -97,24 +97,10 @@ WITH ins AS (
     SELECT symbol, date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,
            ts, entry_id, price, size
     FROM ins
-), agg AS (
-    SELECT symbol, bucket, max(price) AS high, min(price) AS low,
-           coalesce(sum(size), 0) AS volume, count(*) AS tick_count
-    FROM binned GROUP BY symbol, bucket
-), firsts AS (
-    SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
-    FROM binned ORDER BY symbol, bucket, ts, entry_id
-), lasts AS (
-    SELECT DISTINCT ON (symbol, bucket) symbol, bucket, price, ts, entry_id
-    FROM binned ORDER BY symbol, bucket, ts DESC, entry_id DESC
-), bars AS (
+),""" + BINNED_TO_BARS_CTES + """, bars AS (
     INSERT INTO bars_1m AS b (symbol, bucket, open, high, low, close, volume, tick_count,
                              open_ts, open_entry, close_ts, close_entry)
-    SELECT a.symbol, a.bucket, f.price, a.high, a.low, l.price, a.volume, a.tick_count,
-           f.ts, f.entry_id, l.ts, l.entry_id
-    FROM agg a
-    JOIN firsts f ON f.symbol = a.symbol AND f.bucket = a.bucket
-    JOIN lasts l ON l.symbol = a.symbol AND l.bucket = a.bucket
+""" + BARS_SELECT_SQL + """
     ORDER BY a.symbol, a.bucket
 """ + BAR_CONFLICT_SQL + """)
 SELECT count(*) FROM ins
