@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US_PER_S = 1_000_000
@@ -70,5 +71,15 @@ def parse_time_us(text: str) -> int:
 
 
 def format_us(ts_us: int) -> str:
-    """ISO-8601 with microseconds and ``Z``, e.g. ``2026-01-02T03:04:05.000006Z``."""
-    return us_to_datetime(ts_us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO-8601 with microseconds and ``Z``, e.g. ``2026-01-02T03:04:05.000006Z``.
+
+    On the websocket hot path: ``strftime`` runs once per second of event
+    time (cached), not once per tick.
+    """
+    seconds, micros = divmod(ts_us, US_PER_S)
+    return f"{_second_prefix(seconds)}.{micros:06d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    return us_to_datetime(seconds * US_PER_S).strftime("%Y-%m-%dT%H:%M:%S")

@@ -24,13 +24,30 @@ MIN_TS_US = 946_684_800_000_000
 MAX_TS_US = 4_102_444_800_000_000
 
 
+#: Symbols and sources already matched: every tick is validated, and a
+#: dictionary lookup is several times cheaper than the regular expression.
+#: Cleared when it grows past _SEEN_MAX so hostile input cannot grow it forever.
+_SEEN_SYMBOLS: set[str] = set()
+_SEEN_SOURCES: set[str] = set()
+_SEEN_MAX = 100_000
+
+
+def _remember(seen: set[str], value: str) -> None:
+    if len(seen) >= _SEEN_MAX:
+        seen.clear()
+    seen.add(value)
+
+
 def validate_symbol(symbol: object) -> str:
     """Return ``symbol`` if it matches :data:`SYMBOL_RE`, else raise :exc:`InvalidTickError`."""
+    if type(symbol) is str and symbol in _SEEN_SYMBOLS:
+        return symbol
     if not isinstance(symbol, str) or SYMBOL_RE.fullmatch(symbol) is None:
         raise InvalidTickError(
             f"invalid symbol {symbol!r}: want 1-32 of A-Z 0-9 . _ : - (upper case)",
             field="symbol",
         )
+    _remember(_SEEN_SYMBOLS, symbol)
     return symbol
 
 
@@ -79,10 +96,14 @@ class Tick:
             if not (math.isfinite(size) and size >= 0.0):
                 raise InvalidTickError(f"size must be finite and >= 0, not {size!r}",
                                        field="size")
-        if not isinstance(self.source, str) or SOURCE_RE.fullmatch(self.source) is None:
+        source = self.source
+        if type(source) is str and source in _SEEN_SOURCES:
+            return
+        if not isinstance(source, str) or SOURCE_RE.fullmatch(source) is None:
             raise InvalidTickError(
-                f"invalid source {self.source!r}: want 1-32 of a-z 0-9 _ . -", field="source"
+                f"invalid source {source!r}: want 1-32 of a-z 0-9 _ . -", field="source"
             )
+        _remember(_SEEN_SOURCES, source)
 
 
 def _check_ts(value: object, name: str) -> None:

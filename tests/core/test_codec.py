@@ -110,3 +110,24 @@ def test_time_parsing() -> None:
     assert format_us(1767323045000006) == "2026-01-02T03:04:05.000006Z"
     with pytest.raises(ValueError):
         parse_time_us("yesterday")
+
+
+@given(times)
+def test_format_us_matches_the_plain_conversion(ts_us: int) -> None:
+    from pricepipe.clock import us_to_datetime
+
+    assert format_us(ts_us) == us_to_datetime(ts_us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_validation_cache_is_bounded_and_still_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pricepipe import tick as tick_module
+
+    monkeypatch.setattr(tick_module, "_SEEN_MAX", 3)
+    monkeypatch.setattr(tick_module, "_SEEN_SYMBOLS", set())
+    for symbol in ["A", "B", "C", "D", "E"]:
+        Tick(symbol, MIN_TS_US, 1.0)
+    assert len(tick_module._SEEN_SYMBOLS) <= 3
+    with pytest.raises(InvalidTickError):
+        Tick("a", MIN_TS_US, 1.0)
+    with pytest.raises(InvalidTickError):
+        Tick(["A"], MIN_TS_US, 1.0)  # type: ignore[arg-type]
