@@ -9,9 +9,11 @@ A thin I/O layer over :func:`pricepipe.streams.append_ticks` that adds:
 * survival of Redis outages: connection errors are logged, counted and
   retried with redis-py's exponential backoff with jitter.
 
-Delivery is at least once: a batch whose round trip failed on the
-connection is sent again (Redis may have applied part of it). Entries
-refused with ``OOM`` are known not to be stored and only those are retried.
+A batch whose round trip failed on the connection may have been applied
+in part or in whole (the reply is what got lost). Before sending it again the
+sink reads each symbol's newest entry and leaves out the ticks Redis already
+holds, so a Redis restart does not append a tick twice. Entries refused with
+``OOM`` are known not to be stored and only those are retried.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from pricepipe import notify
 from pricepipe.backpressure import Policy, is_oom_error, memory_usage
+from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
 from pricepipe.streams import append_ticks, register_symbols
 from pricepipe.tick import Tick
@@ -75,7 +78,7 @@ class StreamSink:
         new = sorted(set(symbols) - self._registered)
         if not new:
             return
-        self._retrying(lambda: register_symbols(self.r, self.keys, new))
+        self._retrying(lambda _failures: register_symbols(self.r, self.keys, new))
         self._registered.update(new)
 
     # --- publishing -----------------------------------------------------------------------
@@ -102,13 +105,13 @@ class StreamSink:
                 if not self._wait_for_memory():
                     self._drop(len(pending), "stop")
                     return appended
-            batch = pending
-            results = self._retrying(lambda: self._send(batch))  # noqa: B023 (called now)
-            if results is None:
+            sent = self._send_once(pending)
+            if sent is None:
                 self._drop(len(pending), "stop")
                 return appended
+            batch, results = sent
             refused = []
-            for tick, result in zip(pending, results, strict=True):
+            for tick, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     if not is_oom_error(result):
                         raise result
@@ -120,6 +123,46 @@ class StreamSink:
             pending = refused
         return appended
 
+    def _send_once(self, ticks: Sequence[Tick]) -> tuple[list[Tick], list[Any]] | None:
+        """Send ``ticks`` until a round trip gets through; returns the ticks
+        sent in that round trip and their results (after a failed round trip,
+        ticks found already stored are not sent again). None if a stop came
+        first."""
+        def attempt(failures: int) -> tuple[list[Tick], list[Any]]:
+            batch = self._not_yet_stored(list(ticks)) if failures else list(ticks)
+            return batch, self._send(batch) if batch else []
+
+        result: tuple[list[Tick], list[Any]] | None = self._retrying(attempt)
+        return result
+
+    def _not_yet_stored(self, ticks: list[Tick]) -> list[Tick]:
+        """``ticks`` less those a failed round trip already appended.
+
+        A pipeline's ``XADD``s to one stream are applied in order, so if a
+        symbol's newest entry is one of its ticks here, that tick and every
+        earlier one of the symbol are stored and the later ones are not.
+        (Ticks of a symbol never repeat: time moves on, pollers drop repeats.)
+        """
+        pipe = self.r.pipeline(transaction=False)
+        symbols = list(dict.fromkeys(t.symbol for t in ticks))
+        for symbol in symbols:
+            pipe.xrevrange(self.keys.stream(symbol), count=1)
+        newest: dict[str, Tick] = {}
+        for symbol, rows in zip(symbols, pipe.execute(), strict=True):
+            if rows:
+                try:
+                    newest[symbol] = decode_fields(rows[0][1])
+                except ValueError:
+                    continue  # not ours to judge; the persist worker dead-letters it
+        stored_upto: dict[str, int] = {}
+        for i, tick in enumerate(ticks):
+            if newest.get(tick.symbol) == tick:
+                stored_upto[tick.symbol] = i
+        if stored_upto:
+            log.info("after a failed round trip %d symbol(s) were already appended; "
+                     "not sending those ticks again", len(stored_upto))
+        return [t for i, t in enumerate(ticks) if i > stored_upto.get(t.symbol, -1)]
+
     def _send(self, ticks: Sequence[Tick]) -> list[Any]:
         pipe = self.r.pipeline(transaction=False)
         append_ticks(self.r, self.keys, ticks, pipeline=pipe)
@@ -127,12 +170,13 @@ class StreamSink:
         # were stored, or a retry would duplicate them.
         return list(pipe.execute(raise_on_error=False))
 
-    def _retrying(self, call: Callable[[], Any]) -> Any:
-        """``call()`` until it gets through Redis; None if a stop came first."""
+    def _retrying(self, call: Callable[[int], Any]) -> Any:
+        """``call(failures_so_far)`` until it gets through Redis, with capped
+        exponential backoff and jitter; None if a stop came first."""
         failures = 0
         while True:
             try:
-                return call()
+                return call(failures)
             except _CONNECTION_ERRORS as exc:
                 failures += 1
                 self.metrics.redis_errors.inc()
