@@ -37,13 +37,13 @@ def run(*, redis_url: str, database_url: str | None = None,
     import redis
 
     from pricepipe import codec
+    from pricepipe.stop import StopRequest
 
     from .catalog import demo_symbols
     from .generator import GbmGenerator
     from .metrics import PublisherMetrics
     from .simulator import Simulator
     from .sink import StreamSink
-    from .stop import StopRequest
 
     count = n or DEFAULT_N
     keys = Keys(BENCH_PREFIX, 8)

@@ -37,6 +37,7 @@ from pricepipe import notify
 from pricepipe.clock import now_us
 from pricepipe.codec import decode_json
 from pricepipe.exceptions import BadResponseError, DecodeError
+from pricepipe.stop import StopRequest
 
 from .budget import Budget
 from .catalog import SymbolSpec
@@ -45,7 +46,6 @@ from .metrics import PublisherMetrics
 from .providers.base import Provider, QuoteChecks, Request, to_tick
 from .settings import PollerSettings
 from .sink import StreamSink
-from .stop import StopRequest
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)

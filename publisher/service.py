@@ -12,12 +12,12 @@ from pricepipe.cli import redis_settings
 from pricepipe.connections import redis_client
 from pricepipe.exceptions import ConfigError
 from pricepipe.keys import Keys
+from pricepipe.stop import StopRequest
 
 from .catalog import apply_params, parse_correlation, parse_symbols
 from .metrics import PublisherMetrics
 from .settings import PublisherSettings
 from .sink import StreamSink
-from .stop import StopRequest
 
 log = logging.getLogger(__name__)
 

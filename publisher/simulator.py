@@ -23,12 +23,12 @@ from collections.abc import Callable
 
 from pricepipe import notify
 from pricepipe.clock import now_us
+from pricepipe.stop import StopRequest
 
 from .generator import GbmGenerator
 from .metrics import PublisherMetrics
 from .pacer import Pacer
 from .sink import StreamSink
-from .stop import StopRequest
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from pricepipe import notify
 from pricepipe.backpressure import Policy, is_oom_error, memory_usage
 from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
+from pricepipe.stop import StopRequest
 from pricepipe.streams import append_ticks, register_symbols
 from pricepipe.tick import Tick
 
 from .metrics import PublisherMetrics
-from .stop import StopRequest
 
 log = logging.getLogger(__name__)
 

@@ -54,11 +54,10 @@ def _cmd_persist_check(args: argparse.Namespace) -> int:
 def _cmd_persist(args: argparse.Namespace) -> int:
     if args.check:
         return _cmd_persist_check(args)
-    from .persister import GracefulStop
+    from pricepipe.stop import StopRequest
 
     # Signals first: a SIGTERM while connecting must stop us cleanly, too.
-    stop = GracefulStop()
-    stop.install()
+    stop = StopRequest().install()
 
     from pricepipe.cli import database_settings, redis_settings
     from pricepipe.connections import redis_client

@@ -30,15 +30,12 @@ If the batch cannot finish because a server is down, it is left pending
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from types import FrameType
 from typing import Any, TypeVar
 
 import psycopg2
@@ -47,6 +44,7 @@ from redis.backoff import EqualJitterBackoff
 
 from pricepipe import codec, notify, streams
 from pricepipe.clock import now_ms
+from pricepipe.stop import StopRequest
 from pricepipe.tick import Tick
 
 from .batch import Batch, Reject, TickRow
@@ -68,39 +66,6 @@ REDIS_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 class Abandoned(Exception):
     """A stop was requested while a server was unreachable: the batch in hand
     stays pending in Redis (it is redelivered later), nothing is lost."""
-
-
-class GracefulStop:
-    """First SIGTERM/SIGINT: :attr:`requested`; a second: exit at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def request(self) -> None:
-        # Only a flag: a signal handler must not take locks the interrupted
-        # code may hold (threading.Event.set would).
-        self.requested = True
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            log.warning("second stop signal: exiting now (the batch in hand stays pending)")
-            os._exit(1)
-        log.info("stop requested: finishing the current batch (signal again to exit now)")
-        notify.stopping()
-        self.request()
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up within 50 ms of a stop request."""
-        deadline = time.monotonic() + seconds
-        while not self.requested:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.05))
 
 
 @dataclass
@@ -131,13 +96,13 @@ class PersistWorker:
 
     def __init__(self, r: Any, sink: TickSink, consumer: GroupConsumer,
                  settings: WorkerSettings, *, burst: bool = False,
-                 stop: GracefulStop | None = None) -> None:
+                 stop: StopRequest | None = None) -> None:
         self.r = r
         self.sink = sink
         self.consumer = consumer
         self.settings = settings
         self.burst = burst
-        self.stop = stop or GracefulStop()
+        self.stop = stop or StopRequest()
         self.stats = Stats()
         self._backoff = EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s)
         self._next_refresh = 0.0
@@ -230,7 +195,7 @@ class PersistWorker:
         worker neither spins nor waits longer than ``block_ms`` to notice a stop."""
         shards = list(self.consumer.streams)
         if not shards:
-            self.stop.sleep(self.settings.block_ms / 1000)
+            self.stop.wait(self.settings.block_ms / 1000)
             return False
         shard = shards[self._idle_shard % len(shards)]
         self._idle_shard += 1
@@ -436,7 +401,7 @@ class PersistWorker:
         # Alive and keeping its place: systemd's watchdog must not restart a
         # worker that waits out an outage (restarts would only add churn).
         notify.watchdog()
-        self.stop.sleep(delay)
+        self.stop.wait(delay)
         if self.stop.requested:
             raise Abandoned(what) from exc
 

@@ -14,10 +14,10 @@ from pricepipe.backpressure import MemoryUsage, Policy, is_oom_error, memory_usa
 from pricepipe.embedded import RedisServer
 from pricepipe.exceptions import ConfigError
 from pricepipe.keys import Keys
+from pricepipe.stop import StopRequest
 from pricepipe.tick import Tick
 from publisher.metrics import PublisherMetrics
 from publisher.sink import StreamSink
-from publisher.stop import StopRequest
 
 MAXMEMORY_BYTES = 4 * 1024 * 1024
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")

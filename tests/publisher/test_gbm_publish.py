@@ -11,13 +11,13 @@ from typing import Any
 
 from pricepipe.codec import decode_fields
 from pricepipe.keys import PERSIST_GROUP, Keys
+from pricepipe.stop import StopRequest
 from pricepipe.streams import known_symbols
 from publisher.catalog import parse_symbols
 from publisher.generator import GbmGenerator
 from publisher.metrics import PublisherMetrics
 from publisher.simulator import Simulator
 from publisher.sink import StreamSink
-from publisher.stop import StopRequest
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -168,7 +168,7 @@ def test_python_m_publisher_is_pricepipe_publish(
 def test_second_signal_exits_at_once(pipeline_env: dict[str, str]) -> None:
     code = (
         "import os, signal, time\n"
-        "from publisher.stop import StopRequest\n"
+        "from pricepipe.stop import StopRequest\n"
         "stop = StopRequest().install()\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "print('first:', stop.requested, flush=True)\n"

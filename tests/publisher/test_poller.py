@@ -13,13 +13,13 @@ import pytest
 
 from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
+from pricepipe.stop import StopRequest
 from publisher.catalog import parse_symbols
 from publisher.metrics import PublisherMetrics
 from publisher.poller import Poller
 from publisher.providers import make_provider
 from publisher.settings import PollerSettings
 from publisher.sink import StreamSink
-from publisher.stop import StopRequest
 
 from .fake_upstream import FakeUpstream
 

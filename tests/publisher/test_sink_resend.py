@@ -10,10 +10,10 @@ import redis
 
 from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
+from pricepipe.stop import StopRequest
 from pricepipe.tick import Tick
 from publisher.metrics import PublisherMetrics
 from publisher.sink import StreamSink
-from publisher.stop import StopRequest
 
 TS = 1_767_323_045_000_000
 
