@@ -37,6 +37,8 @@ from .keys import PERSIST_GROUP, Keys
 log = logging.getLogger("pricepipe.up")
 
 DEFAULT_API_PORT = 8000
+#: Most entries counted one by one when Redis cannot tell a group's lag.
+LAG_SCAN_MAX = 100_000
 DEFAULT_WS_PORT = 8765
 
 
@@ -117,7 +119,7 @@ def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, i
         pipe.xinfo_stream(keys.stream(symbol))
         pipe.xinfo_groups(keys.stream(symbol))
     replies = pipe.execute(raise_on_error=False)
-    for info, groups in zip(replies[::2], replies[1::2], strict=True):
+    for symbol, info, groups in zip(symbols, replies[::2], replies[1::2], strict=True):
         if isinstance(info, Exception) or isinstance(groups, Exception):
             continue
         added = int(info.get("entries-added") or info.get("length") or 0)
@@ -128,7 +130,14 @@ def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, i
                 continue
             pending = int(group["pending"])
             behind = group.get("lag")
-            behind = int(behind) if behind is not None else 0
+            if behind is None:
+                # Redis 7.0 forgets entries-read (so lag) when it reloads its
+                # AOF: count what follows the last delivered entry instead.
+                last = group["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else str(last)
+                behind = len(r.xrange(keys.stream(symbol), min=f"({last}",
+                                      count=LAG_SCAN_MAX))
+            behind = int(behind)
             persisted += max(added - behind - pending, 0)
             lag += behind + pending
     return published, persisted, lag
