@@ -53,7 +53,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ from .codec import decode_json, parse_entry_id
 from .keys import PERSIST_GROUP, Keys
 from .procstat import ProcessSampler, percentile, read_machine_cpu, read_stat
 from .streams import register_symbols
+from .supervisor import wait_http
 
 #: The issue's goal, reported beside the measurement.
 GOAL_TICKS_PER_S = 50_000
@@ -221,22 +221,6 @@ class Probe(Role):
                 "connects": lines[-1]["connects"] if lines else 0,
                 "span_s": (lines[-1]["t"] - lines[0]["t"]) if len(lines) > 1 else 0.0,
                 "lines": len(lines)}
-
-
-def wait_http(url: str, timeout_s: float, role: Role | None = None) -> bool:
-    """Poll ``url`` until it answers 200 (False on timeout or if ``role`` died)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if role is not None and role.proc is not None and role.proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def local_pid(pid: int | None, comm_prefix: str) -> int | None:
@@ -597,7 +581,7 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
         for role in [*workers, ws]:
             role.start()
             roles.append(role)
-        if not wait_http(f"http://127.0.0.1:{ws_port}/healthz", 30, ws):
+        if not wait_http(f"http://127.0.0.1:{ws_port}/healthz", 30, ws.proc):
             raise RuntimeError(f"websocket server did not come up:\n{ws.tail()}")
         probe = Probe("probe", f"ws://127.0.0.1:{ws_port}/ws", names, env, log_dir)
         probe.start()

@@ -320,12 +320,12 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
         split,
         symbol_names,
         wait_drained,
-        wait_http,
         waiting_ages_ms,
     )
     from .migrate import migrate
     from .procstat import ProcessSampler
     from .streams import register_symbols
+    from .supervisor import wait_http
 
     tmp = Path(tempfile.mkdtemp(prefix="pricepipe-soak-"))
     tmp.chmod(0o755)  # PostgreSQL may run as an unprivileged user
@@ -366,7 +366,7 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
             role.start()
             all_roles.append(role)
         for port, server in zip(ports, servers, strict=True):
-            if not wait_http(f"http://127.0.0.1:{port}/healthz", 30, server):
+            if not wait_http(f"http://127.0.0.1:{port}/healthz", 30, server.proc):
                 raise RuntimeError(f"{server.name} did not come up:\n{server.tail()}")
         clients = [Probe(f"client{i}", f"ws://127.0.0.1:{ports[i % len(ports)]}/ws", names,
                          env, log_dir, record=tmp / f"client{i}.json", report_interval_s=1.0)

@@ -143,16 +143,20 @@ def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, i
     return published, persisted, lag
 
 
-def _wait_http(url: str, timeout_s: float) -> bool:
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Poll ``url`` until it answers 200; False on timeout, or as soon as
+    ``proc`` (the process meant to serve it) has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         try:
             with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - local URL
                 if response.status == 200:
                     return True
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     return False
 
 
@@ -237,8 +241,8 @@ def run_up(args: argparse.Namespace) -> int:
             child.start()
             children.append(child)
 
-        api_ok = _wait_http(f"http://127.0.0.1:{api_port}/healthz", 30)
-        ws_ok = _wait_http(f"http://127.0.0.1:{ws_port}/healthz", 10)
+        api_ok = wait_http(f"http://127.0.0.1:{api_port}/healthz", 30)
+        ws_ok = wait_http(f"http://127.0.0.1:{ws_port}/healthz", 10)
         print(f"dashboard   http://127.0.0.1:{api_port}/" + ("" if api_ok else "  (not up yet)"))
         print(f"HTTP API    http://127.0.0.1:{api_port}/v1/symbols   "
               f"docs: http://127.0.0.1:{api_port}/docs")
