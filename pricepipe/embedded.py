@@ -214,7 +214,9 @@ class RedisServer(_Server):
         log.info("redis-server on port %d, data in %s", self.port, self.data_dir)
 
 
-def _unprivileged_user() -> pwd.struct_passwd | None:
+def postgres_user() -> pwd.struct_passwd | None:
+    """The user embedded PostgreSQL runs as when we are root (it refuses
+    root), else None (it runs as us)."""
     if os.geteuid() != 0:
         return None
     name = os.environ.get("PRICEPIPE_EMBEDDED_PG_USER", "nobody")
@@ -226,9 +228,11 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         ) from exc
 
 
-def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
+def check_reachable(path: Path, user: pwd.struct_passwd) -> None:
     """Raise unless ``user`` may traverse every directory down to ``path``."""
     for directory in [path, *path.parents]:
+        if not directory.exists():
+            continue  # made later by us, with the default (reachable) mode
         st = directory.stat()
         if st.st_uid == user.pw_uid:
             bit = 0o100
@@ -258,7 +262,7 @@ class PostgresServer(_Server):
         self.database = database
         self.fsync = fsync
         self.extra_settings = extra_settings or {}
-        self.user = _unprivileged_user()
+        self.user = postgres_user()
 
     @property
     def pgdata(self) -> Path:
@@ -285,7 +289,7 @@ class PostgresServer(_Server):
     def _initdb(self, bindir: Path) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
-            _check_reachable(self.data_dir.parent, self.user)
+            check_reachable(self.data_dir.parent, self.user)
             self.data_dir.chmod(0o700)
         self._chown()
         result = subprocess.run(

@@ -160,6 +160,33 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
     return False
 
 
+def postgres_dir(data_dir: Path) -> Path:
+    """Where embedded PostgreSQL keeps its data: ``<data_dir>/postgres``, or,
+    when we are root and PostgreSQL's unprivileged user cannot enter
+    ``data_dir`` (a clone under ``/root``), a directory under ``/var/tmp``
+    named after ``data_dir``, so that every run finds the same data."""
+    import hashlib
+
+    from .embedded import check_reachable, postgres_user
+    from .exceptions import EmbeddedServerError
+
+    wanted = data_dir / "postgres"
+    user = postgres_user()
+    if user is None:
+        return wanted
+    try:
+        check_reachable(data_dir, user)
+    except EmbeddedServerError:
+        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+        fallback = Path("/var/tmp") / f"pricepipe-{digest}" / "postgres"
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        fallback.parent.chmod(0o755)
+        print(f"note: PostgreSQL runs as {user.pw_name!r} and cannot enter {data_dir}; "
+              f"its data lives in {fallback}")
+        return fallback
+    return wanted
+
+
 class _Stop:
     def __init__(self) -> None:
         self.requested = False
@@ -199,7 +226,7 @@ def run_up(args: argparse.Namespace) -> int:
             rs = RedisSettings.from_env(url=server.url)
             print(f"embedded redis-server  {server.url}  (data: {server.data_dir})")
         if not ds.url:
-            pg = PostgresServer(data_dir / "postgres", database="pricepipe")
+            pg = PostgresServer(postgres_dir(data_dir), database="pricepipe")
             pg.start()
             servers.append(pg)
             ds = DatabaseSettings.from_env(url=pg.url)

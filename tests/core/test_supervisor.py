@@ -26,3 +26,28 @@ def test_counts_survive_an_aof_reload(redis_server: RedisServer, r: Any, keys: K
     redis_server.restart()
     r.connection_pool.disconnect()
     assert pipeline_counts(r, keys, ["AAPL"]) == (100, 50, 50)
+
+
+def test_postgres_data_goes_where_its_user_can_reach(tmp_path: Any) -> None:
+    import os
+    from pathlib import Path
+
+    from pricepipe.supervisor import postgres_dir
+
+    private = Path(tmp_path) / "home"  # pytest's tmp_path is 0700: like /root
+    private.mkdir(mode=0o700)
+    chosen = postgres_dir(private / ".pricepipe")
+    if os.geteuid() != 0:
+        assert chosen == private / ".pricepipe" / "postgres"
+        return
+    try:
+        assert str(chosen).startswith("/var/tmp/pricepipe-")
+        assert chosen == postgres_dir(private / ".pricepipe")  # stable: the next run finds it
+    finally:
+        chosen.parent.rmdir()
+    open_dir = Path("/tmp") / f"pp-open-{os.getpid()}"
+    open_dir.mkdir(mode=0o755, exist_ok=True)
+    try:
+        assert postgres_dir(open_dir) == open_dir / "postgres"
+    finally:
+        open_dir.rmdir()
