@@ -65,6 +65,10 @@ class Keys:
     def heartbeat_pattern(self, role: str = "*") -> str:
         return f"{self.prefix}:hb:{role}:*"
 
+    def all_pattern(self) -> str:
+        """``SCAN`` pattern of every key above (not rq's, which rq names)."""
+        return f"{self.prefix}:*"
+
     def rq_queue(self, name: str) -> str:
         """Name of an rq queue (rq adds its own ``rq:queue:`` key prefix)."""
         return f"{self.prefix}-{name}"

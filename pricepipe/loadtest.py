@@ -62,7 +62,7 @@ from .clock import now_ms
 from .codec import decode_json, parse_entry_id
 from .keys import PERSIST_GROUP, Keys
 from .procstat import ProcessSampler, percentile, read_machine_cpu, read_stat
-from .streams import register_symbols
+from .streams import delete_all, register_symbols
 from .supervisor import wait_http
 
 #: The issue's goal, reported beside the measurement.
@@ -530,11 +530,6 @@ def role_env(redis_url: str, database_url: str, prefix: str) -> dict[str, str]:
     return env
 
 
-def _clear_prefix(r: Any, prefix: str) -> None:
-    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
-        r.delete(key)
-
-
 def _delete_rows(conn: Any, names: list[str]) -> None:
     conn.rollback()
     with conn.cursor() as cur:
@@ -559,7 +554,7 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
     lag: LagSampler | None = None
     steps: list[dict[str, Any]] = []
     try:
-        _clear_prefix(r, E2E_PREFIX)
+        delete_all(r, keys)
         _delete_rows(conn, names)
         print("baselines: raw pipelined XADD and raw COPY, same servers ...", flush=True)
         baselines = {"raw_xadd_ticks_per_s": round(raw_xadd_per_s(r, keys)),
@@ -632,7 +627,7 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
             role.stop(5)
         try:
             # The run's own keys and rows only: the servers may hold real data.
-            _clear_prefix(r, E2E_PREFIX)
+            delete_all(r, keys)
             _delete_rows(conn, names)
         finally:
             r.close()

@@ -130,3 +130,12 @@ def trim_persisted(
     floor_key = codec.parse_entry_id(floor)
     minid = floor if floor_key <= codec.parse_entry_id(window_floor) else window_floor
     return int(r.xtrim(stream, minid=minid, approximate=True))
+
+
+def delete_all(r: Any, keys: Keys) -> int:
+    """Delete every key of ``keys``' prefix (benchmarks clean up with it).
+    One ``DEL`` per key, so it works on Redis Cluster too. Returns the count."""
+    deleted = 0
+    for key in r.scan_iter(match=keys.all_pattern(), count=1000):
+        deleted += int(r.delete(key))
+    return deleted

@@ -38,6 +38,7 @@ def run(*, redis_url: str, database_url: str | None = None,
 
     from pricepipe import codec
     from pricepipe.stop import StopRequest
+    from pricepipe.streams import delete_all
 
     from .catalog import demo_symbols
     from .generator import GbmGenerator
@@ -51,7 +52,7 @@ def run(*, redis_url: str, database_url: str | None = None,
     r = redis.Redis.from_url(redis_url)
     print(f"bench publish: {count:,} ticks over {SYMBOLS} symbols, batches of {BATCH_SIZE}")
     try:
-        _clean(r, keys)
+        delete_all(r, keys)
         # Figure 1: generation alone (numpy + Tick validation).
         generator = GbmGenerator(specs, seed=1)
         periods = -(-count // SYMBOLS)
@@ -81,7 +82,7 @@ def run(*, redis_url: str, database_url: str | None = None,
         raw_s = time.perf_counter() - started
         raw_rate = count / raw_s
         _row("raw_xadd_ticks_per_s", raw_rate, "ticks/s (baseline)")
-        _clean(r, keys)
+        delete_all(r, keys)
 
         # Figure 2: the publisher's bulk mode, end to end.
         metrics = PublisherMetrics()
@@ -97,7 +98,7 @@ def run(*, redis_url: str, database_url: str | None = None,
         ratio = publish_rate / raw_rate
         print(f"  {'publish_vs_raw_xadd':<28} {ratio:>14.2f} x")
     finally:
-        _clean(r, keys)
+        delete_all(r, keys)
         r.close()
     return {
         "target": "publish",
@@ -110,6 +111,3 @@ def run(*, redis_url: str, database_url: str | None = None,
     }
 
 
-def _clean(r: Any, keys: Keys) -> None:
-    for key in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
-        r.delete(key)
