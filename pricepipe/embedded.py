@@ -211,7 +211,33 @@ class RedisServer(_Server):
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_port(self.port, self.proc, timeout_s, self.name, log_path)
+        self._wait_loaded(timeout_s)
         log.info("redis-server on port %d, data in %s", self.port, self.data_dir)
+
+    def _wait_loaded(self, timeout_s: float) -> None:
+        """Redis listens before it has replayed its AOF and answers
+        ``-LOADING`` meanwhile: started means ready to serve commands."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.BusyLoadingError, redis.ConnectionError):
+                    if self.proc is not None and self.proc.poll() is not None:
+                        raise EmbeddedServerError(
+                            f"redis-server exited with code {self.proc.returncode} while "
+                            f"loading; see {self.data_dir / 'redis.log'}") from None
+                    if time.monotonic() >= deadline:
+                        raise EmbeddedServerError(
+                            f"redis-server on port {self.port} still loading after "
+                            f"{timeout_s}s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
 
 def postgres_user() -> pwd.struct_passwd | None:
