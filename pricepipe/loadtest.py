@@ -61,7 +61,13 @@ from typing import Any
 from .clock import now_ms
 from .codec import decode_json, parse_entry_id
 from .keys import PERSIST_GROUP, Keys
-from .procstat import ProcessSampler, percentile, read_machine_cpu, read_stat
+from .procstat import (
+    ProcessSampler,
+    percentile,
+    postgres_pid,
+    read_machine_cpu,
+    redis_pid,
+)
 from .streams import delete_all, register_symbols
 from .supervisor import wait_http
 
@@ -221,32 +227,6 @@ class Probe(Role):
                 "connects": lines[-1]["connects"] if lines else 0,
                 "span_s": (lines[-1]["t"] - lines[0]["t"]) if len(lines) > 1 else 0.0,
                 "lines": len(lines)}
-
-
-def local_pid(pid: int | None, comm_prefix: str) -> int | None:
-    """``pid`` if it is a process on this machine whose name starts with ``comm_prefix``."""
-    if pid is None:
-        return None
-    stat = read_stat(pid)
-    return pid if stat is not None and stat.comm.startswith(comm_prefix) else None
-
-
-def redis_pid(r: Any) -> int | None:
-    try:
-        return local_pid(int(r.info("server")["process_id"]), "redis")
-    except Exception:  # noqa: BLE001 - remote or restricted server: just not sampled
-        return None
-
-
-def postgres_pid(conn: Any) -> int | None:
-    """The postmaster's pid (parent of our backend), if it runs here."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        row = cur.fetchone()
-    backend = read_stat(int(row[0])) if row else None
-    if backend is None:
-        return None
-    return local_pid(backend.ppid, "postgres")
 
 
 # --- stream measurements ---------------------------------------------------------------------

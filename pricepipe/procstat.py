@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROC = Path("/proc")
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -105,6 +106,42 @@ def descendants(root: int, stats: dict[int, StatFields]) -> list[int]:
             out.append(pid)
             todo.extend(children.get(pid, ()))
     return out
+
+
+def local_pid(pid: int | None, comm_prefix: str) -> int | None:
+    """``pid`` if it is a process on this machine whose name starts with ``comm_prefix``."""
+    if pid is None:
+        return None
+    stat = read_stat(pid)
+    return pid if stat is not None and stat.comm.startswith(comm_prefix) else None
+
+
+def redis_pid(r: Any) -> int | None:
+    try:
+        return local_pid(int(r.info("server")["process_id"]), "redis")
+    except Exception:  # noqa: BLE001 - remote or restricted server: just not sampled
+        return None
+
+
+def postgres_pid(conn: Any) -> int | None:
+    """The postmaster's pid (parent of our backend), if it runs here."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    backend = read_stat(int(row[0])) if row else None
+    if backend is None:
+        return None
+    return local_pid(backend.ppid, "postgres")
+
+
+def tree_cpu_s(root: int | None) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every process
+    below it: PostgreSQL's work is done by its backends, children of the
+    postmaster. 0.0 when ``root`` is None or gone."""
+    if root is None:
+        return 0.0
+    stats = all_stats()
+    return sum(stats[pid].cpu_ticks for pid in descendants(root, stats)) / CLK_TCK
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

@@ -10,7 +10,12 @@ Figures (ticks per second, wall clock, one worker):
   group rewound): the duplicate-skipping path;
 * ``persist_ticks_per_worker_cpu_s`` - ticks per second of the worker
   process's own CPU time: its efficiency, independent of what else shares the
-  machine (Redis and PostgreSQL work on top of it).
+  machine (Redis and PostgreSQL work on top of it);
+* ``worker_cpu_us_per_tick``, ``redis_cpu_us_per_tick``,
+  ``postgres_cpu_us_per_tick`` - where the CPU of the pipelined drain goes
+  (Redis and PostgreSQL only when they run on this machine; PostgreSQL
+  summed over its backends). Their sum against the machine's cores bounds the
+  wall-clock figure when everything shares one machine.
 
 Baselines: ``raw_copy_ticks_per_s`` (the same rows ``COPY``'d into an
 index-free table: the bulk-load ceiling) and ``row_insert_commit_ticks_per_s``
@@ -50,7 +55,9 @@ def _fill(r: Any, keys: Any, n: int) -> list[Any]:
 
 def _drain(r: Any, keys: Any, database_url: str, *, pipeline: bool, name: str
            ) -> tuple[float, float, Any]:
-    """Run a burst worker; returns (wall seconds, its CPU seconds, its stats)."""
+    """Run a burst worker; returns (wall seconds, its CPU seconds, its stats).
+
+    The worker runs in this process, so its CPU time is this process's."""
     from .consumer import GroupConsumer
     from .persister import PersistWorker
     from .settings import WorkerSettings
@@ -120,6 +127,7 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
 
     from pricepipe.connections import pg_connect
     from pricepipe.keys import PERSIST_GROUP, Keys
+    from pricepipe.procstat import postgres_pid, redis_pid, tree_cpu_s
 
     n = n or N_DEFAULT
     keys = Keys(PREFIX, SHARDS)
@@ -127,6 +135,7 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
     conn = pg_connect(database_url, application_name="pricepipe-bench")
     figures: dict[str, float] = {}
     baselines: dict[str, float] = {}
+    rpid, ppid = redis_pid(r), postgres_pid(conn)
 
     def show(name: str, value: float) -> None:
         print(f"  {name:<36} {value:>14,.0f}", flush=True)
@@ -139,14 +148,25 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
         _drain(r, keys, database_url, pipeline=True, name="bench-warmup")
         _cleanup(r, keys, conn)
         ticks = _fill(r, keys, n)
+        servers_cpu0 = (tree_cpu_s(rpid), tree_cpu_s(ppid))
         elapsed, cpu_s, stats = _drain(r, keys, database_url, pipeline=True,
                                        name="bench-pipelined")
+        servers_cpu = (tree_cpu_s(rpid) - servers_cpu0[0], tree_cpu_s(ppid) - servers_cpu0[1])
         figures["persist_ticks_per_s"] = stats.rows_inserted / elapsed
         show("persist_ticks_per_s", figures["persist_ticks_per_s"])
         # The worker's own CPU (both threads): what it would sustain with a
         # core to itself, whatever else the machine runs meanwhile.
         figures["persist_ticks_per_worker_cpu_s"] = stats.rows_inserted / cpu_s
         show("persist_ticks_per_worker_cpu_s", figures["persist_ticks_per_worker_cpu_s"])
+        per_tick = 1e6 / max(stats.rows_inserted, 1)
+        figures["worker_cpu_us_per_tick"] = cpu_s * per_tick
+        if rpid is not None:
+            figures["redis_cpu_us_per_tick"] = servers_cpu[0] * per_tick
+        if ppid is not None:
+            figures["postgres_cpu_us_per_tick"] = servers_cpu[1] * per_tick
+        print("  cpu per tick (us): " + ", ".join(
+            f"{name.split('_cpu')[0]} {value:.2f}" for name, value in figures.items()
+            if name.endswith("_cpu_us_per_tick")), flush=True)
 
         for symbol in SYMBOLS:  # every entry again: the duplicate-skipping path
             r.xgroup_setid(keys.stream(symbol), PERSIST_GROUP, "0")

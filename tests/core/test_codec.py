@@ -29,6 +29,29 @@ def test_stream_fields_round_trip_exactly(tick: Tick) -> None:
     assert codec.decode_fields(_as_redis_returns(codec.encode_fields(tick))) == tick
 
 
+def test_stream_entry_is_one_readable_field() -> None:
+    tick = Tick("BRK.B", 1_700_000_000_000_001, 0.1, None, "gbm", None)
+    assert codec.encode_fields(tick) == {b"t": "BRK.B 1700000000000001 0.1  gbm "}
+    tick = Tick("AAPL", 1_700_000_000_000_001, 187.25, 3.0, "binance", 1_700_000_000_000_009)
+    assert codec.encode_fields(tick) == {
+        b"t": "AAPL 1700000000000001 187.25 3.0 binance 1700000000000009"}
+
+
+def test_one_field_per_attribute_entries_are_still_read() -> None:
+    fields = {b"sym": b"AAPL", b"ts": b"1700000000000000", b"px": b"2.5", b"src": b"cli"}
+    assert codec.decode_fields(fields) == Tick("AAPL", 1_700_000_000_000_000, 2.5, None, "cli")
+
+
+@pytest.mark.parametrize("value", [
+    b"AAPL 1700000000000000 2.5  gbm", b"AAPL 1700000000000000 2.5  gbm  ",
+    b"AAPL 1700000000000000 x  gbm ", b"AAPL  2.5  gbm ", b"\xff 1700000000000000 1 1 gbm ",
+    b"",
+])
+def test_malformed_tick_fields_raise_decode_error(value: bytes) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_fields({b"t": value})
+
+
 @given(ticks)
 def test_json_round_trip_exactly(tick: Tick) -> None:
     data = codec.decode_json(codec.encode_json(codec.tick_to_dict(tick, "1-0")))

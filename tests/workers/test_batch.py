@@ -24,8 +24,11 @@ VALUES = st.sampled_from([
     b"4102444800000000", b"946684800000000", b"1.5", b"-1.5", b"0", b"0.0", b"nan", b"inf",
     b"-inf", b"1e308", b"1e309", b"5e-324", b"101,5", b"7",
 ]) | st.binary(max_size=6)
-NAMES = st.sampled_from([b"sym", b"ts", b"px", b"src", b"sz", b"rts", b"other"])
+NAMES = st.sampled_from([b"sym", b"ts", b"px", b"src", b"sz", b"rts", b"t", b"other"])
 FIELDS = st.dictionaries(NAMES, VALUES, max_size=7)
+#: The one-field format with any parts, right or wrong (see codec.F_TICK).
+PACKED = st.lists(VALUES | st.just(b""), min_size=4, max_size=7).map(
+    lambda parts: {codec.F_TICK: b" ".join(parts)})
 VALID = st.builds(
     lambda ts, px, sz, src: codec.encode_fields(Tick("AAPL", ts, px, sz, src)),
     st.integers(BASE_TS_US, BASE_TS_US + 10**12), st.floats(1e-9, 1e9),
@@ -54,7 +57,7 @@ def _reference(entries: list[tuple[str, dict[bytes, bytes]]]) -> tuple[list[Any]
 
 
 @settings(max_examples=300)
-@given(st.lists(FIELDS | VALID.map(_bytes_fields), min_size=1, max_size=20))
+@given(st.lists(FIELDS | PACKED | VALID.map(_bytes_fields), min_size=1, max_size=20))
 def test_fast_decoding_agrees_with_the_codec(field_maps: list[dict[bytes, bytes]]) -> None:
     entries = [(f"{1000 + i}-{i}", f) for i, f in enumerate(field_maps) if f]
     want_rows, want_rejected = _reference(entries)
