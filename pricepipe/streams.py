@@ -3,14 +3,23 @@
 
 Functions take the connection explicitly; those that only write accept a
 ``pipeline`` so callers can group writes into one round trip.
+
+Ticks are appended by a small Lua script, one call per shard per batch,
+rather than by one pipelined ``XADD`` per tick: redis-py spends ~3.5 us of
+client CPU on each pipelined command (packing, then parsing and checking each
+reply), the script call ~0.4 us per tick, for ~0.25 us more in Redis
+(measured on a 2-core VM). All keys of one call share the shard's hash tag,
+so one call never spans two Redis Cluster slots.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from . import codec
 from .clock import now_ms
@@ -53,21 +62,87 @@ def known_symbols(r: Any, keys: Keys) -> list[str]:
     return sorted(out)
 
 
-def append_ticks(r: Any, keys: Keys, ticks: Sequence[Tick], *, pipeline: Any = None) -> list[Any]:
-    """``XADD`` each tick to its symbol's stream in one pipelined round trip.
+#: ``XADD KEYS[i] * t ARGV[i]`` for every i, in order; returns the entry IDs.
+#: Atomic like any script; under ``maxmemory`` Redis refuses it as a whole
+#: (the OOM check applies to a script's first write, and nothing is written
+#: before it), so a refused call stored none of its ticks.
+APPEND_SCRIPT = """
+local ids = {}
+for i = 1, #KEYS do
+    ids[i] = redis.call('XADD', KEYS[i], '*', '""" + codec.F_TICK.decode() + """', ARGV[i])
+end
+return ids
+"""
+APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 
-    With ``pipeline`` given, the commands are only queued on it (the caller
-    executes) and an empty list is returned; otherwise returns the entry IDs.
-    Streams are never trimmed here: see :func:`trim_persisted`.
+
+def append_ticks(r: Any, keys: Keys, ticks: Sequence[Tick], *,
+                 raise_on_error: bool = True) -> list[Any]:
+    """``XADD`` each tick to its symbol's stream, in one round trip.
+
+    Returns one result per tick, in order: its entry ID (bytes), or, with
+    ``raise_on_error=False``, the exception that refused its shard's call
+    (e.g. Redis's ``OOM``; that call stored none of its ticks). Ticks of one
+    symbol are appended in the order given. Streams are never trimmed here:
+    see :func:`trim_persisted`. Connection errors are raised: then any part
+    of the batch may have been stored (the reply is what got lost).
     """
-    pipe = pipeline if pipeline is not None else r.pipeline(transaction=False)
-    stream = keys.stream
-    encode = codec.encode_fields
-    for tick in ticks:
-        pipe.xadd(stream(tick.symbol), encode(tick))
-    if pipeline is not None:
+    if not ticks:
         return []
-    return list(pipe.execute())
+    groups: dict[int, list[int]] = {}
+    shard = keys.shard
+    for i, tick in enumerate(ticks):
+        groups.setdefault(shard(tick.symbol), []).append(i)
+    stream, value = keys.stream, codec.encode_value
+    calls = [([stream(ticks[i].symbol) for i in idx], [value(ticks[i]) for i in idx])
+             for idx in groups.values()]
+    replies = _run_append(r, calls)
+    out: list[Any] = [None] * len(ticks)
+    for idx, reply in zip(groups.values(), replies, strict=True):
+        if isinstance(reply, Exception):
+            if raise_on_error:
+                raise reply
+            for i in idx:
+                out[i] = reply
+        else:
+            for i, entry_id in zip(idx, reply, strict=True):
+                out[i] = entry_id
+    return out
+
+
+def _run_append(r: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+    """One ``EVALSHA`` of :data:`APPEND_SCRIPT` per call, pipelined; results
+    or exceptions in order. A call refused with ``NOSCRIPT`` (a new or
+    restarted Redis) ran nothing, so it is sent again after ``SCRIPT LOAD``."""
+    if isinstance(r, redis.RedisCluster):
+        # A cluster pipeline routes each command by its first key; calls go
+        # one by one instead (each to its shard's node).
+        return [_evalsha_loading(r, keys_, args) for keys_, args in calls]
+    pipe = r.pipeline(transaction=False)
+    for keys_, args in calls:
+        pipe.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
+    replies = list(pipe.execute(raise_on_error=False))
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        r.script_load(APPEND_SCRIPT)
+        pipe = r.pipeline(transaction=False)
+        for i in missing:
+            keys_, args = calls[i]
+            pipe.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
+        for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _evalsha_loading(r: Any, keys_: list[str], args: list[str]) -> Any:
+    try:
+        try:
+            return r.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
+        except NoScriptError:
+            r.script_load(APPEND_SCRIPT)  # on every primary
+            return r.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
+    except redis.RedisError as exc:
+        return exc
 
 
 def last_tick(r: Any, keys: Keys, symbol: str) -> tuple[str, Tick] | None:

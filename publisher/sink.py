@@ -5,14 +5,16 @@ A thin I/O layer over :func:`pricepipe.streams.append_ticks` that adds:
 * registration of symbols before their first ``XADD``;
 * the backpressure policy (:mod:`pricepipe.backpressure`): ``INFO memory``
   is read at most every ``check_interval_s``, and Redis's ``OOM`` error
-  reply is recognised per entry, so a full Redis never crashes a publisher;
+  reply is recognised per append call (one per shard, all or nothing; see
+  :func:`pricepipe.streams.append_ticks`), so a full Redis never crashes a
+  publisher;
 * survival of Redis outages: connection errors are logged, counted and
   retried with redis-py's exponential backoff with jitter.
 
 A batch whose round trip failed on the connection may have been applied
 in part or in whole (the reply is what got lost). Before sending it again the
 sink reads each symbol's newest entry and leaves out the ticks Redis already
-holds, so a Redis restart does not append a tick twice. Entries refused with
+holds, so a Redis restart does not append a tick twice. Ticks refused with
 ``OOM`` are known not to be stored and only those are retried.
 """
 
@@ -164,11 +166,9 @@ class StreamSink:
         return [t for i, t in enumerate(ticks) if i > stored_upto.get(t.symbol, -1)]
 
     def _send(self, ticks: Sequence[Tick]) -> list[Any]:
-        pipe = self.r.pipeline(transaction=False)
-        append_ticks(self.r, self.keys, ticks, pipeline=pipe)
-        # raise_on_error=False: one refused entry must not hide which others
+        # raise_on_error=False: one refused shard must not hide which others
         # were stored, or a retry would duplicate them.
-        return list(pipe.execute(raise_on_error=False))
+        return append_ticks(self.r, self.keys, ticks, raise_on_error=False)
 
     def _retrying(self, call: Callable[[int], Any]) -> Any:
         """``call(failures_so_far)`` until it gets through Redis, with capped

@@ -1,10 +1,10 @@
-"""Stream layout and trimming. Pure stream logic runs on fakeredis; the
-MINID trimming safety is checked on the real server too."""
+"""Stream layout, appending and trimming, on a real Redis (appends run a
+Lua script, which fakeredis would need lupa for)."""
 
 from typing import Any
 
-import fakeredis
 import pytest
+import redis
 
 from pricepipe import codec, streams
 from pricepipe.keys import PERSIST_GROUP, Keys
@@ -28,23 +28,41 @@ def test_keys_share_a_hash_slot_per_shard() -> None:
         assert {keys.shard(s) for s in group} == {shard}
 
 
-@pytest.fixture
-def fake() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
-def test_register_then_append_then_read_back(fake: Any) -> None:
+def test_register_then_append_then_read_back(r: Any) -> None:
     keys = Keys("pp", 4)
-    streams.register_symbols(fake, keys, ["AAPL", "MSFT"])
-    assert streams.known_symbols(fake, keys) == ["AAPL", "MSFT"]
-    ticks = [Tick("AAPL", TS + i, 100.0 + i, None, "gbm") for i in range(3)]
-    ids = streams.append_ticks(fake, keys, ticks)
-    assert len(ids) == 3
-    entry_id, last = streams.last_tick(fake, keys, "AAPL")  # type: ignore[misc]
-    assert last == ticks[-1] and entry_id == ids[-1].decode()
-    # The persist group existed before the first XADD: it sees all three.
-    got = fake.xreadgroup(PERSIST_GROUP, "c1", {keys.stream("AAPL"): ">"})
-    assert [codec.decode_fields(f) for _, f in got[0][1]] == ticks
+    streams.register_symbols(r, keys, ["AAPL", "MSFT", "BRK.B"])
+    assert streams.known_symbols(r, keys) == ["AAPL", "BRK.B", "MSFT"]
+    ticks = [Tick(symbol, TS + i, 100.0 + i, None, "gbm")
+             for i in range(3) for symbol in ("AAPL", "MSFT", "BRK.B")]
+    ids = streams.append_ticks(r, keys, ticks)
+    assert len(ids) == 9
+    entry_id, last = streams.last_tick(r, keys, "AAPL")  # type: ignore[misc]
+    assert last == ticks[-3] and entry_id == ids[-3].decode()
+    # The persist group existed before the first XADD: it sees every tick, in order.
+    for symbol in ("AAPL", "MSFT", "BRK.B"):
+        got = r.xreadgroup(PERSIST_GROUP, "c1", {keys.stream(symbol): ">"})
+        want = [(i.decode(), t) for i, t in zip(ids, ticks, strict=True) if t.symbol == symbol]
+        assert [(eid.decode(), codec.decode_fields(f)) for eid, f in got[0][1]] == want
+
+
+def test_append_survives_a_script_cache_flush(r: Any) -> None:
+    keys = Keys("pp", 4)
+    streams.register_symbols(r, keys, ["AAPL"])
+    streams.append_ticks(r, keys, [Tick("AAPL", TS, 1.0)])
+    r.script_flush()  # as after a Redis restart: NOSCRIPT, then loaded again
+    ids = streams.append_ticks(r, keys, [Tick("AAPL", TS + 1, 2.0)])
+    assert r.xlen(keys.stream("AAPL")) == 2 and ids[0] == r.xrevrange(
+        keys.stream("AAPL"), count=1)[0][0]
+
+
+def test_a_refused_shard_is_reported_per_tick(r: Any) -> None:
+    keys = Keys("pp", 4)
+    r.set(keys.stream("AAPL"), "not a stream")  # XADD fails: WRONGTYPE
+    ticks = [Tick("AAPL", TS, 1.0), Tick("MSFT", TS, 2.0)]
+    got = streams.append_ticks(r, keys, ticks, raise_on_error=False)
+    assert isinstance(got[0], redis.ResponseError) and isinstance(got[1], bytes)
+    with pytest.raises(redis.ResponseError):
+        streams.append_ticks(r, keys, ticks)
 
 
 def test_trim_never_passes_unacknowledged_entries(r: Any) -> None:
