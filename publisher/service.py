@@ -82,7 +82,8 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
         raise ConfigError(f"gbm: {exc}") from exc
     simulator = Simulator(generator, sink, stop=stop, metrics=metrics,
                           batch_size=settings.batch_size, log_interval_s=settings.log_interval_s,
-                          max_lag_s=settings.max_lag_s)
+                          max_lag_s=settings.max_lag_s,
+                          batch_interval_s=settings.batch_interval_ms / 1000)
     sink.register(generator.symbols)
     log.info("publishing gbm %s %s", ",".join(generator.symbols),
              f"bulk {count} ticks" if count is not None else f"at {settings.rate}/s per symbol")

@@ -35,6 +35,9 @@ class PublisherSettings(Settings):
     batch_size: int = setting(1000, "Most ticks per pipelined XADD round trip")
     max_lag_s: float = setting(
         1.0, "GBM real-time mode: skip (and count) periods when this far behind schedule")
+    batch_interval_ms: float = setting(
+        5.0, "GBM real-time mode: shortest time between two batches, ms (fewer, larger "
+        "round trips at high rates; ticks keep their scheduled times)")
     # Backpressure
     backpressure: str = setting(
         "block", "When Redis memory is above the high-water mark: block (wait) or drop (count)")

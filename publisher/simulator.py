@@ -39,8 +39,8 @@ class Simulator:
     def __init__(
         self, generator: GbmGenerator, sink: StreamSink, *, stop: StopRequest,
         metrics: PublisherMetrics, batch_size: int = 1000, log_interval_s: float = 10.0,
-        max_lag_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-        wall_us: Callable[[], int] = now_us,
+        max_lag_s: float = 1.0, batch_interval_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic, wall_us: Callable[[], int] = now_us,
     ) -> None:
         self.generator = generator
         self.sink = sink
@@ -49,6 +49,7 @@ class Simulator:
         self.periods_per_batch = max(1, batch_size // len(generator.symbols))
         self.log_interval_s = log_interval_s
         self.max_lag_s = max_lag_s
+        self.batch_interval_s = max(batch_interval_s, 0.0)
         self.clock = clock
         self.wall_us = wall_us
         self.last_ts_us = 0
@@ -81,7 +82,15 @@ class Simulator:
                       max_batch=self.periods_per_batch)
         appended = 0
         skipped = 0
+        batch_at = -math.inf
         while not self.stop.requested:
+            # At high rates a period is due every few microseconds: waiting
+            # batch_interval_s between batches sends fewer, larger round
+            # trips (each tick keeps its own scheduled event time).
+            hold_s = batch_at + self.batch_interval_s - self.clock()
+            if hold_s > 0:
+                self.stop.wait(hold_s)
+                continue
             due = pacer.due(self.clock())
             if pacer.skipped != skipped:
                 log.warning("fell %d period(s) behind schedule; skipped them",
@@ -92,6 +101,7 @@ class Simulator:
                 self.stop.wait(pacer.next_due_s() - self.clock())
                 continue
             now_mono, now_wall = self.clock(), self.wall_us()
+            batch_at = now_mono
             ts_us = []
             for due_s in due:
                 ts = max(now_wall - int((now_mono - due_s) * 1e6), self.last_ts_us + 1)

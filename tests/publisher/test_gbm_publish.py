@@ -139,6 +139,27 @@ def test_realtime_rate_is_kept(r: Any, keys: Keys) -> None:
     assert gaps == {250_000}  # event times on the schedule, no drift
 
 
+def test_realtime_batches_are_held_for_the_batch_interval(r: Any, keys: Keys) -> None:
+    clock = FakeTime()
+    stop = SleepingStop(clock, until_s=clock.now_s + 10.0)
+    metrics = PublisherMetrics()
+    sink = StreamSink(r, keys, stop=stop, metrics=metrics, clock=clock.monotonic)
+    batches: list[int] = []
+    publish = sink.publish
+    sink.publish = lambda ticks: batches.append(len(ticks)) or publish(ticks)  # type: ignore
+    gen = GbmGenerator(parse_symbols("AAPL"), seed=1)
+    sim = Simulator(gen, sink, stop=stop, metrics=metrics, clock=clock.monotonic,
+                    wall_us=clock.wall_us, batch_interval_s=0.5)
+    appended = sim.run_realtime(100.0)
+    # 10 s at 100 periods per second, in batches every 0.5 s instead of 1,000
+    # (the stop may come while the last half second waits).
+    assert appended == sum(batches) and 950 <= appended <= 1001
+    assert len(batches) <= 21 and max(batches) <= 51
+    stamps = [decode_fields(f).ts_us for _, f in stream_entries(r, keys, "AAPL")]
+    # Event times stay on the schedule (to the microsecond: float rounding).
+    assert {b - a for a, b in zip(stamps, stamps[1:], strict=False)} <= {9_999, 10_000, 10_001}
+
+
 def test_realtime_rate_roughly_in_wall_clock(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
