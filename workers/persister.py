@@ -173,15 +173,26 @@ class PersistWorker:
             self._drain()
             progressed |= self._claim_idle()
             self._next_claim = now + self.settings.claim_interval_s
+        # What every shard has is written together, up to batch_size per
+        # transaction: at low rates each shard holds a few entries, and one
+        # commit per shard per round would cost PostgreSQL a WAL flush each.
+        pending = Batch()
         for shard in list(self.consumer.streams):
             if self.stop.requested:
-                return progressed
+                break
             count = self.consumer.count_per_stream(shard, self.settings.batch_size)
             batch = self._retry("read new entries",
                                 partial(self.consumer.read_new, shard, count=count))
             if len(batch):
-                self.process(batch, redelivered=False)
+                pending.extend(batch)
                 progressed = True
+                if len(pending) >= self.settings.batch_size:
+                    self.process(pending, redelivered=False)
+                    pending = Batch()
+        if len(pending):
+            self.process(pending, redelivered=False)
+        if self.stop.requested:
+            return progressed
         if not progressed and not self.burst and not self.stop.requested:
             progressed = self._wait_for_entries()
         if now >= self._next_trim:
