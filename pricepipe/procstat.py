@@ -34,6 +34,9 @@ class StatFields:
     comm: str
     ppid: int
     cpu_ticks: int  # utime + stime, in SC_CLK_TCK units
+    #: cutime + cstime: children that exited and were waited for (a
+    #: PostgreSQL backend's CPU moves to the postmaster's here when it ends).
+    children_cpu_ticks: int = 0
 
 
 def parse_stat(text: str) -> StatFields:
@@ -50,7 +53,8 @@ def parse_stat(text: str) -> StatFields:
     # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
     ppid = int(rest[1])
     utime, stime = int(rest[11]), int(rest[12])
-    return StatFields(pid, comm, ppid, utime + stime)
+    cutime, cstime = int(rest[13]), int(rest[14])
+    return StatFields(pid, comm, ppid, utime + stime, cutime + cstime)
 
 
 def parse_status_kib(text: str, *names: str) -> dict[str, int]:
@@ -136,12 +140,14 @@ def postgres_pid(conn: Any) -> int | None:
 
 def tree_cpu_s(root: int | None) -> float:
     """CPU seconds (user + system) used so far by ``root`` and every process
-    below it: PostgreSQL's work is done by its backends, children of the
-    postmaster. 0.0 when ``root`` is None or gone."""
+    below it, those that already exited included: PostgreSQL's work is done by
+    its backends, children of the postmaster, which may end meanwhile. 0.0
+    when ``root`` is None or gone."""
     if root is None:
         return 0.0
     stats = all_stats()
-    return sum(stats[pid].cpu_ticks for pid in descendants(root, stats)) / CLK_TCK
+    return sum(stats[pid].cpu_ticks + stats[pid].children_cpu_ticks
+               for pid in descendants(root, stats)) / CLK_TCK
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -230,7 +236,9 @@ class ProcessSampler:
                     continue
                 memory = read_memory_kib(member)
                 seen = True
-                cpu += stat.cpu_ticks
+                # A tree also counts its members' ended children (backends
+                # that disconnected), or its CPU would drop when one exits.
+                cpu += stat.cpu_ticks + (stat.children_cpu_ticks if name in self.trees else 0)
                 rss += memory.get("VmRSS", 0)
                 anon += memory.get("RssAnon", 0)
             if seen:

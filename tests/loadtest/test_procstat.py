@@ -29,7 +29,8 @@ def test_parse_stat_handles_parentheses_and_spaces_in_the_name() -> None:
     assert stat.pid == 4242
     assert stat.comm == "python3 (x) y"
     assert stat.ppid == 17
-    assert stat.cpu_ticks == 175
+    assert stat.cpu_ticks == 175 and stat.children_cpu_ticks == 0
+    assert parse_stat(STAT.replace(" 150 25 0 0 ", " 150 25 7 3 ")).children_cpu_ticks == 10
 
 
 def test_parse_stat_rejects_garbage() -> None:
