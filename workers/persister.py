@@ -191,6 +191,10 @@ class PersistWorker:
                     pending = Batch()
         if len(pending):
             self.process(pending, redelivered=False)
+            if not self.burst and len(pending) < self.settings.batch_size // 2:
+                # A small round: the backlog is gone. Let entries gather
+                # rather than pay a round of reads and a commit for a few.
+                self.stop.wait(self.settings.linger_ms / 1000)
         if self.stop.requested:
             return progressed
         if not progressed and not self.burst and not self.stop.requested:

@@ -18,6 +18,9 @@ class WorkerSettings(Settings):
 
     # Batching
     batch_size: int = setting(5000, "Most stream entries written to PostgreSQL per transaction")
+    linger_ms: int = setting(
+        20, "After a round that found less than a batch, wait this long before the next "
+        "(fewer, larger transactions at moderate rates), ms; 0: never wait")
     pipeline: bool = setting(
         True, "Commit a batch in a background thread while the next one is read and decoded")
     block_ms: int = setting(

@@ -47,6 +47,18 @@ def test_n_published_ticks_become_exactly_n_rows(r: Any, keys: Keys, db: Any,
     assert got == want
 
 
+def test_one_transaction_takes_what_every_shard_had(
+        r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
+    assert len({keys.shard(s) for s in SYMBOLS}) > 1  # the ticks span several shards
+    publish(r, keys, make_ticks(40))
+    worker = run_worker(batch_size=1000)
+    assert worker.stats.batches == 1 and row_count(db) == 40
+    # ... but a transaction is written as soon as it holds batch_size.
+    publish(r, keys, make_ticks(40, start_us=make_ticks(41)[-1].ts_us))
+    worker = run_worker(name="w2", batch_size=16)
+    assert worker.stats.batches >= 2 and row_count(db) == 80
+
+
 def test_redelivered_entries_add_no_rows_and_do_not_recount_bars(
         r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
     publish(r, keys, make_ticks(500))
