@@ -17,7 +17,6 @@ using the codec's own bit split passed in as parameters), and
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,10 +162,28 @@ _MINUTE_US = 60_000_000
 
 @dataclass(frozen=True, slots=True)
 class JsonRows:
-    """``count`` JSON objects joined by commas (an array without its brackets)."""
+    """``count`` JSON objects encoded by PostgreSQL, each ending in a newline
+    (COPY's row terminator; JSON text never contains a raw one)."""
 
-    joined: bytes
+    lines: bytearray
     count: int
+
+    @property
+    def joined_bytes(self) -> int:
+        """Length of the objects joined by commas."""
+        return max(len(self.lines) - 1, 0)
+
+    def joined_chunks(self, chunk_bytes: int) -> Iterator[bytes]:
+        """The objects joined by commas, in pieces of at most ``chunk_bytes``.
+
+        Each newline but the last becomes a comma, a piece at a time: small
+        buffers stay in the CPU cache and are reused, where joining and
+        replacing a whole day of ticks (15 MB) in one go took 25 ms in the
+        server, most of it faulting in fresh memory.
+        """
+        view = memoryview(self.lines)[:self.joined_bytes]
+        for start in range(0, len(view), chunk_bytes):
+            yield bytes(view[start:start + chunk_bytes]).replace(b"\n", b",")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,23 +195,29 @@ class TickPage:
 
 
 # COPY with delimiter and quote characters that JSON text never contains raw
-# (to_json escapes every control character): each row comes out verbatim,
-# one per line, and no Python object is made per row. Lines are joined with
-# commas by replacing the newlines (JSON text has none either).
+# (to_json escapes every control character): each row comes out verbatim.
 _COPY_RAW = sql.SQL(
     "COPY ({}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
 
-def _copy_lines(cur: Any, query: sql.Composable, params: dict[str, Any]) -> bytes:
-    """The one-column rows of ``query`` as newline-terminated lines."""
-    buf = io.BytesIO()
-    cur.copy_expert(_COPY_RAW.format(sql.SQL(cur.mogrify(query, params).decode())), buf)
-    return buf.getvalue()
+class _Lines:
+    """``copy_expert`` sink appending every row to one buffer as it arrives
+    (psycopg2 writes each CopyData message, one per row, then frees it)."""
+
+    __slots__ = ("lines", "write")
+
+    def __init__(self) -> None:
+        self.lines = bytearray()
+        self.write = self.lines.extend
 
 
-def _joined(lines: bytes) -> JsonRows:
-    count = lines.count(b"\n")
-    return JsonRows(lines[:-1].replace(b"\n", b","), count)
+def _copy_rows(cur: Any, query: sql.Composable, params: dict[str, Any]) -> JsonRows:
+    """The one-column rows of ``query``, each ending in a newline."""
+    sink = _Lines()
+    cur.copy_expert(_COPY_RAW.format(sql.SQL(cur.mogrify(query, params).decode())), sink)
+    # psycopg2 reads the row count from COPY's command tag.
+    count = cur.rowcount if cur.rowcount >= 0 else sink.lines.count(b"\n")
+    return JsonRows(sink.lines, count)
 
 
 def _tick_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[str, Any]:
@@ -226,13 +249,15 @@ def tick_page(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange
     ``(ts, entry id)``; ``next_cursor`` is None on the last page."""
     query = _TICK_JSON.format(select=_tick_select(cursor, limit + 1))
     with conn.cursor() as cur:
-        lines = _copy_lines(cur, query, _tick_params(symbol, span, cursor))
-    if lines.count(b"\n") <= limit:
-        return TickPage(_joined(lines), None)
+        rows = _copy_rows(cur, query, _tick_params(symbol, span, cursor))
+    if rows.count <= limit:
+        return TickPage(rows, None)
     # limit + 1 rows: drop the extra one; the page's last row gives the cursor.
+    lines = rows.lines
     end = lines.rfind(b"\n", 0, len(lines) - 1) + 1
-    last = codec.decode_json(lines[lines.rfind(b"\n", 0, end - 1) + 1:end - 1])
-    return TickPage(_joined(lines[:end]),
+    last = codec.decode_json(bytes(lines[lines.rfind(b"\n", 0, end - 1) + 1:end]))
+    del lines[end:]
+    return TickPage(JsonRows(lines, limit),
                     Cursor(int(last["ts_us"]), codec.pack_entry_id(last["id"])))
 
 
@@ -269,8 +294,8 @@ def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
     """The OHLCV bars of ``symbol`` of width ``width_us``, oldest first.
     ``span.start_us`` should be aligned to the width."""
     with conn.cursor() as cur:
-        return _joined(_copy_lines(cur, _BAR_JSON.format(minutes=_bar_select(width_us)),
-                                   _bar_params(symbol, span, width_us)))
+        return _copy_rows(cur, _BAR_JSON.format(minutes=_bar_select(width_us)),
+                          _bar_params(symbol, span, width_us))
 
 
 def bar_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,

@@ -4,12 +4,18 @@ pieces PostgreSQL already encoded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
 from pricepipe.codec import encode_json
+
+from .queries import JsonRows
+
+#: Pieces of a JSON array body: large enough that per-message overhead is
+#: noise, small enough to stay in the CPU cache.
+JSON_CHUNK_BYTES = 256 * 1024
 
 
 class JsonResponse(Response):
@@ -19,6 +25,29 @@ class JsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return encode_json(content)
+
+
+class JsonArrayResponse(StreamingResponse):
+    """``application/json``: ``head``, then rows PostgreSQL encoded, joined
+    by commas, then ``tail``; e.g. ``{"count":2,"ticks":[`` + rows + ``]}``.
+
+    The rows are all in memory already (a failed query is an error status,
+    never a cut-off body); they are sent in pieces, with a Content-Length.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, head: bytes, rows: JsonRows, tail: bytes) -> None:
+        size = len(head) + rows.joined_bytes + len(tail)
+        super().__init__(self._pieces(head, rows, tail),
+                         headers={"Content-Length": str(size)})
+
+    @staticmethod
+    async def _pieces(head: bytes, rows: JsonRows, tail: bytes) -> AsyncIterator[bytes]:
+        yield head
+        for chunk in rows.joined_chunks(JSON_CHUNK_BYTES):
+            yield chunk
+        yield tail
 
 
 class CsvResponse(StreamingResponse):

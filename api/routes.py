@@ -29,7 +29,7 @@ from pricepipe.exceptions import InvalidParameterError, PricepipeError
 from . import params, queries
 from .errors import ERROR_RESPONSES, ErrorBody
 from .metrics import Metrics
-from .responses import CsvResponse, JsonResponse
+from .responses import CsvResponse, JsonArrayResponse, JsonResponse
 from .services import Services, get_services
 from .settings import ApiSettings
 
@@ -142,8 +142,7 @@ class HealthOut(BaseModel):
 def _json_page(head: dict[str, Any], list_name: str, rows: queries.JsonRows) -> Response:
     """``{...head, "count": n, list_name: [rows]}``; the rows come encoded from PostgreSQL."""
     prefix = codec.encode_json({**head, "count": rows.count})[:-1]
-    body = b"".join([prefix, b',"', list_name.encode(), b'":[', rows.joined, b"]}"])
-    return Response(body, media_type="application/json")
+    return JsonArrayResponse(b"".join([prefix, b',"', list_name.encode(), b'":[']), rows, b"]}")
 
 
 def _csv(stream: queries.CopyStream, filename: str) -> Response:

@@ -123,3 +123,29 @@ def test_bad_parameters_are_422_with_a_json_error(client: TestClient) -> None:
         assert resp.status_code == 422, (url, resp.status_code, resp.text)
         assert resp.headers["content-type"].startswith("application/json")
         assert word in resp.json()["error"], (url, resp.json())
+
+
+def test_json_rows_join_with_commas_in_any_chunk_size() -> None:
+    from api.queries import JsonRows
+
+    lines = bytearray(b'{"a":1}\n{"b":[2,3]}\n{"c":"x"}\n')
+    want = b'{"a":1},{"b":[2,3]},{"c":"x"}'
+    for chunk_bytes in (1, 2, 7, 8, 9, len(lines) - 1, len(lines), 1 << 20):
+        rows = JsonRows(lines, 3)
+        assert b"".join(rows.joined_chunks(chunk_bytes)) == want
+        assert rows.joined_bytes == len(want)
+    empty = JsonRows(bytearray(), 0)
+    assert empty.joined_bytes == 0 and list(empty.joined_chunks(4)) == []
+
+
+def test_a_page_larger_than_a_chunk_has_its_exact_length(client: TestClient, db: Any) -> None:
+    ticks = steady_ticks("BIG", DAY0_US, 3000, 1000)
+    insert_ticks(db, ticks)
+    resp = client.get("/v1/ticks/BIG", params={"start": str(DAY0_US), "limit": "2999",
+                                               "end": str(DAY0_US + 3000 * 1000 * 1000)})
+    assert resp.status_code == 200
+    assert int(resp.headers["content-length"]) == len(resp.content) > 256 * 1024
+    body = resp.json()
+    assert body["count"] == 2999 and len(body["ticks"]) == 2999
+    assert [t["ts_us"] for t in body["ticks"]] == [t.ts_us for t in ticks[:2999]]
+    assert body["next_cursor"] is not None
