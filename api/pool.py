@@ -63,27 +63,48 @@ class ReadPool:
         if not self._slots.acquire(timeout=self.wait_s):
             raise PoolBusyError(f"no free database connection within {self.wait_s:g} s")
         try:
-            conn = self._pool.getconn()
-            failed = True
-            try:
-                if conn.closed:
-                    raise psycopg2.InterfaceError("connection already closed")
-                if not conn.autocommit:
-                    # First use: one statement at a time, nothing left open
-                    # between them; read-only is SET for the session.
-                    conn.autocommit = True
-                    conn.set_session(readonly=True)
+            with self._lent() as conn:
                 yield conn
-                failed = conn.closed != 0 or (
-                    conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE
-                )
-            finally:
-                if not self._pool.closed:
-                    self._pool.putconn(conn, close=failed)
-                elif not conn.closed:
-                    conn.close()
         finally:
             self._slots.release()
+
+    @contextmanager
+    def spare_connection(self) -> Iterator[psycopg2.extensions.connection | None]:
+        """Borrow a second connection, for work that can do without one:
+        ``None`` at once when none is free (never a wait, so a busy pool
+        serves other requests first). Otherwise as :meth:`connection`."""
+        if self._pool.closed or not self._slots.acquire(blocking=False):
+            yield None
+            return
+        try:
+            with self._lent() as conn:
+                yield conn
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def _lent(self) -> Iterator[psycopg2.extensions.connection]:
+        """A connection from the pool, set up on first use, back (or closed
+        when it failed) afterwards; the caller holds a slot."""
+        conn = self._pool.getconn()
+        failed = True
+        try:
+            if conn.closed:
+                raise psycopg2.InterfaceError("connection already closed")
+            if not conn.autocommit:
+                # First use: one statement at a time, nothing left open
+                # between them; read-only is SET for the session.
+                conn.autocommit = True
+                conn.set_session(readonly=True)
+            yield conn
+            failed = conn.closed != 0 or (
+                conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE
+            )
+        finally:
+            if not self._pool.closed:
+                self._pool.putconn(conn, close=failed)
+            elif not conn.closed:
+                conn.close()
 
     def close(self) -> None:
         """Close every idle connection; later borrowers get :exc:`PoolBusyError`."""

@@ -10,6 +10,7 @@ reach SQL only through :mod:`api.queries`.
 
 # No ``from __future__ import annotations``: FastAPI reads the parameter
 # annotations at run time, and they refer to the local ``settings``.
+import contextlib
 import itertools
 import logging
 import secrets
@@ -240,8 +241,10 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                 header=queries.TICK_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
             return _csv(stream, f"{sym}-ticks.csv")
         rows = limit or settings.default_page_rows
-        with svc.pool.connection() as conn:
-            page = queries.tick_page(conn, sym, span, after, rows)
+        with svc.pool.connection() as conn, (
+                svc.pool.spare_connection() if rows >= queries.SPLIT_PAGE_ROWS
+                else contextlib.nullcontext()) as spare:
+            page = queries.tick_page(conn, sym, span, after, rows, spare=spare)
         head = {
             "symbol": sym, "start": format_us(span.start_us), "end": format_us(span.end_us),
             "next_cursor": page.next_cursor.encode() if page.next_cursor else None,

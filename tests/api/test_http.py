@@ -149,3 +149,59 @@ def test_a_page_larger_than_a_chunk_has_its_exact_length(client: TestClient, db:
     assert body["count"] == 2999 and len(body["ticks"]) == 2999
     assert [t["ts_us"] for t in body["ticks"]] == [t.ts_us for t in ticks[:2999]]
     assert body["next_cursor"] is not None
+
+
+def test_split_pages_are_the_pages_of_one_query(client: TestClient, db: Any,
+                                                monkeypatch: Any) -> None:
+    from api import queries
+
+    ticks = steady_ticks("SPLIT", DAY0_US, 40, 1000)
+    # Entries at the same instant as others: the split key holds the entry ID too.
+    twins = [Tick("SPLIT", ticks[i].ts_us, 60.0 + i, None, "test") for i in (0, 9, 10, 39)]
+    insert_ticks(db, [*ticks, *twins],
+                 [*(entry_for(t) for t in ticks), *(entry_for(t, 1) for t in twins)])
+    splits = []
+    split_rows = queries._split_tick_rows
+    monkeypatch.setattr(queries, "_split_tick_rows",
+                        lambda *a, **k: splits.append(1) or split_rows(*a, **k))
+
+    def walk(limit: int) -> list[tuple[int, list[str], str | None]]:
+        pages: list[tuple[int, list[str], str | None]] = []
+        cursor = None
+        while True:
+            query = {"start": str(DAY0_US), "end": str(DAY0_US + 10**9), "limit": str(limit)}
+            if cursor:
+                query["cursor"] = cursor
+            body = client.get("/v1/ticks/SPLIT", params=query).json()
+            pages.append((body["count"], [t["id"] for t in body["ticks"]], body["next_cursor"]))
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return pages
+
+    for limit in (1, 2, 5, 21, 43, 44, 100):
+        monkeypatch.setattr(queries, "SPLIT_PAGE_ROWS", 10**9)
+        whole = walk(limit)
+        assert not splits
+        monkeypatch.setattr(queries, "SPLIT_PAGE_ROWS", 1)
+        assert walk(limit) == whole
+        assert splits
+        splits.clear()
+        ids = [i for page in whole for i in page[1]]
+        assert len(ids) == len(set(ids)) == 44 and ids == sorted(ids, key=codec.parse_entry_id)
+
+
+def test_first_rows_cuts_the_page_and_names_its_last_row() -> None:
+    from api.queries import JsonRows, first_rows
+
+    def rows(n: int) -> JsonRows:
+        return JsonRows(bytearray(b"".join(b'{"n":%d}\n' % i for i in range(n))), n)
+
+    page, last = first_rows(rows(4), 4)
+    assert last is None and page.count == 4
+    page, last = first_rows(rows(5), 4)  # the usual extra row
+    assert (page.count, bytes(page.lines), last) == (
+        4, b'{"n":0}\n{"n":1}\n{"n":2}\n{"n":3}\n', b'{"n":3}\n')
+    page, last = first_rows(rows(9), 2)  # ticks arrived between the halves
+    assert (page.count, bytes(page.lines), last) == (2, b'{"n":0}\n{"n":1}\n', b'{"n":1}\n')
+    page, last = first_rows(rows(3), 1)
+    assert (page.count, bytes(page.lines), last) == (1, b'{"n":0}\n', b'{"n":0}\n')

@@ -89,3 +89,24 @@ def test_timeouts_and_a_busy_pool_map_to_504_and_503(
         busy = client.get("/test-only/busy")
         assert busy.status_code == 503 and busy.json()["error"].startswith("database busy")
         assert busy.headers["Retry-After"] == "1"
+
+
+def test_a_spare_connection_is_lent_only_when_one_is_free(database_url: str) -> None:
+    from api.pool import ReadPool
+
+    pool = ReadPool(database_url, size=2, statement_timeout_ms=5000, wait_s=60)
+    try:
+        with pool.connection() as first, pool.spare_connection() as second:
+            assert second is not None and second is not first
+            with second.cursor() as cur:
+                cur.execute("SHOW transaction_read_only")
+                assert cur.fetchone() == ("on",)
+            # Every connection is lent: None at once, not a 60 s wait.
+            with pool.spare_connection() as third:
+                assert third is None
+        with pool.spare_connection() as again:
+            assert again is not None
+    finally:
+        pool.close()
+    with pool.spare_connection() as closed:
+        assert closed is None
