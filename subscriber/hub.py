@@ -7,10 +7,18 @@ streams (multi-key commands stay inside one hash slot, see
 so no entry is skipped between two reads. Each tick is decoded and encoded to
 JSON once; subscribers receive the encoded bytes.
 
-A subscriber is anything with ``feed(symbol, batch)`` and ``flush()``: the
-hub calls ``feed`` for every batch of its symbols, then ``flush`` once per
-event-loop turn on each subscriber it fed, so ticks read together (from
-several shards too) leave in one frame.
+A subscriber is anything with ``feed(batch)`` and ``flush()``: the hub calls
+``feed`` with every :class:`Batch` of its symbols (one per symbol per read,
+the same object for every subscriber), then ``flush`` on each
+subscriber it fed, so ticks read together (from several shards too) leave in
+one frame. Flushes are at least ``flush_interval_ms`` apart: the first after
+a quiet spell runs at once (on the next event-loop turn), later ones wait out
+the interval, and the ticks read meanwhile join the same frame. Under load
+this bounds frames (and so writes and system calls) per connection to
+1000 / ``flush_interval_ms`` per second, at the price of that much added
+latency at most; 0 flushes on every event-loop turn. Once ``count`` ticks
+have been read since the last flush it is not put off any longer, which
+keeps a frame to about ``count`` ticks at any rate.
 """
 
 from __future__ import annotations
@@ -38,8 +46,21 @@ Entry = tuple[tuple[int, int], str, bytes]
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
 
+class Batch:
+    """The new ticks of one symbol from one read, shared by all its subscribers."""
+
+    __slots__ = ("symbol", "entries", "joined")
+
+    def __init__(self, symbol: str, entries: list[Entry]) -> None:
+        self.symbol = symbol
+        self.entries = entries
+        #: The ticks' JSON joined with commas, once: a frame's ``ticks`` list
+        #: is the comma-joined ``joined`` of the batches it carries.
+        self.joined = b",".join([entry[2] for entry in entries])
+
+
 class Subscriber(Protocol):
-    def feed(self, symbol: str, batch: list[Entry]) -> None: ...
+    def feed(self, batch: Batch) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -53,7 +74,8 @@ class Hub:
     itself (snapshot or resume) can stitch the two without a gap.
     """
 
-    def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000) -> None:
+    def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000,
+                 flush_interval_ms: float = 0) -> None:
         self._r = r
         self._keys = keys
         self._block_ms = block_ms
@@ -65,7 +87,11 @@ class Hub:
         self._inits: dict[str, asyncio.Task[None]] = {}
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._dirty: set[Subscriber] = set()
-        self._flush_scheduled = False
+        self._flush_interval_s = flush_interval_ms / 1000
+        self._flush_handle: asyncio.Handle | None = None
+        self._last_flush = float("-inf")
+        #: Ticks dispatched since the last flush; ``count`` of them flush at once.
+        self._unflushed = 0
         self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         self._closed = False
         #: False while Redis is unreachable; /healthz reports it.
@@ -117,6 +143,8 @@ class Hub:
 
     async def close(self) -> None:
         self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         tasks = [*self._readers.values(), *self._inits.values()]
         for task in tasks:
             task.cancel()
@@ -207,16 +235,33 @@ class Hub:
             if not batch:
                 continue
             self.ticks_read += len(batch)
+            self._unflushed += len(batch)
             subs = self._subs.get(symbol, ())
+            shared = Batch(symbol, batch)
             for sub in subs:
-                sub.feed(symbol, batch)
+                sub.feed(shared)
             self._dirty.update(subs)
-        if self._dirty and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._dirty:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        handle = self._flush_handle
+        due = self._last_flush + self._flush_interval_s
+        if due <= loop.time() or self._unflushed >= self._count:
+            # Due, or a full read's worth waiting: no reason to hold it longer
+            # (this also bounds a frame to about ``count`` ticks).
+            if handle is None or isinstance(handle, asyncio.TimerHandle):
+                if handle is not None:
+                    handle.cancel()
+                self._flush_handle = loop.call_soon(self._flush)
+        elif handle is None:
+            self._flush_handle = loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_handle = None
+        self._last_flush = asyncio.get_running_loop().time()
+        self._unflushed = 0
         dirty, self._dirty = self._dirty, set()
         for sub in dirty:
             sub.flush()

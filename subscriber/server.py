@@ -96,7 +96,8 @@ class WsServer:
         s = self.settings
         if self._r is None:
             self._r = async_redis_client(self._redis_settings)
-        self.hub = Hub(self._r, self.keys, block_ms=s.read_block_ms, count=s.read_count)
+        self.hub = Hub(self._r, self.keys, block_ms=s.read_block_ms, count=s.read_count,
+                       flush_interval_ms=s.flush_interval_ms)
         self._server = await serve(
             self._handler, s.host, s.port,
             process_request=self._process_request,

@@ -15,14 +15,21 @@ without yielding to the event loop, moves the buffered ticks newer than what
 it sent into the live path. The buffer is bounded: when it overflows it is
 dropped and the session reads the stream again from its cursor instead.
 
+Live frames are framed once by websockets' own :class:`~websockets.frames.Frame`
+and written straight to the transport (what ``broadcast`` does, without its
+per-call overhead): a server's frames are unmasked and the server negotiates
+no extension, so the bytes are exactly what ``send`` would write. A
+connection that did negotiate one goes through ``broadcast``.
+
 Slow consumers: live frames are written without waiting while the
 connection's send buffer is below ``buffer_high_bytes``. Above it, the
 connection stops receiving frames and keeps only the latest tick per symbol;
 once the buffer drains below ``buffer_low_bytes`` it gets one frame marked
 ``conflated`` with those ticks. A client still behind after
 ``slow_timeout_s`` is closed with code 4008. Memory per connection is thus
-bounded by the send buffer mark plus one frame (at most ``read_count`` ticks
-per symbol read), one tick per subscribed symbol, and the catch-up buffer.
+bounded by the send buffer mark plus one frame (the ticks the hub read since
+its last flush: about ``read_count`` at most, see :mod:`subscriber.hub`), one
+tick per subscribed symbol, and the catch-up buffer.
 """
 
 from __future__ import annotations
@@ -39,13 +46,15 @@ from limits import RateLimitItem
 from limits.strategies import RateLimiter
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from pricepipe import codec
 from pricepipe.exceptions import ProtocolError
 from pricepipe.keys import Keys
 
 from . import protocol as p
-from .hub import RETRYABLE, Entry, Hub
+from .hub import RETRYABLE, Batch, Entry, Hub
 from .settings import WsSettings
 
 log = logging.getLogger(__name__)
@@ -99,12 +108,17 @@ class Session:
         self._overflowed: set[str] = set()
         self._floors: dict[str, tuple[int, int]] = {}
         self._buffered = 0
-        self._parts: list[bytes] = []
+        #: Live batches for the next frame.
+        self._pending: list[Batch] = []
+        #: While behind: the latest tick of each symbol, for the conflated frame.
         self._latest: dict[str, bytes] = {}
         self.behind = False
         self._behind_since = 0.0
         self._drain_task: asyncio.Task[None] | None = None
         self._closing = False
+        # Frames may be written as raw bytes only when no extension (such as
+        # per-message deflate) transforms them.
+        self._raw_frames = not ws.protocol.extensions
 
     # --- conversation ----------------------------------------------------------------------
 
@@ -320,7 +334,7 @@ class Session:
             self._floors[symbol] = floor
             pending = [entry for entry in buffer if entry[0] > floor]
             if pending:
-                self.feed(symbol, pending)
+                self.feed(Batch(symbol, pending))
                 self.flush()
             return
 
@@ -364,7 +378,7 @@ class Session:
         self._closing = True
         for symbol in list(self.subscribed):
             self._drop(symbol)
-        self._parts = []
+        self._pending = []
         if self._drain_task is not None:
             self._drain_task.cancel()
         with contextlib.suppress(Exception):
@@ -372,13 +386,22 @@ class Session:
 
     # --- live path (called by the hub) -----------------------------------------------------
 
-    def feed(self, symbol: str, batch: list[Entry]) -> None:
+    def feed(self, batch: Batch) -> None:
+        # The common case (live, caught up, not behind) in three checks: this
+        # runs once per subscriber per symbol per read.
+        if self._catching or self._floors or self.behind:
+            self._feed_held(batch)
+        else:
+            self._pending.append(batch)
+
+    def _feed_held(self, batch: Batch) -> None:
+        symbol = batch.symbol
         buffer = self._catching.get(symbol)
         if buffer is not None:
             if symbol in self._overflowed:
                 return
-            buffer.extend(batch)
-            self._buffered += len(batch)
+            buffer.extend(batch.entries)
+            self._buffered += len(batch.entries)
             if self._buffered > self._settings.catchup_buffer_max:
                 for name, held in self._catching.items():
                     held.clear()
@@ -387,37 +410,54 @@ class Session:
             return
         floor = self._floors.get(symbol)
         if floor is not None:
-            batch = [entry for entry in batch if entry[0] > floor]
-            if not batch:
+            entries = [entry for entry in batch.entries if entry[0] > floor]
+            if not entries:
                 return
             del self._floors[symbol]  # the hub's batches only go forward from here
-        self._latest[symbol] = batch[-1][2]
-        if not self.behind:
-            self._parts.extend([entry[2] for entry in batch])
+            if len(entries) < len(batch.entries):
+                batch = Batch(symbol, entries)
+        if self.behind:
+            self._latest[symbol] = batch.entries[-1][2]
+        else:
+            self._pending.append(batch)
 
     def flush(self) -> None:
-        if self.behind or not self._parts or self._closing:
+        pending = self._pending
+        if not pending or self.behind or self._closing:
             return
         transport = self.ws.transport
         high = self._settings.buffer_high_bytes
         if transport is None or transport.get_write_buffer_size() > high:
             self._fall_behind()
             return
-        parts, self._parts = self._parts, []
-        self._latest.clear()
-        self._write(p.ticks_frame(parts), len(parts))
+        self._pending = []
+        count = 0
+        for batch in pending:
+            count += len(batch.entries)
+        self._write(p.ticks_frame([batch.joined for batch in pending]), count)
 
     def _write(self, frame: bytes, count: int) -> None:
-        # broadcast() writes without awaiting the drain: the buffer check in
-        # flush() is what bounds memory, not send()'s flow control.
-        broadcast([self.ws], frame, text=True)
+        # Written without awaiting the drain: the buffer check in flush() is
+        # what bounds memory, not send()'s flow control. Both paths skip a
+        # connection that is closing; everything websockets writes itself
+        # (control frames, pongs, the close frame) goes through the same
+        # transport, in call order, so frames never interleave.
+        ws = self.ws
+        if not self._raw_frames:
+            broadcast([ws], frame, text=True)
+        elif ws.protocol.state is State.OPEN:
+            ws.transport.write(Frame(Opcode.TEXT, frame).serialize(mask=False))
+        else:
+            return
         self._stats.frames += 1
         self._stats.deliveries += count
 
     def _fall_behind(self) -> None:
         self.behind = True
         self._behind_since = time.monotonic()
-        self._parts = []
+        for batch in self._pending:
+            self._latest[batch.symbol] = batch.entries[-1][2]
+        self._pending = []
         self._stats.conflations += 1
         self._drain_task = asyncio.create_task(self._drain())
 

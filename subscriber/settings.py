@@ -76,6 +76,10 @@ class WsSettings(Settings):
         100, "XREAD block time; also how soon a newly subscribed symbol's stream is read, ms"
     )
     read_count: int = setting(1000, "Most entries per stream per XREAD")
+    flush_interval_ms: float = setting(
+        20.0, "Shortest time between two frames of live ticks to one connection; ticks read "
+        "meanwhile share a frame (fewer frames and writes under load), ms; 0: no wait"
+    )
     redis_concurrency: int = setting(
         32, "Most concurrent snapshot/resume reads of Redis (bounds pool connections)"
     )
@@ -90,6 +94,8 @@ class WsSettings(Settings):
             )
         if self.read_block_ms < 1 or self.read_count < 1:
             raise ConfigError("PRICEPIPE_WS_READ_BLOCK_MS and _READ_COUNT must be positive")
+        if self.flush_interval_ms < 0:
+            raise ConfigError("PRICEPIPE_WS_FLUSH_INTERVAL_MS must not be negative")
         try:
             from limits import parse
 

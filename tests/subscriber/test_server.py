@@ -45,7 +45,9 @@ def test_subscribe_gets_ack_snapshot_then_live_ticks_with_ids(
             got = await collect_ticks(ws, 7)
             by_symbol = {s: [t["id"] for t in got if t["symbol"] == s] for s in ("AAPL", "MSFT")}
             assert by_symbol == {"AAPL": new_aapl, "MSFT": new_msft}
-            first = next(t for t in got if t["id"] == new_aapl[0])
+            # Entry ids are per stream: MSFT's may equal AAPL's, and ticks of
+            # different symbols may share a frame in either order.
+            first = next(t for t in got if t["symbol"] == "AAPL" and t["id"] == new_aapl[0])
             assert first["price"] == 110.0 and first["source"] == "test" and first["ts_us"]
 
     asyncio.run(scenario())

@@ -1,0 +1,166 @@
+"""Frames of live ticks: the hub's flush interval coalesces ticks read apart
+into one frame (and stops waiting once a full read's worth is held), and the
+frames the server writes straight to the transport are read correctly by a
+real websockets client, large ones and ones interleaved with control
+messages included.
+
+The intervals here are a minute long, so "not flushed yet" holds however
+slow the machine is; nothing measures time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from websockets.asyncio.client import connect
+
+from pricepipe import streams
+from pricepipe.config import RedisSettings
+from pricepipe.exceptions import ConfigError
+from pricepipe.keys import Keys
+from pricepipe.tick import Tick
+from subscriber.hub import Batch, Hub
+from subscriber.settings import WsSettings
+
+from .conftest import TS, collect_ticks, publish, recv_json, recv_type, running_server
+from .test_policies import until
+
+A_MINUTE_MS = 60_000
+
+
+class Recorder:
+    """A hub subscriber that records what it is fed, flush by flush."""
+
+    def __init__(self) -> None:
+        self.fed: list[list[str]] = []  # entry ids of each batch since the last flush
+        self.flushes: list[list[list[str]]] = []
+
+    def feed(self, batch: Batch) -> None:
+        self.fed.append([entry[1] for entry in batch.entries])
+
+    def flush(self) -> None:
+        self.flushes.append(self.fed)
+        self.fed = []
+
+
+def test_hub_holds_ticks_read_apart_until_the_interval_or_a_full_read(
+    redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    async def scenario() -> None:
+        ar = redis.asyncio.Redis.from_url(redis_url)
+        hub = Hub(ar, keys, block_ms=50, count=3, flush_interval_ms=A_MINUTE_MS)
+        sub = Recorder()
+        try:
+            await hub.add(sub, "AAPL")
+            # The first tick after a quiet spell leaves at once.
+            (first,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1)
+            await until(lambda: len(sub.flushes) == 1)
+            assert sub.flushes == [[[first]]]
+            # Two ticks read by two reads: held, not flushed (the interval is a minute).
+            (a,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=1)
+            await until(lambda: hub.ticks_read == 2)
+            (b,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=2)
+            await until(lambda: hub.ticks_read == 3)
+            await asyncio.sleep(0.1)
+            assert len(sub.flushes) == 1 and sub.fed == [[a], [b]]
+            # The third held tick makes a full read's worth (count=3): flushed now.
+            (c,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=3)
+            await until(lambda: len(sub.flushes) == 2)
+            assert sub.flushes[1] == [[a], [b], [c]]
+        finally:
+            await hub.close()
+            await ar.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_ticks_read_apart_reach_the_client_in_one_frame(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    streams.register_symbols(r, keys, ["AAPL", "MSFT"])
+
+    async def scenario() -> None:
+        async with running_server(redis_settings, flush_interval_ms=A_MINUTE_MS,
+                                  read_count=3) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            hub = server.hub
+            assert hub is not None
+            await recv_json(ws)
+            await ws.send('{"op":"subscribe","symbols":["AAPL","MSFT"],"snapshot":false}')
+            await recv_type(ws, "subscribed")
+            (session,) = server.sessions
+            await until(lambda: not session._catching)  # live: later ticks are not snapshot
+            first = await asyncio.to_thread(publish, r, keys, "AAPL", 1)
+            assert [t["id"] for t in await collect_ticks(ws, 1)] == first
+            # Two symbols, three reads, one frame.
+            ids = []
+            for n, symbol in enumerate(["AAPL", "MSFT", "AAPL"], start=1):
+                ids += await asyncio.to_thread(publish, r, keys, symbol, 1, start=n)
+                await until(lambda n=n: hub.ticks_read == 1 + n)
+            frame = await recv_json(ws)
+            assert frame["type"] == "ticks" and "conflated" not in frame
+            assert [t["id"] for t in frame["ticks"]] == ids
+            assert server.stats.frames == 2 and server.stats.deliveries == 4
+
+    asyncio.run(scenario())
+
+
+def test_frames_written_directly_are_read_by_a_real_client(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    """Frames with a 16-bit and a 64-bit length, with pongs and replies sent
+    by websockets itself in between: a real client reads every tick once, in
+    order, and every reply."""
+    streams.register_symbols(r, keys, ["AAPL"])
+    sent = 0
+
+    def publish_n(n: int) -> list[str]:
+        nonlocal sent
+        ticks = [Tick("AAPL", TS + sent + i, 100.0 + i % 13, 1.0, "test") for i in range(n)]
+        sent += n
+        return [eid.decode() for eid in streams.append_ticks(r, keys, ticks)]
+
+    async def scenario() -> None:
+        async with running_server(redis_settings, read_count=5000, flush_interval_ms=5,
+                                  buffer_high_bytes=8_000_000,
+                                  buffer_low_bytes=1_000_000) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
+            await recv_json(ws)
+            await ws.send('{"op":"subscribe","symbols":["AAPL"],"snapshot":false}')
+            await recv_type(ws, "subscribed")
+            (session,) = server.sessions
+            await until(lambda: not session._catching)
+            req = 0
+            # 2,000 ticks: a frame over 64 KiB.
+            for n in (1, 5, 2000, 1, 700):
+                publishing = asyncio.create_task(asyncio.to_thread(publish_n, n))
+                for _ in range(3):
+                    await ws.send(json.dumps({"op": "ping", "req": req}))
+                    await ws.ping()
+                    req += 1
+                ids = await publishing
+                got: list[dict[str, Any]] = []
+                pongs: list[int] = []
+                while len(got) < n or len(pongs) < 3:
+                    msg = await recv_json(ws, 10)
+                    if msg["type"] == "pong":
+                        pongs.append(msg["req"])
+                    else:
+                        assert msg["type"] == "ticks" and "conflated" not in msg, msg
+                        got += msg["ticks"]
+                assert [t["id"] for t in got] == ids
+                assert pongs == [req - 3, req - 2, req - 1]
+            assert server.stats.frames >= 5 and server.stats.deliveries == 2707
+
+    asyncio.run(scenario())
+
+
+def test_flush_interval_setting_is_checked() -> None:
+    assert WsSettings().flush_interval_ms > 0
+    assert WsSettings(flush_interval_ms=0).flush_interval_ms == 0
+    with pytest.raises(ConfigError, match="FLUSH_INTERVAL_MS"):
+        WsSettings(flush_interval_ms=-1)
