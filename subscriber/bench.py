@@ -5,12 +5,22 @@ measured in the same run on the same machine. Reports figures; never asserts.
 Set-up, per contender (pricepipe's server, then the baseline):
 
 * the server runs in its own process;
-* N clients run in another process (sharing the 2 cores fairly), each
-  subscribed to M of S symbols, counting ticks and measuring
-  ``receive time - tick ts_us`` (the publisher stamps ``ts_us`` with the
-  publish time; same host, same clock);
+* N clients run in another process, each subscribed to M of S symbols;
 * this process publishes R ticks per second in total, round-robin over the
   S symbols, in pipelined batches every 10 ms, for D seconds.
+
+What the clients measure, and how they keep their own cost low (they share
+the 2 cores with the server they measure, so every microsecond they spend
+is taken from it): websockets' sans-I/O protocol does each connection's
+handshake; after it, frames are split by their header without a websocket
+library's per-message machinery (see :class:`_BenchClient`). Every delivery
+is counted: every tick of every text frame, by its ``"ts_us":`` key.
+Latency is ``time the client process read the frame - the tick's ts_us``
+(the publisher stamps ``ts_us`` just before appending; same host, same
+clock), taken for every tick of one frame in ``SAMPLE_EVERY`` per
+connection, each connection starting at a random frame: a sample of about a
+tenth of the ticks, spread evenly over connections and time. The read time
+includes the client process's own queueing, so the figure errs high.
 
 The baseline reads the same streams with ``XREAD`` and calls
 ``websockets.broadcast`` once per tick for that symbol's subscribers (one
@@ -41,71 +51,201 @@ from pricepipe.embedded import free_port
 BENCH_PREFIX = "ppbench"
 BENCH_SHARDS = 8
 PUBLISH_INTERVAL_S = 0.01
+#: One tick frame in this many per connection is parsed for latency.
+SAMPLE_EVERY = 10
+_READ_BYTES = 262_144
 
 
 # --- client process --------------------------------------------------------------------------
 
 
-async def _clients_main(url: str, clients: int, symbols: int, per_client: int,
-                        duration_s: float, seed: int) -> dict[str, Any]:
-    import numpy as np
-    from websockets.asyncio.client import connect
+class _Tally:
+    """What every benchmark connection of the client process adds to."""
 
-    rng = random.Random(seed)
-    names = [f"B{i:03d}" for i in range(symbols)]
-    latencies: list[int] = []
-    counts = {"ticks": 0, "frames": 0, "conflated": 0}
-    recording = asyncio.Event()
-    conns = []
-    sem = asyncio.Semaphore(50)
+    def __init__(self, sample_every: int) -> None:
+        self.recording = False
+        self.sample_every = sample_every
+        self.ticks = 0
+        self.frames = 0
+        self.conflated = 0
+        self.latencies_us: list[int] = []
+        #: One read buffer for every connection: asyncio fills it and hands it
+        #: over synchronously, so they never use it at the same time.
+        self.buffer = bytearray(_READ_BYTES)
 
-    async def open_one() -> Any:
-        async with sem:
-            ws = await connect(url, max_size=None, open_timeout=60, ping_interval=None,
-                               compression=None)
-            await ws.recv()  # hello (pricepipe) or ready (baseline)
-            chosen = rng.sample(names, per_client)
-            await ws.send(codec.encode_json(
-                {"op": "subscribe", "symbols": chosen, "snapshot": False}).decode())
-            return ws
 
-    async def reader(ws: Any) -> None:
-        loads = codec.decode_json
-        sample = latencies.append
-        async for message in ws:
-            if not recording.is_set():
+class _BenchClient(asyncio.BufferedProtocol):
+    """One benchmark connection, as cheap per frame as it can be made.
+
+    websockets' sans-I/O :class:`ClientProtocol` does the opening handshake
+    and reads the first message (pricepipe's ``hello``, the baseline's
+    ``ready``), answered with the subscribe request. From then on the frames
+    are only split, not parsed: a server's frames are unmasked and neither
+    server fragments messages, so each frame is a 2-byte header, an optional
+    2- or 8-byte length, and one whole message. Pings are answered, a close
+    frame closes the connection.
+
+    Reads go into one preallocated buffer (:class:`asyncio.BufferedProtocol`):
+    a plain protocol's read allocates a 256 KiB ``bytes`` per ``recv``, which
+    glibc serves with ``mmap``/``mremap``/``munmap``, three extra system calls
+    per frame that cost more than everything else here together.
+    """
+
+    def __init__(self, uri: Any, subscribe: bytes, tally: _Tally, phase: int) -> None:
+        from websockets.client import ClientProtocol
+
+        self.ws = ClientProtocol(uri, max_size=None)
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._subscribe = subscribe
+        self._tally = tally
+        self._seen = phase
+        self._rest = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._send()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._tally.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = bytes(self._tally.buffer[:nbytes])
+        if self.subscribed.done():
+            self._frames(self._rest + data if self._rest else data)
+        else:
+            self._handshake(data)
+
+    def _handshake(self, data: bytes) -> None:
+        from websockets.frames import Frame
+
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                ws.send_text(self._subscribe)
+                self.subscribed.set_result(None)
+                break
+            if ws.handshake_exc is not None:
+                self.subscribed.set_exception(ws.handshake_exc)
+                break
+        self._send()
+
+    def _frames(self, data: bytes) -> None:
+        tally = self._tally
+        size = len(data)
+        pos = 0
+        received_us = 0
+        while size - pos >= 2:
+            length = data[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                start += 2
+                length = int.from_bytes(data[pos + 2:start], "big")
+            elif length == 127:
+                start += 8
+                length = int.from_bytes(data[pos + 2:start], "big")
+            end = start + length
+            if end > size:
+                break  # the rest of this frame comes with the next read
+            opcode = data[pos] & 0x0F
+            pos = end
+            if opcode != 1:  # not text
+                self._control(opcode, data[start:end])
                 continue
-            now = now_us()
-            msg = loads(message)
-            # pricepipe: {"type": "ticks", "ticks": [...]}; baseline: one bare tick.
-            ticks = msg.get("ticks") if "ticks" in msg else [msg] if "ts_us" in msg else None
+            if not tally.recording:
+                continue
+            message = data[start:end]
+            ticks = message.count(b'"ts_us":')
             if not ticks:
                 continue
-            counts["frames"] += 1
-            counts["ticks"] += len(ticks)
-            if msg.get("conflated"):
-                counts["conflated"] += 1
-            for tick in ticks:
-                sample(now - tick["ts_us"])
+            tally.frames += 1
+            tally.ticks += ticks
+            if message.startswith(b'{"type":"ticks","conflated":true'):
+                tally.conflated += 1
+            self._seen += 1
+            if self._seen % tally.sample_every == 0:
+                if not received_us:
+                    received_us = now_us()
+                msg = codec.decode_json(message)
+                # pricepipe: {"type": "ticks", "ticks": [...]}; baseline: one bare tick.
+                for tick in msg["ticks"] if "ticks" in msg else (msg,):
+                    tally.latencies_us.append(received_us - tick["ts_us"])
+        self._rest = data[pos:] if pos < size else b""
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+
+        assert self.transport is not None
+        if opcode == Opcode.PING:
+            self.transport.write(Frame(Opcode.PONG, payload).serialize(mask=True))
+        elif opcode == Opcode.CLOSE:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_exception(exc or ConnectionError("closed before the hello"))
+
+    def close(self) -> None:
+        from websockets.protocol import State
+
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.ws.state is State.OPEN:
+            self.ws.send_close()
+            self._send()
+        self.transport.close()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif not self.transport.is_closing():
+                self.transport.close()  # websockets' end of stream
+
+
+async def _clients_main(url: str, clients: int, symbols: int, per_client: int,
+                        duration_s: float, seed: int, sample_every: int) -> dict[str, Any]:
+    import numpy as np
+    from websockets.uri import parse_uri
+
+    rng = random.Random(seed)
+    uri = parse_uri(url)
+    names = [f"B{i:03d}" for i in range(symbols)]
+    tally = _Tally(sample_every)
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(50)
+
+    async def open_one() -> _BenchClient:
+        async with sem:
+            subscribe = codec.encode_json(
+                {"op": "subscribe", "symbols": rng.sample(names, per_client), "snapshot": False})
+            phase = rng.randrange(sample_every)
+            _, client = await loop.create_connection(
+                lambda: _BenchClient(uri, subscribe, tally, phase), uri.host, uri.port)
+            await asyncio.wait_for(client.subscribed, 60)
+            return client
 
     conns = await asyncio.gather(*(open_one() for _ in range(clients)))
-    tasks = [asyncio.create_task(reader(ws)) for ws in conns]
     await asyncio.sleep(1.0)  # subscriptions settle before anything is measured
     print("READY", flush=True)
-    recording.set()
+    tally.recording = True
     started = time.monotonic()
     await asyncio.sleep(duration_s)
-    recording.clear()
+    tally.recording = False
     elapsed = time.monotonic() - started
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
-    lat = np.array(latencies or [0], dtype=np.float64) / 1000.0
+    for client in conns:
+        client.close()
+    await asyncio.sleep(0.1)  # let the close frames leave
+    lat = np.array(tally.latencies_us or [0], dtype=np.float64) / 1000.0
     return {
-        "deliveries": counts["ticks"],
-        "frames": counts["frames"],
-        "conflated_frames": counts["conflated"],
+        "deliveries": tally.ticks,
+        "frames": tally.frames,
+        "conflated_frames": tally.conflated,
+        "latency_samples": len(tally.latencies_us),
         "elapsed_s": elapsed,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
@@ -333,7 +473,8 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
                "server_cpu_pct": ours["server_cpu_pct"],
                "clients_cpu_pct": ours["clients_cpu_pct"],
                "server_cpu_us_per_delivery": ours["server_cpu_us_per_delivery"],
-               "conflated_frames": ours["conflated_frames"]}
+               "conflated_frames": ours["conflated_frames"],
+               "latency_samples": ours["latency_samples"]}
     baselines = {"deliveries_per_s": base["deliveries_per_s"], "p50_ms": base["p50_ms"],
                  "p99_ms": base["p99_ms"], "max_ms": base["max_ms"],
                  "delivered_fraction": base["deliveries"] / max(base["expected_deliveries"], 1),
@@ -365,13 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--per-client", type=int, default=10)
     c.add_argument("--duration", type=float, default=10.0)
     c.add_argument("--seed", type=int, default=7)
+    c.add_argument("--sample-every", type=int, default=SAMPLE_EVERY,
+                   help="parse one tick frame in this many per connection for latency")
     b = sub.add_parser("baseline-server", help="the bare websockets.broadcast fan-out")
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--redis-url", required=True)
     args = parser.parse_args(argv)
     if args.what == "clients":
         result = asyncio.run(_clients_main(args.url, args.clients, args.symbols,
-                                           args.per_client, args.duration, args.seed))
+                                           args.per_client, args.duration, args.seed,
+                                           max(args.sample_every, 1)))
         print(codec.encode_json(result).decode(), flush=True)
     else:
         asyncio.run(_baseline_main(args.port, args.redis_url))
