@@ -110,3 +110,40 @@ def test_a_spare_connection_is_lent_only_when_one_is_free(database_url: str) -> 
         pool.close()
     with pool.spare_connection() as closed:
         assert closed is None
+
+
+def test_connections_are_reused_until_they_fail_or_lose_their_server(
+        database_url: str, db: Any) -> None:
+    import psycopg2.errors
+    import pytest
+
+    from api.pool import ReadPool
+
+    def backend(pool: ReadPool) -> int:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    pool = ReadPool(database_url, size=2, statement_timeout_ms=5000, wait_s=5)
+    try:
+        first = backend(pool)
+        assert backend(pool) == first  # kept, not reconnected per request
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            with pool.connection() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1 / 0")
+        second = backend(pool)
+        assert second != first  # the one that failed was closed
+        with pool.connection() as a, pool.connection() as b:
+            pids = {a.get_backend_pid(), b.get_backend_pid()}
+        # Both idle now; the server drops them (as a restart would), and
+        # waits until they are gone (the timeout argument, PostgreSQL 14+).
+        with db.cursor() as cur:
+            cur.execute("SELECT bool_and(pg_terminate_backend(pid, 10000))"
+                        "  FROM unnest(%s::int[]) AS pid", (sorted(pids),))
+            assert cur.fetchone() == (True,)
+        third = backend(pool)
+        assert third not in pids
+    finally:
+        pool.close()
