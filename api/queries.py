@@ -314,20 +314,20 @@ def _tick_rows(conn: psycopg2.extensions.connection, params: dict[str, Any],
 
 def _split_tick_rows(conn: psycopg2.extensions.connection,
                      spare: psycopg2.extensions.connection, params: dict[str, Any],
-                     after: tuple[sql.Composable, ...], rows: int) -> JsonRows:
-    """The first ``rows`` ticks: those before the middle one on ``conn``,
+                     after: tuple[sql.Composable, ...], wanted: int) -> JsonRows:
+    """The first ``wanted`` ticks: those before the middle one on ``conn``,
     the rest on ``spare`` in a thread of its own, at the same time."""
-    half = rows // 2
+    half = wanted // 2
     with conn.cursor() as cur:
         cur.execute(_SPLIT_KEY.format(bounds=sql.SQL(" ").join(after)),
                     {**params, "offset": half})
         middle = cur.fetchone()
     if middle is None:  # at most `half` ticks in all: no need to split
-        return _tick_rows(conn, params, _tick_select(rows, *after))
+        return _tick_rows(conn, params, _tick_select(wanted, *after))
     params = {**params, "split_ts": middle[0], "split_entry": middle[1]}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick-page") as executor:
         second = executor.submit(_tick_rows, spare, params,
-                                 _tick_select(rows - half, _FROM_SPLIT))
+                                 _tick_select(wanted - half, _FROM_SPLIT))
         try:
             first = _tick_rows(conn, params, _tick_select(None, *after, _BEFORE_SPLIT))
         except BaseException:
