@@ -12,8 +12,9 @@ Set-up, per contender (pricepipe's server, then the baseline):
 What the clients measure, and how they keep their own cost low (they share
 the 2 cores with the server they measure, so every microsecond they spend
 is taken from it): websockets' sans-I/O protocol does each connection's
-handshake; after it, frames are split by their header without a websocket
-library's per-message machinery (see :class:`_BenchClient`). Every delivery
+handshake; after it, one bare epoll loop reads every connection and splits
+frames by their header, without an event loop's or a websocket library's
+per-message machinery (see :class:`_BenchClient`). Every delivery
 is counted: every tick of every text frame, by its ``"ts_us":`` key.
 Latency is ``time the client process read the frame - the tick's ts_us``
 (the publisher stamps ``ts_us`` just before appending; same host, same
@@ -36,8 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -69,71 +72,61 @@ class _Tally:
         self.frames = 0
         self.conflated = 0
         self.latencies_us: list[int] = []
-        #: One read buffer for every connection: asyncio fills it and hands it
-        #: over synchronously, so they never use it at the same time.
-        self.buffer = bytearray(_READ_BYTES)
 
 
-class _BenchClient(asyncio.BufferedProtocol):
+_TICK_KEY = b'"ts_us":'
+_CONFLATED = b'{"type":"ticks","conflated":true'
+
+
+class _BenchClient:
     """One benchmark connection, as cheap per frame as it can be made.
 
-    websockets' sans-I/O :class:`ClientProtocol` does the opening handshake
-    and reads the first message (pricepipe's ``hello``, the baseline's
-    ``ready``), answered with the subscribe request. From then on the frames
-    are only split, not parsed: a server's frames are unmasked and neither
-    server fragments messages, so each frame is a 2-byte header, an optional
-    2- or 8-byte length, and one whole message. Pings are answered, a close
-    frame closes the connection.
-
-    Reads go into one preallocated buffer (:class:`asyncio.BufferedProtocol`):
-    a plain protocol's read allocates a 256 KiB ``bytes`` per ``recv``, which
-    glibc serves with ``mmap``/``mremap``/``munmap``, three extra system calls
-    per frame that cost more than everything else here together.
+    :meth:`open` does the opening handshake with websockets' sans-I/O
+    :class:`ClientProtocol` on a blocking socket, reads the first message
+    (pricepipe's ``hello``, the baseline's ``ready``) and answers it with the
+    subscribe request. From then on :meth:`received` only splits frames, with
+    no websocket library's per-message machinery: a server's frames are
+    unmasked and neither server fragments messages, so each frame is a 2-byte
+    header, an optional 2- or 8-byte length and one whole message. Pings are
+    answered, a close frame ends the connection.
     """
 
-    def __init__(self, uri: Any, subscribe: bytes, tally: _Tally, phase: int) -> None:
-        from websockets.client import ClientProtocol
-
-        self.ws = ClientProtocol(uri, max_size=None)
-        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._subscribe = subscribe
+    def __init__(self, sock: socket.socket, ws: Any, tally: _Tally, phase: int) -> None:
+        self.sock = sock
+        self._ws = ws
         self._tally = tally
         self._seen = phase
         self._rest = b""
-        self.transport: asyncio.Transport | None = None
+        self.open = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.ws.send_request(self.ws.connect())
-        self._send()
-
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self._tally.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        data = bytes(self._tally.buffer[:nbytes])
-        if self.subscribed.done():
-            self._frames(self._rest + data if self._rest else data)
-        else:
-            self._handshake(data)
-
-    def _handshake(self, data: bytes) -> None:
+    @classmethod
+    def open_to(cls, uri: Any, subscribe: bytes, tally: _Tally, phase: int) -> _BenchClient:
+        from websockets.client import ClientProtocol
         from websockets.frames import Frame
 
-        ws = self.ws
-        ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, Frame):
-                ws.send_text(self._subscribe)
-                self.subscribed.set_result(None)
-                break
+        sock = socket.create_connection((uri.host, uri.port), timeout=60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = ClientProtocol(uri, max_size=None)
+        ws.send_request(ws.connect())
+        while True:
+            for chunk in ws.data_to_send():
+                sock.sendall(chunk)
+            data = sock.recv(65_536)
+            if not data:
+                raise ConnectionError("closed before its first message")
+            ws.receive_data(data)
             if ws.handshake_exc is not None:
-                self.subscribed.set_exception(ws.handshake_exc)
-                break
-        self._send()
+                raise ws.handshake_exc
+            if any(isinstance(event, Frame) for event in ws.events_received()):
+                ws.send_text(subscribe)
+                for chunk in ws.data_to_send():
+                    sock.sendall(chunk)
+                sock.setblocking(False)
+                return cls(sock, ws, tally, phase)
 
-    def _frames(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
         tally = self._tally
         size = len(data)
         pos = 0
@@ -157,19 +150,18 @@ class _BenchClient(asyncio.BufferedProtocol):
                 continue
             if not tally.recording:
                 continue
-            message = data[start:end]
-            ticks = message.count(b'"ts_us":')
+            ticks = data.count(_TICK_KEY, start, end)
             if not ticks:
                 continue
             tally.frames += 1
             tally.ticks += ticks
-            if message.startswith(b'{"type":"ticks","conflated":true'):
+            if data.startswith(_CONFLATED, start):
                 tally.conflated += 1
             self._seen += 1
             if self._seen % tally.sample_every == 0:
                 if not received_us:
                     received_us = now_us()
-                msg = codec.decode_json(message)
+                msg = codec.decode_json(data[start:end])
                 # pricepipe: {"type": "ticks", "ticks": [...]}; baseline: one bare tick.
                 for tick in msg["ticks"] if "ticks" in msg else (msg,):
                     tally.latencies_us.append(received_us - tick["ts_us"])
@@ -178,37 +170,49 @@ class _BenchClient(asyncio.BufferedProtocol):
     def _control(self, opcode: int, payload: bytes) -> None:
         from websockets.frames import Frame, Opcode
 
-        assert self.transport is not None
         if opcode == Opcode.PING:
-            self.transport.write(Frame(Opcode.PONG, payload).serialize(mask=True))
+            with contextlib.suppress(OSError):
+                self.sock.send(Frame(Opcode.PONG, payload).serialize(mask=True))
         elif opcode == Opcode.CLOSE:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.subscribed.done():
-            self.subscribed.set_exception(exc or ConnectionError("closed before the hello"))
+            self.open = False
 
     def close(self) -> None:
-        from websockets.protocol import State
-
-        if self.transport is None or self.transport.is_closing():
-            return
-        if self.ws.state is State.OPEN:
-            self.ws.send_close()
-            self._send()
-        self.transport.close()
-
-    def _send(self) -> None:
-        assert self.transport is not None
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                self.transport.write(chunk)
-            elif not self.transport.is_closing():
-                self.transport.close()  # websockets' end of stream
+        with contextlib.suppress(Exception):
+            if self.open:
+                self._ws.send_close()
+                for chunk in self._ws.data_to_send():
+                    self.sock.send(chunk)
+        self.sock.close()
 
 
-async def _clients_main(url: str, clients: int, symbols: int, per_client: int,
-                        duration_s: float, seed: int, sample_every: int) -> dict[str, Any]:
+def _pump(by_fd: dict[int, _BenchClient], poller: Any, seconds: float) -> None:
+    """Read every connection for ``seconds``: a bare epoll loop, one ``recv``
+    into one preallocated buffer per readable connection, no event-loop
+    machinery (and no 256 KiB allocation per read, which glibc serves with
+    three extra system calls)."""
+    buffer = bytearray(_READ_BYTES)
+    view = memoryview(buffer)
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left):
+            client = by_fd[fd]
+            try:
+                n = client.sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if n:
+                client.received(bytes(view[:n]))
+            if not n or not client.open:
+                poller.unregister(fd)
+                client.open = False
+
+
+def _clients_main(url: str, clients: int, symbols: int, per_client: int,
+                  duration_s: float, seed: int, sample_every: int) -> dict[str, Any]:
+    import select
+
     import numpy as np
     from websockets.uri import parse_uri
 
@@ -216,30 +220,26 @@ async def _clients_main(url: str, clients: int, symbols: int, per_client: int,
     uri = parse_uri(url)
     names = [f"B{i:03d}" for i in range(symbols)]
     tally = _Tally(sample_every)
-    loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(50)
-
-    async def open_one() -> _BenchClient:
-        async with sem:
-            subscribe = codec.encode_json(
-                {"op": "subscribe", "symbols": rng.sample(names, per_client), "snapshot": False})
-            phase = rng.randrange(sample_every)
-            _, client = await loop.create_connection(
-                lambda: _BenchClient(uri, subscribe, tally, phase), uri.host, uri.port)
-            await asyncio.wait_for(client.subscribed, 60)
-            return client
-
-    conns = await asyncio.gather(*(open_one() for _ in range(clients)))
-    await asyncio.sleep(1.0)  # subscriptions settle before anything is measured
+    conns = []
+    for _ in range(clients):
+        subscribe = codec.encode_json(
+            {"op": "subscribe", "symbols": rng.sample(names, per_client), "snapshot": False})
+        conns.append(_BenchClient.open_to(uri, subscribe, tally, rng.randrange(sample_every)))
+    poller = select.epoll()
+    by_fd = {}
+    for client in conns:
+        poller.register(client.sock.fileno(), select.EPOLLIN)
+        by_fd[client.sock.fileno()] = client
+    _pump(by_fd, poller, 1.0)  # subscriptions settle before anything is measured
     print("READY", flush=True)
     tally.recording = True
     started = time.monotonic()
-    await asyncio.sleep(duration_s)
+    _pump(by_fd, poller, duration_s)
     tally.recording = False
     elapsed = time.monotonic() - started
     for client in conns:
         client.close()
-    await asyncio.sleep(0.1)  # let the close frames leave
+    poller.close()
     lat = np.array(tally.latencies_us or [0], dtype=np.float64) / 1000.0
     return {
         "deliveries": tally.ticks,
@@ -513,9 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--redis-url", required=True)
     args = parser.parse_args(argv)
     if args.what == "clients":
-        result = asyncio.run(_clients_main(args.url, args.clients, args.symbols,
-                                           args.per_client, args.duration, args.seed,
-                                           max(args.sample_every, 1)))
+        result = _clients_main(args.url, args.clients, args.symbols, args.per_client,
+                               args.duration, args.seed, max(args.sample_every, 1))
         print(codec.encode_json(result).decode(), flush=True)
     else:
         asyncio.run(_baseline_main(args.port, args.redis_url))
