@@ -12,8 +12,10 @@ A subscriber is anything with ``feed(batch)`` and ``flush()``: the hub calls
 the same object for every subscriber), then ``flush`` on each
 subscriber it fed, so ticks read together (from several shards too) leave in
 one frame. Flushes are at least ``flush_interval_ms`` apart: the first after
-a quiet spell runs at once (on the next event-loop turn), later ones wait out
-the interval, and the ticks read meanwhile join the same frame. Under load
+a quiet spell runs after ``linger_ms`` (1 ms: long enough for the other
+shards' replies to a burst of appends to be read too, so that a burst is not
+split into a frame now and the rest a whole interval later), later ones wait
+out the interval, and the ticks read meanwhile join the same frame. Under load
 this bounds frames (and so writes and system calls) per connection to
 1000 / ``flush_interval_ms`` per second, at the price of that much added
 latency at most; 0 flushes on every event-loop turn. Once ``count`` ticks
@@ -75,7 +77,7 @@ class Hub:
     """
 
     def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000,
-                 flush_interval_ms: float = 0) -> None:
+                 flush_interval_ms: float = 0, linger_ms: float = 1.0) -> None:
         self._r = r
         self._keys = keys
         self._block_ms = block_ms
@@ -88,6 +90,7 @@ class Hub:
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._dirty: set[Subscriber] = set()
         self._flush_interval_s = flush_interval_ms / 1000
+        self._linger_s = min(linger_ms, flush_interval_ms) / 1000
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = float("-inf")
         #: Ticks dispatched since the last flush; ``count`` of them flush at once.
@@ -247,16 +250,21 @@ class Hub:
     def _schedule_flush(self) -> None:
         loop = asyncio.get_running_loop()
         handle = self._flush_handle
-        due = self._last_flush + self._flush_interval_s
-        if due <= loop.time() or self._unflushed >= self._count:
-            # Due, or a full read's worth waiting: no reason to hold it longer
-            # (this also bounds a frame to about ``count`` ticks).
+        now = loop.time()
+        if self._unflushed >= self._count:
+            # A full read's worth waiting: no reason to hold it longer (this
+            # also bounds a frame to about ``count`` ticks).
             if handle is None or isinstance(handle, asyncio.TimerHandle):
                 if handle is not None:
                     handle.cancel()
                 self._flush_handle = loop.call_soon(self._flush)
         elif handle is None:
-            self._flush_handle = loop.call_at(due, self._flush)
+            # After a quiet spell, only the linger; otherwise the interval.
+            due = max(self._last_flush + self._flush_interval_s, now + self._linger_s)
+            if due <= now:
+                self._flush_handle = loop.call_soon(self._flush)
+            else:
+                self._flush_handle = loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -78,6 +78,35 @@ def test_hub_holds_ticks_read_apart_until_the_interval_or_a_full_read(
     asyncio.run(scenario())
 
 
+def test_a_burst_after_a_quiet_spell_leaves_in_one_flush(
+    redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """Appends to streams of several shards reach the hub as several replies;
+    the first flush after a quiet spell lingers so that they all make it,
+    instead of the first alone and the rest an interval later."""
+    symbols = ["AAPL", "MSFT", "IBM", "ORCL", "TSLA", "NVDA"]
+    assert len({keys.shard(s) for s in symbols}) > 1
+    streams.register_symbols(r, keys, symbols)
+
+    async def scenario() -> None:
+        ar = redis.asyncio.Redis.from_url(redis_url)
+        # A long linger, so that a slow machine cannot split the burst either.
+        hub = Hub(ar, keys, block_ms=50, flush_interval_ms=A_MINUTE_MS, linger_ms=500)
+        sub = Recorder()
+        try:
+            await asyncio.gather(*(hub.add(sub, s) for s in symbols))
+            ticks = [Tick(s, TS, 100.0) for s in symbols]
+            ids = await asyncio.to_thread(streams.append_ticks, r, keys, ticks)
+            await until(lambda: len(sub.flushes) == 1)
+            assert sorted(i for batch in sub.flushes[0] for i in batch) == \
+                sorted(i.decode() for i in ids)
+        finally:
+            await hub.close()
+            await ar.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_ticks_read_apart_reach_the_client_in_one_frame(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
