@@ -9,18 +9,22 @@ JSON once; subscribers receive the encoded bytes.
 
 A subscriber is anything with ``feed(batch)`` and ``flush()``: the hub calls
 ``feed`` with every :class:`Batch` of its symbols (one per symbol per read,
-the same object for every subscriber), then ``flush`` on each
-subscriber it fed, so ticks read together (from several shards too) leave in
-one frame. Flushes are at least ``flush_interval_ms`` apart: the first after
-a quiet spell runs after ``linger_ms`` (1 ms: long enough for the other
-shards' replies to a burst of appends to be read too, so that a burst is not
-split into a frame now and the rest a whole interval later), later ones wait
-out the interval, and the ticks read meanwhile join the same frame. Under load
-this bounds frames (and so writes and system calls) per connection to
-1000 / ``flush_interval_ms`` per second, at the price of that much added
-latency at most; 0 flushes on every event-loop turn. Once ``count`` ticks
-have been read since the last flush it is not put off any longer, which
-keeps a frame to about ``count`` ticks at any rate.
+the same object for every subscriber), then ``flush`` on each subscriber it
+fed, so ticks read together (from several shards too) leave in one frame.
+
+Flushes are at least ``flush_interval_ms`` apart, and under load reads are
+paced by them: a reader that got entries waits for the next flush, which
+first has every waiting reader take what arrived meanwhile (``XREAD``
+without ``BLOCK``), then flushes. Each busy shard is thus read once per
+interval, just before the frames leave, so coalescing costs a tick at most
+one interval (plus that read's round trip) and a connection gets at most
+1000 / ``flush_interval_ms`` frames per second. The first flush after a
+quiet spell waits only ``linger_ms`` (1 ms), long enough for the other
+shards' replies to a burst of appends to arrive, so that a burst is not
+split into a frame now and the rest an interval later. Once ``count``
+ticks have been read since the last flush it is not put off any longer,
+which keeps a frame to about ``count`` ticks at any rate. 0 flushes on
+every event-loop turn, without pacing the reads.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: One delivered entry: (sort key of its id, its id, its JSON bytes).
 Entry = tuple[tuple[int, int], str, bytes]
+
+#: Longest a flush waits for the reads it asked for (a slow one joins the next).
+ROUND_TIMEOUT_S = 0.005
 
 #: Errors after which a reader reconnects (with backoff) instead of failing.
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
@@ -95,6 +102,10 @@ class Hub:
         self._last_flush = float("-inf")
         #: Ticks dispatched since the last flush; ``count`` of them flush at once.
         self._unflushed = 0
+        #: Readers waiting for the next flush, which has them read first.
+        self._parked: list[asyncio.Future[None]] = []
+        #: Reads the pending flush still waits for.
+        self._round_left = 0
         self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         self._closed = False
         #: False while Redis is unreachable; /healthz reports it.
@@ -177,33 +188,59 @@ class Hub:
     async def _read_shard(self, shard: int) -> None:
         failures = 0
         stream = self._keys.stream
+        in_round = False  # the pending flush waits for this read
         while not self._closed:
-            wanted = self._by_shard.get(shard)
-            if not wanted:
-                return  # restarted by the next add() on this shard
-            streams = {stream(s): self._cursors[s] for s in wanted if s in self._cursors}
-            if not streams:
-                await asyncio.sleep(self._block_ms / 1000)  # cursors still initialising
-                continue
+            reply = None
             try:
-                reply = await self._r.xread(streams, count=self._count, block=self._block_ms)
-            except RETRYABLE as exc:
-                failures += 1
-                self._unhealthy(exc)
-                await asyncio.sleep(self._backoff.compute(failures))
-                continue
-            except redis.ResponseError as exc:
-                # e.g. a stream deleted under a blocked read; the reader must
-                # not die with it (every client of the shard would go quiet).
-                failures += 1
-                log.error("XREAD on shard %d failed: %s", shard, exc)
-                await asyncio.sleep(self._backoff.compute(failures))
-                continue
-            failures = 0
-            self.healthy = True
-            self.last_ok = time.monotonic()
-            if reply:
-                self._dispatch(reply)
+                wanted = self._by_shard.get(shard)
+                if not wanted:
+                    return  # restarted by the next add() on this shard
+                streams = {stream(s): self._cursors[s] for s in wanted if s in self._cursors}
+                if not streams:
+                    await asyncio.sleep(self._block_ms / 1000)  # cursors still initialising
+                    continue
+                try:
+                    # In a round the flush is waiting: take what is there, do not block.
+                    reply = await self._r.xread(streams, count=self._count,
+                                                block=None if in_round else self._block_ms)
+                except RETRYABLE as exc:
+                    failures += 1
+                    self._unhealthy(exc)
+                    await asyncio.sleep(self._backoff.compute(failures))
+                    continue
+                except redis.ResponseError as exc:
+                    # e.g. a stream deleted under a blocked read; the reader must
+                    # not die with it (every client of the shard would go quiet).
+                    failures += 1
+                    log.error("XREAD on shard %d failed: %s", shard, exc)
+                    await asyncio.sleep(self._backoff.compute(failures))
+                    continue
+                failures = 0
+                self.healthy = True
+                self.last_ok = time.monotonic()
+                if reply:
+                    self._dispatch(reply)
+            finally:
+                if in_round:
+                    in_round = False
+                    self._round_done()
+            if reply and self._flush_interval_s and not self._full(reply):
+                await self._park()
+                in_round = True
+
+    def _full(self, reply: list[Any]) -> bool:
+        """Whether a stream had more than one read could take: read on at once."""
+        count = self._count
+        return any(len(entries) >= count for _, entries in reply)
+
+    async def _park(self) -> None:
+        """Wait until the next flush wants this shard read."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._parked.append(future)
+        if self._flush_handle is None:
+            self._schedule_round(loop)
+        return await future
 
     def _unhealthy(self, exc: BaseException) -> None:
         if self.healthy:
@@ -250,7 +287,6 @@ class Hub:
     def _schedule_flush(self) -> None:
         loop = asyncio.get_running_loop()
         handle = self._flush_handle
-        now = loop.time()
         if self._unflushed >= self._count:
             # A full read's worth waiting: no reason to hold it longer (this
             # also bounds a frame to about ``count`` ticks).
@@ -259,17 +295,50 @@ class Hub:
                     handle.cancel()
                 self._flush_handle = loop.call_soon(self._flush)
         elif handle is None:
-            # After a quiet spell, only the linger; otherwise the interval.
-            due = max(self._last_flush + self._flush_interval_s, now + self._linger_s)
-            if due <= now:
-                self._flush_handle = loop.call_soon(self._flush)
-            else:
-                self._flush_handle = loop.call_at(due, self._flush)
+            self._schedule_round(loop)
+
+    def _schedule_round(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        # After a quiet spell, only the linger; otherwise the interval.
+        due = max(self._last_flush + self._flush_interval_s, now + self._linger_s)
+        if due <= now:
+            self._flush_handle = loop.call_soon(self._flush)
+        else:
+            self._flush_handle = loop.call_at(due, self._start_round)
+
+    def _start_round(self) -> None:
+        """The flush is due: have the parked readers read first, then flush."""
+        parked, self._parked = self._parked, []
+        woken = 0
+        for future in parked:
+            if not future.done():  # not cancelled with its reader
+                future.set_result(None)
+                woken += 1
+        if not woken:
+            self._flush()
+            return
+        self._round_left = woken
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(ROUND_TIMEOUT_S, self._flush)
+
+    def _round_done(self) -> None:
+        if self._round_left <= 0 or self._closed:
+            return  # that round's flush went without this read
+        self._round_left -= 1
+        if not self._round_left:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._last_flush = asyncio.get_running_loop().time()
+        self._round_left = 0
+        loop = asyncio.get_running_loop()
+        self._last_flush = loop.time()
         self._unflushed = 0
         dirty, self._dirty = self._dirty, set()
         for sub in dirty:
             sub.flush()
+        if self._parked and not self._closed:
+            # Readers that got entries in this interval read at the next flush.
+            self._schedule_round(loop)

@@ -47,30 +47,56 @@ class Recorder:
         self.fed = []
 
 
-def test_hub_holds_ticks_read_apart_until_the_interval_or_a_full_read(
+def test_hub_paces_reads_by_the_flush_interval(
     redis_url: str, r: redis.Redis, keys: Keys
 ) -> None:
     async def scenario() -> None:
         ar = redis.asyncio.Redis.from_url(redis_url)
-        hub = Hub(ar, keys, block_ms=50, count=3, flush_interval_ms=A_MINUTE_MS)
+        hub = Hub(ar, keys, block_ms=50, flush_interval_ms=A_MINUTE_MS)
         sub = Recorder()
         try:
             await hub.add(sub, "AAPL")
-            # The first tick after a quiet spell leaves at once.
+            # The first tick after a quiet spell leaves at once (after the linger).
             (first,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1)
             await until(lambda: len(sub.flushes) == 1)
             assert sub.flushes == [[[first]]]
-            # Two ticks read by two reads: held, not flushed (the interval is a minute).
+            # The next one is read, then held: the interval (a minute) is not over.
             (a,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=1)
             await until(lambda: hub.ticks_read == 2)
-            (b,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=2)
-            await until(lambda: hub.ticks_read == 3)
-            await asyncio.sleep(0.1)
-            assert len(sub.flushes) == 1 and sub.fed == [[a], [b]]
-            # The third held tick makes a full read's worth (count=3): flushed now.
-            (c,) = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=3)
-            await until(lambda: len(sub.flushes) == 2)
-            assert sub.flushes[1] == [[a], [b], [c]]
+            await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=2)
+            await asyncio.sleep(0.3)
+            # And the shard is not read again before the next flush: the third
+            # tick waits in Redis for the read that precedes it.
+            assert hub.ticks_read == 2
+            assert len(sub.flushes) == 1 and sub.fed == [[a]]
+        finally:
+            await hub.close()
+            await ar.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_hub_reads_a_backlog_on_without_waiting_for_the_interval(
+    redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    """Reads of ``count`` entries (more may be waiting) are flushed and
+    followed by the next read at once, whatever the interval."""
+    async def scenario() -> None:
+        ar = redis.asyncio.Redis.from_url(redis_url)
+        hub = Hub(ar, keys, block_ms=50, count=3, flush_interval_ms=A_MINUTE_MS,
+                  linger_ms=500)
+        sub = Recorder()
+        try:
+            await hub.add(sub, "AAPL")
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 30)
+
+            def flushed() -> list[str]:
+                return [i for flush in sub.flushes for batch in flush for i in batch]
+
+            # All but the last read's ticks (fewer than count: they wait for
+            # the next flush), in order.
+            await until(lambda: len(flushed()) >= 30 - 2)
+            assert flushed() == ids[:len(flushed())]
         finally:
             await hub.close()
             await ar.aclose()
@@ -110,11 +136,12 @@ def test_a_burst_after_a_quiet_spell_leaves_in_one_flush(
 def test_ticks_read_apart_reach_the_client_in_one_frame(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    assert keys.shard("AAPL") != keys.shard("MSFT")
     streams.register_symbols(r, keys, ["AAPL", "MSFT"])
 
     async def scenario() -> None:
-        async with running_server(redis_settings, flush_interval_ms=A_MINUTE_MS,
-                                  read_count=3) as server, \
+        # Long enough for the publishing below on a starved machine.
+        async with running_server(redis_settings, flush_interval_ms=1500) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             hub = server.hub
             assert hub is not None
@@ -125,11 +152,12 @@ def test_ticks_read_apart_reach_the_client_in_one_frame(
             await until(lambda: not session._catching)  # live: later ticks are not snapshot
             first = await asyncio.to_thread(publish, r, keys, "AAPL", 1)
             assert [t["id"] for t in await collect_ticks(ws, 1)] == first
-            # Two symbols, three reads, one frame.
-            ids = []
-            for n, symbol in enumerate(["AAPL", "MSFT", "AAPL"], start=1):
-                ids += await asyncio.to_thread(publish, r, keys, symbol, 1, start=n)
-                await until(lambda n=n: hub.ticks_read == 1 + n)
+            # Two symbols, two shards, three appends: one frame.
+            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=1)
+            await until(lambda: hub.ticks_read == 2)
+            ids += await asyncio.to_thread(publish, r, keys, "MSFT", 1, start=2)
+            await until(lambda: hub.ticks_read == 3)
+            ids += await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=3)
             frame = await recv_json(ws)
             assert frame["type"] == "ticks" and "conflated" not in frame
             assert [t["id"] for t in frame["ticks"]] == ids
