@@ -77,8 +77,9 @@ class WsSettings(Settings):
     )
     read_count: int = setting(1000, "Most entries per stream per XREAD")
     flush_interval_ms: float = setting(
-        20.0, "Shortest time between two frames of live ticks to one connection; ticks read "
-        "meanwhile share a frame (fewer frames and writes under load), ms; 0: no wait"
+        15.0, "Shortest time between two frames of live ticks to one connection; ticks that "
+        "arrive meanwhile share a frame and a busy shard is read once per interval (fewer "
+        "frames, writes and Redis reads under load, for up to this much latency), ms; 0: no wait"
     )
     redis_concurrency: int = setting(
         32, "Most concurrent snapshot/resume reads of Redis (bounds pool connections)"
