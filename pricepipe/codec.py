@@ -21,7 +21,7 @@ import orjson
 
 from .clock import format_us
 from .exceptions import DecodeError
-from .tick import Tick
+from .tick import Tick, known_valid
 
 #: The one field of an entry as pricepipe writes it: the tick as
 #: ``"<symbol> <ts_us> <price> <size> <source> <recv_ts_us>"``, single spaces,
@@ -109,19 +109,49 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> Tick:
 
 def tick_to_dict(tick: Tick, entry_id: str | None = None) -> dict[str, Any]:
     """JSON-ready dict: ``ts`` as ISO-8601 UTC plus exact ``ts_us``."""
+    return _tick_dict(tick.symbol, tick.ts_us, tick.price, tick.size, tick.source,
+                      tick.recv_ts_us, entry_id)
+
+
+def _tick_dict(symbol: str, ts_us: int, price: float, size: float | None, source: str,
+               recv_ts_us: int | None, entry_id: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "symbol": tick.symbol,
-        "ts": format_us(tick.ts_us),
-        "ts_us": tick.ts_us,
-        "price": tick.price,
-        "size": tick.size,
-        "source": tick.source,
+        "symbol": symbol,
+        "ts": format_us(ts_us),
+        "ts_us": ts_us,
+        "price": price,
+        "size": size,
+        "source": source,
     }
-    if tick.recv_ts_us is not None:
-        out["recv_ts_us"] = tick.recv_ts_us
+    if recv_ts_us is not None:
+        out["recv_ts_us"] = recv_ts_us
     if entry_id is not None:
         out["id"] = entry_id
     return out
+
+
+def entry_to_json(fields: Mapping[bytes, bytes] | list[bytes], entry_id: str) -> bytes:
+    """The JSON of a stream entry's tick with its ID:
+    ``encode_json(tick_to_dict(decode_fields(fields), entry_id))``, the same
+    bytes and the same errors, but for the usual entry without building a
+    :class:`Tick` (the websocket hub does this for every tick it reads).
+
+    ``fields`` as redis-py parses them (a dict) or as the server sends them
+    (a flat ``[name, value, ...]`` list). Raises :exc:`DecodeError` or
+    :exc:`InvalidTickError`.
+    """
+    if isinstance(fields, list):
+        it = iter(fields)
+        field_map: Mapping[bytes, bytes] = dict(zip(it, it, strict=False))
+    else:
+        field_map = fields
+    value = field_map.get(F_TICK)
+    if value is None:
+        return encode_json(tick_to_dict(decode_fields(field_map), entry_id))
+    values = split_value(value)
+    if not known_valid(*values):
+        Tick(*values)  # raises, or validates and remembers the new names
+    return orjson.dumps(_tick_dict(*values, entry_id))
 
 
 def tick_from_dict(data: Mapping[str, Any]) -> Tick:

@@ -48,6 +48,29 @@ def async_redis_client(settings: RedisSettings, **kwargs: Any) -> Any:
     return redis.asyncio.Redis.from_url(url, **options)
 
 
+def raw_replies(r: Any, *commands: str) -> Any:
+    """A client sharing ``r``'s connection pool whose replies to ``commands``
+    (e.g. ``"XREAD"``) skip redis-py's parsing, which builds a dict per stream
+    entry (~0.7 us each): the server's nested lists come back as they are, an
+    entry's fields as a flat ``[name, value, ...]`` list. Works for
+    ``redis.Redis`` and ``redis.asyncio.Redis``; cluster clients are returned
+    unchanged (their replies stay parsed), so callers accept both shapes.
+    """
+    if isinstance(r, redis.asyncio.Redis):
+        client: Any = redis.asyncio.Redis(connection_pool=r.connection_pool)
+    elif isinstance(r, redis.Redis):
+        client = redis.Redis(connection_pool=r.connection_pool)
+    else:
+        return r
+    for command in commands:
+        client.set_response_callback(command, _unparsed)
+    return client
+
+
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response
+
+
 def pg_connect(
     url: str, *, application_name: str = "pricepipe", readonly: bool = False,
     statement_timeout_ms: int | None = None, connect_timeout_s: int = 5,

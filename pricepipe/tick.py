@@ -106,6 +106,25 @@ class Tick:
         _remember(_SEEN_SOURCES, source)
 
 
+def known_valid(symbol: object, ts_us: object, price: object, size: object, source: object,
+                recv_ts_us: object) -> bool:
+    """True when ``Tick(symbol, ts_us, price, size, source, recv_ts_us)`` is
+    certainly valid and needs no conversion: exact types, in bounds, symbol
+    and source already seen. False says nothing: build the ``Tick``, which
+    either accepts the values (and remembers new names) or says what is wrong.
+
+    For hot paths that need a tick's values, not a ``Tick``: a frozen
+    dataclass costs ~0.7 us to build.
+    """
+    return (type(ts_us) is int and MIN_TS_US <= ts_us < MAX_TS_US
+            and type(price) is float and 0.0 < price < math.inf
+            and (size is None or (type(size) is float and 0.0 <= size < math.inf))
+            and (recv_ts_us is None
+                 or (type(recv_ts_us) is int and MIN_TS_US <= recv_ts_us < MAX_TS_US))
+            and type(symbol) is str and symbol in _SEEN_SYMBOLS
+            and type(source) is str and source in _SEEN_SOURCES)
+
+
 def _check_ts(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidTickError(f"{name} must be integer microseconds, not {value!r}", field=name)

@@ -38,10 +38,11 @@ from typing import Any, Protocol
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
-from pricepipe import codec
+from pricepipe.codec import entry_to_json
+from pricepipe.connections import raw_replies
 from pricepipe.keys import Keys
 
-from .protocol import encode_tick, id_key
+from .protocol import id_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Hub:
     def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000,
                  flush_interval_ms: float = 0, linger_ms: float = 1.0) -> None:
         self._r = r
+        # XREAD replies unparsed: entries go straight to JSON (no dict each).
+        self._reader = raw_replies(r, "XREAD")
         self._keys = keys
         self._block_ms = block_ms
         self._count = count
@@ -201,7 +204,7 @@ class Hub:
                     continue
                 try:
                     # In a round the flush is waiting: take what is there, do not block.
-                    reply = await self._r.xread(streams, count=self._count,
+                    reply = await self._reader.xread(streams, count=self._count,
                                                 block=None if in_round else self._block_ms)
                 except RETRYABLE as exc:
                     failures += 1
@@ -262,13 +265,13 @@ class Hub:
                 if key <= floor:
                     continue  # re-subscribed meanwhile: the new cursor is ahead
                 try:
-                    tick = codec.decode_fields(fields)
+                    encoded = entry_to_json(fields, entry_id)
                 except ValueError as exc:
                     # The entry stays in Redis; the persist workers dead-letter it.
                     self.bad_entries += 1
                     log.warning("skipping bad entry %s of %s: %s", entry_id, symbol, exc)
                     continue
-                batch.append((key, entry_id, encode_tick(tick, entry_id)))
+                batch.append((key, entry_id, encoded))
             last = entries[-1][0].decode()
             if id_key(last) > floor:
                 self._cursors[symbol] = last

@@ -181,7 +181,14 @@ def normalize_id(entry_id: Any, *, req: Any = None) -> str:
 
 
 def id_key(entry_id: bytes | str) -> tuple[int, int]:
-    """Sort key of an entry ID (string comparison would put ``9-0`` after ``10-0``)."""
+    """Sort key of an entry ID (string comparison would put ``9-0`` after ``10-0``).
+
+    Raises :exc:`~pricepipe.exceptions.DecodeError` on a malformed ID."""
+    if type(entry_id) is str:
+        # The hub keys every entry it reads: Redis's IDs take this short path.
+        ms, sep, seq = entry_id.partition("-")
+        if sep and ms.isdecimal() and seq.isdecimal():
+            return int(ms), int(seq)
     return codec.parse_entry_id(entry_id)
 
 

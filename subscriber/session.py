@@ -242,7 +242,7 @@ class Session:
             entry_id, fields = rows[0][0].decode(), rows[0][1]
             cursors[symbol] = entry_id
             try:
-                parts.append(p.encode_tick(codec.decode_fields(fields), entry_id))
+                parts.append(codec.entry_to_json(fields, entry_id))
             except ValueError as exc:
                 log.warning("bad entry %s of %s left out of a snapshot: %s", entry_id, symbol, exc)
         if parts and send_snapshot:
@@ -353,7 +353,7 @@ class Session:
             for raw_id, fields in rows:
                 cursor = raw_id.decode()
                 try:
-                    parts.append(p.encode_tick(codec.decode_fields(fields), cursor))
+                    parts.append(codec.entry_to_json(fields, cursor))
                 except ValueError as exc:
                     log.warning("bad entry %s of %s left out of a replay: %s", cursor, symbol,
                                 exc)

@@ -22,6 +22,7 @@ import redis
 
 from pricepipe import streams
 from pricepipe.clock import now_ms
+from pricepipe.connections import raw_replies
 from pricepipe.keys import PERSIST_GROUP, Keys
 
 from . import deadletter
@@ -40,7 +41,8 @@ class GroupConsumer:
         self.group = group
         #: Stream keys by shard, from the registry (see :meth:`refresh`).
         self.streams: dict[int, list[str]] = {}
-        self._reader = _raw_reader(r)
+        # Entries reach workers.batch as the server sends them: no dict per entry.
+        self._reader = raw_replies(r, "XREADGROUP")
         self._forget_script: Any = None
 
     # Discovery
@@ -222,22 +224,6 @@ for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return gone
 """
-
-
-def _raw_reader(r: Any) -> Any:
-    """A client for ``XREADGROUP`` that skips redis-py's reply parsing (which
-    builds a dict per entry) and hands over the server's nested lists, which
-    :mod:`workers.batch` decodes directly; it shares ``r``'s connection pool.
-    Cluster clients are used as they are."""
-    if not isinstance(r, redis.Redis):
-        return r
-    reader = redis.Redis(connection_pool=r.connection_pool)
-    reader.set_response_callback("XREADGROUP", _raw_reply)
-    return reader
-
-
-def _raw_reply(response: Any, **options: Any) -> Any:
-    return response
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

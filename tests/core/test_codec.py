@@ -37,6 +37,32 @@ def test_stream_entry_is_one_readable_field() -> None:
         b"t": "AAPL 1700000000000001 187.25 3.0 binance 1700000000000009"}
 
 
+_PARTS = st.sampled_from([
+    b"AAPL", b"aapl", b"", b"\xff", b"gbm", b"bad source!", b"1700000000000000", b"12",
+    b"1.5", b"-1.5", b"0", b"nan", b"inf", b"1e309", b"5e-324", b"7", b"1_0",
+])
+_ANY_FIELDS = (
+    st.lists(_PARTS, min_size=5, max_size=7).map(lambda p: {b"t": b" ".join(p)})
+    | st.dictionaries(st.sampled_from([b"sym", b"ts", b"px", b"src", b"sz", b"t"]), _PARTS)
+    | ticks.map(lambda t: _as_redis_returns(codec.encode_fields(t)))
+)
+
+
+@given(_ANY_FIELDS)
+def test_entry_json_is_the_tick_json_or_the_same_error(fields: dict[bytes, bytes]) -> None:
+    try:
+        want: bytes | type = codec.encode_json(codec.tick_to_dict(codec.decode_fields(fields),
+                                                                  "5-1"))
+    except ValueError as exc:
+        want = type(exc)
+    for shape in (fields, [x for kv in fields.items() for x in kv]):
+        try:
+            got: bytes | type = codec.entry_to_json(shape, "5-1")  # type: ignore[arg-type]
+        except ValueError as exc:
+            got = type(exc)
+        assert got == want
+
+
 def test_one_field_per_attribute_entries_are_still_read() -> None:
     fields = {b"sym": b"AAPL", b"ts": b"1700000000000000", b"px": b"2.5", b"src": b"cli"}
     assert codec.decode_fields(fields) == Tick("AAPL", 1_700_000_000_000_000, 2.5, None, "cli")
