@@ -18,7 +18,6 @@ can share one frame; every tick carries its stream entry ID as ``id``.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,27 +214,6 @@ def ticks_frame(parts: Iterable[bytes], *, conflated: bool = False, replay: bool
     """
     head = _TICKS_CONFLATED if conflated else _TICKS_REPLAY if replay else _TICKS
     return head + b",".join(parts) + _END
-
-
-_FIN_TEXT = 0x81
-_LENGTH_16 = struct.Struct("!BBH").pack
-_LENGTH_64 = struct.Struct("!BBQ").pack
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one websocket text frame from a server: final, unmasked,
-    no extension (RFC 6455, section 5.2).
-
-    The same bytes as websockets' ``Frame(Opcode.TEXT, payload).serialize(
-    mask=False)`` (a test checks it), at a quarter of its cost: the server
-    frames every live message itself, tens of thousands a second.
-    """
-    length = len(payload)
-    if length < 126:
-        return bytes((_FIN_TEXT, length)) + payload
-    if length < 65536:
-        return _LENGTH_16(_FIN_TEXT, 126, length) + payload
-    return _LENGTH_64(_FIN_TEXT, 127, length) + payload
 
 
 def snapshot_frame(parts: Iterable[bytes]) -> bytes:

@@ -15,8 +15,8 @@ without yielding to the event loop, moves the buffered ticks newer than what
 it sent into the live path. The buffer is bounded: when it overflows it is
 dropped and the session reads the stream again from its cursor instead.
 
-Live frames are framed here (:func:`~subscriber.protocol.text_frame`) and
-written straight to the transport (what ``broadcast`` does, without its
+Live frames are framed once by websockets' own :class:`~websockets.frames.Frame`
+and written straight to the transport (what ``broadcast`` does, without its
 per-call overhead): a server's frames are unmasked and the server negotiates
 no extension, so the bytes are exactly what ``send`` would write. A
 connection that did negotiate one goes through ``broadcast``.
@@ -46,6 +46,7 @@ from limits import RateLimitItem
 from limits.strategies import RateLimiter
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from pricepipe import codec
@@ -445,7 +446,7 @@ class Session:
         if not self._raw_frames:
             broadcast([ws], frame, text=True)
         elif ws.protocol.state is State.OPEN:
-            ws.transport.write(p.text_frame(frame))
+            ws.transport.write(Frame(Opcode.TEXT, frame).serialize(mask=False))
         else:
             return
         self._stats.frames += 1

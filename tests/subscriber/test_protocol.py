@@ -69,11 +69,3 @@ def test_tick_frames_join_shared_encodings() -> None:
 
 def test_entry_id_keys_sort_numerically() -> None:
     assert p.id_key("9-0") < p.id_key("10-0") < p.id_key("10-1")
-
-
-@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
-def test_text_frames_are_the_bytes_websockets_would_send(length: int) -> None:
-    from websockets.frames import Frame, Opcode
-
-    payload = b"x" * length
-    assert p.text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
