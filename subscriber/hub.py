@@ -102,13 +102,16 @@ class Hub:
         self._flush_interval_s = flush_interval_ms / 1000
         self._linger_s = min(linger_ms, flush_interval_ms) / 1000
         self._flush_handle: asyncio.Handle | None = None
-        self._last_flush = float("-inf")
+        #: loop.time() the last round started (its reads went out), or of the
+        #: last flush without a round: the next round is due an interval later.
+        self._last_round = float("-inf")
         #: Ticks dispatched since the last flush; ``count`` of them flush at once.
         self._unflushed = 0
         #: Readers waiting for the next flush, which has them read first.
         self._parked: list[asyncio.Future[None]] = []
         #: Reads the pending flush still waits for.
         self._round_left = 0
+        self._in_round = False
         self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         self._closed = False
         #: False while Redis is unreachable; /healthz reports it.
@@ -303,7 +306,10 @@ class Hub:
     def _schedule_round(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         # After a quiet spell, only the linger; otherwise the interval.
-        due = max(self._last_flush + self._flush_interval_s, now + self._linger_s)
+        # Measured from the start of the last round, not from its flush: the
+        # round's own reads and dispatch (several ms at 50k ticks/s) must not
+        # stretch the cycle, or ticks wait interval + round time to be read.
+        due = max(self._last_round + self._flush_interval_s, now + self._linger_s)
         if due <= now:
             self._flush_handle = loop.call_soon(self._flush)
         else:
@@ -312,6 +318,8 @@ class Hub:
     def _start_round(self) -> None:
         """The flush is due: have the parked readers read first, then flush."""
         parked, self._parked = self._parked, []
+        loop = asyncio.get_running_loop()
+        self._last_round = loop.time()
         woken = 0
         for future in parked:
             if not future.done():  # not cancelled with its reader
@@ -321,7 +329,7 @@ class Hub:
             self._flush()
             return
         self._round_left = woken
-        loop = asyncio.get_running_loop()
+        self._in_round = True
         self._flush_handle = loop.call_later(ROUND_TIMEOUT_S, self._flush)
 
     def _round_done(self) -> None:
@@ -335,9 +343,11 @@ class Hub:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._round_left = 0
         loop = asyncio.get_running_loop()
-        self._last_flush = loop.time()
+        if not self._in_round:
+            self._last_round = loop.time()  # a flush without a round of reads
+        self._in_round = False
+        self._round_left = 0
         self._unflushed = 0
         dirty, self._dirty = self._dirty, set()
         for sub in dirty:
