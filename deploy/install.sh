@@ -257,8 +257,12 @@ if [ "$LOCAL_SERVERS" = 1 ]; then
     say "redis: AOF everysec, maxmemory $REDIS_MAXMEMORY with noeviction"
     # noeviction: a full Redis refuses writes (the publisher backs off)
     # instead of silently evicting unpersisted stream entries.
-    for kv in "appendonly yes" "appendfsync everysec" "maxmemory $REDIS_MAXMEMORY" \
-              "maxmemory-policy noeviction" "bind 127.0.0.1 -::1" "protected-mode yes"; do
+    # auto-aof-rewrite-min-size: trimmed streams keep the rewritten AOF small,
+    # so at the default 64mb a busy pipeline forks a rewrite every few
+    # seconds (each fork stalls Redis for a moment).
+    for kv in "appendonly yes" "appendfsync everysec" "auto-aof-rewrite-min-size 1gb" \
+              "maxmemory $REDIS_MAXMEMORY" "maxmemory-policy noeviction" \
+              "bind 127.0.0.1 -::1" "protected-mode yes"; do
         set_conf "${kv%% *}" "${kv#* }" "$REDIS_CONF"
     done
     run systemctl enable redis-server.service

@@ -199,6 +199,10 @@ class RedisServer(_Server):
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
+            # As deploy/install.sh sets it: trimmed streams keep the rewritten
+            # AOF small, so the default 64mb forks a rewrite every few seconds
+            # under load, and every fork stalls the server.
+            "--auto-aof-rewrite-min-size", "1gb",
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(log_path),

@@ -41,7 +41,8 @@ def test_dry_run_lists_actions_and_changes_nothing(tmp_path: Path) -> None:
     apt = next(line for line in out.splitlines() if "apt-get install" in line)
     for package in ("redis-server", "postgresql", "nginx", "python3-venv"):
         assert package in apt.split()
-    for setting in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
+    for setting in ("appendonly yes", "appendfsync everysec", "auto-aof-rewrite-min-size 1gb",
+                    "maxmemory-policy noeviction"):
         assert f"+ set '{setting}' in /etc/redis/redis.conf" in out
     assert "roles.sql" in out
     assert "+ write /etc/pricepipe/pricepipe.env (mode 0600, owner root:root)" in out

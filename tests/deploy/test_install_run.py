@@ -143,6 +143,7 @@ def test_install_twice_keeps_secrets_and_reconciles(scratch: Scratch) -> None:
 
     settings = active_settings(scratch.redis_conf.read_text())
     for key, value in [("appendonly", "yes"), ("appendfsync", "everysec"),
+                       ("auto-aof-rewrite-min-size", "1gb"),
                        ("maxmemory", "1gb"), ("maxmemory-policy", "noeviction")]:
         assert [v for k, v in settings if k == key] == [value], key
 
