@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
                    help="per-symbol start price, annual drift and volatility (repeatable)")
     g.add_argument("--dt-years", type=float, help="simulated years per tick")
     g.add_argument("--correlation", help="one number for every pair, or rows '1,0.5;0.5,1'")
-    g.add_argument("--batch-size", type=int, help="most ticks per pipelined round trip")
+    g.add_argument("--batch-size", type=int, help="most ticks per round trip to Redis")
     g = p.add_argument_group("pollers")
     g.add_argument("--interval", type=float, help="seconds between polls (default 5)")
     g.add_argument("--rounds", type=int, help="poll this many times, then exit")

@@ -32,7 +32,8 @@ class PublisherSettings(Settings):
         TRADING_MINUTE_YEARS, "GBM simulated time per tick, years (default: one trading minute)")
     correlation: str | None = setting(
         None, "GBM correlation: one number for every pair, or matrix rows `1,0.5;0.5,1`")
-    batch_size: int = setting(1000, "Most ticks per pipelined XADD round trip")
+    batch_size: int = setting(
+        1000, "Most ticks per round trip to Redis (one append script call per shard)")
     max_lag_s: float = setting(
         1.0, "GBM real-time mode: skip (and count) periods when this far behind schedule")
     batch_interval_ms: float = setting(
