@@ -129,6 +129,8 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
     from pricepipe.keys import PERSIST_GROUP, Keys
     from pricepipe.procstat import postgres_pid, redis_pid, tree_cpu_s
 
+    from .settings import WorkerSettings
+
     n = n or N_DEFAULT
     keys = Keys(PREFIX, SHARDS)
     r = redis.Redis.from_url(redis_url)
@@ -212,4 +214,4 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
         print(f"  ratio {name:<30} {value:>14.2f}")
     return {"target": "persist", "figures": figures, "baselines": baselines, "ratios": ratios,
             "params": {"n": n, "symbols": len(SYMBOLS), "row_insert_sample": len(sample),
-                       "batch_size": 5000}}
+                       "batch_size": WorkerSettings().batch_size}}

@@ -17,7 +17,10 @@ class WorkerSettings(Settings):
     env_prefix: ClassVar[str] = "PRICEPIPE_WORKER_"
 
     # Batching
-    batch_size: int = setting(5000, "Most stream entries written to PostgreSQL per transaction")
+    # 10,000 rather than 5,000: each commit waits for a WAL flush, and at
+    # 10,000 bench persist measured ~115k ticks/s instead of ~105k (20,000:
+    # ~118k, for twice the redelivery after a crash).
+    batch_size: int = setting(10_000, "Most stream entries written to PostgreSQL per transaction")
     linger_ms: int = setting(
         20, "After a round that found less than a batch, wait this long before the next "
         "(fewer, larger transactions at moderate rates), ms; 0: never wait")
