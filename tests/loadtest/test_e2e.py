@@ -28,3 +28,15 @@ def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> Non
     once = report["exactly_once"]
     assert once["ok"], once
     assert once["rows"] == report["figures"]["ticks_published"] > 0
+
+
+def test_the_goal_is_judged_on_the_step_rate_held_to_99_percent() -> None:
+    step = {"target_ticks_per_s": 50_000, "published_ticks_per_s": 49_987.0,
+            "persist_lag_p99_ms": 102.0, "ws_latency_p99_ms": 24.3}
+    assert loadtest.meets_goal(step)
+    assert not loadtest.meets_goal({**step, "published_ticks_per_s": 49_000.0})
+    assert not loadtest.meets_goal({**step, "target_ticks_per_s": 35_000,
+                                    "published_ticks_per_s": 35_000.0})
+    assert not loadtest.meets_goal({**step, "ws_latency_p99_ms": 50.0})
+    assert not loadtest.meets_goal({**step, "persist_lag_p99_ms": 1000.0})
+    assert not loadtest.meets_goal(None)
