@@ -141,7 +141,10 @@ def _evalsha_loading(r: Any, keys_: list[str], args: list[str]) -> Any:
         except NoScriptError:
             r.script_load(APPEND_SCRIPT)  # on every primary
             return r.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
-    except redis.RedisError as exc:
+    except redis.ResponseError as exc:
+        # A refusal (OOM, WRONGTYPE) is this call's result, as in a pipeline
+        # with raise_on_error=False; connection errors propagate, as there,
+        # so the caller retries the batch.
         return exc
 
 
