@@ -24,7 +24,7 @@ from typing import Any
 
 from pricepipe import codec
 from pricepipe.exceptions import DecodeError, InvalidTickError, ProtocolError
-from pricepipe.tick import Tick, validate_symbol
+from pricepipe.tick import validate_symbol
 
 #: Protocol version announced in ``hello``; bumped on incompatible changes.
 VERSION = 1
@@ -192,11 +192,6 @@ def id_key(entry_id: bytes | str) -> tuple[int, int]:
 
 
 # --- server messages -------------------------------------------------------------------------
-
-
-def encode_tick(tick: Tick, entry_id: str) -> bytes:
-    """One tick as JSON bytes, encoded once and shared by every frame that carries it."""
-    return codec.encode_json(codec.tick_to_dict(tick, entry_id))
 
 
 _TICKS = b'{"type":"ticks","ticks":['

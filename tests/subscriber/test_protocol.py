@@ -55,7 +55,9 @@ def test_too_many_symbols_is_checked_before_validating_each() -> None:
 
 def test_tick_frames_join_shared_encodings() -> None:
     ticks = [Tick("AAPL", TS + i, 1.5 + i, None, "gbm") for i in range(3)]
-    parts = [p.encode_tick(t, f"{i}-0") for i, t in enumerate(ticks)]
+    # Each tick encoded once (the hub: codec.entry_to_json), shared by frames.
+    parts = [codec.entry_to_json({codec.F_TICK: codec.encode_value(t).encode()}, f"{i}-0")
+             for i, t in enumerate(ticks)]
     frame = codec.decode_json(p.ticks_frame(parts))
     assert frame["type"] == "ticks" and "conflated" not in frame
     assert [codec.tick_from_dict(d) for d in frame["ticks"]] == ticks
