@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -57,9 +59,31 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
-def run(cmd: list[str]) -> int:
+def run(cmd: list[str], cwd: Path = ROOT) -> int:
     print("+ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    return subprocess.run(cmd, cwd=cwd).returncode
+
+
+def typecheck_view() -> Path:
+    """A tree of symlinks laid out as the package is installed (``pricepipe/``
+    holding ``publisher/``, ``workers/``... per pyproject's ``package-dir``),
+    plus the tests and examples: mypy cannot follow setuptools' editable
+    import hook, so it reads this instead. Rebuilt on every run (cheap), so
+    new files are always seen; errors name the installed module paths."""
+    view = VENV / "typecheck"
+    shutil.rmtree(view, ignore_errors=True)
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"]
+    (view / "pricepipe").mkdir(parents=True)
+    for entry in (ROOT / "pricepipe").iterdir():
+        if entry.name != "__pycache__":
+            (view / "pricepipe" / entry.name).symlink_to(entry)
+    for package, folder in mapping.items():
+        if package != "pricepipe":
+            (view / Path(*package.split("."))).symlink_to(ROOT / folder)
+    for extra in ("tests", "examples", "run.py"):
+        (view / extra).symlink_to(ROOT / extra)
+    return view
 
 
 def main(argv: list[str]) -> int:
@@ -73,10 +97,13 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     if argv[0] == "up":
         os.execv(str(BIN / "pricepipe"), [str(BIN / "pricepipe"), "up", *argv[1:]])
-    for check in ([str(BIN / "ruff"), "check", "."], [str(BIN / "mypy"), "."]):
-        code = run(check)
-        if code:
-            return code
+    code = run([str(BIN / "ruff"), "check", "."])
+    if code:
+        return code
+    code = run([str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"),
+                "--cache-dir", str(ROOT / ".mypy_cache"), "."], cwd=typecheck_view())
+    if code:
+        return code
     return run([str(BIN / "python"), "-m", "pytest", *argv[1:]])
 
 

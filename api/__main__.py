@@ -1,4 +1,4 @@
-"""``python -m api`` is ``pricepipe api``."""
+"""``python -m pricepipe.api`` is ``pricepipe api``."""
 
 import sys
 

@@ -17,7 +17,6 @@ from fastapi import Depends, FastAPI, Request
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pricepipe.config import DatabaseSettings, RedisSettings
-from pricepipe.keys import Keys
 
 from . import dashboard, errors, routes
 from .metrics import Metrics, MetricsMiddleware
@@ -53,7 +52,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from pricepipe.connections import redis_client
 
-        keys = Keys(redis_settings.prefix, redis_settings.shards)
+        keys = redis_settings.keys
         r = redis_client(redis_settings)
         pool = ReadPool(read_url, size=db_settings.pool_max,
                         statement_timeout_ms=db_settings.statement_timeout_ms,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pricepipe.cli import add_server_flags, database_settings, redis_settings
+from pricepipe.flags import add_server_flags, database_settings, redis_settings
 
 
 def register(subparsers: Any) -> None:

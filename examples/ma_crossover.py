@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pricepipe.subscriber.client import Delivery, GroupReader, ReplayReader, StreamReader
+
 from pricepipe.clock import format_us, now_us, parse_time_us
 from pricepipe.config import DatabaseSettings, RedisSettings
 from pricepipe.connections import pg_connect, redis_client
-from pricepipe.keys import Keys
 from pricepipe.streams import known_symbols
-from subscriber.client import Delivery, GroupReader, ReplayReader, StreamReader
 
 
 @dataclass
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     redis_settings = RedisSettings.from_env(env)
-    keys = Keys(redis_settings.prefix, redis_settings.shards)
+    keys = redis_settings.keys
     closers: list[Any] = []
     if args.symbols:
         symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]

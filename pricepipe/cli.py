@@ -7,10 +7,9 @@ here, when the parser is built, and must defer heavy imports (numpy,
 FastAPI, websockets) into their handlers so that ``pricepipe --help`` stays
 fast.
 
-Every handler is ``handler(args) -> int`` (the exit code). Settings come from
-the environment with flags overriding (see :func:`redis_settings`,
-:func:`database_settings`); when no URL is configured and ``pricepipe up`` is
-running with embedded servers, their URLs are read from its state file.
+Every handler is ``handler(args) -> int`` (the exit code). A handler turns
+its arguments into settings objects once (:mod:`pricepipe.flags`,
+:mod:`pricepipe.config`) and hands those to the service it runs.
 """
 
 from __future__ import annotations
@@ -18,70 +17,31 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DatabaseSettings, RedisSettings, RuntimeSettings, Settings
+from .config import Settings
 from .exceptions import PricepipeError
+from .flags import add_server_flags, database_settings, redis_settings, runtime_settings
 from .logs import setup_logging
 
 log = logging.getLogger("pricepipe")
 
-#: Role packages adding subcommands (imported lazily, when the parser is built).
-ROLE_CLI_MODULES = ("publisher.cli", "workers.cli", "subscriber.cli", "api.cli")
+#: Packages adding subcommands, each through its ``cli.py`` (imported lazily,
+#: when the parser is built): the four roles, then the benchmarks.
+COMMAND_MODULES = (
+    "pricepipe.publisher.cli", "pricepipe.workers.cli", "pricepipe.subscriber.cli",
+    "pricepipe.api.cli", "pricepipe.bench.cli",
+)
 
-#: Written by ``pricepipe up`` while it runs embedded servers.
-EMBEDDED_ENV_FILE = "embedded.env"
-
-
-def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
-    return RuntimeSettings.from_env(
-        data_dir=getattr(args, "data_dir", None), log_level=getattr(args, "log_level", None)
-    )
-
-
-def embedded_env(args: argparse.Namespace) -> dict[str, str]:
-    """URLs published by a running ``pricepipe up`` (empty if none)."""
-    path = Path(runtime_settings(args).data_dir) / EMBEDDED_ENV_FILE
-    out: dict[str, str] = {}
-    try:
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.startswith("PRICEPIPE_"):
-                out[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return out
-
-
-def _environ(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in embedded_env(args).items():
-        env.setdefault(key, value)
-    return env
-
-
-def redis_settings(args: argparse.Namespace) -> RedisSettings:
-    """Redis settings from env (or a running ``up``), ``--redis-url`` winning."""
-    return RedisSettings.from_env(_environ(args), url=getattr(args, "redis_url", None))
-
-
-def database_settings(args: argparse.Namespace) -> DatabaseSettings:
-    """Database settings from env (or a running ``up``), ``--database-url`` winning."""
-    return DatabaseSettings.from_env(_environ(args), url=getattr(args, "database_url", None))
-
-
-def add_server_flags(parser: argparse.ArgumentParser, *, redis: bool = True,
-                     database: bool = True) -> None:
-    """The ``--redis-url`` / ``--database-url`` flags, for subcommands that connect."""
-    if redis:
-        parser.add_argument("--redis-url", help="Redis URL (env PRICEPIPE_REDIS_URL)")
-    if database:
-        parser.add_argument("--database-url",
-                            help="PostgreSQL URL (env PRICEPIPE_DATABASE_URL)")
+#: Modules with a ``SETTINGS`` tuple, listed by ``pricepipe config`` in this order.
+SETTINGS_MODULES = (
+    "pricepipe.publisher.settings", "pricepipe.workers.settings",
+    "pricepipe.subscriber.ws.settings", "pricepipe.subscriber.client.settings",
+    "pricepipe.api.settings",
+)
 
 
 # --- core subcommands ------------------------------------------------------------------------
@@ -145,9 +105,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .supervisor import run_up
+    from .config import DatabaseSettings, RedisSettings
+    from .supervisor import UpOptions, run_up
 
-    return run_up(args)
+    # Deliberately not flags.redis_settings(): a stale embedded.env of an
+    # earlier run must not be mistaken for configured servers.
+    return run_up(UpOptions(
+        runtime=runtime_settings(args),
+        redis=RedisSettings.from_env(url=args.redis_url),
+        database=DatabaseSettings.from_env(url=args.database_url),
+        symbols=args.symbols, rate=args.rate, api_port=args.api_port, ws_port=args.ws_port,
+        duration_s=args.duration))
 
 
 def all_settings() -> list[type[Settings]]:
@@ -155,13 +123,8 @@ def all_settings() -> list[type[Settings]]:
     from .config import CORE_SETTINGS
 
     found: list[type[Settings]] = list(CORE_SETTINGS)
-    for module_name in ROLE_CLI_MODULES:
-        package = module_name.split(".")[0]
-        try:
-            module = importlib.import_module(f"{package}.settings")
-        except ModuleNotFoundError:
-            continue
-        found.extend(getattr(module, "SETTINGS", ()))
+    for module_name in SETTINGS_MODULES:
+        found.extend(importlib.import_module(module_name).SETTINGS)
     return found
 
 
@@ -197,19 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite the table between the config-table markers of PATH")
     p.set_defaults(func=_cmd_config)
 
-    from . import bench, soak
-
-    bench.register(sub)
-    soak.register(sub)
-
-    for module_name in ROLE_CLI_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(sub)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

@@ -8,6 +8,12 @@ config`` lists every variable of every class with its default.
 
 Secrets (fields marked ``secret=True`` and passwords inside URLs) print as
 ``****``.
+
+Where settings come from, in order: keyword overrides (a command's flags),
+the process environment, then the URLs a running ``pricepipe up`` published
+in ``<data_dir>/embedded.env`` (see :func:`environment`), then the defaults.
+Settings are resolved once, here, when a command starts; services receive
+settings objects and never read the environment or command-line arguments.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .exceptions import ConfigError
+from .keys import Keys
 
 S = TypeVar("S", bound="Settings")
 
@@ -151,6 +159,11 @@ class RedisSettings(Settings):
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.prefix):
             raise ConfigError("PRICEPIPE_REDIS_PREFIX must be 1-32 of [A-Za-z0-9_.-]")
 
+    @property
+    def keys(self) -> Keys:
+        """The deployment's key layout (prefix and shard count)."""
+        return Keys(self.prefix, self.shards)
+
     def require_url(self) -> str:
         if not self.url:
             raise ConfigError(
@@ -198,4 +211,34 @@ class RuntimeSettings(Settings):
 
 
 CORE_SETTINGS: tuple[type[Settings], ...] = (RedisSettings, DatabaseSettings, RuntimeSettings)
+
+#: Written by ``pricepipe up`` into its data directory while it runs embedded servers.
+EMBEDDED_ENV_FILE = "embedded.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``PRICEPIPE_*=value`` lines of an environment file (empty if unreadable)."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().startswith("PRICEPIPE_"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def environment(*, data_dir: str | None = None,
+                environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment settings are read from: ``environ`` (default
+    ``os.environ``) over the URLs a running ``pricepipe up`` published in its
+    data directory (``data_dir``, else ``PRICEPIPE_DATA_DIR``), so that
+    ``pricepipe status`` or ``tail`` in another terminal find its servers."""
+    base = dict(os.environ if environ is None else environ)
+    runtime = RuntimeSettings.from_env(base, data_dir=data_dir)
+    merged = read_env_file(Path(runtime.data_dir) / EMBEDDED_ENV_FILE)
+    merged.update(base)
+    return merged
 

@@ -75,7 +75,7 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
     from .connections import pg_connect, redis_client
     from .streams import known_symbols
 
-    keys = Keys(redis_settings.prefix, redis_settings.shards)
+    keys = redis_settings.keys
     report: dict[str, Any] = {"streams": [], "redis_error": None, "database_error": None,
                               "rows": None}
     try:

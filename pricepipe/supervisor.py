@@ -16,7 +16,6 @@ them without configuration.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from typing import Any
 
 import redis
 
-from .config import DatabaseSettings, RedisSettings, RuntimeSettings
+from .config import EMBEDDED_ENV_FILE, DatabaseSettings, RedisSettings, RuntimeSettings
 from .keys import PERSIST_GROUP, Keys
 
 log = logging.getLogger("pricepipe.up")
@@ -187,6 +186,20 @@ def postgres_dir(data_dir: Path) -> Path:
     return wanted
 
 
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``pricepipe up`` runs: servers (URLs unset: embedded ones) and the demo."""
+
+    runtime: RuntimeSettings
+    redis: RedisSettings
+    database: DatabaseSettings
+    symbols: int = 10
+    rate: float = 5.0
+    api_port: int | None = None
+    ws_port: int | None = None
+    duration_s: float | None = None
+
+
 class _Stop:
     def __init__(self) -> None:
         self.requested = False
@@ -197,22 +210,18 @@ class _Stop:
         self.requested = True
 
 
-def run_up(args: argparse.Namespace) -> int:
+def run_up(options: UpOptions) -> int:
     from .connections import pg_connect, redis_client
     from .embedded import PostgresServer, RedisServer
     from .migrate import migrate
     from .streams import known_symbols
 
-    runtime = RuntimeSettings.from_env(data_dir=args.data_dir, log_level=args.log_level)
-    # Deliberately not cli.redis_settings(): a stale embedded.env of an
-    # earlier run must not be mistaken for configured servers.
-    rs = RedisSettings.from_env(url=args.redis_url)
-    ds = DatabaseSettings.from_env(url=args.database_url)
+    runtime, rs, ds = options.runtime, options.redis, options.database
     data_dir = Path(runtime.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logs_dir = data_dir / "logs"
     logs_dir.mkdir(exist_ok=True)
-    env_file = data_dir / "embedded.env"
+    env_file = data_dir / EMBEDDED_ENV_FILE
 
     servers: list[Any] = []
     children: list[Child] = []
@@ -244,8 +253,8 @@ def run_up(args: argparse.Namespace) -> int:
         if applied:
             print(f"applied migrations {applied}")
 
-        api_port = pick_port(args.api_port, DEFAULT_API_PORT)
-        ws_port = pick_port(args.ws_port, DEFAULT_WS_PORT)
+        api_port = pick_port(options.api_port, DEFAULT_API_PORT)
+        ws_port = pick_port(options.ws_port, DEFAULT_WS_PORT)
         env = dict(os.environ)
         env.update({
             "PRICEPIPE_REDIS_URL": redis_url,
@@ -257,8 +266,8 @@ def run_up(args: argparse.Namespace) -> int:
             "PYTHONUNBUFFERED": "1",
         })
         roles = [
-            ("publisher", ["publish", "--source", "gbm", "--symbols", str(args.symbols),
-                           "--rate", str(args.rate)]),
+            ("publisher", ["publish", "--source", "gbm", "--symbols", str(options.symbols),
+                           "--rate", str(options.rate)]),
             ("worker", ["persist", "--name", f"{socket.gethostname()}-up"]),
             ("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)]),
             ("api", ["api", "--host", "127.0.0.1", "--port", str(api_port)]),
@@ -277,13 +286,13 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"logs        {logs_dir}/   Ctrl-C stops everything")
 
         r = redis_client(rs)
-        keys = Keys(rs.prefix, rs.shards)
+        keys = rs.keys
         started = time.monotonic()
         interactive = sys.stdout.isatty()
         last_print = 0.0
         while not stop.requested:
             now = time.monotonic()
-            if args.duration is not None and now - started >= args.duration:
+            if options.duration_s is not None and now - started >= options.duration_s:
                 break
             for child in children:
                 child.check(now)

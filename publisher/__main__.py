@@ -1,3 +1,5 @@
+"""``python -m pricepipe.publisher ...`` is ``pricepipe publish ...``."""
+
 import sys
 
 from pricepipe.cli import main

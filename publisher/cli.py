@@ -10,7 +10,7 @@ SOURCES = ("gbm", "binance", "coinbase", "finnhub", "generic")
 
 
 def register(subparsers: Any) -> None:
-    from pricepipe.cli import add_server_flags
+    from pricepipe.flags import add_server_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "publish", help="publish ticks: simulated (GBM) or polled from an upstream API",
@@ -43,6 +43,21 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from .service import run
+    from pricepipe import flags
 
-    return run(args)
+    from .providers import make_provider
+    from .service import run
+    from .settings import PollerSettings, PublisherSettings
+
+    env = flags.env(args)
+    settings = PublisherSettings.from_env(
+        env, source=args.source, symbols=args.symbols, rate=args.rate, seed=args.seed,
+        params=",".join(args.params) if args.params else None, dt_years=args.dt_years,
+        correlation=args.correlation, batch_size=args.batch_size,
+        backpressure=args.backpressure, metrics_port=args.metrics_port)
+    provider = None
+    if settings.source != "gbm":
+        provider = make_provider(settings.source, env, base_url=args.base_url)
+    return run(settings, flags.redis_settings(args),
+               poller_settings=PollerSettings.from_env(env, interval_s=args.interval),
+               provider=provider, count=args.count, rounds=args.rounds)

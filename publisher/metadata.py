@@ -162,12 +162,11 @@ def _symbols(settings: MetadataSettings, symbols: Sequence[str] | None,
     redis_settings = RedisSettings.from_env()
     if redis_settings.url:
         from pricepipe.connections import redis_client
-        from pricepipe.keys import Keys
         from pricepipe.streams import known_symbols
 
         r = redis_client(redis_settings)
         try:
-            found.update(known_symbols(r, Keys(redis_settings.prefix, redis_settings.shards)))
+            found.update(known_symbols(r, redis_settings.keys))
         finally:
             r.close()
     with conn.cursor() as cur:

@@ -1,64 +1,53 @@
-"""Wiring of ``pricepipe publish``: settings and flags in, a running
-publisher out. Connections are made here, never at import."""
+"""Wiring of ``pricepipe publish``: settings in, a running publisher out.
+Connections are made here, never at import."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from typing import Any
 
 from pricepipe.backpressure import Policy
-from pricepipe.cli import redis_settings
+from pricepipe.config import RedisSettings
 from pricepipe.connections import redis_client
 from pricepipe.exceptions import ConfigError
-from pricepipe.keys import Keys
 from pricepipe.stop import StopRequest
 
 from .catalog import apply_params, parse_correlation, parse_symbols
 from .metrics import PublisherMetrics
-from .settings import PublisherSettings
+from .providers.base import Provider
+from .settings import PollerSettings, PublisherSettings
 from .sink import StreamSink
 
 log = logging.getLogger(__name__)
 
 
-def publisher_settings(args: argparse.Namespace) -> PublisherSettings:
-    """Environment settings with the command-line flags winning."""
-    return PublisherSettings.from_env(
-        source=getattr(args, "source", None),
-        symbols=getattr(args, "symbols", None),
-        rate=getattr(args, "rate", None),
-        seed=getattr(args, "seed", None),
-        params=",".join(args.params) if getattr(args, "params", None) else None,
-        dt_years=getattr(args, "dt_years", None),
-        correlation=getattr(args, "correlation", None),
-        batch_size=getattr(args, "batch_size", None),
-        backpressure=getattr(args, "backpressure", None),
-        metrics_port=getattr(args, "metrics_port", None),
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the publisher until done (``--count``) or stopped; exit code."""
-    settings = publisher_settings(args)
-    rs = redis_settings(args)
-    count = getattr(args, "count", None)
+def run(settings: PublisherSettings, redis_settings: RedisSettings, *,
+        poller_settings: PollerSettings | None = None, provider: Provider | None = None,
+        count: int | None = None, rounds: int | None = None) -> int:
+    """Run the publisher until done (``count`` ticks for GBM, ``rounds`` polls
+    for a provider) or stopped; returns the exit code. A poller needs its
+    ``provider`` (see :func:`pricepipe.publisher.providers.make_provider`)."""
     metrics = PublisherMetrics()
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, registry=metrics.registry)
     stop = StopRequest().install()
-    r = redis_client(rs)
+    r = redis_client(redis_settings)
     try:
         sink = StreamSink(
-            r, Keys(rs.prefix, rs.shards), stop=stop, metrics=metrics,
+            r, redis_settings.keys, stop=stop, metrics=metrics,
             policy=Policy.parse(settings.backpressure), high_water=settings.high_water,
             low_water=settings.low_water, check_interval_s=settings.memory_check_interval_s,
         )
         if settings.source == "gbm":
             return _run_gbm(settings, sink, stop, metrics, count)
-        return _run_poller(args, settings, sink, stop, metrics)
+        if provider is None:
+            raise ConfigError(f"source {settings.source!r} needs a provider")
+        if count is not None:
+            raise ConfigError("--count is for --source gbm; pollers take --rounds")
+        return _run_poller(settings, poller_settings or PollerSettings.from_env(), provider,
+                           sink, stop, metrics, rounds)
     finally:
         stop.restore()
         r.close()
@@ -94,26 +83,18 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
     return 0
 
 
-def _run_poller(args: argparse.Namespace, settings: PublisherSettings, sink: StreamSink,
-                stop: StopRequest, metrics: PublisherMetrics) -> int:
+def _run_poller(settings: PublisherSettings, poll_settings: PollerSettings, provider: Provider,
+                sink: StreamSink, stop: StopRequest, metrics: PublisherMetrics,
+                rounds: int | None) -> int:
     from .poller import Poller
-    from .providers import PROVIDERS, make_provider
-    from .settings import PollerSettings
 
-    if getattr(args, "count", None) is not None:
-        raise ConfigError("--count is for --source gbm; pollers take --rounds")
-    provider_cls = PROVIDERS.get(settings.source)
-    if provider_cls is None:
-        raise ConfigError(f"unknown source {settings.source!r}")
-    provider = make_provider(settings.source, base_url=getattr(args, "base_url", None))
-    specs = parse_symbols(settings.symbols or provider_cls.example_symbols)
-    poll_settings = PollerSettings.from_env(interval_s=getattr(args, "interval", None))
+    specs = parse_symbols(settings.symbols or provider.example_symbols)
     poller = Poller(provider, specs, sink, settings=poll_settings, stop=stop, metrics=metrics,
                     log_interval_s=settings.log_interval_s)
     log.info("polling %s every %.1fs for %s", provider.name, poll_settings.interval_s,
              ",".join(spec.symbol for spec in specs))
     try:
-        poller.run(rounds=getattr(args, "rounds", None))
+        poller.run(rounds=rounds)
     finally:
         poller.close()
     return 0

@@ -1,3 +1,5 @@
+"""``python -m pricepipe.subscriber ...`` is ``pricepipe ws ...``."""
+
 import sys
 
 from pricepipe.cli import main

@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from pricepipe.cli import add_server_flags
+    from pricepipe.flags import add_server_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "ws", help="serve live ticks over websockets (endpoint /ws, health /healthz)",
@@ -37,10 +37,10 @@ def register(subparsers: Any) -> None:
 def _cmd_ws(args: argparse.Namespace) -> int:
     import asyncio
 
-    from pricepipe.cli import redis_settings
+    from pricepipe.flags import redis_settings
 
-    from .server import run
-    from .settings import WsSettings
+    from .ws.server import run
+    from .ws.settings import WsSettings
 
     origins = tuple(args.allow_websocket_origin) if args.allow_websocket_origin else None
     settings = WsSettings.from_env(host=args.host, port=args.port, allowed_origins=origins)
@@ -48,7 +48,7 @@ def _cmd_ws(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from pricepipe.cli import redis_settings
+    from pricepipe.flags import redis_settings
 
     from .tail import run_tail
 

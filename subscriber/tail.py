@@ -13,10 +13,9 @@ from pricepipe import codec
 from pricepipe.clock import format_us
 from pricepipe.config import RedisSettings
 from pricepipe.connections import redis_client
-from pricepipe.keys import Keys
 
 from .client import Delivery, StreamReader
-from .settings import ClientSettings
+from .client.settings import ClientSettings
 
 
 def format_line(delivery: Delivery, *, as_json: bool) -> str:
@@ -41,7 +40,7 @@ def run_tail(settings: RedisSettings, symbols: Iterable[str], *, as_json: bool =
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     r = redis_client(settings)
-    keys = Keys(settings.prefix, settings.shards)
+    keys = settings.keys
     deadline = None if duration_s is None else time.monotonic() + duration_s
     printed = 0
     try:

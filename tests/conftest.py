@@ -10,6 +10,10 @@
 * ``make_redis_server`` / ``make_pg_server``: private servers for tests that
   need their own (chaos, cluster), stopped at the end of the test.
 * ``spawn``: start a ``pricepipe`` subprocess; killed at the end of the test.
+* ``redis_cluster``: three Redis Cluster masters of private servers.
+
+Helpers that are not fixtures live in ``tests/helpers.py`` and each
+package's ``helpers.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,19 @@ from pricepipe.embedded import PostgresServer, RedisServer
 from pricepipe.keys import Keys
 from pricepipe.migrate import migrate
 
+from .helpers import CLUSTER_BUS_OFFSET, cluster_port, wait_cluster_ok
+
 TEMPLATE_DB = "pricepipe_template"
+
+#: Installed, the roles are pricepipe.publisher etc.; in a checkout their
+#: folders also look like top-level packages, which nothing may import.
+ROLE_FOLDERS = ("publisher", "workers", "subscriber", "api")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    leaked = sorted(name for name in sys.modules if name.split(".")[0] in ROLE_FOLDERS)
+    if leaked:
+        raise pytest.UsageError(f"imported by their folder name, not as pricepipe.*: {leaked}")
 TEST_DB = "pricepipe_test"
 TEST_SHARDS = 4
 TEST_PREFIX = "pp"
@@ -208,3 +224,28 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+@pytest.fixture
+def redis_cluster(make_redis_server: Callable[..., RedisServer]) -> list[RedisServer]:
+    """Three Redis Cluster masters on loopback, slots spread by ``redis-cli --cluster create``."""
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is needed to create the cluster (Debian package redis-tools)")
+    taken: set[int] = set()
+    nodes = []
+    for _ in range(3):
+        port = cluster_port(taken)
+        taken |= {port, port + CLUSTER_BUS_OFFSET}
+        nodes.append(make_redis_server(port=port, extra_args=(
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",  # relative to the node's --dir
+            "--cluster-node-timeout", "5000",
+        )))
+    result = subprocess.run(
+        ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+         "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_cluster_ok([n.port for n in nodes])
+    return nodes

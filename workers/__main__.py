@@ -1,4 +1,4 @@
-"""``python -m workers ...`` is ``pricepipe persist ...``."""
+"""``python -m pricepipe.workers ...`` is ``pricepipe persist ...``."""
 
 import sys
 

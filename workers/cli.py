@@ -30,18 +30,17 @@ def default_consumer_name() -> str:
 
 def _cmd_persist_check(args: argparse.Namespace) -> int:
     """``--check``: exit 0 if the worker ``--name`` has a live heartbeat, else 1."""
-    from pricepipe.cli import redis_settings
     from pricepipe.codec import decode_json
     from pricepipe.connections import redis_client
     from pricepipe.exceptions import ConfigError
-    from pricepipe.keys import Keys
+    from pricepipe.flags import redis_settings
 
     if not args.name:
         raise ConfigError("--check needs the --name of the worker to check")
     rs = redis_settings(args)
     r = redis_client(rs)
     try:
-        raw = r.get(Keys(rs.prefix, rs.shards).heartbeat("persist", args.name))
+        raw = r.get(rs.keys.heartbeat("persist", args.name))
     finally:
         r.close()
     if raw is None:
@@ -59,9 +58,8 @@ def _cmd_persist(args: argparse.Namespace) -> int:
     # Signals first: a SIGTERM while connecting must stop us cleanly, too.
     stop = StopRequest().install()
 
-    from pricepipe.cli import database_settings, redis_settings
     from pricepipe.connections import redis_client
-    from pricepipe.keys import Keys
+    from pricepipe.flags import database_settings, redis_settings
 
     from .consumer import GroupConsumer
     from .persister import PersistWorker
@@ -74,7 +72,7 @@ def _cmd_persist(args: argparse.Namespace) -> int:
     database_url = database_settings(args).require_url()
     r = redis_client(rs)
     try:
-        keys = Keys(rs.prefix, rs.shards)
+        keys = rs.keys
         name = args.name or default_consumer_name()
         worker = PersistWorker(
             r, TickSink(database_url, application_name=f"pricepipe-persist-{name}"[:63]),
@@ -90,15 +88,14 @@ def _cmd_persist(args: argparse.Namespace) -> int:
 
 
 def _letters(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
-    from pricepipe.cli import redis_settings
     from pricepipe.connections import redis_client
-    from pricepipe.keys import Keys
+    from pricepipe.flags import redis_settings
 
     from . import deadletter
 
     rs = redis_settings(args)
     r = redis_client(rs)
-    keys = Keys(rs.prefix, rs.shards)
+    keys = rs.keys
     letters = deadletter.list_dead_letters(r, keys, limit=getattr(args, "limit", None))
     wanted = set(getattr(args, "ids", None) or ())
     if wanted:
@@ -189,7 +186,7 @@ def _check_range(args: argparse.Namespace) -> None:
 def _export_settings_to_env(args: argparse.Namespace) -> None:
     """Make the resolved URLs (flags, env or a running ``up``) visible to job
     processes, which read their settings from the environment."""
-    from pricepipe.cli import database_settings, redis_settings
+    from pricepipe.flags import database_settings, redis_settings
 
     rs, ds = redis_settings(args), database_settings(args)
     if rs.url:
@@ -202,9 +199,8 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
     from rq import Worker
 
     from pricepipe import notify
-    from pricepipe.cli import redis_settings
     from pricepipe.connections import redis_client
-    from pricepipe.keys import Keys
+    from pricepipe.flags import redis_settings
 
     from .jobs import QUEUES
 
@@ -217,7 +213,7 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
 
     _export_settings_to_env(args)
     rs = redis_settings(args)
-    keys = Keys(rs.prefix, rs.shards)
+    keys = rs.keys
     r = redis_client(rs)
     try:
         queues = [keys.rq_queue(q) for q in (args.queue or QUEUES)]
@@ -240,9 +236,8 @@ def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
     from rq.cron import CronScheduler
 
     from pricepipe import notify
-    from pricepipe.cli import redis_settings
     from pricepipe.connections import redis_client
-    from pricepipe.keys import Keys
+    from pricepipe.flags import redis_settings
 
     from .schedule import install
 
@@ -259,7 +254,7 @@ def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
     r = redis_client(rs)
     try:
         scheduler = NotifyingScheduler(connection=r, name=args.name or "")
-        install(scheduler, Keys(rs.prefix, rs.shards))
+        install(scheduler, rs.keys)
         notify.ready("rq cron scheduler")
         scheduler.start()  # rq's own SIGTERM handling: stops between enqueues
         return 0
@@ -282,11 +277,10 @@ def _cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs_enqueue(args: argparse.Namespace) -> int:
-    from pricepipe.cli import redis_settings
     from pricepipe.codec import decode_json
     from pricepipe.connections import redis_client
     from pricepipe.exceptions import ConfigError
-    from pricepipe.keys import Keys
+    from pricepipe.flags import redis_settings
 
     from .jobs import JOBS, enqueue
 
@@ -305,7 +299,7 @@ def _cmd_jobs_enqueue(args: argparse.Namespace) -> int:
     rs = redis_settings(args)
     r = redis_client(rs)
     try:
-        job = enqueue(r, Keys(rs.prefix, rs.shards).rq_queue(spec.queue), spec.func,
+        job = enqueue(r, rs.keys.rq_queue(spec.queue), spec.func,
                       kwargs=kwargs)
         print(f"enqueued {args.job} as job {job.id}")
         return 0
@@ -314,22 +308,21 @@ def _cmd_jobs_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from pricepipe.cli import database_settings, redis_settings
+    from pricepipe.flags import database_settings, redis_settings
 
     _check_range(args)
     kwargs = {"symbol": args.symbol, "start_us": args.start, "end_us": args.end,
               "interval_s": args.interval_s, "seed": args.seed}
     if args.enqueue:
         from pricepipe.connections import redis_client
-        from pricepipe.keys import Keys
 
         from .jobs import BULK, enqueue
 
         rs = redis_settings(args)
         r = redis_client(rs)
         try:
-            job = enqueue(r, Keys(rs.prefix, rs.shards).rq_queue(BULK),
-                          "workers.jobs.backfill_history", kwargs=kwargs)
+            job = enqueue(r, rs.keys.rq_queue(BULK),
+                          "pricepipe.workers.jobs.backfill_history", kwargs=kwargs)
         finally:
             r.close()
         print(f"enqueued backfill of {args.symbol} as job {job.id}")
@@ -356,8 +349,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import sys
 
-    from pricepipe.cli import database_settings
     from pricepipe.connections import pg_connect
+    from pricepipe.flags import database_settings
 
     from .export import export_csv
 
@@ -380,9 +373,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bars(args: argparse.Namespace) -> int:
-    from pricepipe.cli import database_settings
     from pricepipe.clock import format_us
     from pricepipe.connections import pg_connect
+    from pricepipe.flags import database_settings
 
     from . import rollup
 
@@ -413,7 +406,7 @@ def _range_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from pricepipe.cli import add_server_flags
+    from pricepipe.flags import add_server_flags
 
     p = subparsers.add_parser(
         "persist", help="persist worker: Redis Streams -> PostgreSQL (ticks and 1m bars)")

@@ -42,17 +42,17 @@ class JobSpec:
 
 
 JOBS: dict[str, JobSpec] = {
-    "partitions": JobSpec("workers.jobs.maintain_partitions", MAINTENANCE,
+    "partitions": JobSpec("pricepipe.workers.jobs.maintain_partitions", MAINTENANCE,
                           "create the daily tick partitions ahead"),
-    "retention": JobSpec("workers.jobs.apply_retention", MAINTENANCE,
+    "retention": JobSpec("pricepipe.workers.jobs.apply_retention", MAINTENANCE,
                          "drop tick partitions older than the retention"),
-    "bars-verify": JobSpec("workers.jobs.verify_bars", MAINTENANCE,
+    "bars-verify": JobSpec("pricepipe.workers.jobs.verify_bars", MAINTENANCE,
                            "recompute recent bars from ticks and repair differences"),
-    "bars-rebuild": JobSpec("workers.jobs.rebuild_bars", BULK,
+    "bars-rebuild": JobSpec("pricepipe.workers.jobs.rebuild_bars", BULK,
                             "rebuild the bars of a range (start_us, end_us[, symbol])"),
-    "backfill": JobSpec("workers.jobs.backfill_history", BULK,
+    "backfill": JobSpec("pricepipe.workers.jobs.backfill_history", BULK,
                         "backfill history (symbol, start_us, end_us[, interval_s, seed])"),
-    "export": JobSpec("workers.jobs.export_ticks", BULK,
+    "export": JobSpec("pricepipe.workers.jobs.export_ticks", BULK,
                       "write a CSV of ticks (symbol, start_us, end_us, path)"),
 }
 

@@ -36,12 +36,12 @@ class Scheduled:
 SCHEDULE: tuple[Scheduled, ...] = (
     # Hourly, so partitions for the coming days always exist before their
     # first tick (workers also create a missing one, but not under load).
-    Scheduled("partitions", "workers.jobs.maintain_partitions", interval_s=3600),
-    Scheduled("retention", "workers.jobs.apply_retention", interval_s=6 * 3600),
-    Scheduled("bars-verify", "workers.jobs.verify_bars", interval_s=600),
+    Scheduled("partitions", "pricepipe.workers.jobs.maintain_partitions", interval_s=3600),
+    Scheduled("retention", "pricepipe.workers.jobs.apply_retention", interval_s=6 * 3600),
+    Scheduled("bars-verify", "pricepipe.workers.jobs.verify_bars", interval_s=600),
     # The seed stockstreamer refreshed logos and 52-week ranges every ~5,000 s;
     # the job lives with the providers that know where metadata comes from.
-    Scheduled("instruments", "publisher.metadata.refresh_instruments", interval_s=5000),
+    Scheduled("instruments", "pricepipe.publisher.metadata.refresh_instruments", interval_s=5000),
 )
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pricepipe.api.settings import ApiSettings
 
-from api.settings import ApiSettings
 from pricepipe import streams
 from pricepipe.clock import now_us
 from pricepipe.embedded import free_port
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
-from tests.api.conftest import insert_ticks
+from tests.api.helpers import insert_ticks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

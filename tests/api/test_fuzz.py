@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 from pricepipe import streams
 from pricepipe.clock import now_us
 from pricepipe.keys import Keys
-from tests.api.conftest import insert_ticks, steady_ticks
+from tests.api.helpers import insert_ticks, steady_ticks
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
+from pricepipe.api.settings import ApiSettings
 
-from api.settings import ApiSettings
 from pricepipe import codec, streams
 from pricepipe.clock import format_us
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
-from tests.api.conftest import (
+from tests.api.helpers import (
     DAY0_US,
     MINUTE_US,
     entry_for,

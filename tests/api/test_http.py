@@ -10,7 +10,7 @@ from pricepipe import codec, streams
 from pricepipe.clock import format_us
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
-from tests.api.conftest import DAY0_US, entry_for, insert_ticks, steady_ticks
+from tests.api.helpers import DAY0_US, entry_for, insert_ticks, steady_ticks
 
 
 def test_ticks_json_matches_the_codec(client: TestClient, db: Any) -> None:
@@ -126,7 +126,7 @@ def test_bad_parameters_are_422_with_a_json_error(client: TestClient) -> None:
 
 
 def test_json_rows_join_with_commas_in_any_chunk_size() -> None:
-    from api.queries import JsonRows
+    from pricepipe.api.queries import JsonRows
 
     lines = bytearray(b'{"a":1}\n{"b":[2,3]}\n{"c":"x"}\n')
     want = b'{"a":1},{"b":[2,3]},{"c":"x"}'
@@ -153,7 +153,7 @@ def test_a_page_larger_than_a_chunk_has_its_exact_length(client: TestClient, db:
 
 def test_split_pages_are_the_pages_of_one_query(client: TestClient, db: Any,
                                                 monkeypatch: Any) -> None:
-    from api import queries
+    from pricepipe.api import queries
 
     ticks = steady_ticks("SPLIT", DAY0_US, 40, 1000)
     # Entries at the same instant as others: the split key holds the entry ID too.
@@ -195,7 +195,7 @@ def test_split_pages_are_the_pages_of_one_query(client: TestClient, db: Any,
 
 
 def test_first_rows_cuts_the_page_and_names_its_last_row() -> None:
-    from api.queries import JsonRows, first_rows
+    from pricepipe.api.queries import JsonRows, first_rows
 
     def rows(n: int) -> JsonRows:
         return JsonRows(bytearray(b"".join(b'{"n":%d}\n' % i for i in range(n))), n)

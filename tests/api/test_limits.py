@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
+from pricepipe.api.settings import ApiSettings
 
-from api.settings import ApiSettings
 from pricepipe.keys import Keys
 
 PROXY = ("127.0.0.1", 50000)

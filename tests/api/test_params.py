@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from pricepipe.api import params
 
-from api import params
 from pricepipe.exceptions import InvalidParameterError
 
 NOW_US = 1_767_571_200_000_000

@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from pricepipe.config import DatabaseSettings
 from pricepipe.tick import Tick
-from tests.api.conftest import DAY0_US, insert_ticks
+from tests.api.helpers import DAY0_US, insert_ticks
 
 LOGIN = "pp_api_test_reader"
 

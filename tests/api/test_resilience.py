@@ -8,11 +8,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
+from pricepipe.api.settings import ApiSettings
 
-from api.settings import ApiSettings
 from pricepipe.config import DatabaseSettings
 from pricepipe.embedded import PostgresServer
-from tests.api.conftest import DAY0_US, insert_ticks, steady_ticks
+from tests.api.helpers import DAY0_US, insert_ticks, steady_ticks
 
 WINDOW = f"start={DAY0_US}&end={DAY0_US + 10**11}"
 
@@ -68,9 +68,8 @@ def test_csv_client_leaving_early_frees_its_connection(
 def test_timeouts_and_a_busy_pool_map_to_504_and_503(
         redis_settings: Any, db_settings: DatabaseSettings) -> None:
     import psycopg2.errors
-
-    from api.app import create_app
-    from api.pool import PoolBusyError
+    from pricepipe.api.app import create_app
+    from pricepipe.api.pool import PoolBusyError
 
     app = create_app(ApiSettings(rate_limit=None, key_rate_limit=None), redis_settings,
                      db_settings)
@@ -92,7 +91,7 @@ def test_timeouts_and_a_busy_pool_map_to_504_and_503(
 
 
 def test_a_spare_connection_is_lent_only_when_one_is_free(database_url: str) -> None:
-    from api.pool import ReadPool
+    from pricepipe.api.pool import ReadPool
 
     pool = ReadPool(database_url, size=2, statement_timeout_ms=5000, wait_s=60)
     try:
@@ -116,8 +115,7 @@ def test_connections_are_reused_until_they_fail_or_lose_their_server(
         database_url: str, db: Any) -> None:
     import psycopg2.errors
     import pytest
-
-    from api.pool import ReadPool
+    from pricepipe.api.pool import ReadPool
 
     def backend(pool: ReadPool) -> int:
         with pool.connection() as conn, conn.cursor() as cur:

@@ -62,7 +62,7 @@ def test_python_dash_m_api_runs_the_same_command(pipeline_env: dict[str, str]) -
 def test_second_sigterm_exits_at_once_while_a_download_is_in_flight(
         spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
         db: Any) -> None:
-    from tests.api.conftest import DAY0_US, insert_ticks, steady_ticks
+    from tests.api.helpers import DAY0_US, insert_ticks, steady_ticks
 
     insert_ticks(db, steady_ticks("SLOW", DAY0_US, 100_000, 1000))
     port = free_port()

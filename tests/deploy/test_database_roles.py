@@ -22,7 +22,7 @@ import pytest
 from pricepipe.clock import now_us, us_to_datetime
 from pricepipe.embedded import PostgresServer, find_pg_bindir, free_port
 
-from .conftest import DEPLOY
+from .helpers import DEPLOY
 
 NAMES = {"dbname": "pricepipe", "writer": "pricepipe_writer", "reader": "pricepipe_reader",
          "api": "pricepipe_api"}

@@ -12,14 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEPLOY
-
-INSTALL = DEPLOY / "install.sh"
-
-
-def install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+from .helpers import DEPLOY, INSTALL, install, nginx_binary
 
 
 def test_shellcheck_clean() -> None:
@@ -111,11 +104,6 @@ def test_operator_wrapper(tmp_path: Path) -> None:
     lint = subprocess.run([shellcheck, "-s", "sh", "-e", "SC1090,SC1091", str(wrapper)],
                           capture_output=True, text=True, timeout=60)
     assert lint.returncode == 0, lint.stdout
-
-
-def nginx_binary() -> str | None:
-    return os.environ.get("PRICEPIPE_TEST_NGINX") or shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 @pytest.mark.parametrize("tls", [False, True])

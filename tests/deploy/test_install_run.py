@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEPLOY, INSTALLED_VENV, UNITS_DIR
+from .helpers import DEPLOY, INSTALLED_VENV, UNITS_DIR
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh chowns to root")
 

@@ -24,8 +24,7 @@ from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
 
-from .conftest import DEPLOY
-from .test_install import install, nginx_binary
+from .helpers import DEPLOY, install, nginx_binary
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 WAIT_S = 60.0

@@ -25,7 +25,7 @@ import pytest
 from pricepipe.embedded import free_port
 
 from . import unitfile
-from .conftest import DEPLOY, INSTALLED_VENV, UNITS_DIR
+from .helpers import DEPLOY, INSTALLED_VENV, UNITS_DIR
 
 VENV_BIN = Path(sys.executable).parent
 HOSTNAME = "testvm"

@@ -13,7 +13,7 @@ import pytest
 from pricepipe.cli import build_parser
 
 from . import unitfile
-from .conftest import INSTALLED_VENV, UNITS_DIR
+from .helpers import INSTALLED_VENV, UNITS_DIR
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = sorted(p.name for p in UNITS_DIR.glob("*.service"))

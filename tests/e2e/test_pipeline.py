@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import orjson
 import psycopg2
 import pytest

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from pricepipe.publisher.metrics import PublisherMetrics
+from pricepipe.publisher.sink import StreamSink
 
 from pricepipe.backpressure import MemoryUsage, Policy, is_oom_error, memory_usage
 from pricepipe.embedded import RedisServer
@@ -16,8 +18,6 @@ from pricepipe.exceptions import ConfigError
 from pricepipe.keys import Keys
 from pricepipe.stop import StopRequest
 from pricepipe.tick import Tick
-from publisher.metrics import PublisherMetrics
-from publisher.sink import StreamSink
 
 MAXMEMORY_BYTES = 4 * 1024 * 1024
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")

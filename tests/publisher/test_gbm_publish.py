@@ -9,15 +9,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pricepipe.publisher.catalog import parse_symbols
+from pricepipe.publisher.generator import GbmGenerator
+from pricepipe.publisher.metrics import PublisherMetrics
+from pricepipe.publisher.simulator import Simulator
+from pricepipe.publisher.sink import StreamSink
+
 from pricepipe.codec import decode_fields
 from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.stop import StopRequest
 from pricepipe.streams import known_symbols
-from publisher.catalog import parse_symbols
-from publisher.generator import GbmGenerator
-from publisher.metrics import PublisherMetrics
-from publisher.simulator import Simulator
-from publisher.sink import StreamSink
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 

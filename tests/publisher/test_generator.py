@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pricepipe.exceptions import ConfigError
-from publisher.catalog import (
+from pricepipe.publisher.catalog import (
     DEMO_SYMBOLS,
     SymbolSpec,
     apply_params,
@@ -14,8 +12,10 @@ from publisher.catalog import (
     parse_correlation,
     parse_symbols,
 )
-from publisher.generator import GbmGenerator
-from publisher.pacer import Pacer
+from pricepipe.publisher.generator import GbmGenerator
+from pricepipe.publisher.pacer import Pacer
+
+from pricepipe.exceptions import ConfigError
 
 SPECS = [SymbolSpec("AAA", 100.0, 0.1, 0.3), SymbolSpec("BBB", 50.0, -0.05, 0.2)]
 

@@ -8,11 +8,16 @@ from typing import Any
 
 import orjson
 import pytest
+from pricepipe.publisher.metadata import (
+    Instrument,
+    parse_metric,
+    parse_profile,
+    refresh_instruments,
+)
 
 from pricepipe.exceptions import BadResponseError
 from pricepipe.keys import Keys
 from pricepipe.streams import register_symbols
-from publisher.metadata import Instrument, parse_metric, parse_profile, refresh_instruments
 
 from .fake_upstream import FakeUpstream
 
@@ -111,7 +116,8 @@ def test_runs_as_an_rq_job(job_env: None, db: Any, r: Any, keys: Keys) -> None:
     register_symbols(r, keys, ["AAPL"])
     insert_history(db)
     queue = Queue(keys.rq_queue("maintenance"), connection=r)
-    job = queue.enqueue("publisher.metadata.refresh_instruments", kwargs={"source": "history"})
+    job = queue.enqueue("pricepipe.publisher.metadata.refresh_instruments",
+                        kwargs={"source": "history"})
     SimpleWorker([queue], connection=r).work(burst=True)
     job.refresh()
     assert job.get_status() == "finished", job.latest_result()

@@ -10,16 +10,16 @@ from typing import Any
 
 import orjson
 import pytest
+from pricepipe.publisher.catalog import parse_symbols
+from pricepipe.publisher.metrics import PublisherMetrics
+from pricepipe.publisher.poller import Poller
+from pricepipe.publisher.providers import make_provider
+from pricepipe.publisher.settings import PollerSettings
+from pricepipe.publisher.sink import StreamSink
 
 from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
 from pricepipe.stop import StopRequest
-from publisher.catalog import parse_symbols
-from publisher.metrics import PublisherMetrics
-from publisher.poller import Poller
-from publisher.providers import make_provider
-from publisher.settings import PollerSettings
-from publisher.sink import StreamSink
 
 from .fake_upstream import FakeUpstream
 

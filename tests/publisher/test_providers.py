@@ -10,16 +10,16 @@ from typing import Any
 
 import orjson
 import pytest
+from pricepipe.publisher.budget import Budget
+from pricepipe.publisher.freshness import Freshness
+from pricepipe.publisher.providers import make_provider
+from pricepipe.publisher.providers.base import Quote, QuoteChecks, epoch_us, number, to_tick
+from pricepipe.publisher.providers.binance import BinanceProvider, request_weight
+from pricepipe.publisher.providers.coinbase import CoinbaseProvider
+from pricepipe.publisher.providers.finnhub import FinnhubProvider
+from pricepipe.publisher.providers.generic import GenericProvider, dig, parse_headers
 
 from pricepipe.exceptions import BadResponseError, ConfigError
-from publisher.budget import Budget
-from publisher.freshness import Freshness
-from publisher.providers import make_provider
-from publisher.providers.base import Quote, QuoteChecks, epoch_us, number, to_tick
-from publisher.providers.binance import BinanceProvider, request_weight
-from publisher.providers.coinbase import CoinbaseProvider
-from publisher.providers.finnhub import FinnhubProvider
-from publisher.providers.generic import GenericProvider, dig, parse_headers
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from pricepipe.publisher.metrics import PublisherMetrics
+from pricepipe.publisher.sink import StreamSink
 
 from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
 from pricepipe.stop import StopRequest
 from pricepipe.tick import Tick
-from publisher.metrics import PublisherMetrics
-from publisher.sink import StreamSink
 
 TS = 1_767_323_045_000_000
 

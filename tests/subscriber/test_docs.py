@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from subscriber import protocol as p
-from subscriber.settings import SETTINGS
+from pricepipe.subscriber.client.settings import SETTINGS as CLIENT_SETTINGS
+from pricepipe.subscriber.ws import protocol as p
+from pricepipe.subscriber.ws.settings import SETTINGS as WS_SETTINGS
+
+SETTINGS = (*WS_SETTINGS, *CLIENT_SETTINGS)
 
 ROOT = Path(__file__).parents[2]
 DOC = (ROOT / "docs" / "subscriber.md").read_text()

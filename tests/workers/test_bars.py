@@ -9,16 +9,16 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pricepipe.workers import rollup
+from pricepipe.workers.bars import US_PER_MINUTE, Bar, aggregate, bar_rows, bucket_of, merge
+from pricepipe.workers.batch import TickRow
+from pricepipe.workers.persister import PersistWorker
+from pricepipe.workers.sink import TickSink
 
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
-from workers import rollup
-from workers.bars import US_PER_MINUTE, Bar, aggregate, bar_rows, bucket_of, merge
-from workers.batch import TickRow
-from workers.persister import PersistWorker
-from workers.sink import TickSink
 
-from .conftest import BASE_TS_US, make_ticks, publish
+from .helpers import BASE_TS_US, make_ticks, publish
 
 ROW = st.tuples(st.sampled_from(["A", "B"]),
                 st.integers(BASE_TS_US, BASE_TS_US + 3 * US_PER_MINUTE),

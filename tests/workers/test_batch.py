@@ -7,13 +7,13 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pricepipe.workers.batch import copy_text, days_of, decode_entries, decode_reply
 
 from pricepipe import codec
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
-from workers.batch import copy_text, days_of, decode_entries, decode_reply
 
-from .conftest import BASE_TS_US
+from .helpers import BASE_TS_US
 
 KEYS = Keys("pp", 4)
 STREAM = KEYS.stream("AAPL")

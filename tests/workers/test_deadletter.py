@@ -8,15 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from pricepipe.workers import deadletter
+from pricepipe.workers.batch import decode_entries
+from pricepipe.workers.persister import PersistWorker
 
 from pricepipe import codec, streams
 from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.tick import Tick
-from workers import deadletter
-from workers.batch import decode_entries
-from workers.persister import PersistWorker
 
-from .conftest import BASE_TS_US, make_ticks, pending_count, publish, row_count
+from .helpers import BASE_TS_US, make_ticks, pending_count, publish, row_count
 
 BAD_ENTRIES: list[tuple[dict[bytes, bytes], str]] = [
     ({b"sym": b"AAPL", b"ts": b"yesterday", b"px": b"1.0", b"src": b"x"}, "unreadable"),

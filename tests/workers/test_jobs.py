@@ -13,19 +13,19 @@ from typing import Any
 
 import orjson
 import pytest
+from pricepipe.workers import jobs, partitions, rollup, schedule
+from pricepipe.workers.backfill import entry_id_for, rows_of
+from pricepipe.workers.history import GBMHistory
+from pricepipe.workers.persister import PersistWorker
+from pricepipe.workers.settings import JobsSettings
 from rq import Queue, SimpleWorker
 from rq.cron import CronScheduler
 
 from pricepipe.clock import datetime_to_us, utcnow
 from pricepipe.keys import Keys
 from pricepipe.status import job_stats
-from workers import jobs, partitions, rollup, schedule
-from workers.backfill import entry_id_for, rows_of
-from workers.history import GBMHistory
-from workers.persister import PersistWorker
-from workers.settings import JobsSettings
 
-from .conftest import BASE_TS_US, make_ticks, publish, row_count
+from .helpers import BASE_TS_US, make_ticks, publish, row_count
 
 DAY_US = 86_400_000_000
 
@@ -120,7 +120,7 @@ def test_scheduled_jobs_run_through_rq(job_env: None, r: Any, keys: Keys, db: An
 def test_failed_jobs_are_retried_then_kept_visible(job_env: None, monkeypatch: pytest.MonkeyPatch,
                                                    r: Any, keys: Keys, tmp_path: Path) -> None:
     monkeypatch.setenv("PRICEPIPE_JOBS_RETRY_MAX", "2")
-    job = jobs.enqueue(r, keys.rq_queue(jobs.BULK), "workers.jobs.export_ticks", kwargs={
+    job = jobs.enqueue(r, keys.rq_queue(jobs.BULK), "pricepipe.workers.jobs.export_ticks", kwargs={
         "symbol": "AAPL", "start_us": BASE_TS_US, "end_us": BASE_TS_US + DAY_US,
         "path": str(tmp_path / "missing-dir" / "out.csv")})
     assert job.retries_left == 2
@@ -194,7 +194,7 @@ def test_status_reports_streams_dead_letters_rows_and_jobs(
     r.xadd(keys.stream("AAPL"), {b"sym": b"AAPL"})  # undecodable: a dead letter
     run_worker()
     publish(r, keys, make_ticks(10))  # not persisted yet: lag
-    jobs.enqueue(r, keys.rq_queue(jobs.MAINTENANCE), "workers.jobs.maintain_partitions")
+    jobs.enqueue(r, keys.rq_queue(jobs.MAINTENANCE), "pricepipe.workers.jobs.maintain_partitions")
     proc = spawn(["status", "--json"], env=pipeline_env)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out

@@ -14,7 +14,7 @@ import redis
 from pricepipe.embedded import PostgresServer, RedisServer
 from pricepipe.keys import Keys
 
-from .conftest import (
+from .helpers import (
     duplicate_count,
     fast_env,
     make_ticks,

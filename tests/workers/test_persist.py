@@ -8,14 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pricepipe.workers.consumer import GroupConsumer
+from pricepipe.workers.persister import PersistWorker
+from pricepipe.workers.sink import TickSink
 
 from pricepipe import codec
 from pricepipe.keys import PERSIST_GROUP, Keys
-from workers.consumer import GroupConsumer
-from workers.persister import PersistWorker
-from workers.sink import TickSink
 
-from .conftest import (
+from .helpers import (
     SYMBOLS,
     duplicate_count,
     fast_settings,

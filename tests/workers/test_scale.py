@@ -18,7 +18,7 @@ import redis
 
 from pricepipe.keys import Keys
 
-from .conftest import (
+from .helpers import (
     duplicate_count,
     fast_env,
     make_ticks,

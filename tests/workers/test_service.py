@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pricepipe.workers import partitions
+from pricepipe.workers.consumer import GroupConsumer
+from pricepipe.workers.persister import PersistWorker
 
 from pricepipe.clock import utcnow
 from pricepipe.keys import PERSIST_GROUP, Keys
-from workers import partitions
-from workers.consumer import GroupConsumer
-from workers.persister import PersistWorker
 
-from .conftest import fast_env, make_ticks, pending_count, publish, row_count, wait_until
+from .helpers import fast_env, make_ticks, pending_count, publish, row_count, wait_until
 
 
 @pytest.fixture
@@ -113,7 +113,9 @@ def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out
     funcs = {job.func_name for job in queue.get_jobs()}
-    assert funcs == {"workers.jobs.run_with_retry"}
+    assert funcs == {"pricepipe.workers.jobs.run_with_retry"}
     targets = {job.kwargs["target"] for job in queue.get_jobs()}
-    assert targets == {"workers.jobs.maintain_partitions", "workers.jobs.apply_retention",
-                       "workers.jobs.verify_bars", "publisher.metadata.refresh_instruments"}
+    assert targets == {"pricepipe.workers.jobs.maintain_partitions",
+                       "pricepipe.workers.jobs.apply_retention",
+                       "pricepipe.workers.jobs.verify_bars",
+                       "pricepipe.publisher.metadata.refresh_instruments"}

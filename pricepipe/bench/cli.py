@@ -1,0 +1,101 @@
+"""``pricepipe bench TARGET`` and ``pricepipe soak``: registered by the main
+command like a role's subcommands. Light at import: the harnesses load when
+a command runs.
+
+``bench`` prints speed figures beside baselines measured in the same run, on
+this machine, and writes a JSON and a Markdown report; it never asserts. It
+starts throwaway embedded servers when no URLs are given, so a benchmark
+never touches real data. ``soak`` runs a steady load with faults and checks
+that nothing was lost or doubled.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .soak import FAULT_KINDS  # a light module: the harness imports inside run_soak
+
+#: Bench targets, in the order ``bench all`` runs them (see :mod:`.report`).
+TARGET_NAMES = ("publish", "persist", "ws", "api", "e2e")
+
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pricepipe.codec import encode_json
+
+    from .report import machine_info, markdown, run_target, servers
+
+    targets = list(TARGET_NAMES) if args.target == "all" else [args.target]
+    machine = machine_info()
+    reports = []
+    with servers(args.redis_url, args.database_url) as (r_url, d_url):
+        for target in targets:
+            print(f"== bench {target}")
+            reports.append(run_target(target, r_url, d_url, args.n))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "all" if args.target == "all" else args.target
+    (out_dir / f"bench-{name}.json").write_bytes(
+        encode_json({"machine": machine, "reports": reports}))
+    table = markdown(reports, machine)
+    (out_dir / f"bench-{name}.md").write_text(table)
+    print(table)
+    print(f"report written to {out_dir}/bench-{name}.json and .md")
+    return 0
+
+
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from .soak import SoakParams, run_soak
+
+    params = SoakParams(duration_s=args.minutes * 60, rate=args.rate, symbols=args.symbols,
+                        publishers=args.publishers, workers=args.workers,
+                        ws_servers=args.ws_servers, clients=args.clients,
+                        fault_interval_s=args.fault_interval_s, stall_s=args.stall_s,
+                        stream_window_s=args.stream_window_s, seed=args.seed,
+                        faults=fault_kinds(args.faults))
+    summary = run_soak(params, json_path=args.json, keep_dir=args.keep)
+    return 0 if summary["ok"] else 1
+
+
+def fault_kinds(text: str) -> tuple[str, ...]:
+    """``--faults``: comma-separated kinds, each one of :data:`FAULT_KINDS`."""
+    from pricepipe.exceptions import ConfigError
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    if unknown or not kinds:
+        raise ConfigError(f"--faults: want some of {', '.join(FAULT_KINDS)}, not {text!r}")
+    return kinds
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks with same-run baselines (prints, never asserts)")
+    p.add_argument("target", choices=[*TARGET_NAMES, "all"])
+    p.add_argument("--n", type=int, default=None, help="size of the run (target's default)")
+    p.add_argument("--out", default="bench-results", help="directory for the JSON/Markdown report")
+    p.add_argument("--redis-url", help="use this Redis (default: a throwaway embedded one)")
+    p.add_argument("--database-url", help="use this PostgreSQL (default: throwaway embedded)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("soak", help="steady load with faults (kills, restarts, stalls), "
+                       "then check nothing was lost or doubled")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the run")
+    p.add_argument("--rate", type=float, default=2000.0, help="ticks per second, all symbols")
+    p.add_argument("--symbols", type=int, default=20, help="number of symbols")
+    p.add_argument("--publishers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--ws-servers", type=int, default=2)
+    p.add_argument("--clients", type=int, default=2, help="recording websocket clients")
+    p.add_argument("--fault-interval-s", type=float, default=15.0,
+                   help="one fault every this many seconds")
+    p.add_argument("--stall-s", type=float, default=8.0, help="how long a client stalls")
+    p.add_argument("--stream-window-s", type=int, default=60,
+                   help="workers keep acknowledged entries this long in Redis")
+    p.add_argument("--seed", type=int, default=7, help="seed of the fault schedule")
+    p.add_argument("--faults", default=",".join(FAULT_KINDS),
+                   help="comma-separated fault kinds to use (default: all)")
+    p.add_argument("--json", help="also write the summary as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the servers' data and the logs")
+    p.set_defaults(func=_cmd_soak)

@@ -1,0 +1,35 @@
+"""The strategy client library: ticks for given symbols, straight from Redis
+Streams or replayed from PostgreSQL, through one interface.
+
+Readers, sync (:mod:`.sync`) and asyncio (:mod:`.aio`), whose every
+decision is made once in :mod:`.core`:
+
+* :class:`StreamReader` / :class:`AsyncStreamReader` - latest-only: plain
+  ``XREAD`` from now on (``start="$"``), from the latest tick (``"last"``),
+  from the oldest retained (``"0"``) or from your own saved entry IDs.
+* :class:`GroupReader` / :class:`AsyncGroupReader` - a named consumer group:
+  every tick goes to one consumer of the group; ``ack()`` it once handled.
+  After a crash, a consumer restarted under the same name first receives the
+  entries it had not acknowledged (``Delivery.redelivered``), then new ones:
+  nothing is lost, and what was acknowledged never comes back.
+* :class:`ReplayReader` / :class:`AsyncReplayReader` - history from the
+  ``ticks`` table at N× speed (``speed=None``: as fast as possible), for
+  backtests; ``ack()`` is a no-op.
+
+Every reader: ``get(timeout_s)`` returns the next :class:`Delivery` or None,
+iteration yields deliveries (forever for stream readers, until the end for
+replays), ``ack(*deliveries)``, ``close()``, and context-manager use. The
+async readers have the same methods as coroutines (``aclose()``, ``async for``,
+``async with``).
+"""
+
+from .aio import AsyncGroupReader, AsyncStreamReader
+from .delivery import Delivery
+from .replay import AsyncReplayReader, ReplayReader
+from .settings import ClientSettings
+from .sync import GroupReader, StreamReader
+
+__all__ = [
+    "AsyncGroupReader", "AsyncReplayReader", "AsyncStreamReader", "ClientSettings", "Delivery",
+    "GroupReader", "ReplayReader", "StreamReader",
+]

@@ -1,0 +1,147 @@
+"""The asyncio readers: one task per shard runs the shard's plans
+(:mod:`.core`) against a ``redis.asyncio`` client and feeds a bounded
+queue. The same decisions as :mod:`.sync`; only the I/O differs.
+
+Create them inside a running event loop; ``async with`` waits until every
+shard is prepared (from then on no tick appended later can be missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import redis
+import redis.asyncio.retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from pricepipe.keys import Keys
+
+from .core import GroupShard, LatestShard, Plan, Start, ack_plan, run_async, symbol_list
+from .delivery import Delivery
+from .settings import ClientSettings
+
+log = logging.getLogger(__name__)
+
+#: redis.asyncio wraps socket errors in redis.ConnectionError (see core.RETRYABLE).
+ASYNC_RETRYABLE: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+)
+
+
+class _TaskReader:
+    """Runs one shard state per task; subclasses make the states."""
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str],
+                 settings: ClientSettings | None) -> None:
+        self._r = r
+        self._keys = keys
+        self.symbols = symbol_list(symbols)
+        self.settings = settings or ClientSettings.from_env()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(self.settings.count * 2, 10))
+        self._retry = redis.asyncio.retry.Retry(
+            ExponentialWithJitterBackoff(cap=self.settings.reconnect_cap_s,
+                                         base=self.settings.reconnect_base_s),
+            retries=-1, supported_errors=ASYNC_RETRYABLE,
+        )
+        shards = [self._shard(group) for group in keys.by_shard(self.symbols).values()]
+        self._unprepared = len(shards)
+        self._prepared = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._loop(shard)) for shard in shards]
+        self._closed = False
+
+    def _shard(self, symbols: list[str]) -> Any:
+        raise NotImplementedError
+
+    async def ready(self) -> None:
+        """Wait until every shard is prepared: from then on, ``"$"`` has been
+        resolved and no tick appended later can be missed."""
+        await self._prepared.wait()
+
+    async def _run(self, make_plan: Callable[[], Plan[Any]]) -> Any:
+        return await self._retry.call_with_retry(lambda: run_async(self._r, make_plan()),
+                                                 self._failed)
+
+    async def _failed(self, exc: Exception) -> None:
+        # redis.asyncio's Retry awaits its failure callback.
+        log.warning("redis error, reconnecting with backoff: %s", exc)
+
+    async def _loop(self, shard: Any) -> None:
+        try:
+            await self._run(shard.prepare)
+            self._unprepared -= 1
+            if not self._unprepared:
+                self._prepared.set()
+            while True:
+                for delivery in await self._run(shard.read):
+                    await self._queue.put(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not retryable: surfaces in get()
+            await self._queue.put(exc)
+
+    async def get(self, timeout_s: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout_s``. Safe to cancel."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout_s)
+        except TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        while not self._closed:
+            delivery = await self.get()
+            if delivery is not None:
+                yield delivery
+
+    async def ack(self, *deliveries: Delivery) -> None:
+        """Nothing to acknowledge for a plain reader."""
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> _TaskReader:
+        await self.ready()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncStreamReader(_TaskReader):
+    """Asyncio :class:`~.sync.StreamReader` (``r`` is a ``redis.asyncio`` client)."""
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, start: Start = "$",
+                 settings: ClientSettings | None = None) -> None:
+        self._start = start
+        super().__init__(r, keys, symbols, settings)
+
+    def _shard(self, symbols: list[str]) -> LatestShard:
+        return LatestShard(self._keys, symbols, self._start, self.settings)
+
+
+class AsyncGroupReader(_TaskReader):
+    """Asyncio :class:`~.sync.GroupReader` (``r`` is a ``redis.asyncio`` client)."""
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
+                 consumer: str, start: str = "$",
+                 settings: ClientSettings | None = None) -> None:
+        self.group = group
+        self.consumer = consumer
+        self._group_start = start
+        super().__init__(r, keys, symbols, settings)
+
+    def _shard(self, symbols: list[str]) -> GroupShard:
+        return GroupShard(self._keys, symbols, group=self.group, consumer=self.consumer,
+                          start=self._group_start, settings=self.settings)
+
+    async def ack(self, *deliveries: Delivery) -> None:
+        """Acknowledge handled deliveries (retried across Redis restarts)."""
+        await self._run(lambda: ack_plan(self._keys, self.group, deliveries))

@@ -1,0 +1,172 @@
+"""The synchronous readers: one thread per shard runs the shard's plans
+(:mod:`.core`) against a ``redis.Redis`` (or ``RedisCluster``) client and
+feeds a bounded queue that ``get()`` and iteration take from.
+
+Redis restarts: connection errors are retried with redis-py's
+:class:`~redis.retry.Retry` and jittered exponential backoff, forever, and
+reading resumes where it stopped. Other errors are raised from ``get()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from pricepipe.keys import Keys
+
+from .core import RETRYABLE, GroupShard, LatestShard, Plan, Start, ack_plan, run_sync, symbol_list
+from .delivery import Delivery
+from .settings import ClientSettings
+
+log = logging.getLogger(__name__)
+
+
+class _Stopped(Exception):
+    """Raised inside a reader thread to leave a retry loop on close()."""
+
+
+class _ThreadedReader:
+    """Runs one shard state per thread; subclasses make the states."""
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str],
+                 settings: ClientSettings | None) -> None:
+        self._r = r
+        self._keys = keys
+        self.symbols = symbol_list(symbols)
+        self.settings = settings or ClientSettings.from_env()
+        # Bounded: a strategy slower than the market holds up the readers,
+        # and the backlog waits in Redis, not in this process.
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self.settings.count * 2, 10))
+        self._stop = threading.Event()
+        self._retry = Retry(
+            ExponentialWithJitterBackoff(cap=self.settings.reconnect_cap_s,
+                                         base=self.settings.reconnect_base_s),
+            retries=-1, supported_errors=RETRYABLE,
+        )
+        shards = [self._shard(group) for group in keys.by_shard(self.symbols).values()]
+        # Prepared here, on the caller's thread: "$" means "from when the
+        # constructor returned", so ticks appended after it are never missed.
+        for shard in shards:
+            self._run(shard.prepare)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(shard,), daemon=True,
+                             name=f"pricepipe-reader-{i}")
+            for i, shard in enumerate(shards)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _shard(self, symbols: list[str]) -> Any:
+        raise NotImplementedError
+
+    def _run(self, make_plan: Callable[[], Plan[Any]]) -> Any:
+        """A fresh plan per attempt: a retried plan starts over from the
+        state the failed attempt left, which it did not change."""
+        return self._retry.call_with_retry(lambda: run_sync(self._r, make_plan()), self._failed)
+
+    def _failed(self, exc: Exception) -> None:
+        if self._stop.is_set():
+            raise _Stopped from exc
+        log.warning("redis error, reconnecting with backoff: %s", exc)
+
+    def _loop(self, shard: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                for delivery in self._run(shard.read):
+                    self._put(delivery)
+        except _Stopped:
+            pass
+        except Exception as exc:  # not retryable: surfaces in get()
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def get(self, timeout_s: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout_s`` (None: wait for one).
+
+        Raises what a reader thread failed with, when it is not retryable.
+        """
+        try:
+            item = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[Delivery]:
+        while not self._stop.is_set():
+            delivery = self.get(timeout_s=0.2)
+            if delivery is not None:
+                yield delivery
+
+    def ack(self, *deliveries: Delivery) -> None:
+        """Nothing to acknowledge for a plain reader."""
+
+    def close(self) -> None:
+        """Stop the reader threads (each within one block time)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.block_ms / 1000 + 5)
+
+    def __enter__(self) -> _ThreadedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamReader(_ThreadedReader):
+    """Latest-only reader: every tick appended after ``start``, per symbol.
+
+    ``start``: ``"$"`` (from now), ``"last"`` (the latest tick first),
+    ``"0"`` (all the stream holds), or a mapping of symbol to the last entry
+    ID already handled (symbols missing from it start at ``"$"``).
+    """
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, start: Start = "$",
+                 settings: ClientSettings | None = None) -> None:
+        self._start = start
+        super().__init__(r, keys, symbols, settings)
+
+    def _shard(self, symbols: list[str]) -> LatestShard:
+        return LatestShard(self._keys, symbols, self._start, self.settings)
+
+
+class GroupReader(_ThreadedReader):
+    """Reader in consumer group ``group`` as ``consumer`` (see
+    :class:`~.core.GroupShard`). Deliveries stay pending in Redis until
+    :meth:`ack`; restarting with the same ``consumer`` name delivers the
+    unacknowledged ones again first.
+    """
+
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
+                 consumer: str, start: str = "$",
+                 settings: ClientSettings | None = None) -> None:
+        self.group = group
+        self.consumer = consumer
+        self._group_start = start
+        super().__init__(r, keys, symbols, settings)
+
+    def _shard(self, symbols: list[str]) -> GroupShard:
+        return GroupShard(self._keys, symbols, group=self.group, consumer=self.consumer,
+                          start=self._group_start, settings=self.settings)
+
+    def ack(self, *deliveries: Delivery) -> None:
+        """Acknowledge handled deliveries (retried across Redis restarts)."""
+        self._retry.call_with_retry(
+            lambda: run_sync(self._r, ack_plan(self._keys, self.group, deliveries)),
+            lambda exc: log.warning("ack failed, retrying: %s", exc))

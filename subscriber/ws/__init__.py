@@ -1,0 +1,10 @@
+"""The websocket server: live ticks pushed to subscribers.
+
+* :mod:`.protocol` parses and encodes the messages (pure).
+* :mod:`.hub` reads the streams once per process and fans ticks out.
+* :mod:`.session` is one connection: catch-up, resume, slow consumers.
+* :mod:`.server` is the process: handshake routing, limits, health.
+* :mod:`.settings` every ``PRICEPIPE_WS_*`` setting.
+
+The protocol is documented in the README ("Websocket protocol").
+"""

@@ -1,0 +1,246 @@
+"""The strategy client library on real servers: latest-only and consumer
+group readers (sync and asyncio), reconnection across a Redis restart, and
+replay from PostgreSQL through the same interface."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+from pricepipe.subscriber.client import (
+    AsyncGroupReader,
+    AsyncReplayReader,
+    AsyncStreamReader,
+    Delivery,
+    GroupReader,
+    ReplayReader,
+    StreamReader,
+)
+from pricepipe.subscriber.client.settings import ClientSettings
+
+from pricepipe.embedded import RedisServer
+from pricepipe.keys import Keys
+from pricepipe.tick import Tick
+
+from ..helpers import FAST, TS, insert_ticks, publish, take
+
+
+def pending(r: redis.Redis, keys: Keys, group: str) -> int:
+    summary: Any = r.xpending(keys.stream("AAPL"), group)
+    return int(summary["pending"])
+
+
+def test_stream_reader_start_modes(r: redis.Redis, keys: Keys) -> None:
+    old = publish(r, keys, "AAPL", 3) + publish(r, keys, "MSFT", 2)
+    with StreamReader(r, keys, ["AAPL", "MSFT"], start="0", settings=FAST) as everything, \
+            StreamReader(r, keys, ["AAPL"], start="last", settings=FAST) as last, \
+            StreamReader(r, keys, ["AAPL"], start={"AAPL": old[0]}, settings=FAST) as resumed, \
+            StreamReader(r, keys, ["AAPL", "MSFT"], settings=FAST) as live:
+        got = take(everything, 5)
+        assert sorted(d.entry_id for d in got) == sorted(old)
+        assert [d.entry_id for d in take(last, 1)] == [old[2]]
+        assert [d.entry_id for d in take(resumed, 2)] == old[1:3]
+        assert live.get(timeout_s=0.3) is None  # "$": nothing old
+        new = publish(r, keys, "MSFT", 2, start=10)
+        got = take(live, 2)
+        assert [d.entry_id for d in got] == new
+        assert got[0].tick == Tick("MSFT", TS + 10, 110.0, 1.0, "test")
+
+
+def test_group_reader_redelivers_unacked_after_restart_of_consumer(
+    r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, keys, "AAPL", 4)
+    with GroupReader(r, keys, ["AAPL"], group="strat", consumer="c1", start="0",
+                     settings=FAST) as reader:
+        got = take(reader, 4)
+        assert [d.entry_id for d in got] == ids and not any(d.redelivered for d in got)
+        reader.ack(*got[:2])
+    # Same consumer name again: the two unacknowledged entries come back first.
+    with GroupReader(r, keys, ["AAPL"], group="strat", consumer="c1", settings=FAST) as reader:
+        again = take(reader, 2)
+        assert [(d.entry_id, d.redelivered) for d in again] == [(ids[2], True), (ids[3], True)]
+        reader.ack(*again)
+        new = publish(r, keys, "AAPL", 1, start=10)
+        fresh = take(reader, 1)
+        assert [(d.entry_id, d.redelivered) for d in fresh] == [(new[0], False)]
+        reader.ack(*fresh)
+    assert pending(r, keys, "strat") == 0
+
+
+def test_reader_reconnects_after_redis_restart(
+    make_redis_server: Callable[..., RedisServer], keys: Keys
+) -> None:
+    server = make_redis_server()
+    r = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        first = publish(r, keys, "AAPL", 2)
+        with StreamReader(r, keys, ["AAPL"], start="0", settings=FAST) as reader, \
+                GroupReader(r, keys, ["AAPL"], group="g", consumer="c", start="0",
+                            settings=FAST) as grouped:
+            assert [d.entry_id for d in take(reader, 2)] == first
+            assert [d.entry_id for d in take(grouped, 2)] == first
+            grouped.ack(*[Delivery(i, Tick("AAPL", TS, 1.0)) for i in first])
+            server.restart()  # AOF keeps the streams and the group
+            later = publish(r, keys, "AAPL", 3, start=5)
+            assert [d.entry_id for d in take(reader, 3)] == later
+            got = take(grouped, 3)
+            assert [d.entry_id for d in got] == later
+            grouped.ack(*got)
+        assert pending(r, keys, "g") == 0
+    finally:
+        r.close()
+
+
+def test_async_readers(redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    ids = publish(r, keys, "AAPL", 3)
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            async with AsyncStreamReader(client, keys, ["AAPL"], start="0",
+                                         settings=FAST) as reader, \
+                    AsyncGroupReader(client, keys, ["AAPL"], group="ga", consumer="c",
+                                     start="0", settings=FAST) as grouped:
+                got = [await reader.get(5) for _ in range(3)]
+                assert [d.entry_id for d in got if d] == ids
+                seen = []
+                async for delivery in grouped:
+                    seen.append(delivery)
+                    await grouped.ack(delivery)
+                    if len(seen) == 3:
+                        break
+                assert [d.entry_id for d in seen] == ids
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert pending(r, keys, "ga") == 0
+
+
+def test_replay_from_postgres_in_time_order(db: Any) -> None:
+    ticks = [(Tick("AAPL" if i % 2 else "MSFT", TS + i * 1000, 10.0 + i, 1.0, "gbm"),
+              f"{1_767_323_045_000 + i}-0") for i in range(20)]
+    ticks.append((Tick("IBM", TS + 5, 1.0), "1767323045000-9"))  # not asked for
+    insert_ticks(db, ticks)
+    wanted = [(t, eid) for t, eid in ticks if t.symbol != "IBM"]
+    with ReplayReader(db, ["AAPL", "MSFT"], start_us=TS, speed=None) as reader:
+        got = list(reader)
+    assert [(d.tick, d.entry_id) for d in got] == wanted
+    # 20 ms of history at 1000x; paced, and the second half only.
+    with ReplayReader(db, ["AAPL"], start_us=TS + 10_000, end_us=TS + 20_000,
+                      speed=1000.0) as reader:
+        assert [d.tick.ts_us for d in reader] == [TS + i * 1000 for i in range(11, 20, 2)]
+
+    async def scenario() -> list[Delivery]:
+        async with AsyncReplayReader(db, ["MSFT"], start_us=TS, speed=1000.0,
+                                     batch_size=3) as reader:
+            return [d async for d in reader]
+
+    got = asyncio.run(scenario())
+    assert [d.tick.ts_us for d in got] == [TS + i * 1000 for i in range(0, 20, 2)]
+
+
+def test_close_stops_reader_threads(r: redis.Redis, keys: Keys) -> None:
+    before = threading.active_count()
+    reader = StreamReader(r, keys, ["AAPL", "MSFT", "IBM", "ORCL"], settings=FAST)
+    assert threading.active_count() > before
+    reader.close()
+    assert threading.active_count() == before
+
+
+def test_group_reader_recreates_a_vanished_group(r: redis.Redis, keys: Keys) -> None:
+    publish(r, keys, "AAPL", 1)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="c", settings=FAST) as reader, \
+            StreamReader(r, keys, ["AAPL"], settings=FAST) as latest:
+        r.flushall()  # a Redis that lost its data: stream and group are gone
+        deadline = 50
+        while r.exists(keys.stream("AAPL")) == 0 and deadline:
+            deadline -= 1  # the reader recreates the group (and the stream) by itself
+            threading.Event().wait(0.1)
+        assert r.exists(keys.stream("AAPL"))
+        ids = publish(r, keys, "AAPL", 2, start=5)
+        got = take(reader, 2)
+        assert [d.entry_id for d in got] == ids and not any(d.redelivered for d in got)
+        reader.ack(*got)
+        assert [d.entry_id for d in take(latest, 2)] == ids
+    assert pending(r, keys, "g") == 0
+
+
+def test_group_reader_claims_entries_of_a_consumer_gone_for_good(
+    redis_url: str, r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, keys, "AAPL", 3)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="gone", start="0",
+                     settings=FAST) as reader:
+        assert len(take(reader, 3)) == 3  # read, never acknowledged: then it "dies"
+    claiming = ClientSettings(block_ms=100, count=50, claim_idle_ms=50)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="heir",
+                     settings=claiming) as heir:
+        got = take(heir, 3)
+        assert sorted(d.entry_id for d in got) == ids and all(d.redelivered for d in got)
+        heir.ack(*got[:1])  # the heir dies too, leaving two
+    assert pending(r, keys, "g") == 2
+
+    async def scenario() -> list[Delivery]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            async with AsyncGroupReader(client, keys, ["AAPL"], group="g", consumer="heir2",
+                                        settings=claiming) as reader:
+                out = [await reader.get(10), await reader.get(10)]
+                await reader.ack(*[d for d in out if d])
+                return [d for d in out if d]
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(scenario())
+    assert sorted(d.entry_id for d in got) == ids[1:] and all(d.redelivered for d in got)
+    assert pending(r, keys, "g") == 0
+
+
+def test_claiming_never_takes_this_consumers_own_pending_entries(
+    r: redis.Redis, keys: Keys
+) -> None:
+    ids = publish(r, keys, "AAPL", 2)
+    claiming = ClientSettings(block_ms=50, count=50, claim_idle_ms=20)
+    with GroupReader(r, keys, ["AAPL"], group="g", consumer="slow", start="0",
+                     settings=claiming) as reader:
+        got = take(reader, 2)
+        threading.Event().wait(0.3)  # a slow strategy: its entries idle past claim_idle_ms
+        assert reader.get(timeout_s=0.3) is None  # ... and are not handed out again
+        reader.ack(*got)
+    assert [d.entry_id for d in got] == ids
+
+
+def test_async_reader_reconnects_after_redis_restart(
+    make_redis_server: Callable[..., RedisServer], keys: Keys
+) -> None:
+    server = make_redis_server()
+    r = redis.Redis.from_url(server.url)
+
+    async def scenario() -> None:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=2)
+        try:
+            async with AsyncGroupReader(client, keys, ["AAPL"], group="g", consumer="c",
+                                        settings=FAST) as reader:
+                first = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+                got = [await reader.get(10) for _ in first]
+                assert [d.entry_id for d in got if d] == first
+                await reader.ack(*[d for d in got if d])
+                await asyncio.to_thread(server.restart)
+                later = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=5)
+                got = [await reader.get(30) for _ in later]
+                assert [d.entry_id for d in got if d] == later
+                await reader.ack(*[d for d in got if d])
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+        assert pending(r, keys, "g") == 0
+    finally:
+        r.close()

@@ -1,0 +1,47 @@
+"""``pricepipe tail`` prints live ticks; ``python -m subscriber`` is ``pricepipe ws``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import redis
+from pricepipe.subscriber.client import Delivery
+from pricepipe.subscriber.tail import format_line
+
+from pricepipe import codec
+from pricepipe.keys import Keys
+from pricepipe.tick import Tick
+
+from ..helpers import TS, publish
+
+
+def test_tail_prints_the_latest_then_live_ticks(
+    spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
+    r: redis.Redis, keys: Keys,
+) -> None:
+    first = publish(r, keys, "AAPL", 2)
+    proc = spawn(["tail", "AAPL", "MSFT", "--last", "--json", "--count", "3"],
+                 env=pipeline_env, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the latest tick already there: the reader is live
+    assert codec.decode_json(line)["id"] == first[-1]
+    later = publish(r, keys, "MSFT", 2, start=10)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    ticks = [codec.decode_json(x) for x in out.splitlines()]
+    assert [(t["symbol"], t["id"]) for t in ticks] == [("MSFT", i) for i in later]
+    assert ticks[0]["price"] == 110.0
+
+
+def test_text_lines_are_aligned_and_complete() -> None:
+    line = format_line(Delivery("5-1", Tick("AAPL", TS, 187.25, 3.0, "gbm")), as_json=False)
+    assert line.split() == ["2026-01-02T03:04:05.000000Z", "AAPL", "187.250000", "3", "gbm",
+                            "5-1"]
+
+
+def test_python_m_subscriber_is_pricepipe_ws() -> None:
+    out = subprocess.run([sys.executable, "-m", "subscriber", "--help"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert "--allow-websocket-origin" in out and "--port" in out

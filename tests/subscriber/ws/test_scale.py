@@ -1,0 +1,72 @@
+"""Scale, kept lean: one process serves 1,000 concurrent clients while one
+reader is stalled, and the stalled reader's memory stays bounded. Plus a
+smoke run of the benchmark (shape of its report, not its speed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+from websockets.asyncio.client import ClientConnection
+
+from pricepipe import streams
+from pricepipe.config import RedisSettings
+from pricepipe.keys import Keys
+
+from ..helpers import (
+    SLOW,
+    collect_ticks,
+    publish_many,
+    running_server,
+    stalled_max_bytes,
+    subscribed,
+    until,
+)
+
+CLIENTS = 1000
+
+
+def test_thousand_clients_with_one_stalled_reader(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    symbols = [f"S{i}" for i in range(10)]
+    streams.register_symbols(r, keys, [*symbols, "HOT"])
+
+    async def scenario() -> None:
+        async with running_server(redis_settings, slow_timeout_s=60, **SLOW) as server:
+            stalled = await subscribed(server.port, ["HOT", *symbols], small_window=True)
+            assert stalled.transport is not None
+            stalled.transport.pause_reading()
+            gate = asyncio.Semaphore(50)
+
+            async def one(i: int) -> ClientConnection:
+                async with gate:
+                    return await subscribed(server.port, [symbols[i % 10]], ping_interval=None)
+
+            clients = await asyncio.gather(*(one(i) for i in range(CLIENTS - 1)))
+            try:
+                assert server.stats.connections == CLIENTS
+                await asyncio.sleep(0.3)
+                last = await asyncio.to_thread(publish_many, r, keys, symbols, 5)
+                hot = await asyncio.to_thread(publish_many, r, keys, ["HOT"], 3000)
+                got = await asyncio.gather(*(collect_ticks(c, 5, timeout_s=60) for c in clients))
+                for i, ticks in enumerate(got):
+                    assert {t["symbol"] for t in ticks} == {symbols[i % 10]}
+                    assert ticks[-1]["id"] == last[symbols[i % 10]]
+                (session,) = [s for s in server.sessions
+                              if s.ws.remote_address == stalled.local_address]
+                # 3,000 ticks later the stalled reader holds a bounded buffer and
+                # at most one tick per symbol, not the backlog.
+                await until(lambda: session.behind)
+                bound = stalled_max_bytes(11)
+                assert session.ws.transport.get_write_buffer_size() < bound
+                latest: dict[str, Any] = session._latest
+                assert set(latest) <= {"HOT", *symbols} and hot
+                largest = max(s.ws.transport.get_write_buffer_size() for s in server.sessions)
+                assert largest < bound
+            finally:
+                await asyncio.gather(*(c.close() for c in clients))
+                stalled.transport.abort()
+
+    asyncio.run(scenario())
