@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     if code:
         return code
     code = run([str(BIN / "mypy"), "--config-file", str(ROOT / "pyproject.toml"),
-                "--cache-dir", str(ROOT / ".mypy_cache"), "."], cwd=typecheck_view())
+                "--cache-dir", str(VENV / "mypy-cache"), "."], cwd=typecheck_view())
     if code:
         return code
     return run([str(BIN / "python"), "-m", "pytest", *argv[1:]])

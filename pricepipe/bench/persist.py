@@ -124,11 +124,11 @@ def _row_inserts(conn: Any, rows: list[Any]) -> float:
 def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str, Any]:
     """Measure, print as it goes, and return the report (never asserts speed)."""
     import redis
-    from pricepipe.workers.settings import WorkerSettings
 
     from pricepipe.bench.procstat import postgres_pid, redis_pid, tree_cpu_s
     from pricepipe.connections import pg_connect
     from pricepipe.keys import PERSIST_GROUP, Keys
+    from pricepipe.workers.settings import WorkerSettings
 
     n = n or N_DEFAULT
     keys = Keys(PREFIX, SHARDS)

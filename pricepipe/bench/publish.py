@@ -35,13 +35,13 @@ def run(*, redis_url: str, database_url: str | None = None,
         n: int | None = None) -> dict[str, Any]:
     """Measure and return ``{"target", "figures", "baselines", "ratios", "params"}``."""
     import redis
+
+    from pricepipe import codec
     from pricepipe.publisher.catalog import demo_symbols
     from pricepipe.publisher.generator import GbmGenerator
     from pricepipe.publisher.metrics import PublisherMetrics
     from pricepipe.publisher.simulator import Simulator
     from pricepipe.publisher.sink import StreamSink
-
-    from pricepipe import codec
     from pricepipe.stop import StopRequest
     from pricepipe.streams import delete_all
 

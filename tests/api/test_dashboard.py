@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pricepipe.embedded import free_port
 from pricepipe.keys import Keys
 from pricepipe.tick import Tick
 from tests.api.helpers import insert_ticks
+from tests.helpers import wait_http
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -34,18 +34,6 @@ if not (CHROMIUM and CHROMEDRIVER):
     if os.environ.get("CI"):
         raise RuntimeError("CI needs chromium and chromium-driver for the dashboard test")
     pytest.skip("chromium or chromedriver not installed", allow_module_level=True)
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 class Feeder(threading.Thread):
@@ -106,7 +94,7 @@ def test_dashboard_shows_history_then_live_ticks(
 
     ws_port = free_port()
     ws = spawn(["ws", "--port", str(ws_port)], env=pipeline_env)
-    _wait_http(f"http://127.0.0.1:{ws_port}/healthz", ws)
+    wait_http(f"http://127.0.0.1:{ws_port}/healthz", ws)
     base_url = make_live_api(ApiSettings(rate_limit=None, key_rate_limit=None,
                                          ws_url=f"ws://127.0.0.1:{ws_port}/ws"))
     feeder = Feeder(r, keys, {s: history[300 * i + 299].price for i, s in enumerate(SYMBOLS)})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pricepipe.embedded import free_port
+from tests.helpers import wait_http
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -67,7 +68,7 @@ def test_second_sigterm_exits_at_once_while_a_download_is_in_flight(
     insert_ticks(db, steady_ticks("SLOW", DAY0_US, 100_000, 1000))
     port = free_port()
     proc = spawn(["api", "--port", str(port)], env=pipeline_env)
-    _wait_ready(port, proc)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # A tiny receive window: the server cannot push the 10 MB download into
     # socket buffers, so the response stays in flight while we do not read.
@@ -104,15 +105,3 @@ def _read_until(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
     return out
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None
-        try:
-            _get(f"http://127.0.0.1:{port}/healthz")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError("api did not start")

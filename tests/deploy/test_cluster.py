@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import PERSIST_GROUP, Keys
+from tests.helpers import wait_http
 
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA"]
 N_TICKS = 3000
@@ -41,20 +42,6 @@ def output_of(proc: subprocess.Popen[bytes]) -> str:
         proc.wait()
     assert proc.stdout is not None
     return proc.stdout.read().decode(errors="replace")[-3000:]
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {output_of(proc)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise AssertionError(f"server on {port} not healthy: {output_of(proc)}")
 
 
 def receive(ws: ClientConnection, kind: str, timeout_s: float) -> dict[str, Any]:
@@ -96,7 +83,7 @@ def test_pipeline_end_to_end_on_redis_cluster(
     servers = [spawn(["ws", "--host", "127.0.0.1", "--port", str(p)], env=env)
                for p in ws_ports]
     for port, proc in zip(ws_ports, servers, strict=True):
-        wait_healthy(port, proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     workers = [spawn(["persist", "--name", f"cluster-{i}"], env=env) for i in (1, 2)]
 
     with ExitStack() as stack:
@@ -140,7 +127,7 @@ def test_pipeline_end_to_end_on_redis_cluster(
     # The API on the same cluster: latest quotes from the streams, history from PostgreSQL.
     api_port = free_port()
     api = spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env=env)
-    wait_healthy(api_port, api)
+    wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
     base = f"http://127.0.0.1:{api_port}/v1"
     with urllib.request.urlopen(f"{base}/quotes?symbols={','.join(SYMBOLS)}",
                                 timeout=10) as response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import pytest
 from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
+from tests.helpers import wait_http
 
 from .helpers import DEPLOY, install, nginx_binary
 
@@ -38,19 +38,6 @@ def get(url: str) -> tuple[int, bytes]:
     except urllib.error.HTTPError as exc:
         with exc:
             return int(exc.code), exc.read()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            if get(url)[0] == 200:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer 200")
 
 
 def test_site_proxies_websockets_and_api(tmp_path: Path, pipeline_env: dict[str, str],

@@ -17,24 +17,12 @@ from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
 from pricepipe.keys import Keys
+from tests.helpers import wait_http
 
 pytestmark = pytest.mark.timeout(180)
 
 SYMBOLS = ["AAPL", "MSFT", "BTC-USD"]
 N = 3_000
-
-
-def _wait_healthy(url: str, proc: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not healthy within {timeout_s}s")
 
 
 def _finish(proc: Any, timeout_s: float = 120) -> None:
@@ -48,8 +36,8 @@ def test_n_published_n_persisted_n_served_n_pushed(
     ws_port, api_port = free_port(), free_port()
     ws_proc = spawn(["ws", "--port", str(ws_port)], env=pipeline_env)
     api_proc = spawn(["api", "--port", str(api_port)], env=pipeline_env)
-    _wait_healthy(f"http://127.0.0.1:{ws_port}/healthz", ws_proc)
-    _wait_healthy(f"http://127.0.0.1:{api_port}/healthz", api_proc)
+    wait_http(f"http://127.0.0.1:{ws_port}/healthz", ws_proc)
+    wait_http(f"http://127.0.0.1:{api_port}/healthz", api_proc)
 
     received: list[dict[str, Any]] = []
     subscribed = threading.Event()

@@ -7,13 +7,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from pricepipe.keys import Keys
+from tests.helpers import wait_until
 
 from ..helpers import publish
 
@@ -28,14 +28,6 @@ def _ledger(path: Path) -> list[tuple[str, str, bool]]:
         symbol, entry_id, redelivered = line.split()
         out.append((symbol, entry_id, redelivered == "1"))
     return out
-
-
-def _wait(predicate: Any, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
-        assert time.monotonic() < deadline, "consumer made no progress"
-        time.sleep(0.02)
 
 
 def test_group_consumer_killed_and_restarted_sees_every_tick(
@@ -55,15 +47,17 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
 
     try:
         first = start()
-        _wait(lambda: len(_ledger(ledger)) >= 60, first)
+        wait_until(lambda: len(_ledger(ledger)) >= 60, proc=first)
         first.send_signal(signal.SIGKILL)
         first.wait()
         seen_before = len(_ledger(ledger))
         second = start()
-        everything = {e for ids in published.values() for e in ids}
+        # Entry IDs are unique per stream only: two symbols' streams may hold
+        # the same ID, so a tick is (symbol, entry ID).
+        everything = {(s, e) for s, ids in published.items() for e in ids}
         # Done when every tick is in the ledger and acknowledged.
-        _wait(lambda: {e for _, e, _ in _ledger(ledger)} >= everything
-              and _pending(r, keys, symbols) == 0, second)
+        wait_until(lambda: {(s, e) for s, e, _ in _ledger(ledger)} >= everything
+                   and _pending(r, keys, symbols) == 0, proc=second)
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=10)
     finally:
@@ -86,13 +80,13 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
         assert firsts == published[symbol]
     # A tick handled twice is one the crash left unacknowledged, and the
     # second delivery says so; at most one read batch (count=10) per shard.
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     duplicates = []
-    for _, entry_id, redelivered in lines:
-        if entry_id in seen:
-            assert redelivered, entry_id
-            duplicates.append(entry_id)
-        seen.add(entry_id)
+    for symbol, entry_id, redelivered in lines:
+        if (symbol, entry_id) in seen:
+            assert redelivered, (symbol, entry_id)
+            duplicates.append((symbol, entry_id))
+        seen.add((symbol, entry_id))
     assert len(duplicates) <= 2 * 10
     assert _pending(r, keys, symbols) == 0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from pricepipe import codec
 from pricepipe.config import RedisSettings
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import Keys
+from tests.helpers import wait_http
 
 from ..helpers import collect_ticks, publish, recv_json, recv_type, running_server
 
@@ -127,25 +127,13 @@ def _status(url: str) -> int:
         return int(exc.code)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
-        try:
-            _get(f"http://127.0.0.1:{port}/healthz")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("websocket server did not become healthy")
-
-
 def test_ws_command_serves_and_sigterm_closes_with_1001(
     spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
     r: redis.Redis, keys: Keys,
 ) -> None:
     port = free_port()
     proc = spawn(["ws", "--host", "127.0.0.1", "--port", str(port)], env=pipeline_env)
-    wait_healthy(port, proc)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
 
     async def scenario() -> int | None:
         async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
