@@ -340,7 +340,7 @@ def _split_tick_rows(conn: psycopg2.extensions.connection,
 
 def tick_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
                  cursor: Cursor | None, limit: int | None) -> bytes:
-    """The bound ``SELECT`` of a CSV tick download, for :func:`stream_copy`."""
+    """The bound ``SELECT`` of a CSV tick download, for :class:`CopyStream`."""
     query = _TICK_CSV.format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in TICK_CSV_COLUMNS),
         select=_tick_select(limit, *_after(cursor)),
@@ -377,7 +377,7 @@ def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
 
 def bar_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
                 width_us: int) -> bytes:
-    """The bound ``SELECT`` of a CSV bar download, for :func:`stream_copy`."""
+    """The bound ``SELECT`` of a CSV bar download, for :class:`CopyStream`."""
     with conn.cursor() as cur:
         return cur.mogrify(_BAR_CSV.format(minutes=_bar_select(width_us)),
                            _bar_params(symbol, span, width_us))

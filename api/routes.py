@@ -3,9 +3,9 @@ the operator's ``/healthz`` and ``/metrics``.
 
 Handlers are plain ``def``: FastAPI runs them in its thread pool, where the
 blocking psycopg2 and redis-py calls belong. Parameters are parsed by
-:mod:`api.params` (or FastAPI's own checks, whose bounds come from
-:class:`~api.settings.ApiSettings` so ``/docs`` shows the real caps) and
-reach SQL only through :mod:`api.queries`.
+:mod:`pricepipe.api.params` (or FastAPI's own checks, whose bounds come from
+:class:`~pricepipe.api.settings.ApiSettings` so ``/docs`` shows the real caps) and
+reach SQL only through :mod:`pricepipe.api.queries`.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the parameter

@@ -6,8 +6,8 @@ worker threads. A request whose previous poll is still queued or running
 (the upstream is slower than the schedule) is not queued again: the stale
 poll is dropped and counted (``pricepipe_publisher_polls_dropped``).
 
-A worker waits for the provider's :class:`~publisher.budget.Budget`, sends
-the request through :class:`~publisher.upstream.Upstream` (retries and
+A worker waits for the provider's :class:`~pricepipe.publisher.budget.Budget`, sends
+the request through :class:`~pricepipe.publisher.upstream.Upstream` (retries and
 backoff happen there), then parses, validates and de-duplicates:
 
 * no answer, an error status, an HTML page, malformed JSON: logged, counted

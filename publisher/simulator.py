@@ -4,7 +4,7 @@ Two modes:
 
 * real time (:meth:`Simulator.run_realtime`): one period (one tick per
   symbol) every ``1 / rate_hz`` seconds on a drift-free schedule
-  (:class:`~publisher.pacer.Pacer`); the event time is the wall-clock time
+  (:class:`~pricepipe.publisher.pacer.Pacer`); the event time is the wall-clock time
   each period was due. Periods that fall due together (after a slow batch)
   go out in one pipelined batch.
 * bulk (:meth:`Simulator.run_bulk`): ``count`` ticks as fast as possible, in

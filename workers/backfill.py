@@ -1,4 +1,4 @@
-"""Backfill: historical ticks from a :class:`~workers.history.HistorySource`
+"""Backfill: historical ticks from a :class:`~pricepipe.workers.history.HistorySource`
 written straight into PostgreSQL through the same idempotent sink as the
 persist workers (``ticks`` and ``bars_1m`` together).
 

@@ -4,7 +4,7 @@ A bar's open and close are the prices of its earliest and latest tick by the
 order key ``(ts_us, entry_id)`` - the same order the database uses - so a late
 tick (an earlier event time arriving after later ones) replaces the open only
 when it really is earlier. :func:`merge` combines two partial bars of the
-same minute exactly like the upsert in :mod:`workers.sink`, which is what
+same minute exactly like the upsert in :mod:`pricepipe.workers.sink`, which is what
 makes the incremental bars equal to bars recomputed from scratch.
 """
 

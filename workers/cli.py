@@ -1,8 +1,8 @@
 """Subcommands of the workers package (light: heavy imports happen in handlers).
 
-* ``pricepipe persist`` - a persist worker (``python -m workers`` is the same).
+* ``pricepipe persist`` - a persist worker (``python -m pricepipe.workers`` is the same).
 * ``pricepipe dlq list|replay|delete`` - inspect and re-queue dead letters.
-* ``pricepipe jobs worker|scheduler|list|enqueue`` - the rq jobs (see :mod:`workers.jobs`).
+* ``pricepipe jobs worker|scheduler|list|enqueue`` - the rq jobs (see :mod:`.jobs`).
 * ``pricepipe backfill``, ``pricepipe export``, ``pricepipe bars verify|rebuild``.
 """
 
@@ -87,7 +87,9 @@ def _cmd_persist(args: argparse.Namespace) -> int:
         r.close()
 
 
-def _letters(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
+def _letters(args: argparse.Namespace, *, ids: list[str] | None = None,
+             limit: int | None = None) -> tuple[Any, Any, list[Any]]:
+    """Redis, the key layout, and the dead letters (those named by ``ids``, if given)."""
     from pricepipe.connections import redis_client
     from pricepipe.flags import redis_settings
 
@@ -96,8 +98,8 @@ def _letters(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
     rs = redis_settings(args)
     r = redis_client(rs)
     keys = rs.keys
-    letters = deadletter.list_dead_letters(r, keys, limit=getattr(args, "limit", None))
-    wanted = set(getattr(args, "ids", None) or ())
+    letters = deadletter.list_dead_letters(r, keys, limit=limit)
+    wanted = set(ids or ())
     if wanted:
         letters = [d for d in letters if d.dlq_id in wanted or d.entry_id in wanted]
     return r, keys, letters
@@ -107,7 +109,7 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
     from pricepipe.clock import format_us
     from pricepipe.codec import encode_json
 
-    r, _, letters = _letters(args)
+    r, _, letters = _letters(args, limit=args.limit)
     try:
         if args.json:
             print(encode_json([d.to_dict() for d in letters]).decode())
@@ -130,7 +132,7 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         print("give dead-letter IDs (or entry IDs) to replay, or --all")
         return 2
-    r, keys, letters = _letters(args)
+    r, keys, letters = _letters(args, ids=args.ids)
     try:
         done = deadletter.replay(r, keys, letters)
         for stream, new_id in done:
@@ -147,7 +149,7 @@ def _cmd_dlq_delete(args: argparse.Namespace) -> int:
     if not args.ids:
         print("give the dead-letter IDs (or entry IDs) to delete")
         return 2
-    r, keys, letters = _letters(args)
+    r, keys, letters = _letters(args, ids=args.ids)
     try:
         print(f"{deadletter.delete(r, keys, letters)} dead letter(s) deleted")
         return 0

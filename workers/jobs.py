@@ -104,7 +104,7 @@ def apply_retention(retention_days: int | None = None) -> dict[str, Any]:
 def verify_bars(minutes: int | None = None, repair: bool = True) -> dict[str, Any]:
     """Recompute the bars of the last ``minutes`` from ticks; rebuild them if
     any differ (and ``repair``). The minute in progress is included: a worker
-    updating it meanwhile is serialised by :func:`workers.rollup.rebuild`."""
+    updating it meanwhile is serialised by :func:`pricepipe.workers.rollup.rebuild`."""
     from . import rollup
 
     span = minutes if minutes is not None else JobsSettings.from_env().bars_verify_minutes

@@ -7,7 +7,7 @@ by short name (``keys.rq_queue(name)`` gives the Redis name). Interval jobs
 run once as soon as the scheduler starts, then every ``interval_s``; cron
 entries follow their crontab expression (UTC).
 
-What the scheduler enqueues is :func:`workers.jobs.run_with_retry`, which
+What the scheduler enqueues is :func:`pricepipe.workers.jobs.run_with_retry`, which
 enqueues the real job with rq's ``Retry`` policy.
 """
 

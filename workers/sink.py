@@ -245,7 +245,7 @@ class TickSink:
         Idempotent: rows already in ``ticks`` (same symbol, ts, entry_id) are
         skipped and not counted into their bars again. ``fresh=True`` says the
         rows are probably all new (first deliveries), which picks a cheaper
-        plan with a fallback (see :data:`FRESH_MOVE_SQL`); the outcome is the
+        plan with a fallback (see :data:`FRESH_INSERT_SQL`); the outcome is the
         same. Raises ``psycopg2.Error`` (see :func:`classify`); then nothing
         of the batch was committed.
         """

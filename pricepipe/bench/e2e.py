@@ -268,7 +268,7 @@ def persisted_count(conn: Any, symbols: Sequence[str], since_us: int) -> int:
     index-only range scan per symbol on the primary key ``(symbol, ts, ...)``.
 
     (Not the group's ``lag`` from ``XINFO GROUPS``: Redis 7.0 derives it from
-    ``entries-read``, which is wrong after an AOF reload, see docs/loadtest.md.)
+    ``entries-read``, which is wrong after an AOF reload, see docs/bench.md.)
     """
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM ticks WHERE symbol = ANY(%s) "

@@ -2,9 +2,9 @@
 redis-py baseline measured in the same run, on the same Redis.
 
 * figure ``gbm_publish_ticks_per_s``: the real publisher path (numpy GBM,
-  :class:`~publisher.generator.GbmGenerator` ticks validated as
+  :class:`~pricepipe.publisher.generator.GbmGenerator` ticks validated as
   :class:`~pricepipe.tick.Tick`, codec, pipelined ``XADD`` through the
-  backpressure-aware :class:`~publisher.sink.StreamSink`);
+  backpressure-aware :class:`~pricepipe.publisher.sink.StreamSink`);
 * figure ``gbm_generate_ticks_per_s``: the same ticks generated, not sent;
 * baseline ``raw_xadd_ticks_per_s``: the same number of pre-encoded entries
   over the same streams with plain pipelined ``XADD``, same batch size.

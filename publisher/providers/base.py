@@ -4,8 +4,8 @@ parsing helpers and the checks a quote must pass before it becomes a tick.
 Everything here is pure code. A provider turns symbols into
 :class:`Request` objects and a decoded JSON answer into :class:`Quote`
 objects (plus a :class:`Rejection` per item it could not read); the
-:class:`~publisher.upstream.Upstream` client does the HTTP and the
-:class:`~publisher.poller.Poller` the scheduling.
+:class:`~pricepipe.publisher.upstream.Upstream` client does the HTTP and the
+:class:`~pricepipe.publisher.poller.Poller` the scheduling.
 """
 
 from __future__ import annotations

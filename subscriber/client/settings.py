@@ -10,7 +10,7 @@ from pricepipe.config import Settings, setting
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class ClientSettings(Settings):
-    """The strategy client library (:mod:`subscriber.client`)."""
+    """The strategy client library (:mod:`pricepipe.subscriber.client`)."""
 
     env_prefix: ClassVar[str] = "PRICEPIPE_CLIENT_"
 

@@ -1,5 +1,5 @@
 """The websocket protocol: parsing client messages and encoding server
-messages. Pure functions, no I/O (the server in :mod:`subscriber.server` is a
+messages. Pure functions, no I/O (the server in :mod:`pricepipe.subscriber.ws.server` is a
 thin layer around them). ``docs/subscriber.md`` documents every message.
 
 Client to server (JSON text frames)::

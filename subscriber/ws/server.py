@@ -1,7 +1,7 @@
 """The websocket server process: HTTP routing of the opening handshake
 (``/ws`` and ``/``, ``/healthz``, ``/metrics``), access checks, one
-:class:`~subscriber.session.Session` per connection, one shared
-:class:`~subscriber.hub.Hub`, heartbeat and systemd notifications.
+:class:`~pricepipe.subscriber.ws.session.Session` per connection, one shared
+:class:`~pricepipe.subscriber.ws.hub.Hub`, heartbeat and systemd notifications.
 
 Several processes can serve behind nginx with no coordination: each reads
 Redis for its own clients only.

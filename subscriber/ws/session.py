@@ -28,7 +28,7 @@ once the buffer drains below ``buffer_low_bytes`` it gets one frame marked
 ``conflated`` with those ticks. A client still behind after
 ``slow_timeout_s`` is closed with code 4008. Memory per connection is thus
 bounded by the send buffer mark plus one frame (the ticks the hub read since
-its last flush: about ``read_count`` at most, see :mod:`subscriber.hub`), one
+its last flush: about ``read_count`` at most, see :mod:`pricepipe.subscriber.ws.hub`), one
 tick per subscribed symbol, and the catch-up buffer.
 """
 

@@ -54,7 +54,7 @@ def test_api_process_notifies_ready_serves_and_stops_on_sigterm(
 def test_python_dash_m_api_runs_the_same_command(pipeline_env: dict[str, str]) -> None:
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "api", "--help"], env=pipeline_env,
+    out = subprocess.run([sys.executable, "-m", "pricepipe.api", "--help"], env=pipeline_env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "--ws-url" in out.stdout and "--port" in out.stdout

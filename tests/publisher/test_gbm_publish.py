@@ -181,8 +181,9 @@ def test_realtime_rate_roughly_in_wall_clock(
 def test_python_m_publisher_is_pricepipe_publish(
     pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
-    proc = subprocess.run([sys.executable, "-m", "publisher", "--symbols", "1", "--count", "5"],
-                          env=pipeline_env, capture_output=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "pricepipe.publisher", "--symbols", "1",
+                           "--count", "5"], env=pipeline_env, capture_output=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert r.xlen(keys.stream("AAPL")) == 5
 

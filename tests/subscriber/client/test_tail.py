@@ -1,4 +1,4 @@
-"""``pricepipe tail`` prints live ticks; ``python -m subscriber`` is ``pricepipe ws``."""
+"""``pricepipe tail`` prints live ticks; ``python -m pricepipe.subscriber`` is ``pricepipe ws``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,6 @@ def test_text_lines_are_aligned_and_complete() -> None:
 
 
 def test_python_m_subscriber_is_pricepipe_ws() -> None:
-    out = subprocess.run([sys.executable, "-m", "subscriber", "--help"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "pricepipe.subscriber", "--help"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
     assert "--allow-websocket-origin" in out and "--port" in out
