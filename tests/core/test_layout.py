@@ -6,6 +6,7 @@ command; no import circles)."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -118,8 +119,17 @@ def test_every_package_folder_is_listed_for_setuptools() -> None:
 
 
 def test_the_wheel_installs_only_pricepipe(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves a build/ folder in the tree it builds.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", *FOLDERS.values()):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "-w", str(tmp_path), str(REPO)],
+                    "--disable-pip-version-check", "-w", str(tmp_path), str(source)],
                    check=True, timeout=300, capture_output=True)
     (wheel,) = tmp_path.glob("pricepipe-*.whl")
     with zipfile.ZipFile(wheel) as archive:
