@@ -1,8 +1,12 @@
-"""Example strategy: moving-average crossover on live ticks (or a replay).
+"""Example strategy: moving-average crossover of the quote mid, live or replayed.
 
-A BUY signal when the fast simple moving average of a symbol's price crosses
-above the slow one, SELL when it crosses below. Signals are printed; a real
-strategy would place orders.
+It reads quotes only (a reader of quotes never decodes a trade). A BUY signal
+when the fast simple moving average of a symbol's mid price ((bid + ask) / 2)
+crosses above the slow one, SELL when it crosses below; a signal is acted on
+only while the spread is at most ``--max-spread-bps`` of the mid (a wide
+spread makes the crossing too expensive to trade). Signals are printed with
+the price a market order would pay (the ask for a buy, the bid for a sell);
+a real strategy would place orders.
 
 Against the demo (``pricepipe up`` in another terminal writes the URLs into
 ``.pricepipe/embedded.env``; or set PRICEPIPE_REDIS_URL yourself)::
@@ -11,7 +15,7 @@ Against the demo (``pricepipe up`` in another terminal writes the URLs into
     python examples/ma_crossover.py --group ma --consumer ma-1      # crash-safe
     python examples/ma_crossover.py --replay --since 2026-01-01T00:00:00Z --speed 60
 
-``--group`` reads through a consumer group and acknowledges each tick once
+``--group`` reads through a consumer group and acknowledges each quote once
 handled: kill it and start it again with the same ``--consumer`` and it
 carries on where it stopped. ``--replay`` reads history from PostgreSQL
 (PRICEPIPE_DATABASE_URL) through the same reader interface, ``--speed`` times
@@ -21,22 +25,23 @@ faster than it happened (0: as fast as possible), for a backtest.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from pricepipe.clock import format_us, now_us, parse_time_us
+from pricepipe.config import DatabaseSettings, RedisSettings, environment
+from pricepipe.connections import pg_connect, redis_client
+from pricepipe.events import Quote
+from pricepipe.streams import known_symbols
 from pricepipe.subscriber.client import Delivery, GroupReader, ReplayReader, StreamReader
 
-from pricepipe.clock import format_us, now_us, parse_time_us
-from pricepipe.config import DatabaseSettings, RedisSettings
-from pricepipe.connections import pg_connect, redis_client
-from pricepipe.streams import known_symbols
+#: The strategy reads quotes only.
+CHANNELS = ("quotes",)
 
 
 @dataclass
@@ -66,35 +71,39 @@ class Crossover:
         return "BUY" if above else "SELL"
 
 
-def _embedded_env() -> dict[str, str]:
-    """URLs of a running ``pricepipe up`` (its state file), under the real environment."""
-    env = dict(os.environ)
-    path = Path(env.get("PRICEPIPE_DATA_DIR", ".pricepipe")) / "embedded.env"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                env.setdefault(key.strip(), value.strip())
-    return env
+def signal_of(model: Crossover, quote: Quote, max_spread_bps: float) -> tuple[str, float] | None:
+    """Feed one quote; ``(signal, price to pay)`` when the averages of the mid
+    cross and the spread is narrow enough, else None. One-sided books carry
+    no mid and are skipped."""
+    mid, spread = quote.mid, quote.spread
+    if mid is None or spread is None:
+        return None
+    signal_name = model.update(mid)
+    if signal_name is None or spread / mid * 10_000 > max_spread_bps:
+        return None
+    assert quote.bid is not None and quote.ask is not None
+    return signal_name, quote.ask if signal_name == "BUY" else quote.bid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", help="comma-separated (default: every known symbol)")
-    parser.add_argument("--fast", type=int, default=5, help="fast window, ticks")
-    parser.add_argument("--slow", type=int, default=20, help="slow window, ticks")
+    parser.add_argument("--fast", type=int, default=5, help="fast window, quotes")
+    parser.add_argument("--slow", type=int, default=20, help="slow window, quotes")
+    parser.add_argument("--max-spread-bps", type=float, default=50.0,
+                        help="act only while the spread is at most this, basis points of mid")
     parser.add_argument("--group", help="consumer group name (crash-safe, acknowledged)")
     parser.add_argument("--consumer", default="ma-1", help="consumer name within the group")
     parser.add_argument("--replay", action="store_true", help="backtest on PostgreSQL history")
     parser.add_argument("--since", help="replay start (ISO time or epoch; default: 1 h ago)")
     parser.add_argument("--speed", type=float, default=0.0,
                         help="replay speed multiple (0: as fast as possible)")
-    parser.add_argument("--count", type=int, help="stop after this many ticks")
+    parser.add_argument("--count", type=int, help="stop after this many quotes")
     args = parser.parse_args(argv)
     if args.fast >= args.slow:
         parser.error("--fast must be shorter than --slow")
 
-    env = _embedded_env()
+    env = environment()  # PRICEPIPE_*, else a running `pricepipe up`'s servers
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -124,14 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                           application_name="ma-crossover", readonly=True)
         closers.append(conn)
         since = parse_time_us(args.since) if args.since else now_us() - 3_600_000_000
-        reader = ReplayReader(conn, symbols, start_us=since, speed=args.speed or None)
+        reader = ReplayReader(conn, symbols, start_us=since, speed=args.speed or None,
+                              channels=CHANNELS)
     else:
         r = redis_client(redis_settings)
         closers.append(r)
         if args.group:
-            reader = GroupReader(r, keys, symbols, group=args.group, consumer=args.consumer)
+            reader = GroupReader(r, keys, symbols, group=args.group, consumer=args.consumer,
+                                 channels=CHANNELS)
         else:
-            reader = StreamReader(r, keys, symbols)
+            reader = StreamReader(r, keys, symbols, channels=CHANNELS)
 
     models = {s: Crossover(args.fast, args.slow) for s in symbols}
     seen = 0
@@ -145,17 +156,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
                 continue
             seen += 1
-            tick = delivery.tick
-            signal_name = models[tick.symbol].update(tick.price)
-            if signal_name:
-                print(f"{format_us(tick.ts_us)} {signal_name:<4} {tick.symbol:<10} "
-                      f"{tick.price:.4f}  (entry {delivery.entry_id})", flush=True)
+            quote = delivery.event
+            assert isinstance(quote, Quote)
+            found = signal_of(models[quote.symbol], quote, args.max_spread_bps)
+            if found:
+                signal_name, price = found
+                print(f"{format_us(quote.ts_us)} {signal_name:<4} {quote.symbol:<10} "
+                      f"{price:.4f}  (entry {delivery.entry_id})", flush=True)
             reader.ack(delivery)
     finally:
         reader.close()
         for closer in closers:
             closer.close()
-    print(f"{seen} ticks in {time.monotonic() - started:.1f} s", flush=True)
+    print(f"{seen} quotes in {time.monotonic() - started:.1f} s", flush=True)
     return 0
 
 

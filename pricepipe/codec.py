@@ -1,43 +1,69 @@
-"""Encoding and decoding of ticks: the one codec every role uses.
+"""Encoding and decoding of events: the one codec every role uses.
 
 Pure functions, no I/O.
 
-* Stream entries (Redis): one field ``t`` holding the whole tick as text,
-  see :func:`encode_fields`. Numbers are written as their shortest exact text
-  (``repr`` of a float), so ``decode_fields(encode_fields(t)) == t`` for
-  every valid tick. The older one-field-per-attribute map (``sym``, ``ts``,
-  ``px``, ...) is still read, e.g. entries typed by hand in ``redis-cli``.
-* JSON (websocket and HTTP): :func:`tick_to_dict` / :func:`encode_json`.
-* Redis entry IDs (``"<ms>-<seq>"``) pack into one signed 64-bit integer for
-  the database's unique key, see :func:`pack_entry_id`.
+**Stream entries** (Redis). An entry holds one event in one field, as text
+of fields separated by single spaces, an absent value left empty. The
+symbol is not repeated: it is the stream key's (see :mod:`pricepipe.keys`)::
+
+    trades  t  "<ts_us> <price> <size> <side> <trade_id> <source> <recv_ts_us>"
+    quotes  q  "<ts_us> <bid> <bid_size> <ask> <ask_size> <source> <recv_ts_us>"
+    bars.1m b  "<bucket_us> <open> <high> <low> <close> <volume> <vwap> <trades> <state>"
+
+``side`` is ``b`` (buy) or ``s`` (sell); ``state`` is ``open``, ``final``
+or ``revised``. Numbers are written as their shortest exact text (``repr``
+of a float), so decoding an encoded event gives it back exactly. No value
+can hold a space (symbols, sources and trade ids exclude it; see
+:mod:`pricepipe.events`). One field rather than one per attribute halves the
+work of every ``XADD`` and ``XREAD`` in Redis and in each client.
+
+The **reference parsers** (:func:`parse_trade`, :func:`parse_quote`,
+:func:`parse_bar`, :func:`decode_entry`) build and validate an event. The
+**fast paths** :func:`trade_values` and :func:`quote_values` return a
+value's fields without building an event, for the persist workers, and
+:func:`entry_to_json` an entry's JSON, for the websocket hub; each accepts
+exactly what its reference parser accepts (a property test holds them to
+it) and hands anything unusual to it.
+
+**JSON** (websocket and HTTP): :func:`event_to_dict` / :func:`encode_json`.
+**Entry IDs** (``"<ms>-<seq>"``) pack into one signed 64-bit integer for the
+database's unique keys, see :func:`pack_entry_id`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from .clock import format_us
+from .events import (
+    _SEEN_SOURCES,
+    _SEEN_SYMBOLS,
+    MAX_TS_US,
+    MIN_TS_US,
+    TRADE_ID_RE,
+    Bar,
+    BarState,
+    Event,
+    Quote,
+    Side,
+    Trade,
+)
 from .exceptions import DecodeError
-from .tick import Tick, known_valid
+from .keys import Channel
 
-#: The one field of an entry as pricepipe writes it: the tick as
-#: ``"<symbol> <ts_us> <price> <size> <source> <recv_ts_us>"``, single spaces,
-#: an absent size or receive time left empty. One field instead of six halves
-#: the work of every XADD and XREAD, in Redis and in each client (measured:
-#: ~1 us less per entry on each side), and no value can hold a space (see
-#: pricepipe.tick's SYMBOL_RE and SOURCE_RE; numbers are repr/str).
-F_TICK = b"t"
+#: The one field of an entry, per channel.
+F_TRADE = b"t"
+F_QUOTE = b"q"
+F_BAR = b"b"
+FIELD_OF: dict[Channel, bytes] = {Channel.TRADES: F_TRADE, Channel.QUOTES: F_QUOTE,
+                                  Channel.BARS_1M: F_BAR}
 
-# Field names of the one-field-per-attribute map (still read, never written).
-F_SYMBOL = b"sym"
-F_TS = b"ts"
-F_PRICE = b"px"
-F_SIZE = b"sz"
-F_SOURCE = b"src"
-F_RECV_TS = b"rts"
+_SIDE_CODE = {Side.BUY: "b", Side.SELL: "s"}
+_SIDE_OF = {b"b": Side.BUY, b"s": Side.SELL}
 
 #: Entry IDs pack as ``ms << SEQ_BITS | seq``: 42 bits of milliseconds last
 #: until the year 2109, and 21 bits allow two million entries per stream per
@@ -47,131 +73,328 @@ _SEQ_MAX = (1 << SEQ_BITS) - 1
 _MS_MAX = (1 << (63 - SEQ_BITS)) - 1
 
 
-def encode_value(tick: Tick) -> str:
-    """The text of the :data:`F_TICK` field of ``tick``'s stream entry."""
-    size = "" if tick.size is None else repr(tick.size)
-    recv = "" if tick.recv_ts_us is None else tick.recv_ts_us
-    return f"{tick.symbol} {tick.ts_us} {tick.price!r} {size} {tick.source} {recv}"
+def _text(value: float | int | None) -> str:
+    if value is None:
+        return ""
+    return repr(value) if type(value) is float else str(value)
 
 
-def encode_fields(tick: Tick) -> dict[bytes, str]:
-    """Field map for ``XADD``: the single field :data:`F_TICK`."""
-    return {F_TICK: encode_value(tick)}
+# --- encoding --------------------------------------------------------------------------------
 
 
-def split_value(value: bytes) -> tuple[str, int, float, float | None, str, int | None]:
-    """The attributes in an :data:`F_TICK` value, parsed but not validated.
+def encode_trade(trade: Trade) -> str:
+    """The :data:`F_TRADE` value of ``trade``'s entry."""
+    side = "" if trade.side is None else _SIDE_CODE[trade.side]
+    trade_id = trade.trade_id or ""
+    return (f"{trade.ts_us} {trade.price!r} {_text(trade.size)} {side} {trade_id} "
+            f"{trade.source} {_text(trade.recv_ts_us)}")
 
-    Raises :exc:`DecodeError` when it does not have exactly six parts or a
-    number is unreadable.
-    """
+
+def encode_quote(quote: Quote) -> str:
+    """The :data:`F_QUOTE` value of ``quote``'s entry."""
+    return (f"{quote.ts_us} {_text(quote.bid)} {_text(quote.bid_size)} {_text(quote.ask)} "
+            f"{_text(quote.ask_size)} {quote.source} {_text(quote.recv_ts_us)}")
+
+
+def encode_bar(bar: Bar) -> str:
+    """The :data:`F_BAR` value of ``bar``'s entry."""
+    return (f"{bar.bucket_us} {bar.open!r} {bar.high!r} {bar.low!r} {bar.close!r} "
+            f"{bar.volume!r} {_text(bar.vwap)} {bar.trades} {bar.state}")
+
+
+def channel_of(event: Event) -> Channel:
+    if isinstance(event, Trade):
+        return Channel.TRADES
+    if isinstance(event, Quote):
+        return Channel.QUOTES
+    return Channel.BARS_1M
+
+
+def encode_event(event: Event) -> tuple[bytes, str]:
+    """``(field, value)`` of ``event``'s stream entry."""
+    if isinstance(event, Trade):
+        return F_TRADE, encode_trade(event)
+    if isinstance(event, Quote):
+        return F_QUOTE, encode_quote(event)
+    return F_BAR, encode_bar(event)
+
+
+# --- reference parsers -----------------------------------------------------------------------
+
+
+def _parts(value: object, count: int, what: str) -> list[bytes]:
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        raise DecodeError(f"{what} value must be bytes, not {type(value).__name__}")
+    parts = value.split(b" ")
+    if len(parts) != count:
+        raise DecodeError(f"{what} value has {len(parts)} parts, want {count}")
+    return parts
+
+
+def _int(raw: bytes, name: str) -> int:
+    if not raw.isdigit():  # int() would take "+1", " 1", "1_0"
+        raise DecodeError(f"{name} {raw[:32]!r} is not an unsigned integer")
+    return int(raw)
+
+
+def _float(raw: bytes, name: str) -> float:
     try:
-        parts = value.split(b" ")
-        if len(parts) != 6:
-            raise DecodeError(f"tick field has {len(parts)} parts, want 6")
-        symbol_b, ts_b, price_b, size_b, source_b, recv_b = parts
-        return (symbol_b.decode(), int(ts_b), float(price_b),
-                float(size_b) if size_b else None, source_b.decode(),
-                int(recv_b) if recv_b else None)
-    except DecodeError:
-        raise
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise DecodeError(f"unreadable stream entry: {exc}") from exc
+        return float(raw)
+    except ValueError as exc:
+        raise DecodeError(f"{name} {raw[:32]!r} is not a number") from exc
 
 
-def decode_fields(fields: Mapping[bytes, bytes]) -> Tick:
-    """Tick from a stream entry's field map, as redis-py returns it with
-    ``decode_responses=False``: the :data:`F_TICK` field when present, else
-    the one-field-per-attribute map.
+def _opt_float(raw: bytes, name: str) -> float | None:
+    return _float(raw, name) if raw else None
 
-    Raises :exc:`DecodeError` when a field is missing or unreadable and
-    :exc:`InvalidTickError` when the values are out of bounds; both are
-    ``ValueError``, so one ``except ValueError`` catches every bad entry.
-    """
-    value = fields.get(F_TICK)
-    if value is not None:
-        return Tick(*split_value(value))
+
+def _opt_int(raw: bytes, name: str) -> int | None:
+    return _int(raw, name) if raw else None
+
+
+def _source(raw: bytes) -> str:
     try:
-        symbol = fields[F_SYMBOL].decode()
-        ts_us = int(fields[F_TS])
-        price = float(fields[F_PRICE])
-        source = fields[F_SOURCE].decode()
-        size = fields.get(F_SIZE)
-        recv = fields.get(F_RECV_TS)
-        size_f = None if size is None else float(size)
-        recv_us = None if recv is None else int(recv)
-    except KeyError as exc:
-        raise DecodeError(f"stream entry lacks field {exc.args[0]!r}") from exc
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise DecodeError(f"unreadable stream entry: {exc}") from exc
-    return Tick(symbol, ts_us, price, size_f, source, recv_us)
+        return raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"source {raw[:32]!r} is not ASCII") from exc
 
 
-def tick_to_dict(tick: Tick, entry_id: str | None = None) -> dict[str, Any]:
-    """JSON-ready dict: ``ts`` as ISO-8601 UTC plus exact ``ts_us``."""
-    return _tick_dict(tick.symbol, tick.ts_us, tick.price, tick.size, tick.source,
-                      tick.recv_ts_us, entry_id)
+def parse_trade(symbol: str, value: object) -> Trade:
+    """The trade in an :data:`F_TRADE` value of ``symbol``'s stream.
+
+    Raises :exc:`DecodeError` for text that is not a trade's and
+    :exc:`~pricepipe.exceptions.InvalidEventError` for values out of
+    bounds; both are ``ValueError``.
+    """
+    ts_b, price_b, size_b, side_b, id_b, source_b, recv_b = _parts(value, 7, "trade")
+    if side_b and side_b not in _SIDE_OF:
+        raise DecodeError(f"trade side {side_b[:8]!r} is not b or s")
+    try:
+        trade_id = id_b.decode("ascii") if id_b else None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"trade id {id_b[:32]!r} is not ASCII") from exc
+    return Trade(symbol, _int(ts_b, "ts_us"), _float(price_b, "price"),
+                 _opt_float(size_b, "size"), _source(source_b), trade_id,
+                 _SIDE_OF[side_b] if side_b else None, _opt_int(recv_b, "recv_ts_us"))
 
 
-def _tick_dict(symbol: str, ts_us: int, price: float, size: float | None, source: str,
-               recv_ts_us: int | None, entry_id: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "symbol": symbol,
-        "ts": format_us(ts_us),
-        "ts_us": ts_us,
-        "price": price,
-        "size": size,
-        "source": source,
-    }
-    if recv_ts_us is not None:
-        out["recv_ts_us"] = recv_ts_us
+def parse_quote(symbol: str, value: object) -> Quote:
+    """The quote in an :data:`F_QUOTE` value; raises as :func:`parse_trade`."""
+    ts_b, bid_b, bid_size_b, ask_b, ask_size_b, source_b, recv_b = _parts(value, 7, "quote")
+    return Quote(symbol, _int(ts_b, "ts_us"), _opt_float(bid_b, "bid"),
+                 _opt_float(bid_size_b, "bid_size"), _opt_float(ask_b, "ask"),
+                 _opt_float(ask_size_b, "ask_size"), _source(source_b),
+                 _opt_int(recv_b, "recv_ts_us"))
+
+
+def parse_bar(symbol: str, value: object) -> Bar:
+    """The bar in an :data:`F_BAR` value; raises as :func:`parse_trade`."""
+    (bucket_b, open_b, high_b, low_b, close_b, volume_b, vwap_b, trades_b,
+     state_b) = _parts(value, 9, "bar")
+    try:
+        state = BarState(state_b.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"bar state {state_b[:16]!r} is not open, final or revised") from exc
+    return Bar(symbol, _int(bucket_b, "bucket_us"), _float(open_b, "open"),
+               _float(high_b, "high"), _float(low_b, "low"), _float(close_b, "close"),
+               _float(volume_b, "volume"), _opt_float(vwap_b, "vwap"),
+               _int(trades_b, "trades"), state)
+
+
+_PARSERS: dict[Channel, Callable[[str, object], Event]] = {
+    Channel.TRADES: parse_trade, Channel.QUOTES: parse_quote, Channel.BARS_1M: parse_bar}
+
+#: A stream entry's fields as redis-py parses them (a dict) or as the server
+#: sends them (a flat ``[name, value, name, value, ...]`` list).
+RawFields = Mapping[bytes, bytes] | Sequence[bytes]
+
+
+def field_value(fields: RawFields | None, channel: Channel) -> bytes:
+    """The value of ``channel``'s field in an entry; raises :exc:`DecodeError`
+    when the entry has no such field (or was deleted: no fields at all)."""
+    name = FIELD_OF[channel]
+    if isinstance(fields, Mapping):
+        value = fields.get(name)
+    elif isinstance(fields, list | tuple):
+        value = None
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == name:
+                value = fields[i + 1]
+                break
+    else:
+        value = None
+    if not isinstance(value, bytes):
+        raise DecodeError(f"entry lacks the {name.decode()!r} field of a {channel} stream")
+    return value
+
+
+def decode_entry(channel: Channel, symbol: str, fields: RawFields | None) -> Event:
+    """The event of an entry of ``symbol``'s ``channel`` stream; raises
+    :exc:`DecodeError` or :exc:`~pricepipe.exceptions.InvalidEventError`."""
+    return _PARSERS[channel](symbol, field_value(fields, channel))
+
+
+# --- fast paths ------------------------------------------------------------------------------
+
+#: ``(ts_us, price, size, side, trade_id, source, recv_ts_us)``, side as "buy"/"sell"/None.
+TradeValues = tuple[int, float, float | None, str | None, str | None, str, int | None]
+#: ``(ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us)``.
+QuoteValues = tuple[int, float | None, float | None, float | None, float | None, str, int | None]
+
+_SIDE_TEXT = {b"b": "buy", b"s": "sell", b"": None}
+_INF = math.inf
+
+
+def _known_source(raw: bytes) -> str | None:
+    """The source, when it is one already validated (else None: ask the parser)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text in _SEEN_SOURCES else None
+
+
+def trade_values(value: object) -> TradeValues | None:
+    """The fields of an :data:`F_TRADE` value when they are certainly a valid
+    trade's, else None (then :func:`parse_trade` accepts it or says why not).
+    The symbol is the stream's, validated by the caller."""
+    if type(value) is not bytes:
+        return None
+    parts = value.split(b" ")
+    if len(parts) != 7:
+        return None
+    ts_b, price_b, size_b, side_b, id_b, source_b, recv_b = parts
+    if not ts_b.isdigit() or (recv_b and not recv_b.isdigit()) or side_b not in _SIDE_TEXT:
+        return None
+    try:
+        price = float(price_b)
+        size = float(size_b) if size_b else None
+    except ValueError:
+        return None
+    ts_us = int(ts_b)
+    recv_ts_us = int(recv_b) if recv_b else None
+    source = _known_source(source_b)
+    if (source is None or not MIN_TS_US <= ts_us < MAX_TS_US or not 0.0 < price < _INF
+            or (size is not None and not 0.0 < size < _INF)
+            or (recv_ts_us is not None and not MIN_TS_US <= recv_ts_us < MAX_TS_US)):
+        return None
+    trade_id = None
+    if id_b:
+        try:
+            trade_id = id_b.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if TRADE_ID_RE.fullmatch(trade_id) is None:
+            return None
+    return ts_us, price, size, _SIDE_TEXT[side_b], trade_id, source, recv_ts_us
+
+
+def quote_values(value: object) -> QuoteValues | None:
+    """As :func:`trade_values`, for an :data:`F_QUOTE` value."""
+    if type(value) is not bytes:
+        return None
+    parts = value.split(b" ")
+    if len(parts) != 7:
+        return None
+    ts_b, bid_b, bid_size_b, ask_b, ask_size_b, source_b, recv_b = parts
+    if not ts_b.isdigit() or (recv_b and not recv_b.isdigit()):
+        return None
+    try:
+        bid = float(bid_b) if bid_b else None
+        bid_size = float(bid_size_b) if bid_size_b else None
+        ask = float(ask_b) if ask_b else None
+        ask_size = float(ask_size_b) if ask_size_b else None
+    except ValueError:
+        return None
+    ts_us = int(ts_b)
+    recv_ts_us = int(recv_b) if recv_b else None
+    source = _known_source(source_b)
+    if source is None or not MIN_TS_US <= ts_us < MAX_TS_US:
+        return None
+    if recv_ts_us is not None and not MIN_TS_US <= recv_ts_us < MAX_TS_US:
+        return None
+    if bid is None:
+        if bid_size is not None or ask is None:
+            return None
+    elif not 0.0 < bid < _INF or (bid_size is not None and not 0.0 <= bid_size < _INF):
+        return None
+    if ask is None:
+        if ask_size is not None:
+            return None
+    elif not 0.0 < ask < _INF or (ask_size is not None and not 0.0 <= ask_size < _INF):
+        return None
+    if bid is not None and ask is not None and bid > ask:
+        return None
+    return ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def trade_dict(symbol: str, values: TradeValues, entry_id: str | None) -> dict[str, Any]:
+    ts_us, price, size, side, trade_id, source, recv_ts_us = values
+    out: dict[str, Any] = {"symbol": symbol, "ts": format_us(ts_us), "ts_us": ts_us,
+                           "price": price, "size": size, "side": side, "trade_id": trade_id,
+                           "source": source, "recv_ts_us": recv_ts_us}
     if entry_id is not None:
         out["id"] = entry_id
     return out
 
 
-def entry_to_json(fields: Mapping[bytes, bytes] | list[bytes], entry_id: str) -> bytes:
-    """The JSON of a stream entry's tick with its ID:
-    ``encode_json(tick_to_dict(decode_fields(fields), entry_id))``, the same
-    bytes and the same errors, but for the usual entry without building a
-    :class:`Tick` (the websocket hub does this for every tick it reads).
+def quote_dict(symbol: str, values: QuoteValues, entry_id: str | None) -> dict[str, Any]:
+    ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us = values
+    out: dict[str, Any] = {"symbol": symbol, "ts": format_us(ts_us), "ts_us": ts_us,
+                           "bid": bid, "bid_size": bid_size, "ask": ask, "ask_size": ask_size,
+                           "source": source, "recv_ts_us": recv_ts_us}
+    if entry_id is not None:
+        out["id"] = entry_id
+    return out
 
-    ``fields`` as redis-py parses them (a dict) or as the server sends them
-    (a flat ``[name, value, ...]`` list). Raises :exc:`DecodeError` or
-    :exc:`InvalidTickError`.
+
+def bar_dict(bar: Bar, entry_id: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"symbol": bar.symbol, "bucket": format_us(bar.bucket_us),
+                           "bucket_us": bar.bucket_us, "open": bar.open, "high": bar.high,
+                           "low": bar.low, "close": bar.close, "volume": bar.volume,
+                           "vwap": bar.vwap, "trades": bar.trades, "state": str(bar.state)}
+    if entry_id is not None:
+        out["id"] = entry_id
+    return out
+
+
+def event_to_dict(event: Event, entry_id: str | None = None) -> dict[str, Any]:
+    """JSON-ready dict: ``ts`` as ISO-8601 UTC plus the exact ``ts_us``;
+    ``id`` the stream entry ID when given. Absent values are ``null``."""
+    if isinstance(event, Trade):
+        side = None if event.side is None else str(event.side)
+        return trade_dict(event.symbol, (event.ts_us, event.price, event.size, side,
+                                         event.trade_id, event.source, event.recv_ts_us),
+                          entry_id)
+    if isinstance(event, Quote):
+        return quote_dict(event.symbol, (event.ts_us, event.bid, event.bid_size, event.ask,
+                                         event.ask_size, event.source, event.recv_ts_us),
+                          entry_id)
+    return bar_dict(event, entry_id)
+
+
+def entry_to_json(channel: Channel, symbol: str, fields: RawFields | None,
+                  entry_id: str) -> bytes:
+    """``encode_json(event_to_dict(decode_entry(channel, symbol, fields), entry_id))``:
+    the same bytes and the same errors, but for the usual entry without
+    building an event (the websocket hub does this for every entry it reads).
+    ``symbol`` must be valid (it is the stream key's).
     """
-    if isinstance(fields, list):
-        it = iter(fields)
-        field_map: Mapping[bytes, bytes] = dict(zip(it, it, strict=False))
-    else:
-        field_map = fields
-    value = field_map.get(F_TICK)
-    if value is None:
-        return encode_json(tick_to_dict(decode_fields(field_map), entry_id))
-    values = split_value(value)
-    if not known_valid(*values):
-        Tick(*values)  # raises, or validates and remembers the new names
-    return orjson.dumps(_tick_dict(*values, entry_id))
-
-
-def tick_from_dict(data: Mapping[str, Any]) -> Tick:
-    """Inverse of :func:`tick_to_dict` (``ts_us`` wins over ``ts``).
-
-    Raises :exc:`DecodeError` or :exc:`InvalidTickError`.
-    """
-    if not isinstance(data, Mapping):
-        raise DecodeError("tick must be a JSON object")
-    try:
-        return Tick(
-            data["symbol"],
-            data["ts_us"],
-            data["price"],
-            data.get("size"),
-            data.get("source", "unknown"),
-            data.get("recv_ts_us"),
-        )
-    except KeyError as exc:
-        raise DecodeError(f"tick lacks field {exc.args[0]!r}") from exc
+    value = field_value(fields, channel)
+    if channel is Channel.TRADES:
+        trade = trade_values(value)
+        if trade is not None and symbol in _SEEN_SYMBOLS:
+            return orjson.dumps(trade_dict(symbol, trade, entry_id))
+    elif channel is Channel.QUOTES:
+        quote = quote_values(value)
+        if quote is not None and symbol in _SEEN_SYMBOLS:
+            return orjson.dumps(quote_dict(symbol, quote, entry_id))
+    return orjson.dumps(event_to_dict(_PARSERS[channel](symbol, value), entry_id))
 
 
 def encode_json(obj: Any) -> bytes:
@@ -185,6 +408,9 @@ def decode_json(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from exc
+
+
+# --- entry IDs -------------------------------------------------------------------------------
 
 
 def parse_entry_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -2,9 +2,10 @@
 
 * :exc:`PricepipeError`
     * :exc:`ConfigError` - a setting is missing or malformed.
-    * :exc:`InvalidTickError` - a tick fails validation (also a ``ValueError``).
-    * :exc:`DecodeError` - bytes that should hold a tick or message do not
-      (also a ``ValueError``).
+    * :exc:`InvalidEventError` - a trade, quote or bar fails validation
+      (also a ``ValueError``); ``reason`` is a stable code.
+    * :exc:`DecodeError` - bytes that should hold an event or a message do
+      not (also a ``ValueError``).
         * :exc:`ProtocolError` - a websocket client message breaks the protocol;
           ``code`` is the stable error code sent back.
     * :exc:`UpstreamError` - an upstream price API failed or answered garbage.
@@ -32,16 +33,19 @@ class ConfigError(PricepipeError):
     """A setting is missing or malformed."""
 
 
-class InvalidTickError(PricepipeError, ValueError):
-    """A tick failed validation; ``field`` names the offending field."""
+class InvalidEventError(PricepipeError, ValueError):
+    """An event failed validation; ``field`` names the offending field and
+    ``reason`` is a stable code (``crossed_book``, ``non_positive``, ...)."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None,
+                 reason: str = "invalid") -> None:
         super().__init__(message)
         self.field = field
+        self.reason = reason
 
 
 class DecodeError(PricepipeError, ValueError):
-    """Bytes that should hold a tick or a protocol message do not."""
+    """Bytes that should hold an event or a protocol message do not."""
 
 
 class ProtocolError(DecodeError):

@@ -2,12 +2,21 @@
 
 Layout (``pp`` is the configurable prefix, ``N`` the shard of a symbol)::
 
-    pp:{sN}:ticks:<SYMBOL>   stream, one per symbol, entries per codec.encode_fields
+    pp:{sN}:trades:<SYMBOL>  stream of the symbol's trades (codec: field ``t``)
+    pp:{sN}:quotes:<SYMBOL>  stream of the symbol's quotes (codec: field ``q``)
+    pp:{sN}:bars.1m:<SYMBOL> stream of its one-minute bars as they change (field ``b``),
+                             written by the persist workers after each commit
+    pp:{sN}:barstate:<SYMBOL> hash, per recent minute the trade count last published on
+                             the bars stream and whether it was final (a script keeps
+                             updates from several workers in order)
     pp:{sN}:symbols          set, registry of the symbols of shard N
     pp:{sN}:dlq              stream, dead letters of shard N (entries that could not be persisted)
     pp:hb:<role>:<name>      string with TTL, a process's heartbeat
     pp:rq                    prefix of rq queues (see :meth:`Keys.rq_queue`)
     pp:ratelimit             prefix of the HTTP API's rate-limit counters (the ``limits`` library)
+
+A symbol's streams share its shard's tag, so a strategy that wants only
+quotes reads only the quotes stream and never decodes a trade.
 
 Redis Cluster: the ``{sN}`` hash tag puts every key of a shard in one hash
 slot, so a multi-key command (``XREADGROUP`` over several streams, a
@@ -22,9 +31,22 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
-#: Consumer group of the persist workers, created on every tick stream.
+#: Consumer group of the persist workers, created on every persisted stream.
 PERSIST_GROUP = "persist"
+
+
+class Channel(StrEnum):
+    """The streams of a symbol, named as the websocket protocol names them."""
+
+    TRADES = "trades"
+    QUOTES = "quotes"
+    BARS_1M = "bars.1m"
+
+
+#: Streams the persist workers write to PostgreSQL (bars are derived there).
+PERSISTED = (Channel.TRADES, Channel.QUOTES)
 
 
 def shard_of(symbol: str, shards: int) -> int:
@@ -45,13 +67,33 @@ class Keys:
     def tag(self, shard: int) -> str:
         return f"{{s{shard}}}"
 
-    def stream(self, symbol: str) -> str:
-        return f"{self.prefix}:{self.tag(self.shard(symbol))}:ticks:{symbol}"
+    def stream(self, symbol: str, channel: Channel) -> str:
+        return f"{self.prefix}:{self.tag(self.shard(symbol))}:{channel}:{symbol}"
+
+    def trades(self, symbol: str) -> str:
+        return self.stream(symbol, Channel.TRADES)
+
+    def quotes(self, symbol: str) -> str:
+        return self.stream(symbol, Channel.QUOTES)
+
+    def bars(self, symbol: str) -> str:
+        return self.stream(symbol, Channel.BARS_1M)
+
+    def bar_state(self, symbol: str) -> str:
+        return f"{self.prefix}:{self.tag(self.shard(symbol))}:barstate:{symbol}"
+
+    def parse_stream(self, stream_key: bytes | str) -> tuple[Channel, str]:
+        """Inverse of :meth:`stream`: ``(channel, symbol)``. Raises ``ValueError``
+        for a key that is not a stream of this layout."""
+        text = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
+        prefix, _tag, channel, symbol = text.split(":", 3)
+        if prefix != self.prefix:
+            raise ValueError(f"{text!r} is not under the prefix {self.prefix!r}")
+        return Channel(channel), symbol
 
     def symbol_of(self, stream_key: bytes | str) -> str:
-        """Inverse of :meth:`stream`."""
-        text = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
-        return text.rsplit(":ticks:", 1)[1]
+        """The symbol of a stream key (see :meth:`parse_stream`)."""
+        return self.parse_stream(stream_key)[1]
 
     def symbols(self, shard: int) -> str:
         return f"{self.prefix}:{self.tag(shard)}:symbols"

@@ -9,26 +9,34 @@ from typing import Any
 import redis
 
 from .config import DatabaseSettings, RedisSettings
-from .keys import PERSIST_GROUP, Keys
+from .keys import PERSIST_GROUP, PERSISTED, Keys
+
+#: Tables of events, each partitioned by day.
+EVENT_TABLES = ("trades", "quotes")
 
 
 def stream_stats(r: Any, keys: Keys, symbols: list[str]) -> list[dict[str, Any]]:
-    """Length, persist-group lag and pending count of each symbol's stream."""
+    """Length, persist-group lag and pending count of each persisted stream."""
     out = []
     for symbol in symbols:
-        stream = keys.stream(symbol)
-        row: dict[str, Any] = {"symbol": symbol, "length": 0, "lag": None, "pending": None}
-        try:
-            row["length"] = int(r.xlen(stream))
-            for info in r.xinfo_groups(stream):
-                name = info["name"]
-                if (name.decode() if isinstance(name, bytes) else name) == PERSIST_GROUP:
-                    row["pending"] = int(info["pending"])
-                    row["lag"] = info.get("lag")
-        except redis.ResponseError:
-            pass
-        out.append(row)
+        for channel in PERSISTED:
+            out.append(_stream_row(r, keys.stream(symbol, channel),
+                                   {"symbol": symbol, "channel": str(channel)}))
     return out
+
+
+def _stream_row(r: Any, stream: str, row: dict[str, Any]) -> dict[str, Any]:
+    row.update({"length": 0, "lag": None, "pending": None})
+    try:
+        row["length"] = int(r.xlen(stream))
+        for info in r.xinfo_groups(stream):
+            name = info["name"]
+            if (name.decode() if isinstance(name, bytes) else name) == PERSIST_GROUP:
+                row["pending"] = int(info["pending"])
+                row["lag"] = info.get("lag")
+    except redis.ResponseError:
+        pass
+    return row
 
 
 def job_stats(r: Any, keys: Keys) -> list[dict[str, Any]]:
@@ -93,26 +101,31 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
         report["redis_error"] = str(exc)
     try:
         import psycopg2
+        from psycopg2 import sql
 
         conn = pg_connect(db_settings.require_url(), application_name="pricepipe-status")
         try:
             with conn.cursor() as cur:
                 # Planner statistics would be cheaper but lag behind; status
                 # is run by people, so an exact count is worth a scan.
-                cur.execute("SELECT count(*) FROM ticks")
-                row = cur.fetchone()
-                report["rows"] = int(row[0]) if row else 0
+                report["rows"] = {}
+                report["partitions"] = {}
+                for table in EVENT_TABLES:
+                    # A constant table name, never a value from outside.
+                    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+                    row = cur.fetchone()
+                    report["rows"][table] = int(row[0]) if row else 0
+                    cur.execute(
+                        "SELECT count(*), min(c.relname), max(c.relname) FROM pg_inherits i"
+                        " JOIN pg_class c ON c.oid = i.inhrelid"
+                        " WHERE i.inhparent = %s::regclass", (table,))
+                    row = cur.fetchone()
+                    if row:
+                        report["partitions"][table] = {"count": int(row[0]), "oldest": row[1],
+                                                       "newest": row[2]}
                 cur.execute("SELECT count(*) FROM bars_1m")
                 row = cur.fetchone()
                 report["bars_1m"] = int(row[0]) if row else 0
-                cur.execute(
-                    "SELECT count(*), min(c.relname), max(c.relname) FROM pg_inherits i"
-                    " JOIN pg_class c ON c.oid = i.inhrelid"
-                    " WHERE i.inhparent = 'ticks'::regclass")
-                row = cur.fetchone()
-                if row:
-                    report["partitions"] = {"count": int(row[0]), "oldest": row[1],
-                                            "newest": row[2]}
         finally:
             conn.close()
     except psycopg2.Error as exc:
@@ -128,20 +141,21 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"database: unreachable ({report['database_error']})")
     streams = report.get("streams") or []
     if streams:
-        lines.append(f"{'symbol':<16} {'length':>10} {'lag':>10} {'pending':>10}")
+        lines.append(f"{'symbol':<20} {'stream':<8} {'length':>10} {'lag':>10} {'pending':>10}")
         for s in streams:
-            lines.append(
-                f"{s['symbol']:<16} {s['length']:>10} {str(s['lag']):>10} {str(s['pending']):>10}"
-            )
+            lines.append(f"{s['symbol']:<20} {s['channel']:<8} {s['length']:>10} "
+                         f"{str(s['lag']):>10} {str(s['pending']):>10}")
     total_len = sum(s["length"] for s in streams)
     lines.append(f"streams: {len(streams)}, entries in Redis: {total_len}, "
                  f"dead letters: {report.get('dead_letters', 0)}")
-    lines.append(f"rows persisted: {report.get('rows')}")
+    rows = report.get("rows")
+    if rows is not None:
+        lines.append("rows persisted: " + ", ".join(f"{n} {table}" for table, n in rows.items()))
     if report.get("bars_1m") is not None:
         lines.append(f"1-minute bars: {report['bars_1m']}")
-    parts = report.get("partitions")
-    if parts:
-        lines.append(f"tick partitions: {parts['count']} ({parts['oldest']} .. {parts['newest']})")
+    for table, parts in (report.get("partitions") or {}).items():
+        lines.append(f"{table} partitions: {parts['count']} "
+                     f"({parts['oldest']} .. {parts['newest']})")
     workers = report.get("persist_workers")
     if workers is not None:
         names = ", ".join(w["name"] for w in workers) or "none"

@@ -4,10 +4,10 @@
 Functions take the connection explicitly; those that only write accept a
 ``pipeline`` so callers can group writes into one round trip.
 
-Ticks are appended by a small Lua script, one call per shard per batch,
-rather than by one pipelined ``XADD`` per tick: redis-py spends ~3.5 us of
+Events are appended by a small Lua script, one call per shard per batch,
+rather than by one pipelined ``XADD`` per event: redis-py spends ~3.5 us of
 client CPU on each pipelined command (packing, then parsing and checking each
-reply), the script call ~0.4 us per tick, for ~0.25 us more in Redis
+reply), the script call ~0.4 us per event, for ~0.25 us more in Redis
 (measured on a 2-core VM). All keys of one call share the shard's hash tag,
 so one call never spans two Redis Cluster slots.
 """
@@ -23,8 +23,8 @@ from redis.exceptions import NoScriptError
 
 from . import codec
 from .clock import now_ms
-from .keys import PERSIST_GROUP, Keys
-from .tick import Tick
+from .events import Event
+from .keys import PERSIST_GROUP, PERSISTED, Channel, Keys
 
 
 def ensure_group(r: Any, stream: str, group: str = PERSIST_GROUP, start_id: str = "0") -> bool:
@@ -43,14 +43,16 @@ def ensure_group(r: Any, stream: str, group: str = PERSIST_GROUP, start_id: str 
 
 
 def register_symbols(r: Any, keys: Keys, symbols: Iterable[str]) -> None:
-    """Add symbols to the registry and create their persist group first.
+    """Add symbols to the registry and create the persist group of each of
+    their persisted streams first (trades and quotes).
 
-    Idempotent. The group is created before the symbol becomes visible and
-    before any tick is appended, so the persist workers never miss an entry.
+    Idempotent. The groups are created before the symbol becomes visible and
+    before any event is appended, so the persist workers never miss an entry.
     """
     for shard, group in keys.by_shard(symbols).items():
         for symbol in group:
-            ensure_group(r, keys.stream(symbol))
+            for channel in PERSISTED:
+                ensure_group(r, keys.stream(symbol, channel))
         r.sadd(keys.symbols(shard), *group)
 
 
@@ -62,42 +64,47 @@ def known_symbols(r: Any, keys: Keys) -> list[str]:
     return sorted(out)
 
 
-#: ``XADD KEYS[i] * t ARGV[i]`` for every i, in order; returns the entry IDs.
-#: Atomic like any script; under ``maxmemory`` Redis refuses it as a whole
-#: (the OOM check applies to a script's first write, and nothing is written
-#: before it), so a refused call stored none of its ticks.
+#: ``XADD KEYS[i] * ARGV[2i-1] ARGV[2i]`` (field, value) for every i, in
+#: order; returns the entry IDs. Atomic like any script; under ``maxmemory``
+#: Redis refuses it as a whole (the OOM check applies to a script's first
+#: write, and nothing is written before it), so a refused call stored none of
+#: its events.
 APPEND_SCRIPT = """
 local ids = {}
 for i = 1, #KEYS do
-    ids[i] = redis.call('XADD', KEYS[i], '*', '""" + codec.F_TICK.decode() + """', ARGV[i])
+    ids[i] = redis.call('XADD', KEYS[i], '*', ARGV[2 * i - 1], ARGV[2 * i])
 end
 return ids
 """
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()
 
 
-def append_ticks(r: Any, keys: Keys, ticks: Sequence[Tick], *,
-                 raise_on_error: bool = True) -> list[Any]:
-    """``XADD`` each tick to its symbol's stream, in one round trip.
+def append_events(r: Any, keys: Keys, events: Sequence[Event], *,
+                  raise_on_error: bool = True) -> list[Any]:
+    """``XADD`` each event to its symbol's stream of its kind, in one round trip.
 
-    Returns one result per tick, in order: its entry ID (bytes), or, with
+    Returns one result per event, in order: its entry ID (bytes), or, with
     ``raise_on_error=False``, the exception that refused its shard's call
-    (e.g. Redis's ``OOM``; that call stored none of its ticks). Ticks of one
-    symbol are appended in the order given. Streams are never trimmed here:
-    see :func:`trim_persisted`. Connection errors are raised: then any part
-    of the batch may have been stored (the reply is what got lost).
+    (e.g. Redis's ``OOM``; that call stored none of its events). Events of
+    one stream are appended in the order given. Streams are never trimmed
+    here: see :func:`trim_persisted`. Connection errors are raised: then any
+    part of the batch may have been stored (the reply is what got lost).
     """
-    if not ticks:
+    if not events:
         return []
     groups: dict[int, list[int]] = {}
     shard = keys.shard
-    for i, tick in enumerate(ticks):
-        groups.setdefault(shard(tick.symbol), []).append(i)
-    stream, value = keys.stream, codec.encode_value
-    calls = [([stream(ticks[i].symbol) for i in idx], [value(ticks[i]) for i in idx])
-             for idx in groups.values()]
+    for i, event in enumerate(events):
+        groups.setdefault(shard(event.symbol), []).append(i)
+    stream, channel_of, encode = keys.stream, codec.channel_of, codec.encode_event
+    calls = []
+    for idx in groups.values():
+        args: list[bytes | str] = []
+        for i in idx:
+            args.extend(encode(events[i]))
+        calls.append(([stream(events[i].symbol, channel_of(events[i])) for i in idx], args))
     replies = _run_append(r, calls)
-    out: list[Any] = [None] * len(ticks)
+    out: list[Any] = [None] * len(events)
     for idx, reply in zip(groups.values(), replies, strict=True):
         if isinstance(reply, Exception):
             if raise_on_error:
@@ -110,7 +117,7 @@ def append_ticks(r: Any, keys: Keys, ticks: Sequence[Tick], *,
     return out
 
 
-def _run_append(r: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+def _run_append(r: Any, calls: list[tuple[list[str], list[bytes | str]]]) -> list[Any]:
     """One ``EVALSHA`` of :data:`APPEND_SCRIPT` per call, pipelined; results
     or exceptions in order. A call refused with ``NOSCRIPT`` (a new or
     restarted Redis) ran nothing, so it is sent again after ``SCRIPT LOAD``."""
@@ -134,7 +141,7 @@ def _run_append(r: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
     return replies
 
 
-def _evalsha_loading(r: Any, keys_: list[str], args: list[str]) -> Any:
+def _evalsha_loading(r: Any, keys_: list[str], args: list[bytes | str]) -> Any:
     try:
         try:
             return r.evalsha(APPEND_SHA, len(keys_), *keys_, *args)
@@ -148,13 +155,14 @@ def _evalsha_loading(r: Any, keys_: list[str], args: list[str]) -> Any:
         return exc
 
 
-def last_tick(r: Any, keys: Keys, symbol: str) -> tuple[str, Tick] | None:
-    """The newest entry of a symbol's stream as ``(entry_id, tick)``, or None."""
-    rows = r.xrevrange(keys.stream(symbol), count=1)
+def last_event(r: Any, keys: Keys, symbol: str, channel: Channel) -> tuple[str, Event] | None:
+    """The newest entry of one of a symbol's streams as ``(entry_id, event)``,
+    or None. Raises ``ValueError`` when that entry is unreadable."""
+    rows = r.xrevrange(keys.stream(symbol, channel), count=1)
     if not rows:
         return None
     entry_id, fields = rows[0]
-    return entry_id.decode(), codec.decode_fields(fields)
+    return entry_id.decode(), codec.decode_entry(channel, symbol, fields)
 
 
 def next_id(entry_id: str) -> str:

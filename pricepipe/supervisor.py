@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from .config import EMBEDDED_ENV_FILE, DatabaseSettings, RedisSettings, RuntimeSettings
-from .keys import PERSIST_GROUP, Keys
+from .keys import PERSIST_GROUP, PERSISTED, Keys
 
 log = logging.getLogger("pricepipe.up")
 
@@ -109,16 +109,17 @@ class Child:
 
 
 def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, int]:
-    """``(published, persisted, lag)`` from the streams' group bookkeeping
-    (Redis >= 7: ``entries-added``, ``entries-read``, ``lag``), so the status
-    line costs no database query."""
+    """``(published, persisted, lag)`` over every persisted stream (trades
+    and quotes) from the groups' bookkeeping (Redis >= 7: ``entries-added``,
+    ``entries-read``, ``lag``), so the status line costs no database query."""
     published = persisted = lag = 0
+    streams = [keys.stream(symbol, channel) for symbol in symbols for channel in PERSISTED]
     pipe = r.pipeline(transaction=False)
-    for symbol in symbols:
-        pipe.xinfo_stream(keys.stream(symbol))
-        pipe.xinfo_groups(keys.stream(symbol))
+    for stream in streams:
+        pipe.xinfo_stream(stream)
+        pipe.xinfo_groups(stream)
     replies = pipe.execute(raise_on_error=False)
-    for symbol, info, groups in zip(symbols, replies[::2], replies[1::2], strict=True):
+    for stream, info, groups in zip(streams, replies[::2], replies[1::2], strict=True):
         if isinstance(info, Exception) or isinstance(groups, Exception):
             continue
         added = int(info.get("entries-added") or info.get("length") or 0)
@@ -134,7 +135,7 @@ def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, i
                 # AOF: count what follows the last delivered entry instead.
                 last = group["last-delivered-id"]
                 last = last.decode() if isinstance(last, bytes) else str(last)
-                behind = len(r.xrange(keys.stream(symbol), min=f"({last}",
+                behind = len(r.xrange(stream, min=f"({last}",
                                       count=LAG_SCAN_MAX))
             behind = int(behind)
             persisted += max(added - behind - pending, 0)

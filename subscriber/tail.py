@@ -1,5 +1,5 @@
-"""``pricepipe tail``: live ticks in the terminal, read straight from Redis
-with the client library's latest-only reader."""
+"""``pricepipe tail``: live trades and quotes in the terminal, read straight
+from Redis with the client library's latest-only reader."""
 
 from __future__ import annotations
 
@@ -13,25 +13,46 @@ from pricepipe import codec
 from pricepipe.clock import format_us
 from pricepipe.config import RedisSettings
 from pricepipe.connections import redis_client
+from pricepipe.events import Quote, Trade
 
 from .client import Delivery, StreamReader
+from .client.core import DEFAULT_CHANNELS
 from .client.settings import ClientSettings
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_line(delivery: Delivery, *, as_json: bool) -> str:
-    """One output line: JSON (the websocket tick shape) or aligned text."""
-    tick = delivery.tick
+    """One output line: JSON (the websocket shape of the event, plus its
+    ``channel``) or aligned text."""
+    event = delivery.event
     if as_json:
-        return codec.encode_json(codec.tick_to_dict(tick, delivery.entry_id)).decode()
-    size = "" if tick.size is None else f"{tick.size:g}"
-    return (f"{format_us(tick.ts_us)}  {tick.symbol:<12} {tick.price:>14.6f} {size:>10}  "
-            f"{tick.source:<10} {delivery.entry_id}")
+        data = {"channel": str(delivery.channel),
+                **codec.event_to_dict(event, delivery.entry_id)}
+        return codec.encode_json(data).decode()
+    if isinstance(event, Trade):
+        side = "" if event.side is None else str(event.side)
+        what = f"trade {event.price:>14.6f} x {_num(event.size, 'g'):<10} {side:<4}"
+        ts_us = event.ts_us
+    elif isinstance(event, Quote):
+        what = (f"quote {_num(event.bid, '>14.6f')} / {_num(event.ask, '<14.6f')} "
+                f"({_num(event.bid_size, 'g')} x {_num(event.ask_size, 'g')})")
+        ts_us = event.ts_us
+    else:
+        what = (f"bar   o {event.open:.6f} h {event.high:.6f} l {event.low:.6f} "
+                f"c {event.close:.6f} v {event.volume:g} {event.state}")
+        ts_us = event.bucket_us
+    source = getattr(event, "source", "")
+    return f"{format_us(ts_us)}  {event.symbol:<16} {what}  {source:<10} {delivery.entry_id}"
 
 
-def run_tail(settings: RedisSettings, symbols: Iterable[str], *, as_json: bool = False,
+def run_tail(settings: RedisSettings, symbols: Iterable[str], *,
+             channels: Iterable[str] = DEFAULT_CHANNELS, as_json: bool = False,
              last: bool = False, count: int | None = None, duration_s: float | None = None,
              out: TextIO = sys.stdout) -> int:
-    """Print ticks until ``count`` ticks, ``duration_s`` seconds or SIGTERM/SIGINT."""
+    """Print events until ``count`` of them, ``duration_s`` seconds or SIGTERM/SIGINT."""
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -44,7 +65,7 @@ def run_tail(settings: RedisSettings, symbols: Iterable[str], *, as_json: bool =
     deadline = None if duration_s is None else time.monotonic() + duration_s
     printed = 0
     try:
-        with StreamReader(r, keys, symbols, start="last" if last else "$",
+        with StreamReader(r, keys, symbols, channels=channels, start="last" if last else "$",
                           settings=ClientSettings.from_env(block_ms=200)) as reader:
             while not stop and (count is None or printed < count):
                 if deadline is not None and time.monotonic() >= deadline:

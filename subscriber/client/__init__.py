@@ -1,20 +1,25 @@
-"""The strategy client library: ticks for given symbols, straight from Redis
-Streams or replayed from PostgreSQL, through one interface.
+"""The strategy client library: trades, quotes and one-minute bars for given
+symbols, straight from Redis Streams or replayed from PostgreSQL, through one
+interface. Each delivery carries a typed event (:class:`~pricepipe.events.Trade`,
+:class:`~pricepipe.events.Quote`, :class:`~pricepipe.events.Bar`).
 
 Readers, sync (:mod:`.sync`) and asyncio (:mod:`.aio`), whose every
-decision is made once in :mod:`.core`:
+decision is made once in :mod:`.core`; ``channels`` picks what they read
+(``("trades", "quotes")`` by default, or either alone: a reader of quotes
+never decodes a trade, or ``"bars.1m"``):
 
 * :class:`StreamReader` / :class:`AsyncStreamReader` - latest-only: plain
-  ``XREAD`` from now on (``start="$"``), from the latest tick (``"last"``),
+  ``XREAD`` from now on (``start="$"``), from the latest event (``"last"``),
   from the oldest retained (``"0"``) or from your own saved entry IDs.
 * :class:`GroupReader` / :class:`AsyncGroupReader` - a named consumer group:
-  every tick goes to one consumer of the group; ``ack()`` it once handled.
+  every event goes to one consumer of the group; ``ack()`` it once handled.
   After a crash, a consumer restarted under the same name first receives the
   entries it had not acknowledged (``Delivery.redelivered``), then new ones:
   nothing is lost, and what was acknowledged never comes back.
 * :class:`ReplayReader` / :class:`AsyncReplayReader` - history from the
-  ``ticks`` table at N× speed (``speed=None``: as fast as possible), for
-  backtests; ``ack()`` is a no-op.
+  ``trades`` and ``quotes`` tables, interleaved in event-time order, at N×
+  speed (``speed=None``: as fast as possible), for backtests; ``ack()`` is a
+  no-op.
 
 Every reader: ``get(timeout_s)`` returns the next :class:`Delivery` or None,
 iteration yields deliveries (forever for stream readers, until the end for

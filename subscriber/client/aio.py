@@ -3,7 +3,7 @@
 queue. The same decisions as :mod:`.sync`; only the I/O differs.
 
 Create them inside a running event loop; ``async with`` waits until every
-shard is prepared (from then on no tick appended later can be missed).
+shard is prepared (from then on no event appended later can be missed).
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from pricepipe.keys import Keys
 
-from .core import GroupShard, LatestShard, Plan, Start, ack_plan, run_async, symbol_list
+from .core import (
+    DEFAULT_CHANNELS,
+    GroupShard,
+    LatestShard,
+    Plan,
+    Start,
+    ack_plan,
+    channel_list,
+    run_async,
+    symbol_list,
+)
 from .delivery import Delivery
 from .settings import ClientSettings
 
@@ -34,11 +44,12 @@ ASYNC_RETRYABLE: tuple[type[redis.RedisError], ...] = (
 class _TaskReader:
     """Runs one shard state per task; subclasses make the states."""
 
-    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str],
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], channels: Iterable[str],
                  settings: ClientSettings | None) -> None:
         self._r = r
         self._keys = keys
         self.symbols = symbol_list(symbols)
+        self.channels = channel_list(channels)
         self.settings = settings or ClientSettings.from_env()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(self.settings.count * 2, 10))
         self._retry = redis.asyncio.retry.Retry(
@@ -57,7 +68,7 @@ class _TaskReader:
 
     async def ready(self) -> None:
         """Wait until every shard is prepared: from then on, ``"$"`` has been
-        resolved and no tick appended later can be missed."""
+        resolved and no event appended later can be missed."""
         await self._prepared.wait()
 
     async def _run(self, make_plan: Callable[[], Plan[Any]]) -> Any:
@@ -118,28 +129,30 @@ class _TaskReader:
 class AsyncStreamReader(_TaskReader):
     """Asyncio :class:`~.sync.StreamReader` (``r`` is a ``redis.asyncio`` client)."""
 
-    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, start: Start = "$",
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *,
+                 channels: Iterable[str] = DEFAULT_CHANNELS, start: Start = "$",
                  settings: ClientSettings | None = None) -> None:
         self._start = start
-        super().__init__(r, keys, symbols, settings)
+        super().__init__(r, keys, symbols, channels, settings)
 
     def _shard(self, symbols: list[str]) -> LatestShard:
-        return LatestShard(self._keys, symbols, self._start, self.settings)
+        return LatestShard(self._keys, symbols, self.channels, self._start, self.settings)
 
 
 class AsyncGroupReader(_TaskReader):
     """Asyncio :class:`~.sync.GroupReader` (``r`` is a ``redis.asyncio`` client)."""
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
-                 consumer: str, start: str = "$",
+                 consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
                  settings: ClientSettings | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
-        super().__init__(r, keys, symbols, settings)
+        super().__init__(r, keys, symbols, channels, settings)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
-        return GroupShard(self._keys, symbols, group=self.group, consumer=self.consumer,
+        return GroupShard(self._keys, symbols, self.channels, group=self.group,
+                          consumer=self.consumer,
                           start=self._group_start, settings=self.settings)
 
     async def ack(self, *deliveries: Delivery) -> None:

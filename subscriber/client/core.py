@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import redis
 
 from pricepipe import codec
-from pricepipe.keys import Keys
+from pricepipe.keys import PERSIST_GROUP, Channel, Keys
 
 from .delivery import Delivery
 from .settings import ClientSettings
@@ -123,8 +123,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def decode_entry(stream_key: bytes | str, raw_id: bytes | str,
-                 fields: Mapping[bytes, bytes] | None, *, redelivered: bool) -> Delivery | None:
+def decode_entry(keys: Keys, stream_key: bytes | str, raw_id: bytes | str,
+                 fields: Any, *, redelivered: bool) -> Delivery | None:
     """The delivery of one entry, or None for one that cannot be delivered:
     trimmed away while pending (no fields), or unreadable (it stays in the
     stream for the persist workers, which dead-letter it)."""
@@ -132,7 +132,8 @@ def decode_entry(stream_key: bytes | str, raw_id: bytes | str,
     if fields is None:
         return None
     try:
-        return Delivery(entry_id, codec.decode_fields(fields), redelivered)
+        channel, symbol = keys.parse_stream(stream_key)
+        return Delivery(entry_id, codec.decode_entry(channel, symbol, fields), redelivered)
     except ValueError as exc:
         log.warning("skipping bad entry %s of %r: %s", entry_id, stream_key, exc)
         return None
@@ -151,32 +152,49 @@ def reply_streams(reply: Any) -> Iterable[tuple[Any, Any]]:
 # --- starting points -------------------------------------------------------------------------
 
 
-Start = str | Mapping[str, str]
+#: ``"$"``, ``"last"``, ``"0"``, or per symbol and channel the last entry ID handled:
+#: ``{"AAPL": {"quotes": "1767323045251-1"}}`` (streams missing from it start at ``"$"``).
+Start = str | Mapping[str, Mapping[str, str]]
+
+#: What a reader reads when not told: both kinds of market event.
+DEFAULT_CHANNELS = (Channel.TRADES, Channel.QUOTES)
 
 
-def validate_start(start: Start, symbol: str) -> str:
-    """A symbol's start: ``"$"``, ``"last"``, ``"0"`` or an entry ID (normalised)."""
-    value = start.get(symbol, "$") if isinstance(start, Mapping) else start
+def channel_list(channels: Iterable[str]) -> list[Channel]:
+    """Channels validated, duplicates removed, order kept; at least one."""
+    out = list(dict.fromkeys(Channel(c) for c in channels))
+    if not out:
+        raise ValueError("give at least one channel")
+    return out
+
+
+def validate_start(start: Start, symbol: str, channel: Channel) -> str:
+    """One stream's start: ``"$"``, ``"last"``, ``"0"`` or an entry ID (normalised)."""
+    if isinstance(start, Mapping):
+        value = start.get(symbol, {}).get(str(channel), "$")
+    else:
+        value = start
     if value not in ("$", "last", "0"):
         return "{}-{}".format(*codec.parse_entry_id(value))
     return value
 
 
 def resolve_starts(starts: Mapping[str, str], replies: list[Any]) -> dict[str, str]:
-    """Turn ``$`` / ``last`` into explicit IDs from ``XREVRANGE ... COUNT 2`` replies.
+    """Turn ``$`` / ``last`` into explicit IDs from ``XREVRANGE ... COUNT 2``
+    replies (``starts`` and the result are keyed by stream).
 
     An explicit ID is what makes reading gap-free across reads and reconnects
     (``$`` would mean "the end at the time of each call").
     """
     out = {}
-    for (symbol, start), rows in zip(starts.items(), replies, strict=True):
+    for (stream, start), rows in zip(starts.items(), replies, strict=True):
         ids = [_text(row[0]) for row in rows]
         if start == "$":
-            out[symbol] = ids[0] if ids else "0-0"
+            out[stream] = ids[0] if ids else "0-0"
         elif start == "last":
-            out[symbol] = ids[1] if len(ids) > 1 else "0-0"
+            out[stream] = ids[1] if len(ids) > 1 else "0-0"
         else:
-            out[symbol] = start
+            out[stream] = start
     return out
 
 
@@ -184,26 +202,27 @@ def resolve_starts(starts: Mapping[str, str], replies: list[Any]) -> dict[str, s
 
 
 class LatestShard:
-    """A plain reader's place in the streams of one shard.
+    """A plain reader's place in the streams of one shard (each symbol's
+    stream of each channel).
 
-    ``start`` per symbol: ``"$"`` (from when :meth:`prepare` ran), ``"last"``
-    (the latest tick first), ``"0"`` (all the stream holds) or an entry ID
+    ``start`` per stream: ``"$"`` (from when :meth:`prepare` ran), ``"last"``
+    (the latest event first), ``"0"`` (all the stream holds) or an entry ID
     (resume after it). :attr:`ids` holds the last entry ID read per stream.
     """
 
-    def __init__(self, keys: Keys, symbols: Iterable[str], start: Start,
-                 settings: ClientSettings) -> None:
+    def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel],
+                 start: Start, settings: ClientSettings) -> None:
         self.keys = keys
         self.settings = settings
-        self._starts = {s: validate_start(start, s) for s in symbols}
+        self._starts = {keys.stream(s, c): validate_start(start, s, c)
+                        for s in symbols for c in channels}
         self.ids: dict[str, str] = {}
 
     def prepare(self) -> Plan[None]:
         starts = self._starts
         replies = yield Pipeline(tuple(
-            Call("xrevrange", (self.keys.stream(s),), {"count": 2}) for s in starts))
-        self.ids = {self.keys.stream(s): entry_id
-                    for s, entry_id in resolve_starts(starts, replies).items()}
+            Call("xrevrange", (stream,), {"count": 2}) for stream in starts))
+        self.ids = resolve_starts(starts, replies)
 
     def read(self) -> Plan[list[Delivery]]:
         """One blocking ``XREAD``; its deliveries, cursors advanced past them."""
@@ -213,7 +232,7 @@ class LatestShard:
         for stream_key, entries in reply_streams(reply):
             name = _text(stream_key)
             for raw_id, fields in entries:
-                delivery = decode_entry(name, raw_id, fields, redelivered=False)
+                delivery = decode_entry(self.keys, name, raw_id, fields, redelivered=False)
                 if delivery is not None:
                     out.append(delivery)
             if entries:
@@ -244,18 +263,20 @@ class GroupShard:
     unreadable) are acknowledged without being handed out.
     """
 
-    def __init__(self, keys: Keys, symbols: Iterable[str], *, group: str, consumer: str,
-                 start: str, settings: ClientSettings,
+    def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel], *,
+                 group: str, consumer: str, start: str, settings: ClientSettings,
                  clock: Any = time.monotonic) -> None:
         if start not in ("$", "0"):
             raise ValueError("group start must be '$' or '0'")
+        if group == PERSIST_GROUP:
+            raise ValueError(f"{PERSIST_GROUP!r} is the persist workers' group: choose another")
         self.keys = keys
         self.group = group
         self.consumer = consumer
         self.start = start
         self.settings = settings
         self.clock = clock
-        self._streams = [keys.stream(s) for s in symbols]
+        self._streams = [keys.stream(s, c) for s in symbols for c in channels]
         self._pending: dict[str, str] = dict.fromkeys(self._streams, "0")
         self._claimed_at = 0.0
 
@@ -315,7 +336,8 @@ class GroupShard:
             name = _text(stream_key)
             seen.add(name)
             for raw_id, fields in entries:
-                delivery = decode_entry(name, raw_id, fields, redelivered=recovering)
+                delivery = decode_entry(self.keys, name, raw_id, fields,
+                                        redelivered=recovering)
                 if delivery is None:
                     discard.append((name, _text(raw_id)))
                 else:
@@ -350,7 +372,7 @@ class GroupShard:
                 continue
             claimed = yield Call("xclaim", (stream, self.group, self.consumer, idle, theirs))
             for raw_id, fields in claimed:
-                delivery = decode_entry(stream, raw_id, fields, redelivered=True)
+                delivery = decode_entry(self.keys, stream, raw_id, fields, redelivered=True)
                 if delivery is None:
                     discard.append((stream, _text(raw_id)))
                 else:
@@ -363,7 +385,8 @@ def ack_plan(keys: Keys, group: str, deliveries: Iterable[Delivery]) -> Plan[Non
     """Acknowledge handled deliveries of any shard in one round trip (idempotent)."""
     grouped: dict[str, list[str]] = {}
     for delivery in deliveries:
-        grouped.setdefault(keys.stream(delivery.symbol), []).append(delivery.entry_id)
+        grouped.setdefault(keys.stream(delivery.symbol, delivery.channel),
+                           []).append(delivery.entry_id)
     if grouped:
         yield Pipeline(tuple(Call("xack", (stream, group, *ids))
                              for stream, ids in grouped.items()))
@@ -371,7 +394,7 @@ def ack_plan(keys: Keys, group: str, deliveries: Iterable[Delivery]) -> Plan[Non
 
 def symbol_list(symbols: Iterable[str]) -> list[str]:
     """Symbols validated, duplicates removed, order kept; at least one."""
-    from pricepipe.tick import validate_symbol
+    from pricepipe.events import validate_symbol
 
     out = list(dict.fromkeys(validate_symbol(s) for s in symbols))
     if not out:

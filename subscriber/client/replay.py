@@ -11,14 +11,15 @@ from typing import Any
 
 from pricepipe import codec
 from pricepipe.clock import datetime_to_us, us_to_datetime
-from pricepipe.tick import MAX_TS_US, Tick
+from pricepipe.events import MAX_TS_US, Quote, Trade
+from pricepipe.keys import Channel
 
-from .core import symbol_list
+from .core import DEFAULT_CHANNELS, channel_list, symbol_list
 from .delivery import Delivery
 
 
 class Pacer:
-    """Replay timing: tick event times mapped onto the wall clock at ``speed``×.
+    """Replay timing: event times mapped onto the wall clock at ``speed``×.
 
     ``speed`` None (or 0) means as fast as possible. Pure: give it times,
     it answers how long to wait.
@@ -31,7 +32,7 @@ class Pacer:
         self._origin: tuple[int, float] | None = None
 
     def delay_s(self, ts_us: int, now_s: float) -> float:
-        """Seconds to wait, at wall time ``now_s``, before releasing a tick of ``ts_us``."""
+        """Seconds to wait, at wall time ``now_s``, before releasing an event of ``ts_us``."""
         if self.speed is None:
             return 0.0
         if self._origin is None:
@@ -42,17 +43,37 @@ class Pacer:
         return max(due - now_s, 0.0)
 
 
-_REPLAY_SQL = (
-    "SELECT symbol, ts, price, size, source, recv_ts, entry_id FROM ticks "
-    "WHERE symbol = ANY(%s) AND ts >= %s AND ts < %s ORDER BY ts, entry_id"
-)
+# Trades and quotes interleaved in event-time order (ties: stream order, then
+# trades first). A channel not asked for is switched off by its boolean
+# parameter, so the statement is one constant text.
+_REPLAY_SQL = """
+    SELECT * FROM (
+        SELECT 't' AS kind, symbol, ts, price, size, side, trade_id, NULL::float8 AS bid,
+               NULL::float8 AS bid_size, NULL::float8 AS ask, NULL::float8 AS ask_size,
+               source, recv_ts, entry_id
+          FROM trades
+         WHERE %(trades)s AND symbol = ANY(%(symbols)s) AND ts >= %(start)s AND ts < %(end)s
+        UNION ALL
+        SELECT 'q', symbol, ts, NULL, NULL, NULL, NULL, bid, bid_size, ask, ask_size,
+               source, recv_ts, entry_id
+          FROM quotes
+         WHERE %(quotes)s AND symbol = ANY(%(symbols)s) AND ts >= %(start)s AND ts < %(end)s
+    ) AS events
+    ORDER BY ts, entry_id, kind DESC
+"""
 
 
 def _row_delivery(row: tuple[Any, ...]) -> Delivery:
-    symbol, ts, price, size, source, recv_ts, entry_id = row
-    tick = Tick(symbol, datetime_to_us(ts), price, size, source,
-                None if recv_ts is None else datetime_to_us(recv_ts))
-    return Delivery(codec.unpack_entry_id(entry_id), tick)
+    (kind, symbol, ts, price, size, side, trade_id, bid, bid_size, ask, ask_size, source,
+     recv_ts, entry_id) = row
+    ts_us = datetime_to_us(ts)
+    recv_ts_us = None if recv_ts is None else datetime_to_us(recv_ts)
+    event: Trade | Quote
+    if kind == "t":
+        event = Trade(symbol, ts_us, price, size, source, trade_id, side, recv_ts_us)
+    else:
+        event = Quote(symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us)
+    return Delivery(codec.unpack_entry_id(entry_id), event)
 
 
 def _bounds(start_us: int, end_us: int | None) -> tuple[Any, Any]:
@@ -60,8 +81,9 @@ def _bounds(start_us: int, end_us: int | None) -> tuple[Any, Any]:
 
 
 class ReplayReader:
-    """Ticks of ``symbols`` with ``start_us <= ts < end_us`` from the
-    ``ticks`` table, in time order, released at ``speed``× their original
+    """Trades and quotes of ``symbols`` with ``start_us <= ts < end_us`` from
+    the ``trades`` and ``quotes`` tables (``channels``: either or both),
+    interleaved in event-time order, released at ``speed``× their original
     pace (None: as fast as possible). Reads through a server-side cursor, so
     memory stays flat however long the history. The connection is the
     caller's; it is left open.
@@ -69,20 +91,27 @@ class ReplayReader:
 
     def __init__(self, conn: Any, symbols: Iterable[str], *, start_us: int,
                  end_us: int | None = None, speed: float | None = 1.0,
-                 batch_size: int = 1000) -> None:
+                 channels: Iterable[str] = DEFAULT_CHANNELS, batch_size: int = 1000) -> None:
         self.symbols = symbol_list(symbols)
+        self.channels = channel_list(channels)
+        if Channel.BARS_1M in self.channels:
+            raise ValueError("replays carry trades and quotes; bars are in /v1/bars")
         self._pacer = Pacer(speed)
         # A named cursor lives in a transaction; in autocommit mode it must
         # be WITH HOLD to survive the implicit commit (psycopg2 docs).
         self._cur = conn.cursor(name=f"pricepipe_replay_{id(self)}",
                                 withhold=bool(conn.autocommit))
         self._cur.itersize = batch_size
-        self._cur.execute(_REPLAY_SQL, (self.symbols, *_bounds(start_us, end_us)))
+        start, end = _bounds(start_us, end_us)
+        self._cur.execute(_REPLAY_SQL, {
+            "symbols": self.symbols, "start": start, "end": end,
+            "trades": Channel.TRADES in self.channels,
+            "quotes": Channel.QUOTES in self.channels})
         self._next: Delivery | None = None
         self.finished = False
 
     def get(self, timeout_s: float | None = None) -> Delivery | None:
-        """The next tick when it is due; None at the end of the history or
+        """The next event when it is due; None at the end of the history or
         when it is not due within ``timeout_s``."""
         if self._next is None and not self.finished:
             row = self._cur.fetchone()
@@ -92,7 +121,7 @@ class ReplayReader:
                 self._next = _row_delivery(row)
         if self._next is None:
             return None
-        delay = self._pacer.delay_s(self._next.tick.ts_us, time.monotonic())
+        delay = self._pacer.delay_s(self._next.event.ts_us, time.monotonic())
         if timeout_s is not None and delay > timeout_s:
             time.sleep(timeout_s)
             return None
@@ -128,9 +157,9 @@ class AsyncReplayReader:
 
     def __init__(self, conn: Any, symbols: Iterable[str], *, start_us: int,
                  end_us: int | None = None, speed: float | None = 1.0,
-                 batch_size: int = 1000) -> None:
+                 channels: Iterable[str] = DEFAULT_CHANNELS, batch_size: int = 1000) -> None:
         self._sync = ReplayReader(conn, symbols, start_us=start_us, end_us=end_us, speed=None,
-                                  batch_size=batch_size)
+                                  channels=channels, batch_size=batch_size)
         self._pacer = Pacer(speed)
         self._batch: list[Delivery] = []
         self._batch_size = batch_size
@@ -153,7 +182,7 @@ class AsyncReplayReader:
             self.finished = not self._batch
         if not self._batch:
             return None
-        delay = self._pacer.delay_s(self._batch[-1].tick.ts_us, time.monotonic())
+        delay = self._pacer.delay_s(self._batch[-1].event.ts_us, time.monotonic())
         if timeout_s is not None and delay > timeout_s:
             await asyncio.sleep(timeout_s)
             return None

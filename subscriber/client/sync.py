@@ -20,7 +20,18 @@ from redis.retry import Retry
 
 from pricepipe.keys import Keys
 
-from .core import RETRYABLE, GroupShard, LatestShard, Plan, Start, ack_plan, run_sync, symbol_list
+from .core import (
+    DEFAULT_CHANNELS,
+    RETRYABLE,
+    GroupShard,
+    LatestShard,
+    Plan,
+    Start,
+    ack_plan,
+    channel_list,
+    run_sync,
+    symbol_list,
+)
 from .delivery import Delivery
 from .settings import ClientSettings
 
@@ -34,11 +45,12 @@ class _Stopped(Exception):
 class _ThreadedReader:
     """Runs one shard state per thread; subclasses make the states."""
 
-    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str],
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], channels: Iterable[str],
                  settings: ClientSettings | None) -> None:
         self._r = r
         self._keys = keys
         self.symbols = symbol_list(symbols)
+        self.channels = channel_list(channels)
         self.settings = settings or ClientSettings.from_env()
         # Bounded: a strategy slower than the market holds up the readers,
         # and the backlog waits in Redis, not in this process.
@@ -51,7 +63,7 @@ class _ThreadedReader:
         )
         shards = [self._shard(group) for group in keys.by_shard(self.symbols).values()]
         # Prepared here, on the caller's thread: "$" means "from when the
-        # constructor returned", so ticks appended after it are never missed.
+        # constructor returned", so events appended after it are never missed.
         for shard in shards:
             self._run(shard.prepare)
         self._threads = [
@@ -130,20 +142,23 @@ class _ThreadedReader:
 
 
 class StreamReader(_ThreadedReader):
-    """Latest-only reader: every tick appended after ``start``, per symbol.
+    """Latest-only reader: every event of ``channels`` appended after
+    ``start``, per symbol.
 
-    ``start``: ``"$"`` (from now), ``"last"`` (the latest tick first),
-    ``"0"`` (all the stream holds), or a mapping of symbol to the last entry
-    ID already handled (symbols missing from it start at ``"$"``).
+    ``start``: ``"$"`` (from now), ``"last"`` (the latest event first),
+    ``"0"`` (all the stream holds), or per symbol and channel the last entry
+    ID already handled, ``{"AAPL": {"quotes": "1767323045251-1"}}`` (streams
+    missing from it start at ``"$"``).
     """
 
-    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, start: Start = "$",
+    def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *,
+                 channels: Iterable[str] = DEFAULT_CHANNELS, start: Start = "$",
                  settings: ClientSettings | None = None) -> None:
         self._start = start
-        super().__init__(r, keys, symbols, settings)
+        super().__init__(r, keys, symbols, channels, settings)
 
     def _shard(self, symbols: list[str]) -> LatestShard:
-        return LatestShard(self._keys, symbols, self._start, self.settings)
+        return LatestShard(self._keys, symbols, self.channels, self._start, self.settings)
 
 
 class GroupReader(_ThreadedReader):
@@ -154,15 +169,16 @@ class GroupReader(_ThreadedReader):
     """
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
-                 consumer: str, start: str = "$",
+                 consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
                  settings: ClientSettings | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
-        super().__init__(r, keys, symbols, settings)
+        super().__init__(r, keys, symbols, channels, settings)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
-        return GroupShard(self._keys, symbols, group=self.group, consumer=self.consumer,
+        return GroupShard(self._keys, symbols, self.channels, group=self.group,
+                          consumer=self.consumer,
                           start=self._group_start, settings=self.settings)
 
     def ack(self, *deliveries: Delivery) -> None:

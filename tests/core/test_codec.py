@@ -1,4 +1,8 @@
+"""The event model and its one codec: validation, exact round trips, and the
+fast paths held to the reference parsers."""
+
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -6,127 +10,235 @@ from hypothesis import strategies as st
 
 from pricepipe import codec
 from pricepipe.clock import format_us, parse_time_us
-from pricepipe.exceptions import DecodeError, InvalidTickError
-from pricepipe.tick import MAX_TS_US, MIN_TS_US, Tick
+from pricepipe.events import MAX_TS_US, MIN_TS_US, Bar, BarState, Quote, Side, Trade
+from pricepipe.exceptions import DecodeError, InvalidEventError
+from pricepipe.keys import Channel
 
 symbols = st.from_regex(r"[A-Z0-9][A-Z0-9._:-]{0,31}", fullmatch=True)
+sources = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,31}", fullmatch=True)
+trade_ids = st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", fullmatch=True)
 prices = st.floats(min_value=1e-12, max_value=1e15, allow_nan=False, allow_infinity=False)
-sizes = st.none() | st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+sizes = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
+book_sizes = st.none() | st.floats(min_value=0, max_value=1e12, allow_nan=False,
+                                   allow_infinity=False)
 times = st.integers(min_value=MIN_TS_US, max_value=MAX_TS_US - 1)
-ticks = st.builds(
-    Tick, symbols, times, prices, sizes,
-    st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,31}", fullmatch=True), st.none() | times,
-)
+trades = st.builds(Trade, symbols, times, prices, st.none() | sizes, sources, trade_ids,
+                   st.none() | st.sampled_from(Side), st.none() | times)
 
 
-def _as_redis_returns(fields: dict) -> dict[bytes, bytes]:
-    # redis-py sends str/int values as their text; it hands back bytes.
-    return {k: (v if isinstance(v, bytes) else str(v).encode()) for k, v in fields.items()}
+@st.composite
+def quotes(draw: Any) -> Quote:
+    sides = draw(st.sampled_from(["both", "bid", "ask"]))
+    bid = draw(prices) if sides != "ask" else None
+    ask = draw(prices) if sides != "bid" else None
+    if bid is not None and ask is not None and bid > ask:
+        bid, ask = ask, bid
+    return Quote(draw(symbols), draw(times), bid, draw(book_sizes) if bid is not None else None,
+                 ask, draw(book_sizes) if ask is not None else None, draw(sources),
+                 draw(st.none() | times))
 
 
-@given(ticks)
-def test_stream_fields_round_trip_exactly(tick: Tick) -> None:
-    assert codec.decode_fields(_as_redis_returns(codec.encode_fields(tick))) == tick
+@st.composite
+def bars(draw: Any) -> Bar:
+    low, high = sorted([draw(prices), draw(prices)])
+    opened = draw(st.floats(min_value=low, max_value=high))
+    closed = draw(st.floats(min_value=low, max_value=high))
+    bucket = draw(times) // 60_000_000 * 60_000_000
+    return Bar(draw(symbols), max(bucket, MIN_TS_US + 60_000_000 - MIN_TS_US % 60_000_000),
+               opened, high, low, closed, draw(st.floats(0, 1e12)), draw(st.none() | prices),
+               draw(st.integers(1, 10**9)), draw(st.sampled_from(BarState)))
 
 
-def test_stream_entry_is_one_readable_field() -> None:
-    tick = Tick("BRK.B", 1_700_000_000_000_001, 0.1, None, "gbm", None)
-    assert codec.encode_fields(tick) == {b"t": "BRK.B 1700000000000001 0.1  gbm "}
-    tick = Tick("AAPL", 1_700_000_000_000_001, 187.25, 3.0, "binance", 1_700_000_000_000_009)
-    assert codec.encode_fields(tick) == {
-        b"t": "AAPL 1700000000000001 187.25 3.0 binance 1700000000000009"}
+events = trades | quotes() | bars()
+
+
+def _stored(value: str) -> bytes:
+    return value.encode()  # redis-py sends str, hands back bytes
+
+
+@given(events)
+def test_stream_entries_round_trip_exactly(event: Any) -> None:
+    field, value = codec.encode_event(event)
+    channel = codec.channel_of(event)
+    assert codec.FIELD_OF[channel] == field
+    for fields in ({field: _stored(value)}, [field, _stored(value)]):
+        assert codec.decode_entry(channel, event.symbol, fields) == event
+
+
+def test_entries_are_one_readable_field_without_the_symbol() -> None:
+    trade = Trade("BRK.B", 1_700_000_000_000_001, 0.1, None, "gbm")
+    assert codec.encode_event(trade) == (b"t", "1700000000000001 0.1    gbm ")
+    trade = Trade("AAPL", 1_700_000_000_000_001, 187.25, 3.0, "binance", "42", Side.SELL,
+                  1_700_000_000_000_009)
+    assert codec.encode_trade(trade) == "1700000000000001 187.25 3.0 s 42 binance 1700000000000009"
+    quote = Quote("AAPL", 1_700_000_000_000_001, 187.2, 5.0, None, None, "gbm")
+    assert codec.encode_event(quote) == (b"q", "1700000000000001 187.2 5.0   gbm ")
+
+
+@given(events)
+def test_json_shapes_carry_every_key(event: Any) -> None:
+    data = codec.decode_json(codec.encode_json(codec.event_to_dict(event, "1-0")))
+    assert data["id"] == "1-0" and data["symbol"] == event.symbol
+    if isinstance(event, Trade):
+        assert set(data) == {"symbol", "ts", "ts_us", "price", "size", "side", "trade_id",
+                             "source", "recv_ts_us", "id"}
+        assert data["price"] == event.price and data["ts"] == format_us(event.ts_us)
+        assert data["side"] == (None if event.side is None else str(event.side))
+    elif isinstance(event, Quote):
+        assert set(data) == {"symbol", "ts", "ts_us", "bid", "bid_size", "ask", "ask_size",
+                             "source", "recv_ts_us", "id"}
+        assert (data["bid"], data["ask"]) == (event.bid, event.ask)
+    else:
+        assert data["state"] == str(event.state) and data["trades"] == event.trades
 
 
 _PARTS = st.sampled_from([
-    b"AAPL", b"aapl", b"", b"\xff", b"gbm", b"bad source!", b"1700000000000000", b"12",
-    b"1.5", b"-1.5", b"0", b"nan", b"inf", b"1e309", b"5e-324", b"7", b"1_0",
+    b"", b"1700000000000000", b"12", b"+1", b"1.5", b"-1.5", b"0", b"nan", b"inf", b"1e309",
+    b"5e-324", b"7", b"1_0", b"b", b"s", b"x", b"gbm", b"\xff", b"bad!", b"AAPL", b"id-9",
 ])
-_ANY_FIELDS = (
-    st.lists(_PARTS, min_size=5, max_size=7).map(lambda p: {b"t": b" ".join(p)})
-    | st.dictionaries(st.sampled_from([b"sym", b"ts", b"px", b"src", b"sz", b"t"]), _PARTS)
-    | ticks.map(lambda t: _as_redis_returns(codec.encode_fields(t)))
-)
+_VALUES = st.lists(_PARTS, min_size=6, max_size=8).map(lambda p: b" ".join(p))
 
 
-@given(_ANY_FIELDS)
-def test_entry_json_is_the_tick_json_or_the_same_error(fields: dict[bytes, bytes]) -> None:
+@given(_VALUES | trades.map(lambda t: _stored(codec.encode_trade(t))))
+def test_trade_fast_path_accepts_exactly_what_the_parser_accepts(value: bytes) -> None:
     try:
-        want: bytes | type = codec.encode_json(codec.tick_to_dict(codec.decode_fields(fields),
-                                                                  "5-1"))
+        want: Any = codec.parse_trade("AAPL", value)
+    except ValueError:
+        want = None
+    got = codec.trade_values(value)
+    if got is not None:  # the fast path may defer (unseen source), never disagree
+        assert want is not None
+        assert got == (want.ts_us, want.price, want.size,
+                       None if want.side is None else str(want.side), want.trade_id,
+                       want.source, want.recv_ts_us)
+    elif want is not None:
+        codec.parse_trade("AAPL", value)  # now seen: the fast path takes it
+        assert codec.trade_values(value) is not None
+
+
+@given(_VALUES | quotes().map(lambda q: _stored(codec.encode_quote(q))))
+def test_quote_fast_path_accepts_exactly_what_the_parser_accepts(value: bytes) -> None:
+    try:
+        want: Any = codec.parse_quote("AAPL", value)
+    except ValueError:
+        want = None
+    got = codec.quote_values(value)
+    if got is not None:
+        assert want is not None
+        assert got == (want.ts_us, want.bid, want.bid_size, want.ask, want.ask_size,
+                       want.source, want.recv_ts_us)
+    elif want is not None:
+        codec.parse_quote("AAPL", value)
+        assert codec.quote_values(value) is not None
+
+
+@given(st.sampled_from([Channel.TRADES, Channel.QUOTES, Channel.BARS_1M]),
+       _VALUES | events.map(lambda e: _stored(codec.encode_event(e)[1])))
+def test_entry_json_is_the_event_json_or_the_same_error(channel: Channel, value: bytes) -> None:
+    fields = {codec.FIELD_OF[channel]: value}
+    try:
+        want: Any = codec.encode_json(codec.event_to_dict(
+            codec.decode_entry(channel, "AAPL", fields), "5-1"))
     except ValueError as exc:
         want = type(exc)
     for shape in (fields, [x for kv in fields.items() for x in kv]):
         try:
-            got: bytes | type = codec.entry_to_json(shape, "5-1")
+            got: Any = codec.entry_to_json(channel, "AAPL", shape, "5-1")
         except ValueError as exc:
             got = type(exc)
         assert got == want
 
 
-def test_one_field_per_attribute_entries_are_still_read() -> None:
-    fields = {b"sym": b"AAPL", b"ts": b"1700000000000000", b"px": b"2.5", b"src": b"cli"}
-    assert codec.decode_fields(fields) == Tick("AAPL", 1_700_000_000_000_000, 2.5, None, "cli")
+@pytest.mark.parametrize("fields", [None, {}, {b"q": b"1 2 3 4 5 x "}, [b"x", b"y"], [b"t"]])
+def test_entries_without_the_channels_field_raise_decode_error(fields: Any) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode_entry(Channel.TRADES, "AAPL", fields)
 
 
 @pytest.mark.parametrize("value", [
-    b"AAPL 1700000000000000 2.5  gbm", b"AAPL 1700000000000000 2.5  gbm  ",
-    b"AAPL 1700000000000000 x  gbm ", b"AAPL  2.5  gbm ", b"\xff 1700000000000000 1 1 gbm ",
-    b"",
+    b"1700000000000000 2.5   gbm", b"1700000000000000 2.5     gbm  ",
+    b"1700000000000000 x    gbm ", b" 2.5    gbm ", b"1700000000000000 1 1 x  gbm ",
+    b"1700000000000000 1 1  \xff gbm ", b"+1700000000000000 1 1   gbm ", b"",
 ])
-def test_malformed_tick_fields_raise_decode_error(value: bytes) -> None:
+def test_malformed_trades_raise_decode_error(value: bytes) -> None:
     with pytest.raises(DecodeError):
-        codec.decode_fields({b"t": value})
-
-
-@given(ticks)
-def test_json_round_trip_exactly(tick: Tick) -> None:
-    data = codec.decode_json(codec.encode_json(codec.tick_to_dict(tick, "1-0")))
-    assert data["id"] == "1-0"
-    assert codec.tick_from_dict(data) == tick
+        codec.parse_trade("AAPL", value)
 
 
 @pytest.mark.parametrize("price", [0.0, -1.0, math.nan, math.inf, -math.inf, "1.0", True, None])
 def test_bad_prices_are_rejected(price: object) -> None:
-    with pytest.raises(InvalidTickError) as info:
-        Tick("AAPL", MIN_TS_US, price)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError) as info:
+        Trade("AAPL", MIN_TS_US, price, 1.0)  # type: ignore[arg-type]
     assert info.value.field == "price"
+
+
+@pytest.mark.parametrize(("size", "reason"), [
+    (0.0, "non_positive"), (-1.0, "negative_size"), (math.inf, "not_finite"),
+    ("2", "not_numeric")])
+def test_bad_trade_sizes_are_rejected_with_their_reason(size: object, reason: str) -> None:
+    with pytest.raises(InvalidEventError) as info:
+        Trade("AAPL", MIN_TS_US, 1.0, size)  # type: ignore[arg-type]
+    assert (info.value.field, info.value.reason) == ("size", reason)
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"bid": 2.0, "ask": 1.0}, "crossed_book"),
+    ({"bid": None, "bid_size": None, "ask": None, "ask_size": None}, "empty_book"),
+    ({"bid": -1.0}, "non_positive"),
+    ({"bid_size": -1.0}, "negative_size"),
+    ({"bid": None, "bid_size": 1.0}, "size_without_price"),
+    ({"ask": math.nan}, "not_finite"),
+])
+def test_a_crossed_or_negative_book_is_rejected_with_a_reason(
+        kwargs: dict[str, Any], reason: str) -> None:
+    values: dict[str, Any] = {"bid": 1.0, "bid_size": 1.0, "ask": 1.5, "ask_size": 2.0}
+    values.update(kwargs)
+    with pytest.raises(InvalidEventError) as info:
+        Quote("AAPL", MIN_TS_US, values["bid"], values["bid_size"], values["ask"],
+              values["ask_size"])
+    assert info.value.reason == reason
+
+
+def test_one_sided_and_locked_books_are_quotes() -> None:
+    assert Quote("AAPL", MIN_TS_US, 1.0, None, None, None).mid is None
+    locked = Quote("AAPL", MIN_TS_US, 1.0, 0.0, 1.0, 3.0)
+    assert (locked.mid, locked.spread) == (1.0, 0.0)
 
 
 @pytest.mark.parametrize("symbol", ["", "aapl", "A{B}", "A/B", "A B", "X" * 33, 7])
 def test_bad_symbols_are_rejected(symbol: object) -> None:
-    with pytest.raises(InvalidTickError, match="symbol"):
-        Tick(symbol, MIN_TS_US, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="symbol"):
+        Trade(symbol, MIN_TS_US, 1.0, 1.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("ts_us", [0, 1_700_000_000, MAX_TS_US, 1.5e15, -1])
+@pytest.mark.parametrize("ts_us", [0, 1_700_000_000, MAX_TS_US, 1.5e15, -1, True])
 def test_absurd_timestamps_are_rejected(ts_us: object) -> None:
-    with pytest.raises(InvalidTickError, match="ts_us"):
-        Tick("AAPL", ts_us, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="ts_us"):
+        Quote("AAPL", ts_us, 1.0, None, None, None)  # type: ignore[arg-type]
 
 
-def test_integer_price_becomes_float() -> None:
-    tick = Tick("AAPL", MIN_TS_US, 3, 2)
-    assert type(tick.price) is float and type(tick.size) is float
+@pytest.mark.parametrize("trade_id", ["", "a b", "x" * 65, 42])
+def test_bad_trade_ids_and_sides_are_rejected(trade_id: object) -> None:
+    with pytest.raises(InvalidEventError, match="trade_id"):
+        Trade("AAPL", MIN_TS_US, 1.0, 1.0, "x", trade_id)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="side"):
+        Trade("AAPL", MIN_TS_US, 1.0, 1.0, "x", None, "up")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {},
-        {b"sym": b"AAPL", b"ts": b"x", b"px": b"1", b"src": b"gbm"},
-        {b"sym": b"AAPL", b"ts": b"1700000000000000", b"src": b"gbm"},
-        {b"sym": b"\xff", b"ts": b"1700000000000000", b"px": b"1", b"src": b"gbm"},
-    ],
-)
-def test_undecodable_entries_raise_decode_error(fields: dict[bytes, bytes]) -> None:
-    with pytest.raises(DecodeError):
-        codec.decode_fields(fields)
+def test_integers_become_floats_and_sides_become_side() -> None:
+    trade = Trade("AAPL", MIN_TS_US, 3, 2, side="buy")  # type: ignore[arg-type]
+    assert type(trade.price) is float and type(trade.size) is float and trade.side is Side.BUY
 
 
-def test_invalid_values_in_entries_raise_value_error() -> None:
-    with pytest.raises(ValueError):
-        codec.decode_fields({b"sym": b"AAPL", b"ts": b"1700000000000000", b"px": b"nan",
-                             b"src": b"gbm"})
+def test_bars_must_be_consistent() -> None:
+    bucket = 1_767_323_040_000_000
+    Bar("AAPL", bucket, 2.0, 3.0, 1.0, 2.5, 10.0, 2.2, 4)
+    for bad in ({"low": 2.6}, {"bucket_us": bucket + 1}, {"trades": 0}, {"state": "closed"}):
+        values: dict[str, Any] = {"bucket_us": bucket, "low": 1.0, "trades": 4, "state": "open"}
+        values.update(bad)
+        with pytest.raises(InvalidEventError):
+            Bar("AAPL", values["bucket_us"], 2.0, 3.0, values["low"], 2.5, 10.0, None,
+                values["trades"], values["state"])
 
 
 @given(st.integers(0, (1 << 42) - 1), st.integers(0, (1 << 21) - 1))
@@ -169,14 +281,14 @@ def test_format_us_matches_the_plain_conversion(ts_us: int) -> None:
 
 
 def test_validation_cache_is_bounded_and_still_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pricepipe import tick as tick_module
+    from pricepipe import events
 
-    monkeypatch.setattr(tick_module, "_SEEN_MAX", 3)
-    monkeypatch.setattr(tick_module, "_SEEN_SYMBOLS", set())
+    monkeypatch.setattr(events, "_SEEN_MAX", 3)
+    monkeypatch.setattr(events, "_SEEN_SYMBOLS", set())
     for symbol in ["A", "B", "C", "D", "E"]:
-        Tick(symbol, MIN_TS_US, 1.0)
-    assert len(tick_module._SEEN_SYMBOLS) <= 3
-    with pytest.raises(InvalidTickError):
-        Tick("a", MIN_TS_US, 1.0)
-    with pytest.raises(InvalidTickError):
-        Tick(["A"], MIN_TS_US, 1.0)  # type: ignore[arg-type]
+        Trade(symbol, MIN_TS_US, 1.0, 1.0)
+    assert len(events._SEEN_SYMBOLS) <= 3
+    with pytest.raises(InvalidEventError):
+        Trade("a", MIN_TS_US, 1.0, 1.0)
+    with pytest.raises(InvalidEventError):
+        Trade(["A"], MIN_TS_US, 1.0, 1.0)  # type: ignore[arg-type]

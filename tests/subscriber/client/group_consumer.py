@@ -1,5 +1,5 @@
 """A consumer-group strategy process for the crash test: for each delivery it
-appends ``<symbol> <entry_id> <redelivered>`` to a ledger file, then acks.
+appends ``<symbol>/<channel> <entry_id> <redelivered>`` to a ledger file, then acks.
 
 Run: ``python group_consumer.py LEDGER SYMBOL...`` with PRICEPIPE_REDIS_* set.
 """
@@ -9,24 +9,23 @@ from __future__ import annotations
 import sys
 import time
 
-from pricepipe.subscriber.client import GroupReader
-from pricepipe.subscriber.client.settings import ClientSettings
-
 from pricepipe.config import RedisSettings
 from pricepipe.connections import redis_client
-from pricepipe.keys import Keys
+from pricepipe.subscriber.client import GroupReader
+from pricepipe.subscriber.client.settings import ClientSettings
 
 
 def main(ledger_path: str, symbols: list[str]) -> int:
     settings = RedisSettings.from_env()
     r = redis_client(settings)
-    keys = Keys(settings.prefix, settings.shards)
+    keys = settings.keys
     with open(ledger_path, "a") as ledger, GroupReader(
         r, keys, symbols, group="crash-test", consumer="worker-1", start="0",
         settings=ClientSettings(block_ms=100, count=10),
     ) as reader:
         for delivery in reader:
-            ledger.write(f"{delivery.symbol} {delivery.entry_id} {int(delivery.redelivered)}\n")
+            ledger.write(f"{delivery.symbol}/{delivery.channel} {delivery.entry_id} "
+                         f"{int(delivery.redelivered)}\n")
             ledger.flush()
             time.sleep(0.002)  # a strategy doing work: widens the crash window
             reader.ack(delivery)

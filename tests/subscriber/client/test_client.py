@@ -11,6 +11,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
+
+from pricepipe.embedded import RedisServer
+from pricepipe.events import Quote, Side, Trade
+from pricepipe.keys import Keys
 from pricepipe.subscriber.client import (
     AsyncGroupReader,
     AsyncReplayReader,
@@ -22,15 +26,11 @@ from pricepipe.subscriber.client import (
 )
 from pricepipe.subscriber.client.settings import ClientSettings
 
-from pricepipe.embedded import RedisServer
-from pricepipe.keys import Keys
-from pricepipe.tick import Tick
-
-from ..helpers import FAST, TS, insert_ticks, publish, take
+from .helpers import FAST, TS, insert_events, publish, take
 
 
 def pending(r: redis.Redis, keys: Keys, group: str) -> int:
-    summary: Any = r.xpending(keys.stream("AAPL"), group)
+    summary: Any = r.xpending(keys.trades("AAPL"), group)
     return int(summary["pending"])
 
 
@@ -38,7 +38,8 @@ def test_stream_reader_start_modes(r: redis.Redis, keys: Keys) -> None:
     old = publish(r, keys, "AAPL", 3) + publish(r, keys, "MSFT", 2)
     with StreamReader(r, keys, ["AAPL", "MSFT"], start="0", settings=FAST) as everything, \
             StreamReader(r, keys, ["AAPL"], start="last", settings=FAST) as last, \
-            StreamReader(r, keys, ["AAPL"], start={"AAPL": old[0]}, settings=FAST) as resumed, \
+            StreamReader(r, keys, ["AAPL"], start={"AAPL": {"trades": old[0]}},
+                         settings=FAST) as resumed, \
             StreamReader(r, keys, ["AAPL", "MSFT"], settings=FAST) as live:
         got = take(everything, 5)
         assert sorted(d.entry_id for d in got) == sorted(old)
@@ -48,7 +49,7 @@ def test_stream_reader_start_modes(r: redis.Redis, keys: Keys) -> None:
         new = publish(r, keys, "MSFT", 2, start=10)
         got = take(live, 2)
         assert [d.entry_id for d in got] == new
-        assert got[0].tick == Tick("MSFT", TS + 10, 110.0, 1.0, "test")
+        assert got[0].event == Trade("MSFT", TS + 10, 110.0, 1.0, "test", "t10", Side.SELL)
 
 
 def test_group_reader_redelivers_unacked_after_restart_of_consumer(
@@ -84,7 +85,7 @@ def test_reader_reconnects_after_redis_restart(
                             settings=FAST) as grouped:
             assert [d.entry_id for d in take(reader, 2)] == first
             assert [d.entry_id for d in take(grouped, 2)] == first
-            grouped.ack(*[Delivery(i, Tick("AAPL", TS, 1.0)) for i in first])
+            grouped.ack(*[Delivery(i, Trade("AAPL", TS, 1.0, 1.0)) for i in first])
             server.restart()  # AOF keeps the streams and the group
             later = publish(r, keys, "AAPL", 3, start=5)
             assert [d.entry_id for d in take(reader, 3)] == later
@@ -123,18 +124,19 @@ def test_async_readers(redis_url: str, r: redis.Redis, keys: Keys) -> None:
 
 
 def test_replay_from_postgres_in_time_order(db: Any) -> None:
-    ticks = [(Tick("AAPL" if i % 2 else "MSFT", TS + i * 1000, 10.0 + i, 1.0, "gbm"),
-              f"{1_767_323_045_000 + i}-0") for i in range(20)]
-    ticks.append((Tick("IBM", TS + 5, 1.0), "1767323045000-9"))  # not asked for
-    insert_ticks(db, ticks)
+    ticks: list[tuple[Trade | Quote, str]] = [
+        (Trade("AAPL" if i % 2 else "MSFT", TS + i * 1000, 10.0 + i, 1.0, "gbm"),
+         f"{1_767_323_045_000 + i}-0") for i in range(20)]
+    ticks.append((Trade("IBM", TS + 5, 1.0, None), "1767323045000-9"))  # not asked for
+    insert_events(db, ticks)
     wanted = [(t, eid) for t, eid in ticks if t.symbol != "IBM"]
     with ReplayReader(db, ["AAPL", "MSFT"], start_us=TS, speed=None) as reader:
         got = list(reader)
-    assert [(d.tick, d.entry_id) for d in got] == wanted
+    assert [(d.event, d.entry_id) for d in got] == wanted
     # 20 ms of history at 1000x; paced, and the second half only.
     with ReplayReader(db, ["AAPL"], start_us=TS + 10_000, end_us=TS + 20_000,
                       speed=1000.0) as reader:
-        assert [d.tick.ts_us for d in reader] == [TS + i * 1000 for i in range(11, 20, 2)]
+        assert [d.event.ts_us for d in reader] == [TS + i * 1000 for i in range(11, 20, 2)]
 
     async def scenario() -> list[Delivery]:
         async with AsyncReplayReader(db, ["MSFT"], start_us=TS, speed=1000.0,
@@ -142,7 +144,7 @@ def test_replay_from_postgres_in_time_order(db: Any) -> None:
             return [d async for d in reader]
 
     got = asyncio.run(scenario())
-    assert [d.tick.ts_us for d in got] == [TS + i * 1000 for i in range(0, 20, 2)]
+    assert [d.event.ts_us for d in got] == [TS + i * 1000 for i in range(0, 20, 2)]
 
 
 def test_close_stops_reader_threads(r: redis.Redis, keys: Keys) -> None:
@@ -159,10 +161,10 @@ def test_group_reader_recreates_a_vanished_group(r: redis.Redis, keys: Keys) -> 
             StreamReader(r, keys, ["AAPL"], settings=FAST) as latest:
         r.flushall()  # a Redis that lost its data: stream and group are gone
         deadline = 50
-        while r.exists(keys.stream("AAPL")) == 0 and deadline:
+        while r.exists(keys.trades("AAPL")) == 0 and deadline:
             deadline -= 1  # the reader recreates the group (and the stream) by itself
             threading.Event().wait(0.1)
-        assert r.exists(keys.stream("AAPL"))
+        assert r.exists(keys.trades("AAPL"))
         ids = publish(r, keys, "AAPL", 2, start=5)
         got = take(reader, 2)
         assert [d.entry_id for d in got] == ids and not any(d.redelivered for d in got)
@@ -244,3 +246,53 @@ def test_async_reader_reconnects_after_redis_restart(
         assert pending(r, keys, "g") == 0
     finally:
         r.close()
+
+
+def test_readers_read_the_channels_asked_for(r: redis.Redis, keys: Keys) -> None:
+    from pricepipe.keys import Channel
+
+    from .helpers import publish_events, quote, trade
+
+    with StreamReader(r, keys, ["AAPL"], channels=["quotes"], settings=FAST) as quotes_only, \
+            StreamReader(r, keys, ["AAPL"], settings=FAST) as both, \
+            GroupReader(r, keys, ["AAPL"], group="q", consumer="c", channels=["trades"],
+                        settings=FAST) as trades_only:
+        ids = publish_events(r, keys, [trade("AAPL", 1), quote("AAPL", 2), trade("AAPL", 3),
+                                       quote("AAPL", 4)])
+        got = take(quotes_only, 2)
+        assert [(d.channel, d.entry_id) for d in got] == [(Channel.QUOTES, ids[1]),
+                                                          (Channel.QUOTES, ids[3])]
+        assert all(isinstance(d.event, Quote) for d in got)
+        assert quotes_only.get(timeout_s=0.3) is None  # never a trade
+        assert sorted(d.entry_id for d in take(both, 4)) == sorted(ids)
+        grouped = take(trades_only, 2)
+        assert [d.event for d in grouped] == [trade("AAPL", 1), trade("AAPL", 3)]
+        trades_only.ack(*grouped)
+    assert pending(r, keys, "q") == 0
+    # Resuming per channel: after the first quote only.
+    with StreamReader(r, keys, ["AAPL"], channels=["quotes"],
+                      start={"AAPL": {"quotes": ids[1]}}, settings=FAST) as resumed:
+        assert [d.entry_id for d in take(resumed, 1)] == [ids[3]]
+
+
+def test_the_persist_group_is_not_a_strategy_group(r: redis.Redis, keys: Keys) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="persist"):
+        GroupReader(r, keys, ["AAPL"], group="persist", consumer="c", settings=FAST)
+    with pytest.raises(ValueError):
+        StreamReader(r, keys, ["AAPL"], channels=["ticks"], settings=FAST)
+
+
+def test_replay_interleaves_trades_and_quotes_in_event_time_order(db: Any) -> None:
+    from .helpers import quote, trade
+
+    events: list[tuple[Trade | Quote, str]] = []
+    for i in range(6):
+        events.append((quote("AAPL", i * 10), f"{1_767_323_045_000 + i}-0"))
+        events.append((trade("AAPL", i * 10 + 5), f"{1_767_323_045_000 + i}-1"))
+    insert_events(db, events)
+    with ReplayReader(db, ["AAPL"], start_us=TS, speed=None) as reader:
+        assert [(d.event, d.entry_id) for d in reader] == events
+    with ReplayReader(db, ["AAPL"], start_us=TS, speed=None, channels=["quotes"]) as reader:
+        assert [d.event for d in reader] == [e for e, _ in events if isinstance(e, Quote)]

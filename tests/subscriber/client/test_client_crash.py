@@ -15,7 +15,7 @@ import redis
 from pricepipe.keys import Keys
 from tests.helpers import wait_until
 
-from ..helpers import publish
+from .helpers import publish
 
 SCRIPT = Path(__file__).with_name("group_consumer.py")
 
@@ -34,7 +34,9 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
     tmp_path: Path, pipeline_env: dict[str, str], r: redis.Redis, keys: Keys
 ) -> None:
     symbols = ["AAPL", "MSFT"]
-    published = {s: publish(r, keys, s, 150, start=i * 1000) for i, s in enumerate(symbols)}
+    # Per stream (symbol/channel, as the ledger names them): its entry IDs in order.
+    published = {f"{s}/{kind}": publish(r, keys, s, 75, start=i * 1000, kind=kind)
+                 for i, s in enumerate(symbols) for kind in ("trades", "quotes")}
     ledger = tmp_path / "ledger.txt"
     env = {**pipeline_env, "PYTHONPATH": str(Path(__file__).parents[3])}
     procs: list[subprocess.Popen[bytes]] = []
@@ -52,8 +54,8 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
         first.wait()
         seen_before = len(_ledger(ledger))
         second = start()
-        # Entry IDs are unique per stream only: two symbols' streams may hold
-        # the same ID, so a tick is (symbol, entry ID).
+        # Entry IDs are unique per stream only: two streams may hold the
+        # same ID, so an event is (stream, entry ID).
         everything = {(s, e) for s, ids in published.items() for e in ids}
         # Done when every tick is in the ledger and acknowledged.
         wait_until(lambda: {(s, e) for s, e, _ in _ledger(ledger)} >= everything
@@ -70,16 +72,16 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
 
     lines = _ledger(ledger)
     assert seen_before < len(lines)
-    for symbol in symbols:
-        # Per symbol, first sightings are exactly the stream, in order: no
+    for stream in published:
+        # Per stream, first sightings are exactly the stream, in order: no
         # gap, nothing invented.
         firsts: list[str] = []
         for s, entry_id, _ in lines:
-            if s == symbol and entry_id not in firsts:
+            if s == stream and entry_id not in firsts:
                 firsts.append(entry_id)
-        assert firsts == published[symbol]
+        assert firsts == published[stream]
     # A tick handled twice is one the crash left unacknowledged, and the
-    # second delivery says so; at most one read batch (count=10) per shard.
+    # second delivery says so; at most one read batch (count=10) per stream.
     seen: set[tuple[str, str]] = set()
     duplicates = []
     for symbol, entry_id, redelivered in lines:
@@ -87,13 +89,14 @@ def test_group_consumer_killed_and_restarted_sees_every_tick(
             assert redelivered, (symbol, entry_id)
             duplicates.append((symbol, entry_id))
         seen.add((symbol, entry_id))
-    assert len(duplicates) <= 2 * 10
+    assert len(duplicates) <= len(published) * 10
     assert _pending(r, keys, symbols) == 0
 
 
 def _pending(r: redis.Redis, keys: Keys, symbols: list[str]) -> int:
     total = 0
     for symbol in symbols:
-        summary: Any = r.xpending(keys.stream(symbol), "crash-test")
-        total += int(summary["pending"])
+        for stream in (keys.trades(symbol), keys.quotes(symbol)):
+            summary: Any = r.xpending(stream, "crash-test")
+            total += int(summary["pending"])
     return total

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+
+from pricepipe import codec
+from pricepipe.events import Trade
+from pricepipe.keys import Channel, Keys
 from pricepipe.subscriber.client.core import Call, GroupShard, LatestShard, Pipeline, Plan, ack_plan
 from pricepipe.subscriber.client.replay import Pacer
 from pricepipe.subscriber.client.settings import ClientSettings
-
-from pricepipe import codec
-from pricepipe.keys import Keys
-from pricepipe.tick import Tick
 
 TS = 1_767_323_045_000_000
 KEYS = Keys("pp", 4)
@@ -22,9 +22,8 @@ SETTINGS = ClientSettings(block_ms=100, count=10)
 
 
 def entry(i: int) -> tuple[bytes, dict[bytes, bytes]]:
-    fields = {k: str(v).encode() for k, v in codec.encode_fields(
-        Tick("AAPL", TS + i, 10.0 + i)).items()}
-    return f"{100 + i}-0".encode(), fields
+    field, value = codec.encode_event(Trade("AAPL", TS + i, 10.0 + i, 1.0))
+    return f"{100 + i}-0".encode(), {field: value.encode()}
 
 
 def drive(plan: Plan[Any], answer: Callable[[Any], Any]) -> tuple[Any, list[Any]]:
@@ -43,23 +42,24 @@ def drive(plan: Plan[Any], answer: Callable[[Any], Any]) -> tuple[Any, list[Any]
 
 
 def test_latest_shard_resolves_starts_then_advances_past_bad_entries() -> None:
-    stream = KEYS.stream("AAPL")
-    shard = LatestShard(KEYS, ["AAPL"], "$", SETTINGS)
+    stream = KEYS.trades("AAPL")
+    shard = LatestShard(KEYS, ["AAPL"], [Channel.TRADES], "$", SETTINGS)
     _, steps = drive(shard.prepare(), lambda step: [[(b"99-0", {})]])
     assert isinstance(steps[0], Pipeline) and steps[0].calls[0].method == "xrevrange"
     assert shard.ids == {stream: "99-0"}  # "$" became an explicit ID
-    bad = (b"102-0", {b"sym": b"AAPL"})
+    bad = (b"102-0", {b"t": b"not a trade"})
     got, steps = drive(shard.read(), lambda step: [(stream.encode(), [entry(0), entry(1), bad])])
     assert steps == [Call("xread", ({stream: "99-0"},), {"count": 10, "block": 100})]
-    assert [d.entry_id for d in got] == ["100-0", "101-0"] and got[1].tick.price == 11.0
+    assert [d.entry_id for d in got] == ["100-0", "101-0"] and got[1].event.price == 11.0
     assert shard.ids == {stream: "102-0"}  # past the skipped bad entry
     resp3, _ = drive(shard.read(), lambda step: {stream.encode(): [entry(3)]})
     assert [d.entry_id for d in resp3] == ["103-0"]
 
 
 def test_group_shard_reads_own_pending_first_acks_the_undeliverable_then_new() -> None:
-    a = KEYS.stream("AAPL")
-    shard = GroupShard(KEYS, ["AAPL"], group="g", consumer="c", start="0", settings=SETTINGS)
+    a = KEYS.trades("AAPL")
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="0",
+                       settings=SETTINGS)
     _, steps = drive(shard.prepare(), lambda step: redis.ResponseError("BUSYGROUP exists"))
     assert steps[0].method == "xgroup_create"  # an existing group is fine
     assert shard.recovering
@@ -75,7 +75,8 @@ def test_group_shard_reads_own_pending_first_acks_the_undeliverable_then_new() -
 
 
 def test_group_shard_recreates_a_vanished_group_and_rereads_its_pending() -> None:
-    shard = GroupShard(KEYS, ["AAPL"], group="g", consumer="c", start="$", settings=SETTINGS)
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="$",
+                       settings=SETTINGS)
     drive(shard.read(), lambda step: [])  # pending list empty: now reading ">"
     assert not shard.recovering
     replies = iter([redis.ResponseError("NOGROUP No such key"), True])
@@ -85,7 +86,7 @@ def test_group_shard_recreates_a_vanished_group_and_rereads_its_pending() -> Non
 
 def test_claiming_takes_only_other_consumers_entries() -> None:
     clock = iter([100.0, 101.0])  # 1 s apart: more than half of claim_idle_ms
-    shard = GroupShard(KEYS, ["AAPL"], group="g", consumer="me", start="0",
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="me", start="0",
                        settings=ClientSettings(block_ms=100, count=10, claim_idle_ms=1000),
                        clock=lambda: next(clock))
     drive(shard.read(), lambda step: [])
@@ -106,11 +107,12 @@ def test_claiming_takes_only_other_consumers_entries() -> None:
 def test_ack_groups_by_stream_in_one_round_trip() -> None:
     from pricepipe.subscriber.client.delivery import Delivery
 
-    ticks = [Delivery("1-0", Tick("AAPL", TS, 1.0)), Delivery("2-0", Tick("AAPL", TS, 1.0)),
-             Delivery("3-0", Tick("MSFT", TS, 1.0))]
+    ticks = [Delivery("1-0", Trade("AAPL", TS, 1.0, 1.0)),
+             Delivery("2-0", Trade("AAPL", TS, 1.0, 1.0)),
+             Delivery("3-0", Trade("MSFT", TS, 1.0, 1.0))]
     _, steps = drive(ack_plan(KEYS, "g", ticks), lambda step: [1, 1])
-    assert steps == [Pipeline((Call("xack", (KEYS.stream("AAPL"), "g", "1-0", "2-0")),
-                               Call("xack", (KEYS.stream("MSFT"), "g", "3-0"))))]
+    assert steps == [Pipeline((Call("xack", (KEYS.trades("AAPL"), "g", "1-0", "2-0")),
+                               Call("xack", (KEYS.trades("MSFT"), "g", "3-0"))))]
 
 
 def test_pacer_maps_event_time_to_wall_time() -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import redis
 
 from pricepipe import streams
+from pricepipe.events import Quote, Trade
 from pricepipe.keys import Keys
-from pricepipe.tick import Tick
 
-from ..helpers import TS, insert_ticks
+from .helpers import TS, insert_events, quote
 
 ROOT = Path(__file__).parents[3]
 SCRIPT = ROOT / "examples" / "ma_crossover.py"
@@ -40,6 +40,21 @@ def test_crossover_signals() -> None:
     assert signals[0][0] > 8 and signals[1][0] > 12
 
 
+def test_signals_use_the_mid_and_pay_the_spread_unless_it_is_too_wide() -> None:
+    module = _module()
+    model = module.Crossover(2, 4)
+    got = [module.signal_of(model, quote("AAPL", i, p), 50.0) for i, p in enumerate(PRICES)]
+    signals = [s for s in got if s]
+    # Quotes are mid -/+ 0.01: a buy pays the ask, a sell gets the bid.
+    assert signals == [("BUY", PRICES[9] + 0.01), ("SELL", PRICES[13] - 0.01)]
+    # The same crossings with a spread wider than allowed: no signal at all.
+    wide = module.Crossover(2, 4)
+    assert not any(module.signal_of(wide, quote("AAPL", i, p), 0.5)
+                   for i, p in enumerate(PRICES))
+    one_sided = Quote("AAPL", TS, 1.0, 1.0, None, None)
+    assert module.signal_of(module.Crossover(2, 4), one_sided, 50.0) is None
+
+
 def _run(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -55,7 +70,10 @@ def test_example_on_live_streams(pipeline_env: dict[str, str], r: redis.Redis,
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("watching AAPL")
         # The reader starts at the end of the stream: publish once it watches.
-        streams.append_ticks(r, keys, [Tick("AAPL", TS + i, p) for i, p in enumerate(PRICES)])
+        # A trade between quotes: the strategy reads quotes only.
+        events: list[Trade | Quote] = [quote("AAPL", i, p) for i, p in enumerate(PRICES)]
+        events.insert(5, Trade("AAPL", TS + 5, 1.0, 1.0))
+        streams.append_events(r, keys, events)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -66,7 +84,7 @@ def test_example_on_live_streams(pipeline_env: dict[str, str], r: redis.Redis,
 
 
 def test_example_replays_history(pipeline_env: dict[str, str], db: Any) -> None:
-    insert_ticks(db, [(Tick("MSFT", TS + i * 1000, p), f"{1_767_323_045_000 + i}-0")
+    insert_events(db, [(quote("MSFT", i * 1000, p), f"{1_767_323_045_000 + i}-0")
                        for i, p in enumerate(PRICES)])
     env = {**pipeline_env, "PYTHONPATH": str(ROOT)}
     proc = _run(["--replay", "--symbols", "MSFT", "--since", str(TS), "--fast", "2",
@@ -74,4 +92,4 @@ def test_example_replays_history(pipeline_env: dict[str, str], db: Any) -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert [line.split()[1] for line in out.splitlines() if line[:4].isdigit()] == ["BUY", "SELL"]
-    assert f"{len(PRICES)} ticks" in out
+    assert f"{len(PRICES)} quotes" in out
