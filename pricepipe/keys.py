@@ -9,6 +9,8 @@ Layout (``pp`` is the configurable prefix, ``N`` the shard of a symbol)::
     pp:{sN}:barstate:<SYMBOL> hash, per recent minute the trade count last published on
                              the bars stream and whether it was final (a script keeps
                              updates from several workers in order)
+    pp:{sN}:trimmed          hash, per stream of shard N the newest entry ID trimming has
+                             removed (a reader behind it has missed entries)
     pp:{sN}:symbols          set, registry of the symbols of shard N
     pp:{sN}:dlq              stream, dead letters of shard N (entries that could not be persisted)
     pp:hb:<role>:<name>      string with TTL, a process's heartbeat
@@ -97,6 +99,9 @@ class Keys:
 
     def symbols(self, shard: int) -> str:
         return f"{self.prefix}:{self.tag(shard)}:symbols"
+
+    def trimmed(self, shard: int) -> str:
+        return f"{self.prefix}:{self.tag(shard)}:trimmed"
 
     def dead_letters(self, shard: int) -> str:
         return f"{self.prefix}:{self.tag(shard)}:dlq"

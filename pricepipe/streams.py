@@ -15,7 +15,7 @@ so one call never spans two Redis Cluster slots.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -225,3 +225,178 @@ def delete_all(r: Any, keys: Keys) -> int:
     for key in r.scan_iter(match=keys.all_pattern(), count=1000):
         deleted += int(r.delete(key))
     return deleted
+
+
+# --- reading replies -------------------------------------------------------------------------
+
+
+def reply_streams(reply: Any) -> Iterable[tuple[Any, Any]]:
+    """``(stream, entries)`` pairs of an ``XREAD`` / ``XREADGROUP`` reply, in
+    either protocol: a list of pairs (RESP2) or a mapping (RESP3); nothing
+    for an empty reply (None, or an empty list or map after a timeout)."""
+    if not reply:
+        return ()
+    if isinstance(reply, Mapping):
+        return reply.items()
+    return reply
+
+
+def entry_key(entry_id: bytes | str) -> tuple[int, int]:
+    """Sort key of an entry ID: ``(ms, seq)`` (text order would put ``9-0``
+    after ``10-0``). Raises :exc:`~pricepipe.exceptions.DecodeError`."""
+    return codec.parse_entry_id(entry_id)
+
+
+# --- trimming that every reader can trust -----------------------------------------------------
+
+#: ``XTRIM KEYS[1] MINID ARGV[1]`` (exact), recording in hash KEYS[2] (field
+#: KEYS[1]) the newest entry it removed when that is newer than the one
+#: recorded: a reader whose cursor is older than the record has missed
+#: entries. Exact rather than approximate, so the record is exact too. Under
+#: ``maxmemory`` XTRIM is allowed (it frees memory) and makes the script
+#: dirty, so the HSET that follows is allowed as well.
+TRIM_SCRIPT = """
+local before = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[1], '-', 'COUNT', 1)
+if #before == 0 then return 0 end
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+if removed > 0 then
+    local last = before[1][1]
+    local old = redis.call('HGET', KEYS[2], KEYS[1])
+    local newer = true
+    if old then
+        local lm, ls = string.match(last, '(%d+)-(%d+)')
+        local om, os = string.match(old, '(%d+)-(%d+)')
+        lm, ls, om, os = tonumber(lm), tonumber(ls), tonumber(om), tonumber(os)
+        newer = lm > om or (lm == om and ls > os)
+    end
+    if newer then redis.call('HSET', KEYS[2], KEYS[1], last) end
+end
+return removed
+"""
+
+
+def group_floors(r: Any, stream: str) -> dict[str, str]:
+    """Per consumer group of ``stream``, the smallest entry ID it may still
+    need: its oldest pending entry, else the one after its last delivered.
+    Every entry below a group's floor was delivered to it *and* acknowledged.
+    Empty when the stream does not exist."""
+    try:
+        groups = r.xinfo_groups(stream)
+    except redis.ResponseError:
+        return {}
+    out: dict[str, str] = {}
+    for info in groups:
+        name = info["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        last = info["last-delivered-id"]
+        floor = next_id(last.decode() if isinstance(last, bytes) else str(last))
+        if info["pending"]:
+            low = r.xpending(stream, name)["min"]
+            if low is not None:
+                floor = low.decode() if isinstance(low, bytes) else str(low)
+            # None: every pending entry was acknowledged between the two
+            # calls; the last-delivered ID read before is older than the
+            # current one, so the floor after it is still safe.
+        out[name] = floor
+    return out
+
+
+def trim_floor(floors: Mapping[str, str], *, now_ms_: int, window_ms: int,
+               max_age_ms: int | None, persisted: bool) -> str | None:
+    """The ``MINID`` to trim a stream to, or None to leave it alone. Pure.
+
+    Entries newer than ``window_ms`` stay (live readers resume from them).
+    No entry a group still needs goes, up to the hard cap ``max_age_ms``:
+    a strategy group stopped for longer loses what is older, and learns it
+    from the trimmed record (:func:`trimmed_since`). The persist group is
+    exempt from the cap: what it has not written to PostgreSQL stays
+    (publishers apply backpressure when Redis fills instead). A persisted
+    stream without its persist group is left alone (nothing is known to be
+    safe to remove).
+    """
+    window = max(now_ms_ - window_ms, 0)
+    floor = (window, 0)
+    if persisted:
+        if PERSIST_GROUP not in floors:
+            return None
+        floor = min(floor, codec.parse_entry_id(floors[PERSIST_GROUP]))
+    others = [codec.parse_entry_id(f) for name, f in floors.items() if name != PERSIST_GROUP]
+    if others:
+        strategies = min(others)
+        if max_age_ms is not None:
+            strategies = max(strategies, (max(now_ms_ - max_age_ms, 0), 0))
+        floor = min(floor, strategies)
+    return f"{floor[0]}-{floor[1]}"
+
+
+def trim_stream(r: Any, keys: Keys, stream: str, *, window_ms: int,
+                max_age_ms: int | None, persisted: bool) -> int:
+    """Trim ``stream`` as :func:`trim_floor` decides, recording what went in
+    the shard's trimmed record; returns how many entries were removed."""
+    minid = trim_floor(group_floors(r, stream), now_ms_=now_ms(), window_ms=window_ms,
+                       max_age_ms=max_age_ms, persisted=persisted)
+    if minid is None:
+        return 0
+    shard = keys.shard(keys.symbol_of(stream))
+    return int(_run_script(r, TRIM_SCRIPT, [stream, keys.trimmed(shard)], [minid]))
+
+
+def trimmed_since(r: Any, keys: Keys, stream: str, cursor: str) -> str | None:
+    """The newest entry trimming removed from ``stream`` when it is after
+    ``cursor`` (a reader there has missed entries up to and including it),
+    else None."""
+    shard = keys.shard(keys.symbol_of(stream))
+    last = r.hget(keys.trimmed(shard), stream)
+    if last is None:
+        return None
+    text = last.decode() if isinstance(last, bytes) else str(last)
+    return text if codec.parse_entry_id(text) > codec.parse_entry_id(cursor) else None
+
+
+_SCRIPT_SHAS: dict[str, str] = {}
+
+
+def _run_script(r: Any, script: str, keys_: list[str], args: list[Any]) -> Any:
+    """``EVALSHA`` of ``script``, loading it after ``NOSCRIPT`` (a new or
+    restarted Redis; on a cluster, ``script_load`` loads it on every primary)."""
+    sha = _SCRIPT_SHAS.get(script)
+    if sha is None:
+        sha = _SCRIPT_SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        return r.evalsha(sha, len(keys_), *keys_, *args)
+    except NoScriptError:
+        r.script_load(script)
+        return r.evalsha(sha, len(keys_), *keys_, *args)
+
+
+# --- epochs ----------------------------------------------------------------------------------
+
+
+def epoch_of(info: Mapping[str, Any]) -> str:
+    """The epoch of a Redis server from its ``INFO server``: a prefix of its
+    ``run_id``, which is new for every process. A running Redis never loses
+    acknowledged entries by itself (pricepipe runs it with ``noeviction``);
+    a restart may have (the last second of an ``appendfsync everysec`` AOF,
+    or a restore of an older file), and so may a failover to a replica that
+    was behind. Both give the serving process a new run ID, so a cursor from
+    another epoch may have a gap after it that no stream can show. The
+    epoch is conservative: a clean restart changes it too."""
+    return str(info["run_id"])[:16]
+
+
+def epoch(r: Any, key: str) -> str:
+    """The epoch of the server holding ``key`` (on a cluster: its primary)."""
+    if isinstance(r, redis.RedisCluster):
+        node = r.get_node_from_key(key)
+        return epoch_of(r.info("server", target_nodes=node))
+    return epoch_of(r.info("server"))
+
+
+async def async_epoch(r: Any, key: str) -> str:
+    """:func:`epoch` with a ``redis.asyncio`` client."""
+    import redis.asyncio
+
+    if isinstance(r, redis.asyncio.RedisCluster):
+        node = r.get_node_from_key(key)
+        return epoch_of(await r.info("server", target_nodes=node))
+    return epoch_of(await r.info("server"))

@@ -28,6 +28,7 @@ import redis
 
 from pricepipe import codec
 from pricepipe.keys import PERSIST_GROUP, Channel, Keys
+from pricepipe.streams import reply_streams
 
 from .delivery import Delivery
 from .settings import ClientSettings
@@ -137,16 +138,6 @@ def decode_entry(keys: Keys, stream_key: bytes | str, raw_id: bytes | str,
     except ValueError as exc:
         log.warning("skipping bad entry %s of %r: %s", entry_id, stream_key, exc)
         return None
-
-
-def reply_streams(reply: Any) -> Iterable[tuple[Any, Any]]:
-    """``(stream, entries)`` pairs of an ``XREAD``/``XREADGROUP`` reply: a
-    list of pairs (RESP2) or a mapping (RESP3); None when nothing came."""
-    if not reply:
-        return ()
-    if isinstance(reply, Mapping):
-        return reply.items()
-    return reply
 
 
 # --- starting points -------------------------------------------------------------------------

@@ -104,3 +104,70 @@ def test_trim_never_passes_unacknowledged_entries(r: Any) -> None:
     assert set(ids[250:]) <= {eid for eid, _ in r.xrange(stream)}  # ...but not acked yet
     # A long window keeps even acknowledged entries.
     assert streams.trim_persisted(r, stream, window_ms=3_600_000) == 0
+
+
+def test_trim_floor_keeps_what_any_group_needs_up_to_the_cap() -> None:
+    now = 10_000_000
+    floor = streams.trim_floor
+    # The window alone.
+    assert floor({"persist": "9999999-0"}, now_ms_=now, window_ms=1000, max_age_ms=None,
+                 persisted=True) == "9999000-0"
+    # The persist group behind the window holds the floor, whatever the cap.
+    assert floor({"persist": "5-3"}, now_ms_=now, window_ms=1000, max_age_ms=10,
+                 persisted=True) == "5-3"
+    # A strategy group behind holds it too, but only back to the cap.
+    groups = {"persist": "9999999-0", "strategy": "7000000-1"}
+    assert floor(groups, now_ms_=now, window_ms=1000, max_age_ms=None,
+                 persisted=True) == "7000000-1"
+    assert floor(groups, now_ms_=now, window_ms=1000, max_age_ms=2_000_000,
+                 persisted=True) == "8000000-0"
+    # No persist group on a persisted stream: nothing is known to be safe.
+    assert floor({"strategy": "1-0"}, now_ms_=now, window_ms=1000, max_age_ms=None,
+                 persisted=True) is None
+    # A stream nobody persists (bars): the window and its readers' groups.
+    assert floor({}, now_ms_=now, window_ms=1000, max_age_ms=None,
+                 persisted=False) == "9999000-0"
+
+
+def test_trimming_waits_for_every_group_and_records_what_it_removed(r: Any) -> None:
+    keys = Keys("pp", 4)
+    streams.register_symbols(r, keys, ["AAPL"])
+    stream = keys.trades("AAPL")
+    ids = [i.decode() for i in streams.append_events(
+        r, keys, [Trade("AAPL", TS + i, 1.0 + i, 1.0) for i in range(10)])]
+    streams.ensure_group(r, stream, "strategy", "0")
+    r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
+    r.xack(stream, PERSIST_GROUP, *ids)  # persisted: only the strategy holds them now
+    trim = {"window_ms": 0, "max_age_ms": None, "persisted": True}
+    assert streams.trim_stream(r, keys, stream, **trim) == 0
+    assert streams.trimmed_since(r, keys, stream, "0-0") is None
+    got = r.xreadgroup("strategy", "s", {stream: ">"}, count=4)
+    r.xack(stream, "strategy", *[e for e, _ in got[0][1]])
+    assert streams.trim_stream(r, keys, stream, **trim) == 4
+    assert [e.decode() for e, _ in r.xrange(stream)] == ids[4:]
+    # A reader at the 3rd entry missed the 4th; one at the 4th missed nothing.
+    assert streams.trimmed_since(r, keys, stream, ids[2]) == ids[3]
+    assert streams.trimmed_since(r, keys, stream, ids[3]) is None
+    # The hard cap passes a stopped strategy group; the record says so.
+    assert streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=0,
+                               persisted=True) == 6
+    assert streams.trimmed_since(r, keys, stream, ids[5]) == ids[9]
+
+
+def test_replies_of_either_protocol_read_the_same() -> None:
+    resp2 = [[b"k", [(b"1-0", {b"t": b"x"})]]]
+    resp3 = {b"k": [(b"1-0", {b"t": b"x"})]}
+    assert [tuple(p) for p in streams.reply_streams(resp2)] == list(streams.reply_streams(resp3))
+    assert list(streams.reply_streams(None)) == [] == list(streams.reply_streams({}))
+
+
+def test_the_epoch_changes_when_the_server_restarts(make_redis_server: Any) -> None:
+    server = make_redis_server()
+    client = redis.Redis.from_url(server.url)
+    try:
+        first = streams.epoch(client, "pp:{s1}:trades:AAPL")
+        assert first == streams.epoch(client, "pp:{s2}:quotes:MSFT")  # one server
+        server.restart()
+        assert streams.epoch(client, "pp:{s1}:trades:AAPL") != first
+    finally:
+        client.close()
