@@ -11,6 +11,9 @@ Layout (``pp`` is the configurable prefix, ``N`` the shard of a symbol)::
                              updates from several workers in order)
     pp:{sN}:trimmed          hash, per stream of shard N the newest entry ID trimming has
                              removed (a reader behind it has missed entries)
+    pp:{sN}:groupgaps        hash, "<stream>|<group>" -> "<after> <until>": entries of the
+                             stream a consumer group never got (trimmed past it by the
+                             hard cap), until one of its readers reports them
     pp:{sN}:symbols          set, registry of the symbols of shard N
     pp:{sN}:dlq              stream, dead letters of shard N (entries that could not be persisted)
     pp:hb:<role>:<name>      string with TTL, a process's heartbeat
@@ -102,6 +105,9 @@ class Keys:
 
     def trimmed(self, shard: int) -> str:
         return f"{self.prefix}:{self.tag(shard)}:trimmed"
+
+    def group_gaps(self, shard: int) -> str:
+        return f"{self.prefix}:{self.tag(shard)}:groupgaps"
 
     def dead_letters(self, shard: int) -> str:
         return f"{self.prefix}:{self.tag(shard)}:dlq"

@@ -249,30 +249,73 @@ def entry_key(entry_id: bytes | str) -> tuple[int, int]:
 
 # --- trimming that every reader can trust -----------------------------------------------------
 
+_LUA_CMP = """
+local function key(id)
+    local ms, seq = string.match(id, '(%d+)-(%d+)')
+    return tonumber(ms), tonumber(seq)
+end
+local function newer(a, b)
+    local am, as = key(a)
+    local bm, bs = key(b)
+    return am > bm or (am == bm and as > bs)
+end
+"""
+
 #: ``XTRIM KEYS[1] MINID ARGV[1]`` (exact), recording in hash KEYS[2] (field
 #: KEYS[1]) the newest entry it removed when that is newer than the one
 #: recorded: a reader whose cursor is older than the record has missed
-#: entries. Exact rather than approximate, so the record is exact too. Under
-#: ``maxmemory`` XTRIM is allowed (it frees memory) and makes the script
-#: dirty, so the HSET that follows is allowed as well.
-TRIM_SCRIPT = """
+#: entries. For each consumer group ARGV[2k] whose floor the trim passes
+#: (ARGV[2k+1]: the last entry it is known to have, exclusive), the range it
+#: lost goes in hash KEYS[3] as "<after> <until>", merged with any earlier
+#: one, for the group's readers to report. One script, so no trim is ever
+#: left unrecorded. Exact rather than approximate trimming, so the record is
+#: exact too. Under ``maxmemory`` XTRIM is allowed (it frees memory) and
+#: makes the script dirty, so the writes that follow are allowed as well.
+TRIM_SCRIPT = _LUA_CMP + """
 local before = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[1], '-', 'COUNT', 1)
 if #before == 0 then return 0 end
 local removed = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 if removed > 0 then
     local last = before[1][1]
     local old = redis.call('HGET', KEYS[2], KEYS[1])
-    local newer = true
-    if old then
-        local lm, ls = string.match(last, '(%d+)-(%d+)')
-        local om, os = string.match(old, '(%d+)-(%d+)')
-        lm, ls, om, os = tonumber(lm), tonumber(ls), tonumber(om), tonumber(os)
-        newer = lm > om or (lm == om and ls > os)
+    if not old or newer(last, old) then redis.call('HSET', KEYS[2], KEYS[1], last) end
+    for i = 2, #ARGV - 1, 2 do
+        local field = KEYS[1] .. '|' .. ARGV[i]
+        local after, untl = ARGV[i + 1], ARGV[1]
+        local prev = redis.call('HGET', KEYS[3], field)
+        if prev then
+            local pa, pu = string.match(prev, '(%S+) (%S+)')
+            if newer(after, pa) then after = pa end
+            if newer(pu, untl) then untl = pu end
+        end
+        redis.call('HSET', KEYS[3], field, after .. ' ' .. untl)
     end
-    if newer then redis.call('HSET', KEYS[2], KEYS[1], last) end
 end
 return removed
 """
+
+#: Take and delete the fields ARGV of hash KEYS[1]: a group gap is reported
+#: by exactly one reader of the group, however many read at once.
+TAKE_SCRIPT = """
+local out = {}
+for i = 1, #ARGV do
+    local value = redis.call('HGET', KEYS[1], ARGV[i])
+    if value then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+        out[#out + 1] = ARGV[i]
+        out[#out + 1] = value
+    end
+end
+return out
+"""
+
+
+def prev_id(entry_id: str) -> str:
+    """The largest entry ID smaller than ``entry_id`` (``0-0`` has none: itself)."""
+    ms, seq = codec.parse_entry_id(entry_id)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{(1 << 64) - 1}" if ms else "0-0"
 
 
 def group_floors(r: Any, stream: str) -> dict[str, str]:
@@ -332,13 +375,40 @@ def trim_floor(floors: Mapping[str, str], *, now_ms_: int, window_ms: int,
 def trim_stream(r: Any, keys: Keys, stream: str, *, window_ms: int,
                 max_age_ms: int | None, persisted: bool) -> int:
     """Trim ``stream`` as :func:`trim_floor` decides, recording what went in
-    the shard's trimmed record; returns how many entries were removed."""
-    minid = trim_floor(group_floors(r, stream), now_ms_=now_ms(), window_ms=window_ms,
+    the shard's trimmed record and, for every consumer group the hard cap
+    passes, the range it lost; returns how many entries were removed."""
+    floors = group_floors(r, stream)
+    minid = trim_floor(floors, now_ms_=now_ms(), window_ms=window_ms,
                        max_age_ms=max_age_ms, persisted=persisted)
     if minid is None:
         return 0
+    cut = codec.parse_entry_id(minid)
+    passed: list[str] = []
+    for group, floor in floors.items():
+        if codec.parse_entry_id(floor) < cut:
+            passed += [group, prev_id(floor)]
     shard = keys.shard(keys.symbol_of(stream))
-    return int(_run_script(r, TRIM_SCRIPT, [stream, keys.trimmed(shard)], [minid]))
+    return int(_run_script(r, TRIM_SCRIPT,
+                           [stream, keys.trimmed(shard), keys.group_gaps(shard)],
+                           [minid, *passed]))
+
+
+def group_gap_field(stream: str, group: str) -> str:
+    """The field of ``keys.group_gaps(shard)`` holding ``group``'s gap in ``stream``."""
+    return f"{stream}|{group}"
+
+
+def parse_group_gaps(reply: Sequence[Any]) -> dict[str, tuple[str, str]]:
+    """The reply of :data:`TAKE_SCRIPT` over group-gap fields: per stream,
+    ``(after, until)``: its entries with ``after < id < until`` never reached
+    the group. Pure."""
+    out: dict[str, tuple[str, str]] = {}
+    for field, value in zip(reply[::2], reply[1::2], strict=True):
+        field_text = field.decode() if isinstance(field, bytes) else str(field)
+        value_text = value.decode() if isinstance(value, bytes) else str(value)
+        after, _, until = value_text.partition(" ")
+        out[field_text.rsplit("|", 1)[0]] = (after, until)
+    return out
 
 
 def trimmed_since(r: Any, keys: Keys, stream: str, cursor: str) -> str | None:

@@ -171,3 +171,32 @@ def test_the_epoch_changes_when_the_server_restarts(make_redis_server: Any) -> N
         assert streams.epoch(client, "pp:{s1}:trades:AAPL") != first
     finally:
         client.close()
+
+
+def test_a_group_the_cap_passes_gets_its_gap_reported_once(r: Any) -> None:
+    keys = Keys("pp", 4)
+    streams.register_symbols(r, keys, ["AAPL"])
+    stream = keys.trades("AAPL")
+    streams.ensure_group(r, stream, "strategy", "0")
+    ids = [i.decode() for i in streams.append_events(
+        r, keys, [Trade("AAPL", TS + i, 1.0 + i, 1.0) for i in range(6)])]
+    r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
+    r.xack(stream, PERSIST_GROUP, *ids)
+    got = r.xreadgroup("strategy", "s", {stream: ">"}, count=2)
+    r.xack(stream, "strategy", *[e for e, _ in got[0][1]])  # the strategy had 2 of 6
+    assert streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=0,
+                               persisted=True) == 6
+    shard = keys.shard("AAPL")
+    field = streams.group_gap_field(stream, "strategy")
+    take = [keys.group_gaps(shard)], [field]
+    first = streams.parse_group_gaps(streams._run_script(r, streams.TAKE_SCRIPT, *take))
+    after, until = first[stream]
+    assert after == ids[1]  # the last one it had
+    assert codec.parse_entry_id(until) > codec.parse_entry_id(ids[5])
+    assert streams.parse_group_gaps(streams._run_script(r, streams.TAKE_SCRIPT, *take)) == {}
+
+
+@pytest.mark.parametrize(("entry_id", "before"), [
+    ("5-3", "5-2"), ("5-0", f"4-{(1 << 64) - 1}"), ("0-0", "0-0")])
+def test_prev_id(entry_id: str, before: str) -> None:
+    assert streams.prev_id(entry_id) == before
