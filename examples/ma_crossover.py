@@ -38,7 +38,7 @@ from pricepipe.config import DatabaseSettings, RedisSettings, environment
 from pricepipe.connections import pg_connect, redis_client
 from pricepipe.events import Quote
 from pricepipe.streams import known_symbols
-from pricepipe.subscriber.client import Delivery, GroupReader, ReplayReader, StreamReader
+from pricepipe.subscriber.client import Delivery, Gap, GroupReader, ReplayReader, StreamReader
 
 #: The strategy reads quotes only.
 CHANNELS = ("quotes",)
@@ -150,10 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"watching {', '.join(symbols)} (fast {args.fast}, slow {args.slow})", flush=True)
     try:
         while not stop and (args.count is None or seen < args.count):
-            delivery: Delivery | None = reader.get(timeout_s=0.5)
+            delivery: Delivery | Gap | None = reader.get(timeout_s=0.5)
             if delivery is None:
                 if args.replay and reader.finished:
                     break
+                continue
+            if isinstance(delivery, Gap):
+                # Quotes may be missing: the averages would straddle the hole.
+                print(f"gap in {delivery.symbol} {delivery.channel} after {delivery.after} "
+                      f"({delivery.reason}): averages restart", flush=True)
+                models[delivery.symbol] = Crossover(args.fast, args.slow)
                 continue
             seen += 1
             quote = delivery.event

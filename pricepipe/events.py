@@ -38,6 +38,15 @@ MAX_TS_US = 4_102_444_800_000_000
 
 US_PER_MINUTE = 60_000_000
 
+#: How far an event's time may lie before / after the time its stream entry
+#: was appended (the entry ID's milliseconds). Publishers refuse quotes older
+#: or further ahead than their own, tighter checks; persist workers
+#: dead-letter entries outside these bounds. So a range of entry IDs maps to a
+#: bounded range of event times, which lets history be read by entry ID
+#: through the time-partitioned tables.
+MAX_EVENT_AGE_AT_APPEND_US = 7 * 86_400_000_000
+MAX_EVENT_LEAD_AT_APPEND_US = 300_000_000
+
 
 class Side(StrEnum):
     """The aggressor of a trade: the side that took liquidity."""

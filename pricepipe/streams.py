@@ -388,7 +388,7 @@ def trim_stream(r: Any, keys: Keys, stream: str, *, window_ms: int,
         if codec.parse_entry_id(floor) < cut:
             passed += [group, prev_id(floor)]
     shard = keys.shard(keys.symbol_of(stream))
-    return int(_run_script(r, TRIM_SCRIPT,
+    return int(run_script(r, TRIM_SCRIPT,
                            [stream, keys.trimmed(shard), keys.group_gaps(shard)],
                            [minid, *passed]))
 
@@ -426,17 +426,33 @@ def trimmed_since(r: Any, keys: Keys, stream: str, cursor: str) -> str | None:
 _SCRIPT_SHAS: dict[str, str] = {}
 
 
-def _run_script(r: Any, script: str, keys_: list[str], args: list[Any]) -> Any:
-    """``EVALSHA`` of ``script``, loading it after ``NOSCRIPT`` (a new or
-    restarted Redis; on a cluster, ``script_load`` loads it on every primary)."""
+def _sha(script: str) -> str:
     sha = _SCRIPT_SHAS.get(script)
     if sha is None:
         sha = _SCRIPT_SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return sha
+
+
+def run_script(r: Any, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+    """``EVALSHA`` of ``script``, loading it after ``NOSCRIPT`` (a new or
+    restarted Redis; on a cluster, ``script_load`` loads it on every primary)."""
+    sha = _sha(script)
     try:
         return r.evalsha(sha, len(keys_), *keys_, *args)
     except NoScriptError:
         r.script_load(script)
         return r.evalsha(sha, len(keys_), *keys_, *args)
+
+
+async def async_run_script(r: Any, script: str, keys_: Sequence[str],
+                           args: Sequence[Any]) -> Any:
+    """:func:`run_script` with a ``redis.asyncio`` client."""
+    sha = _sha(script)
+    try:
+        return await r.evalsha(sha, len(keys_), *keys_, *args)
+    except NoScriptError:
+        await r.script_load(script)
+        return await r.evalsha(sha, len(keys_), *keys_, *args)
 
 
 # --- epochs ----------------------------------------------------------------------------------
@@ -456,10 +472,12 @@ def epoch_of(info: Mapping[str, Any]) -> str:
 
 def epoch(r: Any, key: str) -> str:
     """The epoch of the server holding ``key`` (on a cluster: its primary)."""
+    info: Any
     if isinstance(r, redis.RedisCluster):
-        node = r.get_node_from_key(key)
-        return epoch_of(r.info("server", target_nodes=node))
-    return epoch_of(r.info("server"))
+        info = r.info("server", target_nodes=r.get_node_from_key(key))
+    else:
+        info = r.info("server")
+    return epoch_of(info)
 
 
 async def async_epoch(r: Any, key: str) -> str:

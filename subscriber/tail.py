@@ -15,7 +15,7 @@ from pricepipe.config import RedisSettings
 from pricepipe.connections import redis_client
 from pricepipe.events import Quote, Trade
 
-from .client import Delivery, StreamReader
+from .client import Delivery, Gap, StreamReader
 from .client.core import DEFAULT_CHANNELS
 from .client.settings import ClientSettings
 
@@ -24,9 +24,18 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_line(delivery: Delivery, *, as_json: bool) -> str:
+def format_line(delivery: Delivery | Gap, *, as_json: bool) -> str:
     """One output line: JSON (the websocket shape of the event, plus its
-    ``channel``) or aligned text."""
+    ``channel``; a gap as ``{"gap": ...}``) or aligned text."""
+    if isinstance(delivery, Gap):
+        if as_json:
+            return codec.encode_json({"gap": {
+                "symbol": delivery.symbol, "channel": str(delivery.channel),
+                "after": delivery.after, "until": delivery.until,
+                "reason": str(delivery.reason)}}).decode()
+        return (f"{'':27}  {delivery.symbol:<16} gap   entries after {delivery.after} and "
+                f"before {delivery.until} of {delivery.channel} may be missing "
+                f"({delivery.reason})")
     event = delivery.event
     if as_json:
         data = {"channel": str(delivery.channel),

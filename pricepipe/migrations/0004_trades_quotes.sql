@@ -9,6 +9,12 @@
 -- of adding a row. Trades also have the venue's trade id, unique per
 -- symbol and event time, so a trade that arrives both live and from a
 -- backfill or a gap repair is stored once.
+--
+-- Two indexes per table serve every read: the primary key (symbol,
+-- entry_id, ts) reads a range of entry IDs in stream order (filling a
+-- reader's gap exactly); (symbol, ts, ...) reads a time range. For trades
+-- the venue-id key is that time index too. Unique keys of a partitioned
+-- table must hold the partition column ts, hence its place in both.
 
 -- Daily partitions named <parent>_YYYYMMDD. Identifiers are quoted with
 -- format('%I'); values never reach SQL text.
@@ -54,7 +60,7 @@ CREATE TABLE trades (
     source    text             NOT NULL,
     recv_ts   timestamptz,
     entry_id  bigint           NOT NULL,
-    PRIMARY KEY (symbol, ts, entry_id)
+    PRIMARY KEY (symbol, entry_id, ts)
 ) PARTITION BY RANGE (ts);
 
 -- NULL trade ids (sources without them) never conflict with each other.
@@ -70,12 +76,14 @@ CREATE TABLE quotes (
     source    text             NOT NULL,
     recv_ts   timestamptz,
     entry_id  bigint           NOT NULL,
-    PRIMARY KEY (symbol, ts, entry_id),
+    PRIMARY KEY (symbol, entry_id, ts),
     CHECK (bid IS NOT NULL OR ask IS NOT NULL),
     CHECK (bid_size IS NULL OR bid IS NOT NULL),
     CHECK (ask_size IS NULL OR ask IS NOT NULL),
     CHECK (bid IS NULL OR ask IS NULL OR bid <= ask)
 ) PARTITION BY RANGE (ts);
+
+CREATE INDEX quotes_time ON quotes (symbol, ts);
 
 SELECT ensure_partitions('trades', d, d)
   FROM (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS d FROM ticks) AS days;

@@ -21,7 +21,16 @@ never decodes a trade, or ``"bars.1m"``):
   speed (``speed=None``: as fast as possible), for backtests; ``ack()`` is a
   no-op.
 
-Every reader: ``get(timeout_s)`` returns the next :class:`Delivery` or None,
+Nothing is lost silently: where entries may be missing (trimmed before the
+reader got them, past a stopped group by the hard cap, or lost by Redis in a
+restart or failover) a reader hands out a :class:`Gap` naming the symbol,
+channel and the range of entry IDs. With ``fill_gaps=PgHistory(conn)`` it
+first delivers the range from PostgreSQL (marked ``filled``), in stream
+order, and carries on live: a strategy down for a day catches up with every
+event, in order, exactly once.
+
+Every reader: ``get(timeout_s)`` returns the next :class:`Delivery` (or
+:class:`Gap`) or None,
 iteration yields deliveries (forever for stream readers, until the end for
 replays), ``ack(*deliveries)``, ``close()``, and context-manager use. The
 async readers have the same methods as coroutines (``aclose()``, ``async for``,
@@ -29,12 +38,14 @@ async readers have the same methods as coroutines (``aclose()``, ``async for``,
 """
 
 from .aio import AsyncGroupReader, AsyncStreamReader
-from .delivery import Delivery
+from .delivery import Delivery, Gap, GapReason
+from .history import HistorySource, PgHistory
 from .replay import AsyncReplayReader, ReplayReader
 from .settings import ClientSettings
 from .sync import GroupReader, StreamReader
 
 __all__ = [
     "AsyncGroupReader", "AsyncReplayReader", "AsyncStreamReader", "ClientSettings", "Delivery",
-    "GroupReader", "ReplayReader", "StreamReader",
+    "Gap", "GapReason", "GroupReader", "HistorySource", "PgHistory", "ReplayReader",
+    "StreamReader",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -30,7 +31,8 @@ from .core import (
     run_async,
     symbol_list,
 )
-from .delivery import Delivery
+from .delivery import Delivery, Gap
+from .history import HistorySource, fill_pages
 from .settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,13 @@ class _TaskReader:
     """Runs one shard state per task; subclasses make the states."""
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], channels: Iterable[str],
-                 settings: ClientSettings | None) -> None:
+                 settings: ClientSettings | None, fill_gaps: HistorySource | None) -> None:
         self._r = r
         self._keys = keys
         self.symbols = symbol_list(symbols)
         self.channels = channel_list(channels)
         self.settings = settings or ClientSettings.from_env()
+        self._history = fill_gaps
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(self.settings.count * 2, 10))
         self._retry = redis.asyncio.retry.Retry(
             ExponentialWithJitterBackoff(cap=self.settings.reconnect_cap_s,
@@ -71,30 +74,43 @@ class _TaskReader:
         resolved and no event appended later can be missed."""
         await self._prepared.wait()
 
-    async def _run(self, make_plan: Callable[[], Plan[Any]]) -> Any:
-        return await self._retry.call_with_retry(lambda: run_async(self._r, make_plan()),
-                                                 self._failed)
+    async def _run(self, shard: Any, make_plan: Callable[[], Plan[Any]]) -> Any:
+        """A fresh plan per attempt (see :meth:`.sync._ThreadedReader._run`)."""
+        async def failed(exc: Exception) -> None:  # redis.asyncio's Retry awaits it
+            if shard is not None:
+                shard.connection_lost()
+            log.warning("redis error, reconnecting with backoff: %s", exc)
 
-    async def _failed(self, exc: Exception) -> None:
-        # redis.asyncio's Retry awaits its failure callback.
-        log.warning("redis error, reconnecting with backoff: %s", exc)
+        return await self._retry.call_with_retry(lambda: run_async(self._r, make_plan()),
+                                                 failed)
 
     async def _loop(self, shard: Any) -> None:
         try:
-            await self._run(shard.prepare)
+            gaps = await self._run(shard, shard.prepare)
             self._unprepared -= 1
             if not self._unprepared:
                 self._prepared.set()
+            for gap in gaps:
+                await self._hand_out(gap)
             while True:
-                for delivery in await self._run(shard.read):
-                    await self._queue.put(delivery)
+                for item in await self._run(shard, shard.read):
+                    await self._hand_out(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # not retryable: surfaces in get()
             await self._queue.put(exc)
 
-    async def get(self, timeout_s: float | None = None) -> Delivery | None:
-        """The next delivery, or None after ``timeout_s``. Safe to cancel."""
+    async def _hand_out(self, item: Delivery | Gap) -> None:
+        if isinstance(item, Gap) and self._history is not None:
+            pages = fill_pages(self._history, item)
+            while (page := await asyncio.to_thread(next, pages, None)) is not None:
+                for delivery in page:
+                    await self._queue.put(delivery)
+            item = replace(item, filled=True)
+        await self._queue.put(item)
+
+    async def get(self, timeout_s: float | None = None) -> Delivery | Gap | None:
+        """The next delivery (or gap), or None after ``timeout_s``. Safe to cancel."""
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout_s)
         except TimeoutError:
@@ -103,7 +119,7 @@ class _TaskReader:
             raise item
         return item
 
-    async def __aiter__(self) -> AsyncIterator[Delivery]:
+    async def __aiter__(self) -> AsyncIterator[Delivery | Gap]:
         while not self._closed:
             delivery = await self.get()
             if delivery is not None:
@@ -131,9 +147,10 @@ class AsyncStreamReader(_TaskReader):
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *,
                  channels: Iterable[str] = DEFAULT_CHANNELS, start: Start = "$",
-                 settings: ClientSettings | None = None) -> None:
+                 settings: ClientSettings | None = None,
+                 fill_gaps: HistorySource | None = None) -> None:
         self._start = start
-        super().__init__(r, keys, symbols, channels, settings)
+        super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> LatestShard:
         return LatestShard(self._keys, symbols, self.channels, self._start, self.settings)
@@ -144,11 +161,12 @@ class AsyncGroupReader(_TaskReader):
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
                  consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
-                 settings: ClientSettings | None = None) -> None:
+                 settings: ClientSettings | None = None,
+                 fill_gaps: HistorySource | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
-        super().__init__(r, keys, symbols, channels, settings)
+        super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
         return GroupShard(self._keys, symbols, self.channels, group=self.group,
@@ -157,4 +175,4 @@ class AsyncGroupReader(_TaskReader):
 
     async def ack(self, *deliveries: Delivery) -> None:
         """Acknowledge handled deliveries (retried across Redis restarts)."""
-        await self._run(lambda: ack_plan(self._keys, self.group, deliveries))
+        await self._run(None, lambda: ack_plan(self._keys, self.group, deliveries))

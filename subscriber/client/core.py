@@ -6,14 +6,21 @@ A reader reads each shard of its symbols separately (multi-key commands stay
 inside one hash slot, see :mod:`pricepipe.keys`). The state of one shard is a
 :class:`LatestShard` (plain ``XREAD``) or a :class:`GroupShard`
 (``XREADGROUP`` in a consumer group). Their methods ``prepare``, ``read`` and
-``ack`` are *plans*: generators that yield the Redis commands to run
-(:class:`Call`, or a :class:`Pipeline` of calls sent in one round trip),
-receive each reply (or the exception it raised, thrown back into the
-generator) and return their result. :func:`run_sync` and :func:`run_async`
-are the only code that talks to Redis, so the two flavours differ in I/O only:
-which entries to ask for, where a cursor stands, when to claim another
-consumer's entries, what to acknowledge without delivering, and how to
-recover from a vanished group are all decided here.
+``ack`` are *plans*: generators that yield the Redis commands to run (a
+:class:`Call`, a :class:`Pipeline` of calls sent in one round trip, a
+:class:`Script`, or :class:`EpochOf`), receive each reply (or the error
+reply it raised, thrown back into the generator) and return their result.
+:func:`run_sync` and :func:`run_async` are the only code that talks to
+Redis, so the two flavours differ in I/O only: which entries to ask for,
+where a cursor stands, when to claim another consumer's entries, what to
+acknowledge without delivering, how to recover from a vanished group or a
+lost reply, and where entries may be missing are all decided here.
+
+Nothing is lost silently. A reader hands out a :class:`~.delivery.Gap`
+wherever entries may be missing: trimmed before it read them (the trimmed
+record, :func:`pricepipe.streams.trimmed_since`), trimmed past its consumer
+group by the hard cap (the group-gap record), or lost by Redis itself (the
+epoch, :func:`pricepipe.streams.epoch`, changed: a restart or a failover).
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ from typing import Any, TypeVar
 
 import redis
 
-from pricepipe import codec
+from pricepipe import codec, streams
 from pricepipe.keys import PERSIST_GROUP, Channel, Keys
-from pricepipe.streams import reply_streams
+from pricepipe.streams import next_id, prev_id, reply_streams
 
-from .delivery import Delivery
+from .delivery import Delivery, Gap, GapReason
 from .settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,23 @@ class Pipeline:
     calls: tuple[Call, ...]
 
 
-Step = Call | Pipeline
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script of :mod:`pricepipe.streams`, loaded on ``NOSCRIPT``."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EpochOf:
+    """The epoch of the server holding ``key`` (see :func:`pricepipe.streams.epoch`)."""
+
+    key: str
+
+
+Step = Call | Pipeline | Script | EpochOf
 Plan = Generator[Step, Any, T]
 
 
@@ -102,6 +125,10 @@ async def run_async(r: Any, plan: Plan[T]) -> T:
 def _execute_sync(r: Any, step: Step) -> Any:
     if isinstance(step, Call):
         return getattr(r, step.method)(*step.args, **step.kwargs)
+    if isinstance(step, Script):
+        return streams.run_script(r, step.script, step.keys, step.args)
+    if isinstance(step, EpochOf):
+        return streams.epoch(r, step.key)
     pipe = r.pipeline(transaction=False)
     for call in step.calls:
         getattr(pipe, call.method)(*call.args, **call.kwargs)
@@ -111,6 +138,10 @@ def _execute_sync(r: Any, step: Step) -> Any:
 async def _execute_async(r: Any, step: Step) -> Any:
     if isinstance(step, Call):
         return await getattr(r, step.method)(*step.args, **step.kwargs)
+    if isinstance(step, Script):
+        return await streams.async_run_script(r, step.script, step.keys, step.args)
+    if isinstance(step, EpochOf):
+        return await streams.async_epoch(r, step.key)
     pipe = r.pipeline(transaction=False)
     for call in step.calls:
         getattr(pipe, call.method)(*call.args, **call.kwargs)
@@ -124,17 +155,23 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _after(a: str, b: str) -> bool:
+    """Whether entry ID ``a`` is after ``b``."""
+    return codec.parse_entry_id(a) > codec.parse_entry_id(b)
+
+
 def decode_entry(keys: Keys, stream_key: bytes | str, raw_id: bytes | str,
-                 fields: Any, *, redelivered: bool) -> Delivery | None:
+                 fields: Any, *, redelivered: bool, epoch: str | None) -> Delivery | None:
     """The delivery of one entry, or None for one that cannot be delivered:
-    trimmed away while pending (no fields), or unreadable (it stays in the
-    stream for the persist workers, which dead-letter it)."""
+    deleted while pending (no fields), or unreadable (it stays in the stream
+    for the persist workers, which dead-letter it)."""
     entry_id = _text(raw_id)
     if fields is None:
         return None
     try:
         channel, symbol = keys.parse_stream(stream_key)
-        return Delivery(entry_id, codec.decode_entry(channel, symbol, fields), redelivered)
+        return Delivery(entry_id, codec.decode_entry(channel, symbol, fields), redelivered,
+                        epoch)
     except ValueError as exc:
         log.warning("skipping bad entry %s of %r: %s", entry_id, stream_key, exc)
         return None
@@ -143,8 +180,10 @@ def decode_entry(keys: Keys, stream_key: bytes | str, raw_id: bytes | str,
 # --- starting points -------------------------------------------------------------------------
 
 
-#: ``"$"``, ``"last"``, ``"0"``, or per symbol and channel the last entry ID handled:
-#: ``{"AAPL": {"quotes": "1767323045251-1"}}`` (streams missing from it start at ``"$"``).
+#: ``"$"``, ``"last"``, ``"0"``, or per symbol and channel the last entry ID
+#: handled, with the epoch it was read in: ``{"AAPL": {"quotes":
+#: "1767323045251-1", "epoch": "1f2e..."}}`` (streams missing from it start
+#: at ``"$"``; without ``"epoch"`` a restart of Redis since cannot be seen).
 Start = str | Mapping[str, Mapping[str, str]]
 
 #: What a reader reads when not told: both kinds of market event.
@@ -170,6 +209,14 @@ def validate_start(start: Start, symbol: str, channel: Channel) -> str:
     return value
 
 
+def start_epochs(start: Start) -> dict[str, str]:
+    """Per symbol, the epoch its saved cursors were read in (when given)."""
+    if not isinstance(start, Mapping):
+        return {}
+    return {symbol: cursors["epoch"] for symbol, cursors in start.items()
+            if isinstance(cursors, Mapping) and "epoch" in cursors}
+
+
 def resolve_starts(starts: Mapping[str, str], replies: list[Any]) -> dict[str, str]:
     """Turn ``$`` / ``last`` into explicit IDs from ``XREVRANGE ... COUNT 2``
     replies (``starts`` and the result are keyed by stream).
@@ -189,45 +236,160 @@ def resolve_starts(starts: Mapping[str, str], replies: list[Any]) -> dict[str, s
     return out
 
 
+# --- what every shard shares -----------------------------------------------------------------
+
+
+class _Shard:
+    """The streams of one shard, its epoch, and the gap bookkeeping both
+    kinds of reader share."""
+
+    def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel],
+                 settings: ClientSettings) -> None:
+        self.keys = keys
+        self.settings = settings
+        self.streams = [keys.stream(s, c) for s in symbols for c in channels]
+        self.shard = keys.shard(keys.symbol_of(self.streams[0]))
+        #: The epoch of the server the shard's streams were last read from.
+        self.epoch: str | None = None
+        self._lost = False
+        #: Per stream, the newest trimmed record a gap was handed out for.
+        self._reported: dict[str, str] = {}
+
+    def connection_lost(self) -> None:
+        """The driver saw a connection error: before the next read, look at
+        the epoch again (the reconnection may have found another Redis)."""
+        self._lost = True
+
+    def _gap(self, stream: str, after: str, until: str, reason: GapReason) -> Gap:
+        channel, symbol = self.keys.parse_stream(stream)
+        return Gap(symbol, channel, after, until, reason)
+
+    def _first_after(self, cursors: Mapping[str, str]) -> Plan[dict[str, str]]:
+        """Per stream, the first entry after its cursor still in it: where this
+        reader's next read starts, and so where a gap after the cursor ends.
+        When there is none yet, the server's time now: every entry appended
+        later gets an ID at or after it (IDs follow Redis's own clock)."""
+        order = list(cursors)
+        replies = yield Pipeline(tuple(
+            Call("xrange", (stream,), {"min": f"({cursors[stream]}", "max": "+", "count": 1})
+            for stream in order))
+        out = {stream: _text(rows[0][0]) for stream, rows in zip(order, replies, strict=True)
+               if rows}
+        if len(out) < len(order):
+            seconds, micros = yield Call("time")
+            now = f"{int(seconds) * 1000 + int(micros) // 1000}-0"
+            out.update((stream, now) for stream in order if stream not in out)
+        return out
+
+    def _epoch_gaps(self, cursors: Mapping[str, str], known: str | None) -> Plan[list[Gap]]:
+        """Gaps after each cursor when the epoch is no longer ``known``
+        (None: not known yet, which is not a gap); updates :attr:`epoch`."""
+        current = yield EpochOf(self.streams[0])
+        self._lost = False
+        changed = known is not None and current != known
+        self.epoch = current
+        if not changed:
+            return []
+        log.warning("redis epoch changed (%s -> %s): it may have lost entries", known, current)
+        firsts = yield from self._first_after(cursors)
+        return [self._gap(stream, cursors[stream], firsts[stream], GapReason.EPOCH)
+                for stream in cursors]
+
+    def _trimmed_gaps(self, cursors: Mapping[str, str]) -> Plan[list[Gap]]:
+        """Gaps after cursors that trimming has passed (entries were removed
+        before this reader read them)."""
+        order = list(cursors)
+        records = yield Call("hmget", (self.keys.trimmed(self.shard), order))
+        behind: dict[str, str] = {}
+        for stream, last in zip(order, records, strict=True):
+            if last is not None and _after(_text(last), cursors[stream]):
+                behind[stream] = cursors[stream]
+                self._reported[stream] = _text(last)
+        if not behind:
+            return []
+        firsts = yield from self._first_after(behind)
+        return [self._gap(stream, cursor, firsts[stream], GapReason.TRIMMED)
+                for stream, cursor in behind.items()]
+
+
 # --- latest-only reading ---------------------------------------------------------------------
 
 
-class LatestShard:
+class LatestShard(_Shard):
     """A plain reader's place in the streams of one shard (each symbol's
     stream of each channel).
 
     ``start`` per stream: ``"$"`` (from when :meth:`prepare` ran), ``"last"``
     (the latest event first), ``"0"`` (all the stream holds) or an entry ID
     (resume after it). :attr:`ids` holds the last entry ID read per stream.
+    A reader further behind than the stream window gets a trimmed gap before
+    the entries that follow it.
     """
 
     def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel],
                  start: Start, settings: ClientSettings) -> None:
-        self.keys = keys
-        self.settings = settings
-        self._starts = {keys.stream(s, c): validate_start(start, s, c)
-                        for s in symbols for c in channels}
+        symbols = list(symbols)
+        super().__init__(keys, symbols, channels, settings)
+        self._starts: dict[str, str] = {}
+        for stream in self.streams:
+            channel, symbol = keys.parse_stream(stream)
+            self._starts[stream] = validate_start(start, symbol, channel)
+        saved = start_epochs(start)
+        # One server per shard: its symbols' cursors were read in one epoch.
+        epochs = {saved[s] for s in symbols if s in saved}
+        self._start_epoch = epochs.pop() if len(epochs) == 1 else None
         self.ids: dict[str, str] = {}
 
-    def prepare(self) -> Plan[None]:
+    def prepare(self) -> Plan[list[Gap]]:
+        """Resolve the starts; the gaps after saved cursors, if any."""
         starts = self._starts
         replies = yield Pipeline(tuple(
             Call("xrevrange", (stream,), {"count": 2}) for stream in starts))
         self.ids = resolve_starts(starts, replies)
+        saved = {stream: start for stream, start in starts.items()
+                 if start not in ("$", "last", "0")}
+        gaps = yield from self._epoch_gaps(saved, self._start_epoch)
+        if not gaps and saved:
+            gaps = yield from self._trimmed_gaps(saved)
+        return gaps
 
-    def read(self) -> Plan[list[Delivery]]:
-        """One blocking ``XREAD``; its deliveries, cursors advanced past them."""
-        reply = yield Call("xread", (dict(self.ids),), {
+    def read(self) -> Plan[list[Delivery | Gap]]:
+        """One blocking ``XREAD``; its deliveries, cursors advanced past them,
+        after a gap where entries may be missing before them."""
+        out: list[Delivery | Gap] = []
+        if self._lost:
+            out.extend((yield from self._epoch_gaps(dict(self.ids), self.epoch)))
+        before = dict(self.ids)
+        reply = yield Call("xread", (before,), {
             "count": self.settings.count, "block": self.settings.block_ms})
-        out: list[Delivery] = []
+        firsts: dict[str, str] = {}
+        got: list[Delivery] = []
         for stream_key, entries in reply_streams(reply):
             name = _text(stream_key)
+            if not entries:
+                continue
+            firsts[name] = _text(entries[0][0])
             for raw_id, fields in entries:
-                delivery = decode_entry(self.keys, name, raw_id, fields, redelivered=False)
+                delivery = decode_entry(self.keys, name, raw_id, fields, redelivered=False,
+                                        epoch=self.epoch)
                 if delivery is not None:
-                    out.append(delivery)
-            if entries:
-                self.ids[name] = _text(entries[-1][0])
+                    got.append(delivery)
+            self.ids[name] = _text(entries[-1][0])
+        if firsts:
+            # Entries between the cursor and the first one read were trimmed
+            # when the record says so and the record is older than what was
+            # read (a trim after the read is not a gap: those were read).
+            records = yield Call("hmget", (self.keys.trimmed(self.shard), list(firsts)))
+            for (stream, first), record in zip(firsts.items(), records, strict=True):
+                if record is None:
+                    continue
+                last = _text(record)
+                reported = self._reported.get(stream)
+                if (_after(last, before[stream]) and _after(first, last)
+                        and (reported is None or _after(last, reported))):
+                    self._reported[stream] = last
+                    out.append(self._gap(stream, before[stream], first, GapReason.TRIMMED))
+        out.extend(got)
         return out
 
 
@@ -241,17 +403,23 @@ def _group_gone(exc: redis.ResponseError) -> bool:
     return "NOGROUP" in text or text.startswith("UNBLOCKED")
 
 
-class GroupShard:
+class GroupShard(_Shard):
     """A consumer-group reader's place in the streams of one shard.
 
     It starts by re-reading this consumer's pending entries (``XREADGROUP``
     from ID ``0``): entries delivered before a crash but never acknowledged
     come back first, marked ``redelivered``. Once a stream's pending list is
-    exhausted it reads new entries (``>``). With ``settings.claim_idle_ms``
-    it also claims what other consumers left pending that long (a consumer
-    that died for good), never its own pending entries, which may still be
-    in its hands. Pending entries that cannot be delivered (trimmed away,
-    unreadable) are acknowledged without being handed out.
+    exhausted it reads new entries (``>``). After a lost reply (a connection
+    error during a read) it re-reads its pending list after the last entry
+    it handed out, so entries Redis delivered into a reply that never came
+    are not stranded there. With ``settings.claim_idle_ms`` it also claims
+    what other consumers left pending that long (a consumer that died for
+    good), never its own pending entries, which may still be in its hands.
+
+    Gaps: what the hard cap trimmed past the group (reported by exactly one
+    reader of the group), pending entries deleted from the stream, and an
+    epoch change (after which the group itself may have moved back: entries
+    this reader handed out before come again marked ``redelivered``).
     """
 
     def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel], *,
@@ -261,14 +429,16 @@ class GroupShard:
             raise ValueError("group start must be '$' or '0'")
         if group == PERSIST_GROUP:
             raise ValueError(f"{PERSIST_GROUP!r} is the persist workers' group: choose another")
-        self.keys = keys
+        super().__init__(keys, symbols, channels, settings)
         self.group = group
         self.consumer = consumer
         self.start = start
-        self.settings = settings
         self.clock = clock
-        self._streams = [keys.stream(s, c) for s in symbols for c in channels]
-        self._pending: dict[str, str] = dict.fromkeys(self._streams, "0")
+        self._pending: dict[str, str] = dict.fromkeys(self.streams, "0")
+        #: Per stream, the newest entry this reader handed out.
+        self.handed: dict[str, str] = {}
+        #: Entries up to these (per stream) may have been handed out before.
+        self._seen_upto: dict[str, str] = {}
         self._claimed_at = 0.0
 
     @property
@@ -277,7 +447,7 @@ class GroupShard:
         return bool(self._pending)
 
     def _ensure_groups(self) -> Plan[None]:
-        for stream in self._streams:
+        for stream in self.streams:
             try:
                 yield Call("xgroup_create", (stream, self.group),
                            {"id": self.start, "mkstream": True})
@@ -285,16 +455,36 @@ class GroupShard:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def prepare(self) -> Plan[None]:
+    def prepare(self) -> Plan[list[Gap]]:
         """Create the group on each stream if missing, at ``start``."""
         yield from self._ensure_groups()
+        yield from self._epoch_gaps({}, None)
+        return []
+
+    def connection_lost(self) -> None:
+        super().connection_lost()
+        # A read whose reply was lost may have delivered entries into this
+        # consumer's pending list: read them back from after the last one
+        # handed out (not ">", which would strand them).
+        for stream in self.streams:
+            self._pending.setdefault(stream, self.handed.get(stream, "0"))
 
     def _read_streams(self) -> dict[str, str]:
         if self._pending:
             return dict(self._pending)
-        return dict.fromkeys(self._streams, ">")
+        return dict.fromkeys(self.streams, ">")
 
-    def read(self) -> Plan[list[Delivery]]:
+    def read(self) -> Plan[list[Delivery | Gap]]:
+        out: list[Delivery | Gap] = []
+        if self._lost:
+            cursors = {s: self.handed.get(s, "0-0") for s in self.streams}
+            gaps = yield from self._epoch_gaps(cursors, self.epoch)
+            if gaps:
+                # Redis moved back: its group may hand this reader's entries
+                # out again; they are marked redelivered.
+                self._seen_upto = dict(self.handed)
+                self._pending = dict.fromkeys(self.streams, "0")
+            out.extend(gaps)
         recovering = self.recovering
         try:
             reply = yield Call("xreadgroup", (self.group, self.consumer, self._read_streams()), {
@@ -307,30 +497,55 @@ class GroupShard:
             # read this consumer's pending list again.
             log.warning("consumer group %s missing, recreating it", self.group)
             yield from self._ensure_groups()
-            self._pending = dict.fromkeys(self._streams, "0")
-            return []
-        out, discard = self._take(reply, recovering)
-        claimed, more_discard = yield from self._claim()
-        out.extend(claimed)
-        discard.extend(more_discard)
-        if discard:
+            self._pending = dict.fromkeys(self.streams, "0")
+            return out
+        taken, deleted = self._take(reply, recovering)
+        claimed, more_deleted = yield from self._claim()
+        taken.extend(claimed)
+        deleted.extend(more_deleted)
+        group_gaps = yield from self._group_gaps()
+        out.extend(group_gaps)
+        for stream, entry_id in deleted:
+            if not any(self.keys.stream(gap.symbol, gap.channel) == stream
+                       and _after(entry_id, gap.after) and _after(gap.until, entry_id)
+                       for gap in group_gaps):
+                out.append(self._gap(stream, prev_id(entry_id), next_id(entry_id),
+                                     GapReason.DELETED))
+        if deleted:
+            # Nothing left to deliver: acknowledged, and reported above.
             yield Pipeline(tuple(Call("xack", (stream, self.group, entry_id))
-                                 for stream, entry_id in discard))
+                                 for stream, entry_id in deleted))
+        for delivery in taken:
+            stream = self.keys.stream(delivery.symbol, delivery.channel)
+            if stream not in self.handed or _after(delivery.entry_id, self.handed[stream]):
+                self.handed[stream] = delivery.entry_id
+        out.extend(taken)
         return out
+
+    def _redelivered(self, stream: str, entry_id: str, *, pending: bool) -> bool:
+        seen = self._seen_upto.get(stream)
+        if seen is not None and not _after(entry_id, seen):
+            return True
+        handed = self.handed.get(stream)
+        # From the pending list: handed out before unless it is newer than
+        # anything this reader handed out in this life (a lost reply's).
+        return pending and (handed is None or not _after(entry_id, handed))
 
     def _take(self, reply: Any, recovering: bool
               ) -> tuple[list[Delivery], list[tuple[str, str]]]:
         out: list[Delivery] = []
-        discard: list[tuple[str, str]] = []
+        deleted: list[tuple[str, str]] = []
         seen: set[str] = set()
         for stream_key, entries in reply_streams(reply):
             name = _text(stream_key)
             seen.add(name)
             for raw_id, fields in entries:
-                delivery = decode_entry(self.keys, name, raw_id, fields,
-                                        redelivered=recovering)
+                entry_id = _text(raw_id)
+                delivery = decode_entry(
+                    self.keys, name, raw_id, fields, epoch=self.epoch,
+                    redelivered=self._redelivered(name, entry_id, pending=recovering))
                 if delivery is None:
-                    discard.append((name, _text(raw_id)))
+                    deleted.append((name, entry_id))
                 else:
                     out.append(delivery)
             if recovering and name in self._pending:
@@ -342,7 +557,7 @@ class GroupShard:
             # Streams absent from the reply have no pending entries left.
             for name in [n for n in self._pending if n not in seen]:
                 del self._pending[name]
-        return out, discard
+        return out, deleted
 
     def _claim(self) -> Plan[tuple[list[Delivery], list[tuple[str, str]]]]:
         """Entries other consumers left pending longer than ``claim_idle_ms``
@@ -350,11 +565,11 @@ class GroupShard:
         idle = self.settings.claim_idle_ms
         now = self.clock()
         out: list[Delivery] = []
-        discard: list[tuple[str, str]] = []
+        deleted: list[tuple[str, str]] = []
         if idle is None or self.recovering or now - self._claimed_at < idle / 2000:
-            return out, discard
+            return out, deleted
         self._claimed_at = now
-        for stream in self._streams:
+        for stream in self.streams:
             rows = yield Call("xpending_range", (stream, self.group), {
                 "min": "-", "max": "+", "count": self.settings.count, "idle": idle})
             theirs = [row["message_id"] for row in rows
@@ -363,19 +578,29 @@ class GroupShard:
                 continue
             claimed = yield Call("xclaim", (stream, self.group, self.consumer, idle, theirs))
             for raw_id, fields in claimed:
-                delivery = decode_entry(self.keys, stream, raw_id, fields, redelivered=True)
+                delivery = decode_entry(self.keys, stream, raw_id, fields, redelivered=True,
+                                        epoch=self.epoch)
                 if delivery is None:
-                    discard.append((stream, _text(raw_id)))
+                    deleted.append((stream, _text(raw_id)))
                 else:
                     out.append(delivery)
-        return out, discard
+        return out, deleted
 
+    def _group_gaps(self) -> Plan[list[Gap]]:
+        """The ranges the hard cap trimmed past this group, taken (and so
+        reported by this reader only)."""
+        fields = tuple(streams.group_gap_field(s, self.group) for s in self.streams)
+        reply = yield Script(streams.TAKE_SCRIPT, (self.keys.group_gaps(self.shard),), fields)
+        return [self._gap(stream, after, until, GapReason.TRIMMED)
+                for stream, (after, until) in streams.parse_group_gaps(reply).items()]
 
 
 def ack_plan(keys: Keys, group: str, deliveries: Iterable[Delivery]) -> Plan[None]:
     """Acknowledge handled deliveries of any shard in one round trip (idempotent)."""
     grouped: dict[str, list[str]] = {}
     for delivery in deliveries:
+        if delivery.filled:
+            continue  # from PostgreSQL history: nothing pending in Redis
         grouped.setdefault(keys.stream(delivery.symbol, delivery.channel),
                            []).append(delivery.entry_id)
     if grouped:

@@ -5,6 +5,11 @@ feeds a bounded queue that ``get()`` and iteration take from.
 Redis restarts: connection errors are retried with redis-py's
 :class:`~redis.retry.Retry` and jittered exponential backoff, forever, and
 reading resumes where it stopped. Other errors are raised from ``get()``.
+
+Where entries may be missing the readers hand out a :class:`~.delivery.Gap`
+(see :mod:`.core`); with ``fill_gaps`` (a :class:`~.history.HistorySource`,
+e.g. :class:`~.history.PgHistory`) they first deliver what the history holds
+of the range, marked ``filled``, then the gap marked ``filled``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
@@ -32,7 +38,8 @@ from .core import (
     run_sync,
     symbol_list,
 )
-from .delivery import Delivery
+from .delivery import Delivery, Gap
+from .history import HistorySource, fill_pages
 from .settings import ClientSettings
 
 log = logging.getLogger(__name__)
@@ -46,12 +53,13 @@ class _ThreadedReader:
     """Runs one shard state per thread; subclasses make the states."""
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], channels: Iterable[str],
-                 settings: ClientSettings | None) -> None:
+                 settings: ClientSettings | None, fill_gaps: HistorySource | None) -> None:
         self._r = r
         self._keys = keys
         self.symbols = symbol_list(symbols)
         self.channels = channel_list(channels)
         self.settings = settings or ClientSettings.from_env()
+        self._history = fill_gaps
         # Bounded: a strategy slower than the market holds up the readers,
         # and the backlog waits in Redis, not in this process.
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(self.settings.count * 2, 10))
@@ -64,12 +72,12 @@ class _ThreadedReader:
         shards = [self._shard(group) for group in keys.by_shard(self.symbols).values()]
         # Prepared here, on the caller's thread: "$" means "from when the
         # constructor returned", so events appended after it are never missed.
-        for shard in shards:
-            self._run(shard.prepare)
+        # The gaps found are handed out (and filled) by the shard's thread.
+        prepared = [(shard, self._run(shard, shard.prepare)) for shard in shards]
         self._threads = [
-            threading.Thread(target=self._loop, args=(shard,), daemon=True,
+            threading.Thread(target=self._loop, args=(shard, gaps), daemon=True,
                              name=f"pricepipe-reader-{i}")
-            for i, shard in enumerate(shards)
+            for i, (shard, gaps) in enumerate(prepared)
         ]
         for thread in self._threads:
             thread.start()
@@ -77,25 +85,37 @@ class _ThreadedReader:
     def _shard(self, symbols: list[str]) -> Any:
         raise NotImplementedError
 
-    def _run(self, make_plan: Callable[[], Plan[Any]]) -> Any:
+    def _run(self, shard: Any, make_plan: Callable[[], Plan[Any]]) -> Any:
         """A fresh plan per attempt: a retried plan starts over from the
-        state the failed attempt left, which it did not change."""
-        return self._retry.call_with_retry(lambda: run_sync(self._r, make_plan()), self._failed)
+        state the failed attempt left, which it did not change; the shard
+        hears of each failure (a lost reply, maybe another server)."""
+        def failed(exc: Exception) -> None:
+            if self._stop.is_set():
+                raise _Stopped from exc
+            shard.connection_lost()
+            log.warning("redis error, reconnecting with backoff: %s", exc)
 
-    def _failed(self, exc: Exception) -> None:
-        if self._stop.is_set():
-            raise _Stopped from exc
-        log.warning("redis error, reconnecting with backoff: %s", exc)
+        return self._retry.call_with_retry(lambda: run_sync(self._r, make_plan()), failed)
 
-    def _loop(self, shard: Any) -> None:
+    def _loop(self, shard: Any, gaps: list[Gap]) -> None:
         try:
+            for gap in gaps:
+                self._hand_out(gap)
             while not self._stop.is_set():
-                for delivery in self._run(shard.read):
-                    self._put(delivery)
+                for item in self._run(shard, shard.read):
+                    self._hand_out(item)
         except _Stopped:
             pass
         except Exception as exc:  # not retryable: surfaces in get()
             self._put(exc)
+
+    def _hand_out(self, item: Delivery | Gap) -> None:
+        if isinstance(item, Gap) and self._history is not None:
+            for page in fill_pages(self._history, item):
+                for delivery in page:
+                    self._put(delivery)
+            item = replace(item, filled=True)
+        self._put(item)
 
     def _put(self, item: Any) -> None:
         while not self._stop.is_set():
@@ -106,11 +126,10 @@ class _ThreadedReader:
                 continue
         raise _Stopped
 
-    def get(self, timeout_s: float | None = None) -> Delivery | None:
-        """The next delivery, or None after ``timeout_s`` (None: wait for one).
-
-        Raises what a reader thread failed with, when it is not retryable.
-        """
+    def get(self, timeout_s: float | None = None) -> Delivery | Gap | None:
+        """The next delivery (or gap), or None after ``timeout_s`` (None: wait
+        for one). Raises what a reader thread failed with, when it is not
+        retryable."""
         try:
             item = self._queue.get(timeout=timeout_s)
         except queue.Empty:
@@ -119,7 +138,7 @@ class _ThreadedReader:
             raise item
         return item
 
-    def __iter__(self) -> Iterator[Delivery]:
+    def __iter__(self) -> Iterator[Delivery | Gap]:
         while not self._stop.is_set():
             delivery = self.get(timeout_s=0.2)
             if delivery is not None:
@@ -153,9 +172,10 @@ class StreamReader(_ThreadedReader):
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *,
                  channels: Iterable[str] = DEFAULT_CHANNELS, start: Start = "$",
-                 settings: ClientSettings | None = None) -> None:
+                 settings: ClientSettings | None = None,
+                 fill_gaps: HistorySource | None = None) -> None:
         self._start = start
-        super().__init__(r, keys, symbols, channels, settings)
+        super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> LatestShard:
         return LatestShard(self._keys, symbols, self.channels, self._start, self.settings)
@@ -170,11 +190,12 @@ class GroupReader(_ThreadedReader):
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
                  consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
-                 settings: ClientSettings | None = None) -> None:
+                 settings: ClientSettings | None = None,
+                 fill_gaps: HistorySource | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
-        super().__init__(r, keys, symbols, channels, settings)
+        super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
         return GroupShard(self._keys, symbols, self.channels, group=self.group,

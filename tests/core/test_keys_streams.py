@@ -138,12 +138,15 @@ def test_trimming_waits_for_every_group_and_records_what_it_removed(r: Any) -> N
     streams.ensure_group(r, stream, "strategy", "0")
     r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
     r.xack(stream, PERSIST_GROUP, *ids)  # persisted: only the strategy holds them now
-    trim = {"window_ms": 0, "max_age_ms": None, "persisted": True}
-    assert streams.trim_stream(r, keys, stream, **trim) == 0
+    def trim() -> int:
+        return streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=None,
+                                   persisted=True)
+
+    assert trim() == 0
     assert streams.trimmed_since(r, keys, stream, "0-0") is None
     got = r.xreadgroup("strategy", "s", {stream: ">"}, count=4)
     r.xack(stream, "strategy", *[e for e, _ in got[0][1]])
-    assert streams.trim_stream(r, keys, stream, **trim) == 4
+    assert trim() == 4
     assert [e.decode() for e, _ in r.xrange(stream)] == ids[4:]
     # A reader at the 3rd entry missed the 4th; one at the 4th missed nothing.
     assert streams.trimmed_since(r, keys, stream, ids[2]) == ids[3]
@@ -189,11 +192,11 @@ def test_a_group_the_cap_passes_gets_its_gap_reported_once(r: Any) -> None:
     shard = keys.shard("AAPL")
     field = streams.group_gap_field(stream, "strategy")
     take = [keys.group_gaps(shard)], [field]
-    first = streams.parse_group_gaps(streams._run_script(r, streams.TAKE_SCRIPT, *take))
+    first = streams.parse_group_gaps(streams.run_script(r, streams.TAKE_SCRIPT, *take))
     after, until = first[stream]
     assert after == ids[1]  # the last one it had
     assert codec.parse_entry_id(until) > codec.parse_entry_id(ids[5])
-    assert streams.parse_group_gaps(streams._run_script(r, streams.TAKE_SCRIPT, *take)) == {}
+    assert streams.parse_group_gaps(streams.run_script(r, streams.TAKE_SCRIPT, *take)) == {}
 
 
 @pytest.mark.parametrize(("entry_id", "before"), [

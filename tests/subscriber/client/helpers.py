@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 
 from pricepipe import streams
-from pricepipe.clock import format_us, us_to_datetime
+from pricepipe.clock import format_us, now_us, us_to_datetime
 from pricepipe.events import Quote, Side, Trade
 from pricepipe.keys import Keys
 from pricepipe.subscriber.client import ClientSettings, Delivery
 
-TS = 1_767_323_045_000_000
+#: The event time of the helpers' events: a minute ago, whole seconds. Recent,
+#: because an event's time must lie near its stream entry's append time
+#: (pricepipe.events.MAX_EVENT_AGE_AT_APPEND_US), which history by entry ID uses.
+TS = (now_us() - 60_000_000) // 1_000_000 * 1_000_000
 FAST = ClientSettings(block_ms=100, count=50, reconnect_base_s=0.02, reconnect_cap_s=0.2)
 
 
@@ -42,9 +45,10 @@ def publish_events(r: redis.Redis, keys: Keys, events: Sequence[Trade | Quote]) 
     return [eid.decode() for eid in streams.append_events(r, keys, events)]
 
 
-def take(reader: Any, n: int, timeout_s: float = 10.0) -> list[Delivery]:
-    """``n`` deliveries from a sync reader (fails the test after ``timeout_s``)."""
-    out: list[Delivery] = []
+def take(reader: Any, n: int, timeout_s: float = 10.0) -> list[Any]:
+    """``n`` items (deliveries and gaps) from a sync reader (fails the test
+    after ``timeout_s``)."""
+    out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < n:
         assert time.monotonic() < deadline, f"got {len(out)} of {n} deliveries"
@@ -92,3 +96,10 @@ def insert_events(db: Any, events: Sequence[tuple[Trade | Quote, str]]) -> None:
                         " recv_ts, entry_id) FROM STDIN", quotes)
     if not getattr(db, "autocommit", True):
         db.commit()
+
+
+def deliveries(items: Iterable[Any]) -> list[Delivery]:
+    """The deliveries among ``items`` (Nones left out); fails on a gap."""
+    out = [item for item in items if item is not None]
+    assert all(isinstance(item, Delivery) for item in out), out
+    return out

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import redis
 
 from pricepipe import codec
+from pricepipe.clock import format_us
 from pricepipe.events import Quote, Side, Trade
 from pricepipe.keys import Keys
 from pricepipe.subscriber.client import Delivery
@@ -40,11 +41,11 @@ def test_tail_prints_the_latest_then_live_events(
 def test_text_lines_are_aligned_and_complete() -> None:
     trade = Trade("AAPL", TS, 187.25, 3.0, "gbm", "7", Side.BUY)
     assert format_line(Delivery("5-1", trade), as_json=False).split() == [
-        "2026-01-02T03:04:05.000000Z", "AAPL", "trade", "187.250000", "x", "3", "buy", "gbm",
+        format_us(TS), "AAPL", "trade", "187.250000", "x", "3", "buy", "gbm",
         "5-1"]
     quote = Quote("AAPL", TS, 187.2, 5.0, None, None, "gbm")
     assert format_line(Delivery("5-2", quote), as_json=False).split() == [
-        "2026-01-02T03:04:05.000000Z", "AAPL", "quote", "187.200000", "/", "-", "(5", "x",
+        format_us(TS), "AAPL", "quote", "187.200000", "/", "-", "(5", "x",
         "-)", "gbm", "5-2"]
 
 

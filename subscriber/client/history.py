@@ -1,0 +1,109 @@
+"""Stream history from PostgreSQL by entry ID: what a reader fills a
+:class:`~.delivery.Gap` with (``fill_gaps=PgHistory(conn)``).
+
+The persist workers store every entry with its packed entry ID, so the
+entries of one stream between two IDs are exactly the rows of that symbol
+between the two packed IDs, read in stream order from the tables' primary
+key (symbol, entry_id, ts). Event times lie within fixed bounds of their
+entry's append time (:data:`pricepipe.events.MAX_EVENT_AGE_AT_APPEND_US`),
+which bounds the daily partitions each page looks at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from pricepipe import codec
+from pricepipe.clock import datetime_to_us, us_to_datetime
+from pricepipe.events import (
+    MAX_EVENT_AGE_AT_APPEND_US,
+    MAX_EVENT_LEAD_AT_APPEND_US,
+    MAX_TS_US,
+    MIN_TS_US,
+    Quote,
+    Trade,
+)
+from pricepipe.keys import Channel
+
+from .delivery import Delivery, Gap
+
+#: Rows per query when filling a gap (keyset pagination by entry ID).
+PAGE_ROWS = 5_000
+
+_WHERE = """
+ WHERE symbol = %(symbol)s AND entry_id > %(after)s AND entry_id < %(until)s
+   AND ts >= %(ts_min)s AND ts < %(ts_max)s
+ ORDER BY entry_id
+ LIMIT %(limit)s
+"""
+_SQL = {
+    Channel.TRADES: "SELECT ts, price, size, side, trade_id, source, recv_ts, entry_id"
+                    " FROM trades" + _WHERE,
+    Channel.QUOTES: "SELECT ts, bid, bid_size, ask, ask_size, source, recv_ts, entry_id"
+                    " FROM quotes" + _WHERE,
+}
+
+
+class HistorySource(Protocol):
+    """Where a reader fills its gaps from."""
+
+    def page(self, symbol: str, channel: Channel, after: str, until: str) -> list[Delivery]:
+        """Up to a page of the stream's entries with ``after < id < until``, in
+        stream order (empty: none left)."""
+        ...
+
+
+class PgHistory:
+    """:class:`HistorySource` on a PostgreSQL connection (the caller's; a
+    read-only role suffices). Not thread-safe: give each reader its own."""
+
+    def __init__(self, conn: Any, *, page_rows: int = PAGE_ROWS) -> None:
+        self.conn = conn
+        self.page_rows = page_rows
+
+    def page(self, symbol: str, channel: Channel, after: str, until: str) -> list[Delivery]:
+        if channel not in _SQL:
+            return []  # bars are derived: /v1/bars recomputes them from trades
+        after_ms = codec.parse_entry_id(after)[0]
+        until_ms = codec.parse_entry_id(until)[0]
+        params = {
+            "symbol": symbol, "after": codec.pack_entry_id(after),
+            "until": codec.pack_entry_id(until), "limit": self.page_rows,
+            "ts_min": us_to_datetime(max(after_ms * 1000 - MAX_EVENT_AGE_AT_APPEND_US,
+                                         MIN_TS_US)),
+            "ts_max": us_to_datetime(min(until_ms * 1000 + MAX_EVENT_LEAD_AT_APPEND_US,
+                                         MAX_TS_US)),
+        }
+        with self.conn.cursor() as cur:
+            cur.execute(_SQL[channel], params)
+            rows = cur.fetchall()
+        if not self.conn.autocommit:
+            self.conn.commit()
+        return [_delivery(symbol, channel, row) for row in rows]
+
+
+def _delivery(symbol: str, channel: Channel, row: tuple[Any, ...]) -> Delivery:
+    ts_us = datetime_to_us(row[0])
+    recv = row[-2]
+    recv_ts_us = None if recv is None else datetime_to_us(recv)
+    event: Trade | Quote
+    if channel is Channel.TRADES:
+        _, price, size, side, trade_id, source, _, _ = row
+        event = Trade(symbol, ts_us, price, size, source, trade_id, side, recv_ts_us)
+    else:
+        _, bid, bid_size, ask, ask_size, source, _, _ = row
+        event = Quote(symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us)
+    return Delivery(codec.unpack_entry_id(row[-1]), event, filled=True)
+
+
+def fill_pages(history: HistorySource, gap: Gap) -> Iterator[list[Delivery]]:
+    """The pages of history that fill ``gap``, in stream order: the decision
+    both reader flavours share (the asyncio one runs each page in a thread)."""
+    after = gap.after
+    while True:
+        page = history.page(gap.symbol, gap.channel, after, gap.until)
+        if not page:
+            return
+        yield page
+        after = page[-1].entry_id
