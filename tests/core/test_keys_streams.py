@@ -1,6 +1,7 @@
 """Stream layout, appending and trimming, on a real Redis (appends run a
 Lua script, which fakeredis would need lupa for)."""
 
+import time
 from typing import Any
 
 import pytest
@@ -138,6 +139,7 @@ def test_trimming_waits_for_every_group_and_records_what_it_removed(r: Any) -> N
     streams.ensure_group(r, stream, "strategy", "0")
     r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
     r.xack(stream, PERSIST_GROUP, *ids)  # persisted: only the strategy holds them now
+    time.sleep(0.005)  # a window of 0 ms keeps what was appended this millisecond
     def trim() -> int:
         return streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=None,
                                    persisted=True)
@@ -187,6 +189,7 @@ def test_a_group_the_cap_passes_gets_its_gap_reported_once(r: Any) -> None:
     r.xack(stream, PERSIST_GROUP, *ids)
     got = r.xreadgroup("strategy", "s", {stream: ">"}, count=2)
     r.xack(stream, "strategy", *[e for e, _ in got[0][1]])  # the strategy had 2 of 6
+    time.sleep(0.005)  # a window of 0 ms keeps what was appended this millisecond
     assert streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=0,
                                persisted=True) == 6
     shard = keys.shard("AAPL")

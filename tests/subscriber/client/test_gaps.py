@@ -48,6 +48,7 @@ def persist_all(r: redis.Redis, keys: Keys, db: Any, symbol: str) -> list[str]:
 
 
 def trim(r: redis.Redis, keys: Keys, symbol: str, *, max_age_ms: int | None = None) -> int:
+    time.sleep(0.005)  # a window of 0 ms keeps what was appended this millisecond
     return streams.trim_stream(r, keys, keys.trades(symbol), window_ms=0,
                                max_age_ms=max_age_ms, persisted=True)
 
