@@ -1,8 +1,9 @@
-"""Publishers: put ticks on the Redis streams.
+"""Publishers: put trades and quotes on the Redis streams.
 
-* :mod:`.generator` simulates prices (geometric Brownian motion).
+* :mod:`.generator` simulates a market (GBM mid, quotes around it, trades
+  against them).
 * :mod:`.poller` polls upstream price APIs (:mod:`.providers`).
-* :mod:`.sink` appends ticks to the streams and applies the
+* :mod:`.sink` appends events to the streams and applies the
   Redis-memory backpressure policy.
 
 Run as ``pricepipe publish ...`` or ``python -m pricepipe.publisher ...``.

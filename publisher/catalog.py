@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from pricepipe.events import validate_symbol
 from pricepipe.exceptions import ConfigError
-from pricepipe.tick import validate_symbol
 
 
 @dataclass(frozen=True, slots=True)

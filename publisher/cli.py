@@ -13,22 +13,27 @@ def register(subparsers: Any) -> None:
     from pricepipe.flags import add_server_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "publish", help="publish ticks: simulated (GBM) or polled from an upstream API",
-        description="Append ticks to the Redis streams. Flags override "
+        "publish", help="publish trades and quotes: simulated (GBM) or polled from an "
+        "upstream API",
+        description="Append trades and quotes to the Redis streams. Flags override "
                     "PRICEPIPE_PUBLISHER_* settings (see `pricepipe config`).")
     add_server_flags(p, database=False)
     p.add_argument("--source", choices=SOURCES, help="where prices come from (default gbm)")
     p.add_argument("--symbols",
                    help="a number N (first N demo symbols) or AAPL,MSFT,LOCAL=UPSTREAM")
-    p.add_argument("--count", type=int, help="bulk mode: publish N ticks in total, then exit")
+    p.add_argument("--count", type=int,
+                   help="bulk mode: publish N events (trades and quotes) in total, then exit")
     g = p.add_argument_group("GBM")
-    g.add_argument("--rate", type=float, help="ticks per second per symbol (default 5)")
-    g.add_argument("--seed", type=int, help="random seed: same seed, same prices")
+    g.add_argument("--rate", type=float, help="events per second per symbol (default 5)")
+    g.add_argument("--seed", type=int, help="random seed: same seed, same events")
     g.add_argument("--params", action="append", metavar="SYM:PRICE[:MU[:SIGMA]]",
                    help="per-symbol start price, annual drift and volatility (repeatable)")
-    g.add_argument("--dt-years", type=float, help="simulated years per tick")
+    g.add_argument("--dt-years", type=float, help="simulated years per period")
     g.add_argument("--correlation", help="one number for every pair, or rows '1,0.5;0.5,1'")
-    g.add_argument("--batch-size", type=int, help="most ticks per round trip to Redis")
+    g.add_argument("--spread-bps", type=float, help="quoted spread in basis points (default 2)")
+    g.add_argument("--quotes-per-trade", type=float,
+                   help="mix: quotes per trade on average (default 5)")
+    g.add_argument("--batch-size", type=int, help="most events per round trip to Redis")
     g = p.add_argument_group("pollers")
     g.add_argument("--interval", type=float, help="seconds between polls (default 5)")
     g.add_argument("--rounds", type=int, help="poll this many times, then exit")
@@ -53,7 +58,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     settings = PublisherSettings.from_env(
         env, source=args.source, symbols=args.symbols, rate=args.rate, seed=args.seed,
         params=",".join(args.params) if args.params else None, dt_years=args.dt_years,
-        correlation=args.correlation, batch_size=args.batch_size,
+        correlation=args.correlation, spread_bps=args.spread_bps,
+        quotes_per_trade=args.quotes_per_trade, batch_size=args.batch_size,
         backpressure=args.backpressure, metrics_port=args.metrics_port)
     provider = None
     if settings.source != "gbm":

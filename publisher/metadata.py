@@ -12,7 +12,7 @@ Sources (``PRICEPIPE_METADATA_SOURCE``):
   same resilient client as the poller (budget, retries); when a symbol's
   metrics cannot be had, its 52-week range comes from stored history;
 * ``history``: the 52-week range from stored history only (``bars_1m``,
-  else raw ``ticks``), for providers without metadata and for the GBM demo.
+  else raw ``trades``), for providers without metadata and for the GBM demo.
 
 A failure for one symbol is logged and counted in the result; it never
 stops the others. Values from the provider only overwrite columns they
@@ -103,7 +103,8 @@ def parse_metric(payload: Any) -> tuple[float | None, float | None]:
 def history_ranges(conn: Any, symbols: Sequence[str], *, since_us: int) -> dict[str, tuple[
         float, float]]:
     """``symbol -> (high, low)`` since ``since_us`` from ``bars_1m``, falling back
-    to raw ``ticks`` for symbols without bars."""
+    to raw ``trades`` for symbols without bars (bars are built from trades,
+    so both give the range of traded prices)."""
     out: dict[str, tuple[float, float]] = {}
     if not symbols:
         return out
@@ -117,7 +118,7 @@ def history_ranges(conn: Any, symbols: Sequence[str], *, since_us: int) -> dict[
         missing = [s for s in symbols if s not in out]
         if missing:
             cur.execute(
-                "SELECT symbol, max(price), min(price) FROM ticks"
+                "SELECT symbol, max(price), min(price) FROM trades"
                 " WHERE symbol = ANY(%s) AND ts >= %s GROUP BY symbol",
                 (missing, since))
             out.update({row[0]: (row[1], row[2]) for row in cur.fetchall()})

@@ -16,10 +16,11 @@ class PublisherMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.published = Counter("pricepipe_publisher_ticks_published", "Ticks appended to streams",
-                                 registry=r)
-        self.dropped = Counter("pricepipe_publisher_ticks_dropped",
-                               "Ticks not published, by reason", ["reason"], registry=r)
+        self.published = Counter("pricepipe_publisher_events_published",
+                                 "Events appended to streams, by channel (trades, quotes)",
+                                 ["channel"], registry=r)
+        self.dropped = Counter("pricepipe_publisher_events_dropped",
+                               "Events not published, by reason", ["reason"], registry=r)
         self.redis_errors = Counter("pricepipe_publisher_redis_errors",
                                     "Redis connection errors while appending", registry=r)
         self.backpressure = Gauge("pricepipe_publisher_backpressure",
@@ -31,12 +32,16 @@ class PublisherMetrics:
         self.requests = Counter("pricepipe_publisher_requests",
                                 "Upstream requests, by provider and outcome",
                                 ["provider", "outcome"], registry=r)
-        self.rejected = Counter("pricepipe_publisher_quotes_rejected",
-                                "Upstream quotes rejected, by provider and reason",
-                                ["provider", "reason"], registry=r)
-        self.unchanged = Counter("pricepipe_publisher_quotes_unchanged",
-                                 "Quotes equal to the previous one, not published",
-                                 ["provider"], registry=r)
+        self.rejected = Counter("pricepipe_publisher_rejected",
+                                "Upstream items (trades, quotes, answers) rejected, by "
+                                "provider and reason", ["provider", "reason"], registry=r)
+        self.unchanged = Counter("pricepipe_publisher_unchanged",
+                                 "Trades and quotes equal to the last one, not published",
+                                 ["provider", "channel"], registry=r)
+        self.trades_missed = Counter("pricepipe_publisher_trades_missed",
+                                     "Trades that happened between two polls but were not in "
+                                     "the answer (a jump in the venue's trade ids)",
+                                     ["provider"], registry=r)
         self.stale_polls = Counter("pricepipe_publisher_polls_dropped",
                                    "Polls dropped: the upstream was slower than the schedule",
                                    ["provider"], registry=r)

@@ -1,4 +1,5 @@
-"""The poller: keeps feeding ticks from an upstream API, whatever it does.
+"""The poller: keeps feeding trades and quotes from an upstream API,
+whatever it does.
 
 Every ``interval_s`` each of the provider's requests (one per symbol, or one
 per batch of symbols) is put on a bounded queue served by ``concurrency``
@@ -12,15 +13,22 @@ backoff happen there), then parses, validates and de-duplicates:
 
 * no answer, an error status, an HTML page, malformed JSON: logged, counted
   (``pricepipe_publisher_requests{outcome}``), nothing published;
-* an item with a missing, non-numeric, non-positive or non-finite price or
-  an absurd timestamp: logged, counted with its reason
-  (``pricepipe_publisher_quotes_rejected{reason}``), the rest of the answer
-  still counts;
-* the same quote as last time: not published (unless ``publish_unchanged``).
+* an item the provider cannot read (a missing field, a bad number) or that
+  is not a valid event (a crossed book, a non-positive price, an absurd
+  timestamp: the :exc:`~pricepipe.exceptions.InvalidEventError` reason):
+  logged, counted with its reason (``pricepipe_publisher_rejected{reason}``),
+  the rest of the answer still counts;
+* the same trade or quote as last time, per (symbol, channel)
+  (:mod:`~pricepipe.publisher.freshness`): not published (unless
+  ``publish_unchanged``).
 
 No error stops the poller: the next poll simply tries again, so it recovers
 by itself when the upstream does. The first stop request lets polls in
 flight finish and publish; queued polls are abandoned.
+
+At start the poller reads each symbol's newest trade from its stream: a
+trade of this provider sets the freshness baseline, so a restart does not
+publish the last trade (or a Binance trade list) again.
 """
 
 from __future__ import annotations
@@ -36,14 +44,25 @@ import requests
 from pricepipe import notify
 from pricepipe.clock import now_us
 from pricepipe.codec import decode_json
-from pricepipe.exceptions import BadResponseError, DecodeError
+from pricepipe.events import Event, Trade
+from pricepipe.exceptions import BadResponseError, DecodeError, InvalidEventError
+from pricepipe.keys import Channel
 from pricepipe.stop import StopRequest
 
 from .budget import Budget
 from .catalog import SymbolSpec
-from .freshness import Freshness
+from .freshness import Freshness, numeric_id
 from .metrics import PublisherMetrics
-from .providers.base import Provider, QuoteChecks, Request, to_tick
+from .providers.base import (
+    Parsed,
+    Provider,
+    QuoteReport,
+    Request,
+    TimeChecks,
+    TradeReport,
+    to_quote,
+    to_trade,
+)
 from .settings import PollerSettings
 from .sink import StreamSink
 from .upstream import Upstream
@@ -74,13 +93,14 @@ class Poller:
         self.metrics = metrics
         self.upstream = upstream or Upstream(provider, settings)
         self.budget = budget or Budget(provider.rate_limit, name=provider.name)
-        self.checks = QuoteChecks(max_future_s=settings.max_future_s,
-                                  max_age_s=settings.max_age_s)
+        self.checks = TimeChecks(max_future_s=settings.max_future_s,
+                                 max_age_s=settings.max_age_s)
         self.freshness = Freshness()
         self.log_interval_s = log_interval_s
         self.clock = clock
         self.wall_us = wall_us
         self.local_of = {spec.upstream_name: spec.symbol for spec in specs}
+        self.upstream_of = {local: upstream for upstream, local in self.local_of.items()}
         self.requests = provider.requests(list(self.local_of))
         self._queue: queue.Queue[Request] = queue.Queue(maxsize=settings.queue_max)
         self._in_flight: set[str] = set()
@@ -88,6 +108,8 @@ class Poller:
         self._publish_lock = threading.Lock()
         self._closing = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._seeded = False
+        self._warn_if_over_budget()
 
     # --- scheduling -------------------------------------------------------------------------
 
@@ -96,6 +118,8 @@ class Poller:
         wait for those polls to finish (burst mode, for tests and one-offs).
         May be called again; :meth:`close` when done with the poller."""
         self.sink.register(self.local_of.values())
+        if not self._seeded:
+            self._seed_freshness()
         self._start_workers()
         notify.ready(f"polling {self.name} for {len(self.local_of)} symbols")
         logged_at = next_at = self.clock()
@@ -196,8 +220,33 @@ class Poller:
     def _reject(self, reason: str, count: int = 1) -> None:
         self.metrics.rejected.labels(provider=self.name, reason=reason).inc(count)
 
+    def _warn_if_over_budget(self) -> None:
+        """Log when one round of requests per ``interval_s`` needs more than
+        the budget grants: polls will then wait and some be dropped."""
+        weight_per_s = sum(r.weight for r in self.requests) / self.settings.interval_s
+        for item in self.budget.items:
+            allowed_per_s = item.amount / item.get_expiry()
+            if weight_per_s > allowed_per_s:
+                log.warning("%s: %d request(s) of total weight %d every %.1fs need %.1f/s, "
+                            "but the budget %s grants %.1f/s: polls will wait, and stale "
+                            "ones be dropped", self.name, len(self.requests),
+                            sum(r.weight for r in self.requests), self.settings.interval_s,
+                            weight_per_s, item, allowed_per_s)
+
+    def _seed_freshness(self) -> None:
+        """Start from each symbol's newest trade of this provider in Redis."""
+        found = self.sink.last_events(self.local_of.values(), Channel.TRADES)
+        for symbol, event in found.items():
+            if isinstance(event, Trade) and event.source == self.name:
+                upstream = self.upstream_of[symbol]
+                self.freshness.seed(symbol, Channel.TRADES, TradeReport(
+                    upstream, event.price, event.ts_us, event.size, event.trade_id,
+                    event.side))
+        self._seeded = True
+
     def poll(self, request: Request) -> int:
-        """Fetch, check and publish one request's quotes; returns ticks published."""
+        """Fetch, check and publish one request's trades and quotes; returns
+        how many events were published."""
         if not self.budget.acquire(request.weight, wait=self.stop.wait):
             return 0
         try:
@@ -239,44 +288,85 @@ class Poller:
         self._outcome("ok")
         for rejection in parsed.rejections:
             self._reject(rejection.reason)
-            log.warning("%s: quote of %s rejected (%s): %s", self.name, rejection.upstream,
+            log.warning("%s: item of %s rejected (%s): %s", self.name, rejection.upstream,
                         rejection.reason, rejection.detail)
-        ticks = []
-        fresh = []
-        for quote in parsed.quotes:
-            local = self.local_of.get(quote.upstream)
+        return self._publish(parsed, recv_ts_us)
+
+    def _publish(self, parsed: Parsed, recv_ts_us: int) -> int:
+        """Validate, de-duplicate and publish one answer's reports."""
+        # (symbol, channel) -> the valid reports of that stream and their events
+        streams: dict[tuple[str, Channel], tuple[list[TradeReport | QuoteReport],
+                                                 list[Event]]] = {}
+        reports: list[TradeReport | QuoteReport] = [*parsed.trades, *parsed.quotes]
+        for report in reports:
+            local = self.local_of.get(report.upstream)
             if local is None:  # the provider checks this too; never publish an unasked symbol
                 self._reject("unexpected_symbol")
                 continue
             try:
-                tick = to_tick(quote, symbol=local, source=self.name, recv_ts_us=recv_ts_us,
-                               checks=self.checks)
-            except BadResponseError as exc:
+                if isinstance(report, TradeReport):
+                    event: Event = to_trade(report, symbol=local, source=self.name,
+                                            recv_ts_us=recv_ts_us, checks=self.checks)
+                    channel = Channel.TRADES
+                else:
+                    event = to_quote(report, symbol=local, source=self.name,
+                                     recv_ts_us=recv_ts_us, checks=self.checks)
+                    channel = Channel.QUOTES
+            except (BadResponseError, InvalidEventError) as exc:
                 self._reject(exc.reason)
-                log.warning("%s: quote rejected (%s): %s", self.name, exc.reason, exc)
+                log.warning("%s: %s of %s rejected (%s): %s", self.name,
+                            "trade" if isinstance(report, TradeReport) else "quote",
+                            report.upstream, exc.reason, exc)
                 continue
-            if not self.settings.publish_unchanged and not self.freshness.is_new(quote):
-                self.metrics.unchanged.labels(provider=self.name).inc()
+            valid, events = streams.setdefault((local, channel), ([], []))
+            valid.append(report)
+            events.append(event)
+        batch: list[Event] = []
+        published: list[tuple[str, Channel, list[TradeReport | QuoteReport]]] = []
+        for (symbol, channel), (valid, events) in streams.items():
+            fresh = valid
+            if not self.settings.publish_unchanged:
+                fresh = self.freshness.fresh(symbol, channel, valid)
+                if len(fresh) < len(valid):
+                    self.metrics.unchanged.labels(provider=self.name, channel=str(channel)) \
+                        .inc(len(valid) - len(fresh))
+            if not fresh:
                 continue
-            ticks.append(tick)
-            fresh.append(quote)
-        if not ticks:
+            if channel is Channel.TRADES and self.provider.lists_trades:
+                self._count_missed(symbol, fresh)
+            keep = {id(r) for r in fresh}
+            batch.extend(e for r, e in zip(valid, events, strict=True) if id(r) in keep)
+            published.append((symbol, channel, fresh))
+        if not batch:
             return 0
         with self._publish_lock:
-            appended = self.sink.publish(ticks)
-        if appended == 0:
-            for quote in fresh:  # not published: the next poll must not look "unchanged"
-                self.freshness.forget(quote)
+            appended = self.sink.publish(batch)
+        if appended:  # not published: the next poll must still see these as new
+            for symbol, channel, fresh in published:
+                self.freshness.commit(symbol, channel, fresh)
         return appended
+
+    def _count_missed(self, symbol: str, fresh: Sequence[TradeReport | QuoteReport]) -> None:
+        """Count the trades between the last one published and the first new
+        one (the answer's list did not reach back far enough)."""
+        high = self.freshness.highest_trade_id(symbol)
+        first = numeric_id(fresh[0])
+        if high is not None and first is not None and first > high + 1:
+            missed = first - high - 1
+            self.metrics.trades_missed.labels(provider=self.name).inc(missed)
+            log.warning("%s: %d trade(s) of %s missed between two polls (ids %d..%d); poll "
+                        "more often or ask for more trades per poll", self.name, missed,
+                        symbol, high + 1, first - 1)
 
     def log_progress(self, *, final: bool = False) -> None:
         m = self.metrics
         requests_ok = m.value("pricepipe_publisher_requests", provider=self.name, outcome="ok")
         failed = m.total("pricepipe_publisher_requests") - requests_ok
-        log.info("%s%s: %d ok requests, %d failed, %d quotes rejected, %d unchanged, "
-                 "%d polls dropped, %d ticks published",
+        log.info("%s%s: %d ok requests, %d failed, %d items rejected, %d unchanged, "
+                 "%d polls dropped, %d trades and %d quotes published",
                  "done: " if final else "", self.name, requests_ok, failed,
-                 m.total("pricepipe_publisher_quotes_rejected"),
-                 m.total("pricepipe_publisher_quotes_unchanged"),
+                 m.total("pricepipe_publisher_rejected"),
+                 m.total("pricepipe_publisher_unchanged"),
                  m.total("pricepipe_publisher_polls_dropped"),
-                 m.value("pricepipe_publisher_ticks_published"))
+                 m.value("pricepipe_publisher_events_published", channel="trades"),
+                 m.value("pricepipe_publisher_events_published", channel="quotes"))

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run(settings: PublisherSettings, redis_settings: RedisSettings, *,
         poller_settings: PollerSettings | None = None, provider: Provider | None = None,
         count: int | None = None, rounds: int | None = None) -> int:
-    """Run the publisher until done (``count`` ticks for GBM, ``rounds`` polls
+    """Run the publisher until done (``count`` events for GBM, ``rounds`` polls
     for a provider) or stopped; returns the exit code. A poller needs its
     ``provider`` (see :func:`pricepipe.publisher.providers.make_provider`)."""
     metrics = PublisherMetrics()
@@ -65,8 +65,10 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
     if settings.correlation:
         correlation = parse_correlation(settings.correlation, len(specs))
     try:
-        generator = GbmGenerator(specs, dt_years=settings.dt_years, seed=settings.seed,
-                                 correlation=correlation)
+        generator = GbmGenerator(
+            specs, dt_years=settings.dt_years, seed=settings.seed, correlation=correlation,
+            spread_bps=settings.spread_bps, quotes_per_trade=settings.quotes_per_trade,
+            trade_notional=settings.trade_notional, quote_notional=settings.quote_notional)
     except ValueError as exc:
         raise ConfigError(f"gbm: {exc}") from exc
     simulator = Simulator(generator, sink, stop=stop, metrics=metrics,
@@ -74,8 +76,11 @@ def _run_gbm(settings: PublisherSettings, sink: StreamSink, stop: StopRequest,
                           max_lag_s=settings.max_lag_s,
                           batch_interval_s=settings.batch_interval_ms / 1000)
     sink.register(generator.symbols)
-    log.info("publishing gbm %s %s", ",".join(generator.symbols),
-             f"bulk {count} ticks" if count is not None else f"at {settings.rate}/s per symbol")
+    log.info("publishing gbm %s %s, %g quotes per trade, spread %g bps",
+             ",".join(generator.symbols),
+             f"bulk {count} events" if count is not None else
+             f"at {settings.rate} events/s per symbol", settings.quotes_per_trade,
+             settings.spread_bps)
     if count is not None:
         simulator.run_bulk(count)
     else:

@@ -24,21 +24,33 @@ class PublisherSettings(Settings):
         None, "Symbols: a number N (the first N demo symbols) or a list AAPL,MSFT,"
         "LOCAL=UPSTREAM,...; unset: 10 demo symbols (gbm) or the provider's examples")
     # GBM
-    rate: float = setting(5.0, "GBM real-time mode: ticks per second per symbol")
-    seed: int | None = setting(None, "GBM random seed (same seed, same prices)")
+    rate: float = setting(
+        5.0, "GBM real-time mode: events (trades and quotes) per second per symbol")
+    seed: int | None = setting(None, "GBM random seed (same seed, same events)")
     params: str | None = setting(
         None, "GBM parameters SYMBOL:price[:mu[:sigma]],... (annual mu and sigma)")
     dt_years: float = setting(
-        TRADING_MINUTE_YEARS, "GBM simulated time per tick, years (default: one trading minute)")
+        TRADING_MINUTE_YEARS,
+        "GBM simulated time per period (one event per symbol), years (default: one trading "
+        "minute)")
     correlation: str | None = setting(
         None, "GBM correlation: one number for every pair, or matrix rows `1,0.5;0.5,1`")
+    spread_bps: float = setting(
+        2.0, "GBM quoted spread, basis points of the mid (bid and ask sit half of it away)")
+    quotes_per_trade: float = setting(
+        5.0, "GBM mix: quotes per trade on average (each event is a trade with probability "
+        "1/(1+this)); 0: trades only")
+    trade_notional: float = setting(
+        10_000.0, "GBM mean value of a trade, in the quote currency (size = value / price)")
+    quote_notional: float = setting(
+        50_000.0, "GBM mean value resting at each side of a quote, in the quote currency")
     batch_size: int = setting(
-        1000, "Most ticks per round trip to Redis (one append script call per shard)")
+        1000, "Most events per round trip to Redis (one append script call per shard)")
     max_lag_s: float = setting(
         1.0, "GBM real-time mode: skip (and count) periods when this far behind schedule")
     batch_interval_ms: float = setting(
         5.0, "GBM real-time mode: shortest time between two batches, ms (fewer, larger "
-        "round trips at high rates; ticks keep their scheduled times)")
+        "round trips at high rates; events keep their scheduled times)")
     # Backpressure
     backpressure: str = setting(
         "block", "When Redis memory is above the high-water mark: block (wait) or drop (count)")
@@ -59,6 +71,13 @@ class PublisherSettings(Settings):
             raise ConfigError("PRICEPIPE_PUBLISHER_RATE must be > 0")
         if not self.dt_years > 0:
             raise ConfigError("PRICEPIPE_PUBLISHER_DT_YEARS must be > 0")
+        if not 0 < self.spread_bps < 20_000:
+            raise ConfigError("PRICEPIPE_PUBLISHER_SPREAD_BPS must be > 0 and < 20000")
+        if not 0 <= self.quotes_per_trade < float("inf"):
+            raise ConfigError("PRICEPIPE_PUBLISHER_QUOTES_PER_TRADE must be a number >= 0")
+        if not (0 < self.trade_notional < float("inf")
+                and 0 < self.quote_notional < float("inf")):
+            raise ConfigError("PRICEPIPE_PUBLISHER_TRADE_NOTIONAL and QUOTE_NOTIONAL must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -82,11 +101,13 @@ class PollerSettings(Settings):
         300.0, "Longest Retry-After honoured; longer waits are cut to this")
     proxy: str | None = setting(
         None, "HTTP(S) proxy URL for upstream requests (default: HTTPS_PROXY etc.)")
-    # Quotes
+    # Events
     publish_unchanged: bool = setting(
-        False, "Publish a quote equal to the previous one (same time and price) again")
-    max_future_s: float = setting(300.0, "Reject quotes stamped further in the future, seconds")
-    max_age_s: float = setting(7 * 86_400.0, "Reject quotes older than this, seconds")
+        False, "Publish every poll's trade and quote, even when equal to the last one "
+        "(same trade id, or same time and price; same book)")
+    max_future_s: float = setting(
+        300.0, "Reject events stamped further in the future than this, seconds")
+    max_age_s: float = setting(7 * 86_400.0, "Reject events older than this, seconds")
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -103,7 +124,10 @@ class BinanceSettings(Settings):
 
     base_url: str = setting("https://api.binance.com", "Base URL (point at a fake upstream)")
     rate_limit: str = setting(
-        "5000/minute", "Request-weight budget (documented limit: 6000/minute per IP)")
+        "5000/minute", "Request-weight budget (documented limit: 6000/minute per IP; "
+        "bookTicker weighs 2-4 per request, trades 25 per symbol)")
+    trades_limit: int = setting(
+        500, "Trades asked per symbol and poll (`/api/v3/trades` limit, 1-1000; same weight)")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -135,13 +159,18 @@ class GenericSettings(Settings):
     env_prefix: ClassVar[str] = "PRICEPIPE_GENERIC_"
 
     url: str | None = setting(None, "URL template with {symbol}")
-    price_path: str = setting("price", "Dotted path of the price in the answer (data.0.price)")
+    price_path: str | None = setting(
+        "price", "Dotted path of the last trade's price (data.0.price); empty: no trades")
     time_path: str | None = setting(
-        None, "Dotted path of the quote time; unset: receipt time")
-    time_unit: str = setting("auto", "Unit of the quote time: s, ms, us, iso or auto")
+        None, "Dotted path of the trade's time; unset: receipt time")
+    time_unit: str = setting("auto", "Unit of the trade time: s, ms, us, iso or auto")
     size_path: str | None = setting(None, "Dotted path of the traded size (optional)")
     version_path: str | None = setting(
-        None, "Dotted path of a trade/quote id that changes with each update (optional)")
+        None, "Dotted path of the trade id, which changes with each trade (optional)")
+    bid_path: str | None = setting(None, "Dotted path of the best bid: publishes quotes")
+    ask_path: str | None = setting(None, "Dotted path of the best ask: publishes quotes")
+    bid_size_path: str | None = setting(None, "Dotted path of the best bid's size (optional)")
+    ask_size_path: str | None = setting(None, "Dotted path of the best ask's size (optional)")
     headers: str | None = setting(None, "Extra headers: 'Name: value; Name2: value'")
     api_key: str | None = setting(None, "API key", secret=True)
     api_key_header: str | None = setting(None, "Send the API key in this header")

@@ -2,12 +2,12 @@
 
 Two modes:
 
-* real time (:meth:`Simulator.run_realtime`): one period (one tick per
-  symbol) every ``1 / rate_hz`` seconds on a drift-free schedule
-  (:class:`~pricepipe.publisher.pacer.Pacer`); the event time is the wall-clock time
-  each period was due. Periods that fall due together (after a slow batch)
-  go out in one pipelined batch.
-* bulk (:meth:`Simulator.run_bulk`): ``count`` ticks as fast as possible, in
+* real time (:meth:`Simulator.run_realtime`): one period (one event, a
+  trade or a quote, per symbol) every ``1 / rate_hz`` seconds on a
+  drift-free schedule (:class:`~pricepipe.publisher.pacer.Pacer`); the event
+  time is the wall-clock time each period was due. Periods that fall due
+  together (after a slow batch) go out in one pipelined batch.
+* bulk (:meth:`Simulator.run_bulk`): ``count`` events as fast as possible, in
   pipelined batches of ``batch_size``; event times are the wall clock,
   strictly increasing by at least one microsecond per period.
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class Simulator:
-    """Publishes a :class:`GbmGenerator`'s prices through a :class:`StreamSink`."""
+    """Publishes a :class:`GbmGenerator`'s trades and quotes through a :class:`StreamSink`."""
 
     def __init__(
         self, generator: GbmGenerator, sink: StreamSink, *, stop: StopRequest,
@@ -58,8 +58,8 @@ class Simulator:
         self._logged_count = 0.0
 
     def run_bulk(self, count: int) -> int:
-        """Publish ``count`` ticks in total (spread over the symbols, in turn);
-        returns how many were appended."""
+        """Publish ``count`` events in total (one per symbol per period, the
+        last period cut short); returns how many were appended."""
         n = len(self.generator.symbols)
         remaining = count
         appended = 0
@@ -67,16 +67,16 @@ class Simulator:
             periods = min(self.periods_per_batch, math.ceil(remaining / n))
             base_us = max(self.wall_us(), self.last_ts_us + 1)
             ts_us = [base_us + i for i in range(periods)]
-            ticks = self.generator.ticks(ts_us)[:remaining]
+            events = self.generator.events(ts_us)[:remaining]
             self.last_ts_us = ts_us[-1]
-            appended += self.sink.publish(ticks)
-            remaining -= len(ticks)
-            self._tick_over()
+            appended += self.sink.publish(events)
+            remaining -= len(events)
+            self._batch_done()
         self._report(final=True)
         return appended
 
     def run_realtime(self, rate_hz: float) -> int:
-        """Publish ``rate_hz`` ticks per second per symbol until a stop is
+        """Publish ``rate_hz`` events per second per symbol until a stop is
         requested; returns how many were appended."""
         pacer = Pacer(rate_hz, self.clock(), max_lag_s=self.max_lag_s,
                       max_batch=self.periods_per_batch)
@@ -86,7 +86,7 @@ class Simulator:
         while not self.stop.requested:
             # At high rates a period is due every few microseconds: waiting
             # batch_interval_s between batches sends fewer, larger round
-            # trips (each tick keeps its own scheduled event time).
+            # trips (each event keeps its own scheduled event time).
             hold_s = batch_at + self.batch_interval_s - self.clock()
             if hold_s > 0:
                 self.stop.wait(hold_s)
@@ -107,12 +107,12 @@ class Simulator:
                 ts = max(now_wall - int((now_mono - due_s) * 1e6), self.last_ts_us + 1)
                 ts_us.append(ts)
                 self.last_ts_us = ts
-            appended += self.sink.publish(self.generator.ticks(ts_us))
-            self._tick_over()
+            appended += self.sink.publish(self.generator.events(ts_us))
+            self._batch_done()
         self._report(final=True)
         return appended
 
-    def _tick_over(self) -> None:
+    def _batch_done(self) -> None:
         if not self._ready:
             self._ready = True
             notify.ready(f"publishing {len(self.generator.symbols)} symbols")
@@ -122,10 +122,12 @@ class Simulator:
 
     def _report(self, *, final: bool = False) -> None:
         now = self.clock()
-        published = self.metrics.value("pricepipe_publisher_ticks_published")
+        published = self.metrics.total("pricepipe_publisher_events_published")
+        trades = self.metrics.value("pricepipe_publisher_events_published", channel="trades")
         elapsed = max(now - self._logged_at, 1e-9)
         rate = (published - self._logged_count) / elapsed
-        dropped = self.metrics.total("pricepipe_publisher_ticks_dropped")
-        log.info("%spublished %d ticks (%.0f/s), dropped %d", "done: " if final else "",
-                 published, rate, dropped)
+        dropped = self.metrics.total("pricepipe_publisher_events_dropped")
+        log.info("%spublished %d events (%.0f/s; %d trades, %d quotes), dropped %d",
+                 "done: " if final else "", published, rate, trades, published - trades,
+                 dropped)
         self._logged_at, self._logged_count = now, published

@@ -1,21 +1,22 @@
-"""The stream sink: where every publisher's ticks go.
+"""The stream sink: where every publisher's trades and quotes go.
 
-A thin I/O layer over :func:`pricepipe.streams.append_ticks` that adds:
+A thin I/O layer over :func:`pricepipe.streams.append_events` that adds:
 
 * registration of symbols before their first ``XADD``;
 * the backpressure policy (:mod:`pricepipe.backpressure`): ``INFO memory``
   is read at most every ``check_interval_s``, and Redis's ``OOM`` error
   reply is recognised per append call (one per shard, all or nothing; see
-  :func:`pricepipe.streams.append_ticks`), so a full Redis never crashes a
+  :func:`pricepipe.streams.append_events`), so a full Redis never crashes a
   publisher;
 * survival of Redis outages: connection errors are logged, counted and
   retried with redis-py's exponential backoff with jitter.
 
 A batch whose round trip failed on the connection may have been applied
 in part or in whole (the reply is what got lost). Before sending it again the
-sink reads each symbol's newest entry and leaves out the ticks Redis already
-holds, so a Redis restart does not append a tick twice. Ticks refused with
-``OOM`` are known not to be stored and only those are retried.
+sink reads the newest entry of each stream the batch writes to (a symbol's
+trades and its quotes are two streams) and leaves out the events Redis
+already holds, so a Redis restart does not append an event twice. Events
+refused with ``OOM`` are known not to be stored and only those are retried.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from pricepipe import notify
 from pricepipe.backpressure import Policy, is_oom_error, memory_usage
-from pricepipe.codec import decode_fields
-from pricepipe.keys import Keys
+from pricepipe.codec import channel_of, decode_entry
+from pricepipe.events import Event
+from pricepipe.keys import Channel, Keys
 from pricepipe.stop import StopRequest
-from pricepipe.streams import append_ticks, register_symbols
-from pricepipe.tick import Tick
+from pricepipe.streams import append_events, register_symbols
 
 from .metrics import PublisherMetrics
 
@@ -44,7 +45,7 @@ _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class StreamSink:
-    """Appends ticks to their symbols' streams under a backpressure policy.
+    """Appends events to their streams under a backpressure policy.
 
     ``high_water`` and ``low_water`` are fractions of Redis ``maxmemory``:
     above ``high_water`` the policy applies until usage falls below
@@ -85,18 +86,20 @@ class StreamSink:
 
     # --- publishing -----------------------------------------------------------------------
 
-    def publish(self, ticks: Sequence[Tick]) -> int:
-        """Append ``ticks``; returns how many were appended.
+    def publish(self, events: Sequence[Event]) -> int:
+        """Append ``events`` (trades and quotes, in any mix), each to its
+        symbol's stream of its kind, in order per stream; returns how many
+        were appended.
 
         Under the ``block`` policy this waits while Redis is full and returns
-        once every tick is stored or a stop is requested (the rest are then
+        once every event is stored or a stop is requested (the rest are then
         counted as dropped with reason ``stop``). Under ``drop`` it returns at
-        once, counting refused ticks with reason ``backpressure``.
+        once, counting refused events with reason ``backpressure``.
         """
-        if not ticks:
+        if not events:
             return 0
-        self.register({t.symbol for t in ticks})
-        pending = list(ticks)
+        self.register({e.symbol for e in events})
+        pending = list(events)
         appended = 0
         while pending:
             self._check_memory()
@@ -113,62 +116,91 @@ class StreamSink:
                 return appended
             batch, results = sent
             refused = []
-            for tick, result in zip(batch, results, strict=True):
+            stored: dict[Channel, int] = {}
+            for event, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     if not is_oom_error(result):
                         raise result
-                    refused.append(tick)
+                    refused.append(event)
+                else:
+                    channel = channel_of(event)
+                    stored[channel] = stored.get(channel, 0) + 1
+            # Events left out of the batch were stored by an earlier round trip.
+            for event in _without(pending, batch):
+                channel = channel_of(event)
+                stored[channel] = stored.get(channel, 0) + 1
             appended += len(pending) - len(refused)
-            self.metrics.published.inc(len(pending) - len(refused))
+            for channel, count in stored.items():
+                self.metrics.published.labels(channel=str(channel)).inc(count)
             if refused:
                 self._enter_pressure("redis refused writes: OOM")
             pending = refused
         return appended
 
-    def _send_once(self, ticks: Sequence[Tick]) -> tuple[list[Tick], list[Any]] | None:
-        """Send ``ticks`` until a round trip gets through; returns the ticks
+    def _send_once(self, events: Sequence[Event]) -> tuple[list[Event], list[Any]] | None:
+        """Send ``events`` until a round trip gets through; returns the events
         sent in that round trip and their results (after a failed round trip,
-        ticks found already stored are not sent again). None if a stop came
+        events found already stored are not sent again). None if a stop came
         first."""
-        def attempt(failures: int) -> tuple[list[Tick], list[Any]]:
-            batch = self._not_yet_stored(list(ticks)) if failures else list(ticks)
+        def attempt(failures: int) -> tuple[list[Event], list[Any]]:
+            batch = self._not_yet_stored(list(events)) if failures else list(events)
             return batch, self._send(batch) if batch else []
 
-        result: tuple[list[Tick], list[Any]] | None = self._retrying(attempt)
+        result: tuple[list[Event], list[Any]] | None = self._retrying(attempt)
         return result
 
-    def _not_yet_stored(self, ticks: list[Tick]) -> list[Tick]:
-        """``ticks`` less those a failed round trip already appended.
+    def last_events(self, symbols: Iterable[str], channel: Channel) -> dict[str, Event]:
+        """:meth:`newest`, retried through Redis outages; empty if a stop
+        came first."""
+        wanted = list(symbols)
+        found: dict[str, Event] | None = self._retrying(
+            lambda _failures: self.newest(wanted, channel))
+        return found or {}
 
-        A pipeline's ``XADD``s to one stream are applied in order, so if a
-        symbol's newest entry is one of its ticks here, that tick and every
-        earlier one of the symbol are stored and the later ones are not.
-        (Ticks of a symbol never repeat: time moves on, pollers drop repeats.)
-        """
+    def newest(self, symbols: Iterable[str], channel: Channel) -> dict[str, Event]:
+        """The newest event of each symbol's ``channel`` stream, where it has
+        one that decodes (one pipelined round trip)."""
+        symbols = list(dict.fromkeys(symbols))
         pipe = self.r.pipeline(transaction=False)
-        symbols = list(dict.fromkeys(t.symbol for t in ticks))
         for symbol in symbols:
-            pipe.xrevrange(self.keys.stream(symbol), count=1)
-        newest: dict[str, Tick] = {}
+            pipe.xrevrange(self.keys.stream(symbol, channel), count=1)
+        out: dict[str, Event] = {}
         for symbol, rows in zip(symbols, pipe.execute(), strict=True):
             if rows:
                 try:
-                    newest[symbol] = decode_fields(rows[0][1])
+                    out[symbol] = decode_entry(channel, symbol, rows[0][1])
                 except ValueError:
                     continue  # not ours to judge; the persist worker dead-letters it
-        stored_upto: dict[str, int] = {}
-        for i, tick in enumerate(ticks):
-            if newest.get(tick.symbol) == tick:
-                stored_upto[tick.symbol] = i
-        if stored_upto:
-            log.info("after a failed round trip %d symbol(s) were already appended; "
-                     "not sending those ticks again", len(stored_upto))
-        return [t for i, t in enumerate(ticks) if i > stored_upto.get(t.symbol, -1)]
+        return out
 
-    def _send(self, ticks: Sequence[Tick]) -> list[Any]:
+    def _not_yet_stored(self, events: list[Event]) -> list[Event]:
+        """``events`` less those a failed round trip already appended.
+
+        The appends to one stream are applied in order, so if a stream's
+        newest entry is one of its events here, that event and every earlier
+        one of the stream are stored and the later ones are not. (Events of
+        a stream never repeat: time moves on, pollers drop repeats.)
+        """
+        streams = list(dict.fromkeys((e.symbol, channel_of(e)) for e in events))
+        newest: dict[tuple[str, Channel], Event] = {}
+        for channel in dict.fromkeys(c for _, c in streams):
+            found = self.newest([s for s, c in streams if c is channel], channel)
+            newest.update({(symbol, channel): event for symbol, event in found.items()})
+        stored_upto: dict[tuple[str, Channel], int] = {}
+        for i, event in enumerate(events):
+            stream = (event.symbol, channel_of(event))
+            if newest.get(stream) == event:
+                stored_upto[stream] = i
+        if stored_upto:
+            log.info("after a failed round trip %d stream(s) were already appended to; "
+                     "not sending those events again", len(stored_upto))
+        return [e for i, e in enumerate(events)
+                if i > stored_upto.get((e.symbol, channel_of(e)), -1)]
+
+    def _send(self, events: Sequence[Event]) -> list[Any]:
         # raise_on_error=False: one refused shard must not hide which others
         # were stored, or a retry would duplicate them.
-        return append_ticks(self.r, self.keys, ticks, raise_on_error=False)
+        return append_events(self.r, self.keys, events, raise_on_error=False)
 
     def _retrying(self, call: Callable[[int], Any]) -> Any:
         """``call(failures_so_far)`` until it gets through Redis, with capped
@@ -233,3 +265,10 @@ class StreamSink:
                 return False
             self._check_memory(force=True)
         return True
+
+
+def _without(events: Sequence[Event], sent: Sequence[Event]) -> list[Event]:
+    """``events`` less the ones in ``sent`` (by identity: a batch is a
+    sub-list of the pending events)."""
+    sent_ids = {id(e) for e in sent}
+    return [e for e in events if id(e) not in sent_ids]

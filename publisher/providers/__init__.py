@@ -31,7 +31,11 @@ def make_provider(name: str, environ: Mapping[str, str] | None = None, *,
     """The provider ``name`` configured from the environment. Raises :exc:`ConfigError`."""
     if name == "binance":
         b = BinanceSettings.from_env(environ, base_url=base_url)
-        return BinanceProvider(base_url=b.base_url, rate_limit=b.rate_limit)
+        try:
+            return BinanceProvider(base_url=b.base_url, rate_limit=b.rate_limit,
+                                   trades_limit=b.trades_limit)
+        except ValueError as exc:
+            raise ConfigError(f"PRICEPIPE_BINANCE_TRADES_LIMIT: {exc}") from exc
     if name == "coinbase":
         c = CoinbaseSettings.from_env(environ, base_url=base_url)
         return CoinbaseProvider(base_url=c.base_url, rate_limit=c.rate_limit)
@@ -45,7 +49,9 @@ def make_provider(name: str, environ: Mapping[str, str] | None = None, *,
                               "{symbol})")
         return GenericProvider(
             url=g.url, price_path=g.price_path, time_path=g.time_path, time_unit=g.time_unit,
-            size_path=g.size_path, version_path=g.version_path, headers=g.headers,
+            size_path=g.size_path, version_path=g.version_path, bid_path=g.bid_path,
+            ask_path=g.ask_path, bid_size_path=g.bid_size_path, ask_size_path=g.ask_size_path,
+            headers=g.headers,
             api_key=g.api_key, api_key_header=g.api_key_header, api_key_param=g.api_key_param,
             rate_limit=g.rate_limit)
     raise ConfigError(f"unknown provider {name!r}: want one of {sorted(PROVIDERS)}")

@@ -1,9 +1,12 @@
-"""What every upstream provider shares: the quote, the request, the pure
-parsing helpers and the checks a quote must pass before it becomes a tick.
+"""What every upstream provider shares: the request, the reports an answer
+is parsed into, the pure parsing helpers and the checks a report must pass
+before it becomes a :class:`~pricepipe.events.Trade` or
+:class:`~pricepipe.events.Quote`.
 
 Everything here is pure code. A provider turns symbols into
-:class:`Request` objects and a decoded JSON answer into :class:`Quote`
-objects (plus a :class:`Rejection` per item it could not read); the
+:class:`Request` objects and a decoded JSON answer into
+:class:`TradeReport` and :class:`QuoteReport` objects (plus a
+:class:`Rejection` per item it could not read); the
 :class:`~pricepipe.publisher.upstream.Upstream` client does the HTTP and the
 :class:`~pricepipe.publisher.poller.Poller` the scheduling.
 """
@@ -16,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pricepipe.clock import US_PER_S, parse_time_us
-from pricepipe.exceptions import BadResponseError, InvalidTickError
-from pricepipe.tick import MAX_TS_US, MIN_TS_US, Tick
+from pricepipe.events import Quote, Side, Trade, check_ts
+from pricepipe.exceptions import BadResponseError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,25 +41,42 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Quote:
-    """A price as the upstream reported it, before validation.
+class TradeReport:
+    """A trade as the upstream reported it, before validation.
 
-    ``version`` identifies the upstream's observation (a trade id) when it
-    has one; two quotes with the same version are the same quote.
-    ``ts_us`` is None when the upstream gives no time: the receipt time is
-    then the event time.
+    ``ts_us`` is None when the upstream gives no time (then the receipt
+    time is the event time); ``size``, ``trade_id`` and ``side`` are None
+    where the upstream does not report them.
     """
 
     upstream: str
     price: float
     ts_us: int | None
     size: float | None = None
-    version: str | None = None
+    trade_id: str | None = None
+    side: Side | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteReport:
+    """A top of book as the upstream reported it, before validation. A side
+    the upstream left empty is None; ``ts_us`` None means "stamped with the
+    receipt time" (a snapshot answer carries no time of its own)."""
+
+    upstream: str
+    ts_us: int | None
+    bid: float | None
+    bid_size: float | None
+    ask: float | None
+    ask_size: float | None
+
+
+Report = TradeReport | QuoteReport
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why one item of an answer was not turned into a quote."""
+    """Why one item of an answer was not turned into a report."""
 
     upstream: str | None
     reason: str
@@ -65,10 +85,14 @@ class Rejection:
 
 @dataclass
 class Parsed:
-    """The readable quotes of one answer and the reasons for the rest."""
+    """The readable reports of one answer and the reasons for the rest."""
 
-    quotes: list[Quote] = field(default_factory=list)
+    trades: list[TradeReport] = field(default_factory=list)
+    quotes: list[QuoteReport] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+
+    def reject(self, upstream: str | None, exc: BadResponseError) -> None:
+        self.rejections.append(Rejection(upstream, exc.reason, str(exc)))
 
 
 class Provider:
@@ -84,6 +108,10 @@ class Provider:
     default_rate_limit: ClassVar[str] = "60/minute"
     #: Symbols polled when none are configured.
     example_symbols: ClassVar[str] = ""
+    #: True when an answer lists every recent trade and trade ids count up
+    #: by one per trade: then a jump in the ids means trades were missed
+    #: between two polls (counted, see the poller).
+    lists_trades: ClassVar[bool] = False
 
     def __init__(self, *, base_url: str, rate_limit: str | None = None,
                  api_key: str | None = None) -> None:
@@ -108,7 +136,7 @@ class Provider:
         raise NotImplementedError
 
     def parse(self, request: Request, payload: Any) -> Parsed:
-        """Quotes in a decoded JSON answer to ``request``.
+        """Reports in a decoded JSON answer to ``request``.
 
         Raises :exc:`BadResponseError` when the answer as a whole is unusable
         (an error object, the wrong shape); items that are individually bad
@@ -132,8 +160,8 @@ def require(obj: Any, name: str) -> Any:
 
 def number(value: Any, name: str) -> float:
     """A JSON number or numeric string as a float. Rejects booleans and
-    non-numeric text (reason ``not_numeric``); NaN and infinities (``not_finite``)
-    are returned as they are, for :func:`to_tick` to reject."""
+    non-numeric text (reason ``not_numeric``); NaN and infinities are
+    returned as they are, for the event to refuse (``not_finite``)."""
     if isinstance(value, bool):
         raise BadResponseError(f"{name} is a boolean", reason="not_numeric")
     if isinstance(value, int | float):
@@ -145,6 +173,20 @@ def number(value: Any, name: str) -> float:
             raise BadResponseError(f"{name}={value!r} is not a number",
                                    reason="not_numeric") from exc
     raise BadResponseError(f"{name}={value!r} is not a number", reason="not_numeric")
+
+
+def optional_number(obj: Mapping[str, Any], name: str) -> float | None:
+    """``number(obj[name])``, or None when the field is absent or null."""
+    value = obj.get(name)
+    return None if value is None else number(value, name)
+
+
+def trade_id(value: Any, name: str) -> str:
+    """An upstream trade id (an integer or a string) as text; raises
+    :exc:`BadResponseError` (``bad_trade_id``) for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadResponseError(f"{name}={value!r} is not a trade id", reason="bad_trade_id")
+    return str(value)
 
 
 def epoch_us(value: Any, name: str, unit: str) -> int:
@@ -164,7 +206,7 @@ def epoch_us(value: Any, name: str, unit: str) -> int:
                                  str(int(number_value)))
         scale = {"s": US_PER_S, "ms": 1_000, "us": 1}[unit]
         return round(number_value * scale)
-    except (ValueError, KeyError, OverflowError) as exc:
+    except (ValueError, KeyError, OverflowError, BadResponseError) as exc:
         raise BadResponseError(f"{name}={value!r} is not a {unit} timestamp",
                                reason="bad_timestamp") from exc
 
@@ -173,8 +215,8 @@ def epoch_us(value: Any, name: str, unit: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class QuoteChecks:
-    """Bounds a quote's timestamp must respect relative to its receipt time.
+class TimeChecks:
+    """Bounds an upstream timestamp must respect relative to its receipt time.
 
     Upstream clocks run a little ahead; a timestamp minutes in the future is a
     unit or zone mix-up. Old timestamps are normal for closed markets (a
@@ -184,33 +226,36 @@ class QuoteChecks:
     max_future_s: float = 300.0
     max_age_s: float = 7 * 86_400.0
 
+    def event_time(self, report: Report, recv_ts_us: int) -> int:
+        """The report's event time: its own, checked, or the receipt time.
+        Raises :exc:`~pricepipe.exceptions.InvalidEventError`
+        (``bad_timestamp``: outside the years 2000-2100, a unit mix-up) or
+        :exc:`BadResponseError` (``future_timestamp``, ``stale_timestamp``)."""
+        ts_us = report.ts_us
+        if ts_us is None:
+            return recv_ts_us
+        check_ts(ts_us, "ts_us")
+        if ts_us > recv_ts_us + self.max_future_s * US_PER_S:
+            raise BadResponseError(f"{report.upstream}: timestamp {ts_us} is in the future",
+                                   reason="future_timestamp")
+        if ts_us < recv_ts_us - self.max_age_s * US_PER_S:
+            raise BadResponseError(f"{report.upstream}: timestamp {ts_us} is too old",
+                                   reason="stale_timestamp")
+        return ts_us
 
-def to_tick(quote: Quote, *, symbol: str, source: str, recv_ts_us: int,
-            checks: QuoteChecks = QuoteChecks()) -> Tick:
-    """The tick for a quote, or :exc:`BadResponseError` with the reason
-    (``not_finite``, ``non_positive``, ``bad_timestamp``, ``future_timestamp``,
-    ``stale_timestamp``)."""
-    price = quote.price
-    ts_us = recv_ts_us if quote.ts_us is None else quote.ts_us
-    if not math.isfinite(price):
-        raise BadResponseError(f"{quote.upstream}: price {price!r} is not finite",
-                               reason="not_finite")
-    if price <= 0:
-        raise BadResponseError(f"{quote.upstream}: price {price!r} is not positive",
-                               reason="non_positive")
-    if not MIN_TS_US <= ts_us < MAX_TS_US:
-        raise BadResponseError(f"{quote.upstream}: timestamp {ts_us} is absurd",
-                               reason="bad_timestamp")
-    if ts_us > recv_ts_us + checks.max_future_s * US_PER_S:
-        raise BadResponseError(f"{quote.upstream}: timestamp {ts_us} is in the future",
-                               reason="future_timestamp")
-    if ts_us < recv_ts_us - checks.max_age_s * US_PER_S:
-        raise BadResponseError(f"{quote.upstream}: timestamp {ts_us} is too old",
-                               reason="stale_timestamp")
-    size = quote.size
-    if size is not None and not (math.isfinite(size) and size >= 0):
-        size = None  # a bad size does not make the price wrong
-    try:
-        return Tick(symbol, ts_us, price, size, source, recv_ts_us)
-    except InvalidTickError as exc:
-        raise BadResponseError(f"{quote.upstream}: {exc}", reason="invalid") from exc
+
+def to_trade(report: TradeReport, *, symbol: str, source: str, recv_ts_us: int,
+             checks: TimeChecks = TimeChecks()) -> Trade:
+    """The trade of a report. Raises :exc:`BadResponseError` (time checks) or
+    :exc:`~pricepipe.exceptions.InvalidEventError` (``bad_timestamp``,
+    ``not_finite``, ``non_positive``, ...); both have a ``reason``."""
+    return Trade(symbol, checks.event_time(report, recv_ts_us), report.price, report.size,
+                 source, report.trade_id, report.side, recv_ts_us)
+
+
+def to_quote(report: QuoteReport, *, symbol: str, source: str, recv_ts_us: int,
+             checks: TimeChecks = TimeChecks()) -> Quote:
+    """The quote of a report; raises as :func:`to_trade` (``crossed_book``,
+    ``empty_book``, ...)."""
+    return Quote(symbol, checks.event_time(report, recv_ts_us), report.bid, report.bid_size,
+                 report.ask, report.ask_size, source, recv_ts_us)

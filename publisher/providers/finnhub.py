@@ -7,9 +7,11 @@ Documented answer (``c`` current price, ``t`` its time in epoch seconds)::
     {"c": 261.74, "d": 2.29, "dp": 0.8827, "h": 263.31, "l": 260.68,
      "o": 261.07, "pc": 259.45, "t": 1582641000}
 
-An unknown symbol answers all zeros (rejected as a non-positive price);
-errors come as ``{"error": "..."}``. Free plan: 60 calls per minute, and
-never more than 30 per second.
+Each answer is one trade: the last price ``c`` at ``t``, without size, side
+or trade id (the poller publishes it when ``t`` or ``c`` changes). Finnhub's
+quote has no bid or ask. An unknown symbol answers all zeros (rejected with
+reason ``unknown_symbol``); errors come as ``{"error": "..."}``. Free plan: 60
+calls per minute, and never more than 30 per second.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 
 from pricepipe.exceptions import BadResponseError, ConfigError
 
-from .base import Parsed, Provider, Quote, Rejection, Request, epoch_us, number, require
+from .base import Parsed, Provider, Request, TradeReport, epoch_us, number, require
 
 
 class FinnhubProvider(Provider):
@@ -49,13 +51,16 @@ class FinnhubProvider(Provider):
             raise BadResponseError(f"finnhub error: {payload['error']}", reason="upstream_error")
         parsed = Parsed()
         try:
-            parsed.quotes.append(Quote(
+            if payload.get("c") == 0 and payload.get("t") == 0:
+                raise BadResponseError(f"{upstream}: all zeros, an unknown symbol",
+                                       reason="unknown_symbol")
+            parsed.trades.append(TradeReport(
                 upstream,
                 number(require(payload, "c"), "c"),
                 epoch_us(require(payload, "t"), "t", "s"),
             ))
         except BadResponseError as exc:
-            parsed.rejections.append(Rejection(upstream, exc.reason, str(exc)))
+            parsed.reject(upstream, exc)
         return parsed
 
     # --- metadata (see publisher.metadata) ----------------------------------------------------

@@ -1,6 +1,12 @@
 """A fake upstream: a real HTTP server on a free port, in a thread, speaking
-the documented JSON of Binance, Coinbase Exchange, Finnhub and a generic
-API, and misbehaving on cue.
+the documented JSON of Binance (``ticker/bookTicker``, ``trades``), Coinbase
+Exchange (``products/{id}/ticker``), Finnhub (``quote``, ``stock/profile2``,
+``stock/metric``) and a generic API, and misbehaving on cue.
+
+The market it serves is set by the test: :meth:`FakeUpstream.add_trade`
+appends a trade to a symbol's tape (ids count up per symbol, as Binance's
+and Coinbase's do), :meth:`FakeUpstream.set_book` sets its best bid and ask,
+:meth:`FakeUpstream.set_market` does both around one price.
 
 ``fake.script("500", "503", "ok")`` makes the next requests (whatever their
 path) answer 500, then 503, then normally. Behaviours:
@@ -24,11 +30,21 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+
+
+@dataclass(frozen=True)
+class FakeTrade:
+    trade_id: int
+    price: float
+    qty: float
+    ts_ms: int
+    buyer_maker: bool
 
 
 class FakeUpstream:
@@ -37,8 +53,10 @@ class FakeUpstream:
         self.timeout_s = timeout_s
         self.lock = threading.Lock()
         self.behaviours: collections.deque[str] = collections.deque()
-        #: symbol -> (price, event time in ms, trade id)
-        self.quotes: dict[str, tuple[float, int, int]] = {}
+        #: symbol -> its trades, oldest first
+        self.trades: dict[str, list[FakeTrade]] = {}
+        #: symbol -> (bid, bid quantity, ask, ask quantity)
+        self.books: dict[str, tuple[float, float, float, float]] = {}
         #: (monotonic time, path with query, headers) of every request
         self.log: list[tuple[float, str, dict[str, str]]] = []
         self.closing = threading.Event()
@@ -65,13 +83,29 @@ class FakeUpstream:
         with self.lock:
             self.behaviours.extend(behaviours)
 
-    def set_quote(self, symbol: str, price: float, ts_ms: int | None = None,
-                  trade_id: int | None = None) -> None:
+    def add_trade(self, symbol: str, price: float, ts_ms: int | None = None, *,
+                  qty: float = 0.5, buyer_maker: bool = False,
+                  trade_id: int | None = None) -> int:
+        """Append a trade to ``symbol``'s tape; returns its id (the next one
+        unless given)."""
         with self.lock:
-            old = self.quotes.get(symbol)
-            next_id = (old[2] + 1) if old else 1000
-            self.quotes[symbol] = (price, ts_ms if ts_ms is not None else int(time.time() * 1000),
-                                   trade_id if trade_id is not None else next_id)
+            tape = self.trades.setdefault(symbol, [])
+            if trade_id is None:
+                trade_id = tape[-1].trade_id + 1 if tape else 1000
+            stamp = ts_ms if ts_ms is not None else int(time.time() * 1000)
+            tape.append(FakeTrade(trade_id, price, qty, stamp, buyer_maker))
+            return trade_id
+
+    def set_book(self, symbol: str, bid: float, ask: float, *, bid_qty: float = 1.5,
+                 ask_qty: float = 2.5) -> None:
+        with self.lock:
+            self.books[symbol] = (bid, bid_qty, ask, ask_qty)
+
+    def set_market(self, symbol: str, price: float, ts_ms: int | None = None) -> int:
+        """A new trade at ``price`` and a book one cent around it; returns the
+        trade's id."""
+        self.set_book(symbol, round(price - 0.01, 2), round(price + 0.01, 2))
+        return self.add_trade(symbol, price, ts_ms)
 
     def requests_to(self, fragment: str) -> list[tuple[float, str, dict[str, str]]]:
         with self.lock:
@@ -81,21 +115,32 @@ class FakeUpstream:
 
     def answer(self, path: str, query: dict[str, list[str]],
                headers: dict[str, str]) -> tuple[int, Any]:
-        if path == "/api/v3/ticker/24hr":
+        if path == "/api/v3/ticker/bookTicker":
             wanted = orjson.loads(query["symbols"][0]) if "symbols" in query else \
                 [query["symbol"][0]]
-            if any(s not in self.quotes for s in wanted):
+            if any(s not in self.books for s in wanted):
                 return 400, {"code": -1121, "msg": "Invalid symbol."}
-            return 200, [self._binance(s) for s in wanted]
+            books = [self._binance_book(s) for s in wanted]
+            return 200, books if "symbols" in query else books[0]
+        if path == "/api/v3/trades":
+            symbol = query["symbol"][0]
+            limit = int(query.get("limit", ["500"])[0])
+            if symbol not in self.trades:
+                return 400, {"code": -1121, "msg": "Invalid symbol."}
+            return 200, [{"id": t.trade_id, "price": f"{t.price:.8f}", "qty": f"{t.qty:.8f}",
+                          "quoteQty": f"{t.price * t.qty:.8f}", "time": t.ts_ms,
+                          "isBuyerMaker": t.buyer_maker, "isBestMatch": True}
+                         for t in self.trades[symbol][-limit:]]
         if path.startswith("/products/") and path.endswith("/ticker"):
             product = unquote(path.split("/")[2])
-            if product not in self.quotes:
+            if product not in self.trades:
                 return 404, {"message": "NotFound"}
-            price, ts_ms, trade_id = self.quotes[product]
-            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms / 1000))
-            return 200, {"ask": f"{price * 1.0001:.2f}", "bid": f"{price * 0.9999:.2f}",
-                         "volume": "53602.03940154", "trade_id": trade_id, "price": repr(price),
-                         "size": "0.00698254", "time": f"{iso}.{ts_ms % 1000:03d}000Z"}
+            last = self.trades[product][-1]
+            bid, _, ask, _ = self.books.get(product, (last.price, 0, last.price, 0))
+            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last.ts_ms / 1000))
+            return 200, {"ask": repr(ask), "bid": repr(bid), "volume": "53602.03940154",
+                         "trade_id": last.trade_id, "price": repr(last.price),
+                         "size": repr(last.qty), "time": f"{iso}.{last.ts_ms % 1000:03d}000Z"}
         if path in ("/quote", "/stock/profile2", "/stock/metric"):
             if headers.get("x-finnhub-token") != "test-key":
                 return 401, {"error": "Invalid API key"}
@@ -108,30 +153,29 @@ class FakeUpstream:
             if path == "/stock/metric":
                 return 200, {"metric": {"52WeekHigh": 310.43, "52WeekLow": 149.22},
                              "metricType": "all", "series": {}, "symbol": symbol}
-            if symbol not in self.quotes:
+            if symbol not in self.trades:
                 return 200, {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0,
                              "t": 0}
-            price, ts_ms, _ = self.quotes[symbol]
-            return 200, {"c": price, "d": 0.5, "dp": 0.2, "h": price + 1, "l": price - 1,
-                         "o": price, "pc": price - 0.5, "t": ts_ms // 1000}
+            last = self.trades[symbol][-1]
+            return 200, {"c": last.price, "d": 0.5, "dp": 0.2, "h": last.price + 1,
+                         "l": last.price - 1, "o": last.price, "pc": last.price - 0.5,
+                         "t": last.ts_ms // 1000}
         if path.startswith("/generic/"):
             symbol = unquote(path.split("/")[2])
-            if symbol not in self.quotes:
+            if symbol not in self.trades:
                 return 404, {"error": "no such symbol"}
-            price, ts_ms, trade_id = self.quotes[symbol]
-            return 200, {"data": {"last": {"px": str(price), "time": ts_ms, "seq": trade_id}}}
+            last = self.trades[symbol][-1]
+            bid, bid_qty, ask, ask_qty = self.books.get(symbol, (last.price, 0, last.price, 0))
+            return 200, {"data": {
+                "last": {"px": str(last.price), "time": last.ts_ms, "seq": last.trade_id,
+                         "size": str(last.qty)},
+                "book": {"bid": bid, "bidSize": bid_qty, "ask": ask, "askSize": ask_qty}}}
         return 404, {"error": "not found"}
 
-    def _binance(self, symbol: str) -> dict[str, Any]:
-        price, ts_ms, trade_id = self.quotes[symbol]
-        text = f"{price:.8f}"
-        return {"symbol": symbol, "priceChange": "0.00000000", "priceChangePercent": "0.000",
-                "weightedAvgPrice": text, "prevClosePrice": text, "lastPrice": text,
-                "lastQty": "0.50000000", "bidPrice": text, "bidQty": "1.00000000",
-                "askPrice": text, "askQty": "1.00000000", "openPrice": text, "highPrice": text,
-                "lowPrice": text, "volume": "100.00000000", "quoteVolume": "1000.00000000",
-                "openTime": ts_ms - 86_400_000, "closeTime": ts_ms, "firstId": trade_id - 10,
-                "lastId": trade_id, "count": 11}
+    def _binance_book(self, symbol: str) -> dict[str, Any]:
+        bid, bid_qty, ask, ask_qty = self.books[symbol]
+        return {"symbol": symbol, "bidPrice": f"{bid:.8f}", "bidQty": f"{bid_qty:.8f}",
+                "askPrice": f"{ask:.8f}", "askQty": f"{ask_qty:.8f}"}
 
     # --- the handler ------------------------------------------------------------------------
 

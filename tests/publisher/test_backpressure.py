@@ -9,23 +9,30 @@ from typing import Any
 
 import pytest
 import redis
-from pricepipe.publisher.metrics import PublisherMetrics
-from pricepipe.publisher.sink import StreamSink
 
 from pricepipe.backpressure import MemoryUsage, Policy, is_oom_error, memory_usage
 from pricepipe.embedded import RedisServer
+from pricepipe.events import Event, Quote, Side, Trade
 from pricepipe.exceptions import ConfigError
-from pricepipe.keys import Keys
+from pricepipe.keys import PERSISTED, Keys
+from pricepipe.publisher.metrics import PublisherMetrics
+from pricepipe.publisher.sink import StreamSink
 from pricepipe.stop import StopRequest
-from pricepipe.tick import Tick
 
 MAXMEMORY_BYTES = 4 * 1024 * 1024
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
 
 
-def batch(start: int, size: int = 1000) -> list[Tick]:
-    return [Tick(SYMBOLS[i % 4], 1_700_000_000_000_000 + start + i, 100.0 + (start + i) % 97,
-                 1.0, "test") for i in range(size)]
+def event(n: int) -> Event:
+    """Event ``n``: every third a trade, else a quote, over the four symbols."""
+    symbol, ts_us, price = SYMBOLS[n % 4], 1_700_000_000_000_000 + n, 100.0 + n % 97
+    if n % 3 == 0:
+        return Trade(symbol, ts_us, price, 1.0, "test", None, Side.SELL)
+    return Quote(symbol, ts_us, price, 2.0, price + 0.05, 3.0, "test")
+
+
+def batch(start: int, size: int = 1000) -> list[Event]:
+    return [event(start + i) for i in range(size)]
 
 
 @pytest.fixture
@@ -37,7 +44,7 @@ def small_redis(make_redis_server: Callable[..., RedisServer]) -> Any:
 
 
 def stream_total(r: Any, keys: Keys) -> int:
-    return sum(r.xlen(keys.stream(s)) for s in SYMBOLS)
+    return sum(r.xlen(keys.stream(s, c)) for s in SYMBOLS for c in PERSISTED)
 
 
 def test_pure_helpers() -> None:
@@ -68,17 +75,17 @@ def test_drop_policy_counts_and_never_crashes(small_redis: Any, keys: Keys,
                       check_interval_s=0.0)
     attempted = appended = 0
     for i in range(200):
-        ticks = batch(i * 1000)
-        attempted += len(ticks)
-        appended += sink.publish(ticks)
-        if metrics.value("pricepipe_publisher_ticks_dropped", reason="backpressure") >= 3000:
+        events = batch(i * 1000)
+        attempted += len(events)
+        appended += sink.publish(events)
+        if metrics.value("pricepipe_publisher_events_dropped", reason="backpressure") >= 3000:
             break
-    dropped = metrics.value("pricepipe_publisher_ticks_dropped", reason="backpressure")
+    dropped = metrics.value("pricepipe_publisher_events_dropped", reason="backpressure")
     assert dropped >= 3000, "redis never filled up"
     assert sink.pressure and metrics.value("pricepipe_publisher_backpressure") == 1
     assert appended + dropped == attempted
     assert stream_total(small_redis, keys) == appended  # nothing stored twice or lost silently
-    assert metrics.value("pricepipe_publisher_ticks_published") == appended
+    assert metrics.total("pricepipe_publisher_events_published") == appended
 
 
 def test_block_policy_resumes_after_memory_is_freed(small_redis: Any, keys: Keys) -> None:
@@ -105,12 +112,13 @@ def test_block_policy_resumes_after_memory_is_freed(small_redis: Any, keys: Keys
     assert worker.is_alive() and not done, "publish did not block under pressure"
     # The operator (or the persist workers' trimming) frees memory.
     for symbol in SYMBOLS:
-        small_redis.xtrim(keys.stream(symbol), maxlen=10, approximate=False)
+        for channel in PERSISTED:
+            small_redis.xtrim(keys.stream(symbol, channel), maxlen=10, approximate=False)
     worker.join(30)
     assert done == [500]
     assert not sink.pressure
-    assert stream_total(small_redis, keys) == 4 * 10 + 500
-    assert metrics.total("pricepipe_publisher_ticks_dropped") == 0
+    assert stream_total(small_redis, keys) == 4 * 2 * 10 + 500
+    assert metrics.total("pricepipe_publisher_events_dropped") == 0
 
 
 def test_block_policy_gives_up_on_stop(small_redis: Any, keys: Keys) -> None:
@@ -139,7 +147,7 @@ def test_block_policy_gives_up_on_stop(small_redis: Any, keys: Keys) -> None:
             stop.set()
             worker.join(30)
             assert not worker.is_alive()
-            dropped = metrics.value("pricepipe_publisher_ticks_dropped", reason="stop")
+            dropped = metrics.value("pricepipe_publisher_events_dropped", reason="stop")
             assert dropped > 0 and worker_done[0] + dropped == 1000
             return
     pytest.fail("publish never blocked")

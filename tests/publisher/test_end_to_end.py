@@ -1,6 +1,6 @@
 """Done-when checks across roles: a poller against the fake upstream feeds the
-streams, and a persist worker (burst) writes them to PostgreSQL; correlated
-GBM symbols from the command line."""
+trades and quotes streams, and a persist worker (burst) writes them to
+PostgreSQL; correlated GBM symbols from the command line."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from pricepipe.codec import decode_fields
 from pricepipe.keys import Keys
 
 from .fake_upstream import FakeUpstream
+from .helpers import read_quotes
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 
@@ -22,8 +22,8 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 def test_coinbase_poll_reaches_postgres(spawn: Spawn, pipeline_env: dict[str, str], db: Any,
                                         fake: FakeUpstream) -> None:
     ts_ms = int(time.time() * 1000) - 1500
-    fake.set_quote("BTC-USD", 64000.5, ts_ms)
-    fake.set_quote("ETH-USD", 3100.25, ts_ms)
+    fake.set_market("BTC-USD", 64000.5, ts_ms)
+    fake.set_market("ETH-USD", 3100.25, ts_ms)
     poll = spawn(["publish", "--source", "coinbase", "--symbols", "BTC-USD,ETH-USD",
                   "--base-url", fake.url, "--rounds", "2", "--interval", "0.05"],
                  env=pipeline_env)
@@ -33,13 +33,19 @@ def test_coinbase_poll_reaches_postgres(spawn: Spawn, pipeline_env: dict[str, st
     out, _ = persist.communicate(timeout=90)
     assert persist.returncode == 0, out.decode()
     with db.cursor() as cur:
-        cur.execute("SELECT symbol, price, source, extract(epoch FROM ts) * 1000,"
-                    " recv_ts IS NOT NULL FROM ticks ORDER BY symbol")
-        rows = cur.fetchall()
-    assert [(s, p, src, round(float(t)), has_recv) for s, p, src, t, has_recv in rows] == [
-        ("BTC-USD", 64000.5, "coinbase", ts_ms, True),
-        ("ETH-USD", 3100.25, "coinbase", ts_ms, True),
+        cur.execute("SELECT symbol, price, size, trade_id, source,"
+                    " extract(epoch FROM ts) * 1000, recv_ts IS NOT NULL FROM trades"
+                    " ORDER BY symbol")
+        trades = cur.fetchall()
+        cur.execute("SELECT symbol, bid, ask, source, ts = recv_ts FROM quotes ORDER BY symbol")
+        quotes = cur.fetchall()
+    assert [(s, p, size, tid, src, round(float(t)), has_recv)
+            for s, p, size, tid, src, t, has_recv in trades] == [
+        ("BTC-USD", 64000.5, 0.5, "1000", "coinbase", ts_ms, True),
+        ("ETH-USD", 3100.25, 0.5, "1000", "coinbase", ts_ms, True),
     ]
+    assert quotes == [("BTC-USD", 64000.49, 64000.51, "coinbase", True),
+                      ("ETH-USD", 3100.24, 3100.26, "coinbase", True)]
 
 
 def test_correlated_symbols_from_the_cli(spawn: Spawn, pipeline_env: dict[str, str], r: Any,
@@ -48,9 +54,15 @@ def test_correlated_symbols_from_the_cli(spawn: Spawn, pipeline_env: dict[str, s
                   "--correlation", "0.9", "--dt-years", "0.004"], env=pipeline_env)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()
-    prices = [[decode_fields(f).price for _, f in r.xrange(keys.stream(s))]
-              for s in ("AAPL", "MSFT")]
-    returns = np.diff(np.log(np.array(prices)), axis=1)
+    # Correlated mids: compare the two symbols' quotes, period by period (a
+    # period where either traded instead is left out).
+    mids: dict[str, dict[int, float]] = {}
+    for symbol in ("AAPL", "MSFT"):
+        mids[symbol] = {q.ts_us: q.mid for q in read_quotes(r, keys, symbol) if q.mid}
+    both = sorted(set(mids["AAPL"]) & set(mids["MSFT"]))
+    assert len(both) > 1000
+    series = np.array([[mids[s][t] for t in both] for s in ("AAPL", "MSFT")])
+    returns = np.diff(np.log(series), axis=1)
     assert np.corrcoef(returns)[0, 1] > 0.8
     bad = spawn(["publish", "--symbols", "AAPL,MSFT", "--count", "10", "--correlation",
                  "1,2;2,1"], env=pipeline_env)

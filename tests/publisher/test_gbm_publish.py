@@ -1,4 +1,5 @@
-"""The GBM publisher against a real Redis: bulk, real time, stop signals."""
+"""The GBM publisher against a real Redis: bulk, real time, stop signals, and
+the published trades and quotes as the model makes them."""
 
 from __future__ import annotations
 
@@ -7,24 +8,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from pricepipe.events import MIN_TS_US, Quote, Side, Trade
+from pricepipe.keys import PERSIST_GROUP, PERSISTED, Keys
 from pricepipe.publisher.catalog import parse_symbols
 from pricepipe.publisher.generator import GbmGenerator
 from pricepipe.publisher.metrics import PublisherMetrics
 from pricepipe.publisher.simulator import Simulator
 from pricepipe.publisher.sink import StreamSink
-
-from pricepipe.codec import decode_fields
-from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.stop import StopRequest
 from pricepipe.streams import known_symbols
 
+from .helpers import read_events, stream_length
+
 Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-def stream_entries(r: Any, keys: Keys, symbol: str) -> list[Any]:
-    return r.xrange(keys.stream(symbol))
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
@@ -36,59 +37,81 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     return False
 
 
-def test_bulk_publishes_exactly_n_valid_entries(
+def test_bulk_publishes_exactly_n_valid_events(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     proc = spawn(["publish", "--source", "gbm", "--symbols", "AAPL,MSFT,BTC-USD",
-                  "--count", "1001", "--seed", "42", "--batch-size", "100"], env=pipeline_env)
+                  "--count", "1001", "--seed", "42", "--batch-size", "100",
+                  "--spread-bps", "3"], env=pipeline_env)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()
     assert known_symbols(r, keys) == ["AAPL", "BTC-USD", "MSFT"]
     counts = {}
+    trades = 0
     for symbol in ("AAPL", "MSFT", "BTC-USD"):
-        entries = stream_entries(r, keys, symbol)
-        counts[symbol] = len(entries)
-        ticks = [decode_fields(fields) for _, fields in entries]
-        assert {t.symbol for t in ticks} == {symbol}
-        assert {t.source for t in ticks} == {"gbm"}
-        assert all(t.price > 0 for t in ticks)
-        stamps = [t.ts_us for t in ticks]
+        events = read_events(r, keys, symbol)
+        counts[symbol] = len(events)
+        assert {e.symbol for e in events} == {symbol}
+        assert {e.source for e in events} == {"gbm"}
+        stamps = [e.ts_us for e in events]
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
-        # Registered before the first XADD: the persist group sees everything.
-        group = r.xinfo_groups(keys.stream(symbol))[0]
-        assert group["name"] == PERSIST_GROUP.encode() and group["last-delivered-id"] == b"0-0"
+        # In Redis as generated: quotes first, every trade at the last quote's
+        # bid or ask, on the side that says which.
+        assert isinstance(events[0], Quote)
+        book = events[0]
+        for event in events:
+            if isinstance(event, Quote):
+                assert event.bid is not None and event.ask is not None
+                assert event.bid < event.ask
+                assert event.spread / event.mid == pytest.approx(3 / 10_000)  # type: ignore
+                book = event
+            else:
+                assert isinstance(event, Trade)
+                trades += 1
+                assert event.price == (book.ask if event.side is Side.BUY else book.bid)
+                assert event.size is not None and event.size > 0
+        # Registered before the first XADD: the persist groups see everything.
+        for channel in PERSISTED:
+            group = r.xinfo_groups(keys.stream(symbol, channel))[0]
+            assert group["name"] == PERSIST_GROUP.encode()
+            assert group["last-delivered-id"] == b"0-0"
     assert sum(counts.values()) == 1001
     assert counts == {"AAPL": 334, "MSFT": 334, "BTC-USD": 333}
-    assert b"done: published 1001 ticks" in out
+    assert 0 < trades < 1001 - 3
+    assert b"done: published 1001 events" in out
+    assert f"{trades} trades, {1001 - trades} quotes".encode() in out
 
 
-def test_same_seed_publishes_same_prices(
+def test_same_seed_publishes_same_events(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
-    def prices() -> list[float]:
-        proc = spawn(["publish", "--symbols", "2", "--count", "20", "--seed", "7",
-                      "--params", "AAPL:10:0.1:0.9"], env=pipeline_env)
+    def events() -> list[Trade | Quote]:
+        proc = spawn(["publish", "--symbols", "2", "--count", "40", "--seed", "7",
+                      "--params", "AAPL:10:0.1:0.9", "--quotes-per-trade", "1"],
+                     env=pipeline_env)
         assert proc.wait(timeout=60) == 0
-        out = [decode_fields(f).price for _, f in stream_entries(r, keys, "AAPL")]
+        # Event times are the wall clock; everything else is the seed's.
+        out = [replace(e, ts_us=MIN_TS_US) for e in read_events(r, keys, "AAPL")]
         r.flushall()
         return out
 
-    first, second = prices(), prices()
-    assert len(first) == 10 and first == second
-    assert abs(first[0] - 10.0) < 10.0  # started from the --params price
+    first, second = events(), events()
+    assert len(first) == 20 and first == second
+    assert {type(e) for e in first} == {Trade, Quote}
+    quote = next(e for e in first if isinstance(e, Quote))
+    assert quote.bid is not None and abs(quote.bid - 10.0) < 10.0  # from the --params price
 
 
 def test_sigterm_finishes_the_batch_and_exits_zero(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     proc = spawn(["publish", "--symbols", "3", "--rate", "20"], env=pipeline_env)
-    assert wait_for(lambda: r.exists(keys.stream("GOOG")) and
-                    r.xlen(keys.stream("GOOG")) >= 3), "no ticks published"
+    assert wait_for(lambda: stream_length(r, keys, "GOOG") >= 3), "no events published"
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
-    lengths = [r.xlen(keys.stream(s)) for s in ("AAPL", "MSFT", "GOOG")]
-    # Whole periods only: every symbol got the same number of ticks.
+    lengths = [stream_length(r, keys, s) for s in ("AAPL", "MSFT", "GOOG")]
+    # Whole periods only: every symbol got the same number of events.
     assert len(set(lengths)) == 1, lengths
     assert b"done: published" in out
 
@@ -133,9 +156,9 @@ def test_realtime_rate_is_kept(r: Any, keys: Keys) -> None:
     # 30 s at 4 periods per second (t=0 included, t=30 is after the stop),
     # two symbols per period.
     assert appended == 2 * 30 * 4
-    entries = stream_entries(r, keys, "AAPL")
-    assert len(entries) == appended // 2
-    stamps = [decode_fields(f).ts_us for _, f in entries]
+    events = read_events(r, keys, "AAPL")
+    assert len(events) == appended // 2
+    stamps = [e.ts_us for e in events]
     gaps = {b - a for a, b in zip(stamps, stamps[1:], strict=False)}
     assert gaps == {250_000}  # event times on the schedule, no drift
 
@@ -147,7 +170,7 @@ def test_realtime_batches_are_held_for_the_batch_interval(r: Any, keys: Keys) ->
     sink = StreamSink(r, keys, stop=stop, metrics=metrics, clock=clock.monotonic)
     batches: list[int] = []
     publish = sink.publish
-    sink.publish = lambda ticks: batches.append(len(ticks)) or publish(ticks)  # type: ignore
+    sink.publish = lambda events: batches.append(len(events)) or publish(events)  # type: ignore
     gen = GbmGenerator(parse_symbols("AAPL"), seed=1)
     sim = Simulator(gen, sink, stop=stop, metrics=metrics, clock=clock.monotonic,
                     wall_us=clock.wall_us, batch_interval_s=0.5)
@@ -156,7 +179,7 @@ def test_realtime_batches_are_held_for_the_batch_interval(r: Any, keys: Keys) ->
     # (the stop may come while the last half second waits).
     assert appended == sum(batches) and 950 <= appended <= 1001
     assert len(batches) <= 21 and max(batches) <= 51
-    stamps = [decode_fields(f).ts_us for _, f in stream_entries(r, keys, "AAPL")]
+    stamps = [e.ts_us for e in read_events(r, keys, "AAPL")]
     # Event times stay on the schedule (to the microsecond: float rounding).
     assert {b - a for a, b in zip(stamps, stamps[1:], strict=False)} <= {9_999, 10_000, 10_001}
 
@@ -165,11 +188,11 @@ def test_realtime_rate_roughly_in_wall_clock(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     proc = spawn(["publish", "--symbols", "1", "--rate", "50"], env=pipeline_env)
-    assert wait_for(lambda: r.exists(keys.stream("AAPL")) > 0)
+    assert wait_for(lambda: stream_length(r, keys, "AAPL") > 0)
     started = time.monotonic()
-    first = r.xlen(keys.stream("AAPL"))
+    first = stream_length(r, keys, "AAPL")
     time.sleep(1.0)
-    published = r.xlen(keys.stream("AAPL")) - first
+    published = stream_length(r, keys, "AAPL") - first
     elapsed = time.monotonic() - started
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -185,7 +208,7 @@ def test_python_m_publisher_is_pricepipe_publish(
                            "--count", "5"], env=pipeline_env, capture_output=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert r.xlen(keys.stream("AAPL")) == 5
+    assert stream_length(r, keys, "AAPL") == 5
 
 
 def test_second_signal_exits_at_once(pipeline_env: dict[str, str]) -> None:

@@ -1,9 +1,14 @@
-"""GBM generator, catalog parsing and pacing: pure code, no servers."""
+"""The GBM market generator, catalog parsing and pacing: pure code, no servers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+
+from pricepipe.events import Quote, Side, Trade
+from pricepipe.exceptions import ConfigError
 from pricepipe.publisher.catalog import (
     DEMO_SYMBOLS,
     SymbolSpec,
@@ -14,44 +19,101 @@ from pricepipe.publisher.catalog import (
 )
 from pricepipe.publisher.generator import GbmGenerator
 from pricepipe.publisher.pacer import Pacer
-
-from pricepipe.exceptions import ConfigError
+from pricepipe.publisher.settings import PublisherSettings
 
 SPECS = [SymbolSpec("AAA", 100.0, 0.1, 0.3), SymbolSpec("BBB", 50.0, -0.05, 0.2)]
 
 
-def test_same_seed_same_prices() -> None:
+TS = [1_700_000_000_000_000 + i for i in range(400)]
+
+
+def test_same_seed_same_events() -> None:
     a = GbmGenerator(SPECS, seed=42, dt_years=1 / 252)
     b = GbmGenerator(SPECS, seed=42, dt_years=1 / 252)
     c = GbmGenerator(SPECS, seed=43, dt_years=1 / 252)
-    pa, pb, pc = a.step(100), b.step(100), c.step(100)
-    assert np.array_equal(pa, pb)
-    assert not np.array_equal(pa, pc)
-    assert pa.shape == (100, 2)
-    # Continuing from the state: the next step starts from the last price.
-    assert np.array_equal(a.step(5), b.step(5))
+    ea, eb, ec = a.events(TS), b.events(TS), c.events(TS)
+    assert ea == eb
+    assert ea != ec
+    assert len(ea) == 2 * len(TS)
+    assert {type(e) for e in ea} == {Trade, Quote}
+    # Continuing from the state: the next events go on from the last ones.
+    assert a.events(TS[:5]) == b.events(TS[:5])
 
 
-def test_split_calls_draw_the_same_path() -> None:
-    whole = GbmGenerator(SPECS, seed=7, dt_years=1e-3).step(50)
+def test_split_calls_draw_the_same_market() -> None:
+    whole = GbmGenerator(SPECS, seed=7, dt_years=1e-3).draw(50)
     split = GbmGenerator(SPECS, seed=7, dt_years=1e-3)
-    parts = np.vstack([split.step(20), split.step(30)])
-    np.testing.assert_allclose(parts, whole, rtol=1e-12)
+    first, second = split.draw(20), split.draw(30)
+    for name in ("mid", "bid", "bid_size", "ask", "ask_size", "trade_size"):
+        parts = np.vstack([getattr(first, name), getattr(second, name)])
+        np.testing.assert_allclose(parts, getattr(whole, name), rtol=1e-12, err_msg=name)
+    for name in ("is_trade", "buy"):
+        parts = np.vstack([getattr(first, name), getattr(second, name)])
+        assert np.array_equal(parts, getattr(whole, name)), name
 
 
-def test_ticks_carry_symbols_times_and_prices_in_order() -> None:
+def test_draw_is_vectorised_over_periods_and_symbols() -> None:
     gen = GbmGenerator(SPECS, seed=1)
-    twin = GbmGenerator(SPECS, seed=1)
-    ts = [1_700_000_000_000_000, 1_700_000_000_000_001]
-    ticks = gen.ticks(ts)
-    prices = twin.step(2)
-    assert [t.symbol for t in ticks] == ["AAA", "BBB", "AAA", "BBB"]
-    assert [t.ts_us for t in ticks] == [ts[0], ts[0], ts[1], ts[1]]
-    assert [t.price for t in ticks] == prices.ravel().tolist()
-    assert {t.source for t in ticks} == {"gbm"}
+    step = gen.draw(7)
+    for name in ("mid", "is_trade", "bid", "bid_size", "ask", "ask_size", "buy", "trade_size",
+                 "trade_price"):
+        assert getattr(step, name).shape == (7, 2), name
+    assert step.is_trade.dtype == np.bool_ and step.mid.dtype == np.float64
+    assert gen.draw(0).mid.shape == (0, 2)
+    assert gen.events([]) == []
 
 
-def test_log_returns_match_gbm_statistics() -> None:
+def test_quotes_and_trades_are_consistent() -> None:
+    gen = GbmGenerator(SPECS, seed=11, spread_bps=4.0, quotes_per_trade=2.0)
+    events = [e for part in range(5) for e in gen.events(TS[part * 80:(part + 1) * 80])]
+    last_quote: dict[str, Quote] = {}
+    trades = 0
+    for event in events:
+        if isinstance(event, Quote):
+            assert event.bid is not None and event.ask is not None
+            assert event.bid < event.ask
+            assert event.spread / event.mid == pytest.approx(4.0 / 10_000)  # type: ignore[operator]
+            assert event.bid_size is not None and event.bid_size > 0
+            assert event.ask_size is not None and event.ask_size > 0
+            last_quote[event.symbol] = event
+            continue
+        assert isinstance(event, Trade)
+        trades += 1
+        # A trade needs a book: every symbol quotes first.
+        book = last_quote[event.symbol]
+        # Buy at the ask, sell at the bid: exactly the last quote's price.
+        assert event.price == (book.ask if event.side is Side.BUY else book.bid)
+        assert event.side in (Side.BUY, Side.SELL)
+        assert event.size is not None and event.size > 0
+        assert event.source == "gbm" and event.trade_id is None
+    assert 0 < trades < len(events)
+    sides = [e.side for e in events if isinstance(e, Trade)]
+    assert Side.BUY in sides and Side.SELL in sides
+
+
+def test_mix_and_sizes_follow_the_settings() -> None:
+    n_periods = 30_000
+    gen = GbmGenerator(SPECS, seed=5, quotes_per_trade=5.0, trade_notional=2_000.0,
+                       quote_notional=8_000.0)
+    step = gen.draw(n_periods)
+    share = step.is_trade.mean()
+    # Binomial standard error ~ 0.0015 for 60,000 events; allow 5 of them.
+    assert share == pytest.approx(1 / 6, abs=0.008)
+    trade_value = (step.trade_price * step.trade_size)[step.is_trade]
+    assert trade_value.mean() == pytest.approx(2_000.0, rel=0.05)
+    quote_value = (step.bid * step.bid_size)[~step.is_trade]
+    assert quote_value.mean() == pytest.approx(8_000.0, rel=0.05)
+    assert (step.trade_size > 0).all() and (step.bid_size > 0).all()
+    # Trades only: every event trades, at the bid or the ask around its mid.
+    only_trades = GbmGenerator(SPECS, seed=5, quotes_per_trade=0.0, spread_bps=2.0).draw(100)
+    assert only_trades.is_trade.all()
+    np.testing.assert_allclose(only_trades.trade_price / only_trades.mid,
+                               np.where(only_trades.buy, 1.0001, 0.9999))
+    events = GbmGenerator(SPECS, seed=5, quotes_per_trade=0.0).events(TS[:10])
+    assert len(events) == 20 and all(isinstance(e, Trade) for e in events)
+
+
+def test_mid_log_returns_match_gbm_statistics() -> None:
     mu, sigma, dt = 0.1, 0.4, 1 / 252
     gen = GbmGenerator([SymbolSpec("X", 100.0, mu, sigma)], seed=2024, dt_years=dt)
     prices = np.concatenate([[100.0], gen.step(200_000)[:, 0]])
@@ -65,20 +127,29 @@ def test_log_returns_match_gbm_statistics() -> None:
 
 def test_correlated_symbols() -> None:
     gen = GbmGenerator(SPECS, seed=3, dt_years=1 / 252, correlation=[[1, 0.8], [0.8, 1]])
-    prices = gen.step(20_000)
-    returns = np.diff(np.log(prices), axis=0)
+    mids = gen.draw(20_000).mid
+    returns = np.diff(np.log(mids), axis=0)
     assert np.corrcoef(returns.T)[0, 1] == pytest.approx(0.8, abs=0.03)
     independent = GbmGenerator(SPECS, seed=3, dt_years=1 / 252).step(20_000)
     assert abs(np.corrcoef(np.diff(np.log(independent), axis=0).T)[0, 1]) < 0.05
 
 
-def test_invalid_parameters_are_refused() -> None:
+@pytest.mark.parametrize("kwargs", [
+    {"specs": [SymbolSpec("X", -1.0)]},
+    {"specs": []},
+    {"correlation": [[1, 2], [2, 1]]},
+    {"dt_years": 0},
+    {"spread_bps": 0.0},
+    {"spread_bps": 20_000.0},
+    {"quotes_per_trade": -1.0},
+    {"quotes_per_trade": float("inf")},
+    {"trade_notional": 0.0},
+    {"quote_notional": float("nan")},
+])
+def test_invalid_parameters_are_refused(kwargs: dict[str, Any]) -> None:
+    specs = kwargs.pop("specs", SPECS)
     with pytest.raises(ValueError):
-        GbmGenerator([SymbolSpec("X", -1.0)])
-    with pytest.raises(ValueError):
-        GbmGenerator(SPECS, correlation=[[1, 2], [2, 1]])
-    with pytest.raises(ValueError):
-        GbmGenerator(SPECS, dt_years=0)
+        GbmGenerator(specs, **kwargs)
 
 
 def test_parse_symbols() -> None:
@@ -138,3 +209,14 @@ def test_pacer_skips_when_far_behind() -> None:
     assert pacer.skipped == 595
     assert len(pacer.due(60.95)) == 5  # max_batch caps one batch
     assert len(pacer.due(60.95)) == 4
+
+
+def test_gbm_settings_are_read_and_checked() -> None:
+    settings = PublisherSettings.from_env({"PRICEPIPE_PUBLISHER_SPREAD_BPS": "3.5",
+                                           "PRICEPIPE_PUBLISHER_QUOTES_PER_TRADE": "9"})
+    assert (settings.spread_bps, settings.quotes_per_trade) == (3.5, 9.0)
+    assert PublisherSettings().quotes_per_trade == 5.0  # the realistic default mix
+    for bad in ({"spread_bps": 0.0}, {"quotes_per_trade": -1.0}, {"trade_notional": 0.0},
+                {"quote_notional": float("inf")}):
+        with pytest.raises(ConfigError):
+            PublisherSettings(**bad)  # type: ignore[arg-type]

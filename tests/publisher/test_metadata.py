@@ -8,15 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
+
+from pricepipe.exceptions import BadResponseError
+from pricepipe.keys import Keys
 from pricepipe.publisher.metadata import (
     Instrument,
     parse_metric,
     parse_profile,
     refresh_instruments,
 )
-
-from pricepipe.exceptions import BadResponseError
-from pricepipe.keys import Keys
 from pricepipe.streams import register_symbols
 
 from .fake_upstream import FakeUpstream
@@ -66,15 +66,20 @@ def insert_history(db: Any) -> None:
             ("AAPL", now - timedelta(minutes=5), 190.0)]
     with db.cursor() as cur:
         for _, ts, _ in rows:
-            cur.execute("SELECT ensure_tick_partitions(%s::date, %s::date)", (ts, ts))
+            cur.execute("SELECT ensure_partitions('trades', %s::date, %s::date)", (ts, ts))
         for i, (symbol, ts, price) in enumerate(rows):
-            cur.execute("INSERT INTO ticks (symbol, ts, price, source, entry_id)"
-                        " VALUES (%s, %s, %s, 'test', %s)", (symbol, ts, price, i))
-        # MSFT has bars: they are used rather than ticks.
+            cur.execute("INSERT INTO trades (symbol, ts, price, size, side, source, entry_id)"
+                        " VALUES (%s, %s, %s, 1.0, 'buy', 'test', %s)", (symbol, ts, price, i))
+        # MSFT has bars: they are used rather than trades. (Its trades, had
+        # it any, would be in those bars.)
+        bucket = (now - timedelta(days=3)).replace(second=0, microsecond=0)
         cur.execute(
-            "INSERT INTO bars_1m (symbol, bucket, open, high, low, close, tick_count, open_ts,"
-            " open_entry, close_ts, close_entry) VALUES ('MSFT', %s, 400, 430, 390, 420, 5,"
-            " %s, 1, %s, 2)", (now - timedelta(days=3),) * 3)
+            "INSERT INTO bars_1m (symbol, bucket, open, high, low, close, volume, notional,"
+            " trade_count, open_ts, open_entry, close_ts, close_entry)"
+            " VALUES ('MSFT', %s, 400, 430, 390, 420, 10, 4150, 5, %s, 1, %s, 2)",
+            (bucket, bucket, bucket))
+        cur.execute("INSERT INTO trades (symbol, ts, price, source, entry_id)"
+                    " VALUES ('MSFT', %s, 999, 'test', 99)", (now - timedelta(days=2),))
 
 
 def instruments(db: Any) -> dict[str, tuple[Any, ...]]:
