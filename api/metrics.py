@@ -1,6 +1,6 @@
 """Prometheus metrics of the HTTP API, served at ``/metrics``.
 
-Requests are counted and timed per route *template* (``/v1/ticks/{symbol}``,
+Requests are counted and timed per route *template* (``/v1/trades/{symbol}``,
 not the concrete path) so that the number of series stays bounded whatever
 clients send; requests that match no route share the label ``unmatched``.
 Each app has its own registry, so several apps in one process (tests) do

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 
 from pricepipe.clock import US_PER_S, parse_time_us
+from pricepipe.events import MAX_TS_US, MIN_TS_US, SYMBOL_RE
 from pricepipe.exceptions import InvalidParameterError
-from pricepipe.tick import MAX_TS_US, MIN_TS_US, SYMBOL_RE
 
 US_PER_DAY = 86_400 * US_PER_S
 
@@ -28,7 +28,8 @@ INTERVALS_US: dict[str, int] = {
     "1d": US_PER_DAY,
 }
 
-_CURSOR_RE = re.compile(r"(\d{1,19})_(\d{1,19})")
+#: ``<ts_us>_<entry_id>``; the entry ID is negative for backfilled rows.
+_CURSOR_RE = re.compile(r"(\d{1,19})_(-?\d{1,19})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,10 @@ class TimeRange:
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Position after the last tick of a page: its ``(ts_us, entry_id)`` key."""
+    """Position after the last row of a page: its ``(ts_us, entry_id)`` key,
+    the order of the history tables' primary keys. ``entry_id`` is the
+    packed stream entry ID (:func:`pricepipe.codec.pack_entry_id`), or the
+    negative synthetic one of a backfilled row."""
 
     ts_us: int
     entry_id: int
@@ -51,7 +55,8 @@ class Cursor:
 
 
 def parse_symbol(text: str, param: str = "symbol") -> str:
-    """A symbol, upper-cased for convenience, checked against the tick pattern."""
+    """A symbol, upper-cased for convenience, checked against
+    :data:`~pricepipe.events.SYMBOL_RE`."""
     symbol = text.strip().upper()
     if SYMBOL_RE.fullmatch(symbol) is None:
         raise InvalidParameterError(
@@ -119,7 +124,7 @@ def parse_cursor(text: str | None) -> Cursor | None:
             "cursor: not a cursor returned by this API (want <ts_us>_<entry>)", param="cursor"
         )
     ts_us, entry_id = int(match[1]), int(match[2])
-    if not MIN_TS_US <= ts_us <= MAX_TS_US or entry_id >= 1 << 63:
+    if not MIN_TS_US <= ts_us <= MAX_TS_US or not -(1 << 63) <= entry_id < 1 << 63:
         raise InvalidParameterError("cursor: out of range", param="cursor")
     return Cursor(ts_us, entry_id)
 

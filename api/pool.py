@@ -10,7 +10,7 @@ handed on.
 Not :class:`psycopg2.pool.ThreadedConnectionPool`: it opens ``minconn``
 connections when created and closes every connection handed back beyond
 ``minconn``, so with the lazy start (``minconn=0``) it reused none and every
-request paid a new backend (3 ms to connect, 5 ms more for a 1,000-tick
+request paid a new backend (3 ms to connect, 5 ms more for a 1,000-row
 page on cold caches).
 
 Every connection is read-only twice over: it should log in as a role with

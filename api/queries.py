@@ -1,28 +1,28 @@
-"""The API's SQL: history of ticks and bars, instruments, last prices.
+"""The API's SQL: history of trades, quotes and bars, instruments, last prices.
 
 Every function takes an open connection; values reach PostgreSQL only as
-bound parameters (``%(name)s``), and the few pieces of SQL that vary (an
-optional cursor condition) are fixed fragments composed with
-:mod:`psycopg2.sql`.
+bound parameters (``%(name)s``), and the pieces of SQL that vary (the
+table, an optional cursor condition) are fixed fragments and identifiers
+composed with :mod:`psycopg2.sql`.
 
 Rows are encoded by PostgreSQL itself, as JSON text or as CSV through
-``COPY ... TO STDOUT``, so a page of 100,000 ticks is not turned into
-100,000 Python dicts and back. The encoding matches
-:func:`pricepipe.codec.tick_to_dict` (the tests compare them):
-``ts`` is ISO-8601 UTC with microseconds and ``Z``, ``ts_us`` exact epoch
-microseconds, ``id`` the Redis entry ID (:func:`pricepipe.codec.unpack_entry_id`,
-using the codec's own bit split passed in as parameters), and
-``recv_ts_us`` is always present (``null`` when unknown).
+``COPY ... TO STDOUT``, so a page of 100,000 trades is not turned into
+100,000 Python dicts and back. The JSON of a row is exactly
+:func:`pricepipe.codec.event_to_dict` of its event (the tests compare
+them): ``ts`` is ISO-8601 UTC with microseconds and ``Z``, ``ts_us`` exact
+epoch microseconds, every key present (``null`` when absent), and ``id``
+the Redis entry ID the row was persisted from
+(:func:`pricepipe.codec.unpack_entry_id`, with the codec's own bit split
+passed in as parameters), ``null`` for a backfilled row, which never was
+in a stream (its synthetic entry ID is negative).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from queue import Empty, Full, Queue
 from typing import Any
 
 import psycopg2.extensions
@@ -30,6 +30,8 @@ from psycopg2 import sql
 
 from pricepipe import codec
 from pricepipe.clock import us_to_datetime
+from pricepipe.events import US_PER_MINUTE
+from pricepipe.keys import Channel
 
 from .params import Cursor, TimeRange
 
@@ -43,8 +45,8 @@ def _epoch_us(column: str) -> str:
     ``date_part('epoch', ts)`` is ``(µs since 2000 - offset) / 1e6`` in float8:
     one rounding of at most half an ulp, 2.4e-7 s below 2^32 s (year 2106).
     Times 1e6 adds at most half an ulp of the product, 0.25 µs; the sum stays
-    under 0.5 µs, so ``round`` recovers the exact integer for every time a
-    tick may carry (before 2100). Twice as fast as ``extract(epoch ...)``,
+    under 0.5 µs, so ``round`` recovers the exact integer for every time an
+    event may carry (before 2100). Twice as fast as ``extract(epoch ...)``,
     which is ``numeric`` since PostgreSQL 14.
     """
     return f"round(date_part('epoch', {column}) * 1000000)::bigint"
@@ -52,70 +54,125 @@ def _epoch_us(column: str) -> str:
 
 _ID_PARAMS = {"seq_bits": codec.SEQ_BITS, "seq_mask": (1 << codec.SEQ_BITS) - 1}
 
+
+@dataclass(frozen=True, slots=True)
+class EventTable:
+    """How the rows of one history table are selected and encoded.
+
+    ``values`` are the select-list expressions between ``ts_us`` and
+    ``source``, ``json`` the matching part of the JSON object (reading the
+    select list as ``t``), ``csv_columns`` the CSV header: the JSON keys, in
+    order.
+    """
+
+    channel: Channel
+    values: str
+    json: str
+    csv_columns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return str(self.channel)
+
+
+#: Numbers are PostgreSQL's shortest exact text (extra_float_digits >= 1,
+#: the default since PostgreSQL 12): valid JSON for the finite values the
+#: tables' checks allow. ``side`` is 'buy' or 'sell' (a check), so it is
+#: quoted as is; text that no check constrains goes through to_json.
+TRADES = EventTable(
+    Channel.TRADES,
+    values="price, size, side, trade_id",
+    json="""',"price":' || t.price
+           || ',"size":' || coalesce(t.size::text, 'null')
+           || ',"side":' || coalesce('"' || t.side || '"', 'null')
+           || ',"trade_id":' || coalesce(to_json(t.trade_id)::text, 'null')""",
+    csv_columns=("symbol", "ts", "ts_us", "price", "size", "side", "trade_id", "source",
+                 "recv_ts_us", "id"),
+)
+
+QUOTES = EventTable(
+    Channel.QUOTES,
+    values="bid, bid_size, ask, ask_size",
+    json="""',"bid":' || coalesce(t.bid::text, 'null')
+           || ',"bid_size":' || coalesce(t.bid_size::text, 'null')
+           || ',"ask":' || coalesce(t.ask::text, 'null')
+           || ',"ask_size":' || coalesce(t.ask_size::text, 'null')""",
+    csv_columns=("symbol", "ts", "ts_us", "bid", "bid_size", "ask", "ask_size", "source",
+                 "recv_ts_us", "id"),
+)
+
+EVENT_TABLES = {table.channel: table for table in (TRADES, QUOTES)}
+
 # ORDER BY names the table's columns: a bare `ts` would be the to_char text
 # of the select list (output names win in ORDER BY), which no index serves,
 # so every row of the range was formatted and sorted for a page of 1,000.
-_TICK_SELECT = sql.SQL(f"""
+_SELECT = f"""
     SELECT symbol,
            to_char(ts AT TIME ZONE 'UTC', {_ISO}) AS ts,
            {_epoch_us("ts")} AS ts_us,
-           price, size, source,
+           {{values}}, source,
            {_epoch_us("recv_ts")} AS recv_ts_us,
-           (entry_id >> %(seq_bits)s)::text || '-' || (entry_id & %(seq_mask)s)::text AS id,
+           CASE WHEN entry_id >= 0 THEN (entry_id >> %(seq_bits)s)::text || '-'
+                || (entry_id & %(seq_mask)s)::text END AS id,
            entry_id
-      FROM ticks
+      FROM {{table}}
      WHERE symbol = %(symbol)s AND ts >= %(start)s AND ts < %(end)s {{bounds}}
-     ORDER BY ticks.ts, ticks.entry_id
+     ORDER BY {{table}}.ts, {{table}}.entry_id
      {{limit}}
-""")
+"""
 
 # Bounds on (ts, entry_id), the order of the primary key: after a cursor,
-# and the two halves of a split page (see tick_page).
+# and the two halves of a split page (see event_page).
 _AFTER = sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)")
 _BEFORE_SPLIT = sql.SQL("AND (ts, entry_id) < (%(split_ts)s, %(split_entry)s)")
 _FROM_SPLIT = sql.SQL("AND (ts, entry_id) >= (%(split_ts)s, %(split_entry)s)")
 
 # The key of the row `offset` rows into a page: an index-only scan.
 _SPLIT_KEY = sql.SQL("""
-    SELECT ts, entry_id FROM ticks
+    SELECT ts, entry_id FROM {table}
      WHERE symbol = %(symbol)s AND ts >= %(start)s AND ts < %(end)s {bounds}
-     ORDER BY ticks.ts, ticks.entry_id
+     ORDER BY {table}.ts, {table}.entry_id
     OFFSET %(offset)s LIMIT 1
 """)
 
-#: A JSON page of at least this many ticks is read as two halves at once, on
-#: two connections, when a second one is free: PostgreSQL builds the JSON
-#: row by row on one core per query, about 2 µs a tick.
-SPLIT_PAGE_ROWS = 20_000
-
-# The JSON object of a tick, by concatenation: about twice as fast as
-# json_build_object. The symbol is the one asked for (validated), so its
-# part of the object is a bound constant; `source` goes through to_json;
-# numbers are PostgreSQL's shortest exact text (extra_float_digits >= 1,
-# the default since PostgreSQL 12), which is valid JSON for finite values.
-_TICK_JSON = sql.SQL("""
-    SELECT %(json_head)s || t.ts
-           || '","ts_us":' || t.ts_us || ',"price":' || t.price
-           || ',"size":' || coalesce(t.size::text, 'null')
-           || ',"source":' || to_json(t.source)::text
-           || ',"recv_ts_us":' || coalesce(t.recv_ts_us::text, 'null')
-           || ',"id":"' || t.id || '"}}'
-      FROM ({select}) AS t
+# The entry ID of the `offset`-th row at one instant after the cursor: the
+# key of a page's last row when the row's JSON has no ID to give it.
+_KEY_AT = sql.SQL("""
+    SELECT entry_id FROM {table}
+     WHERE symbol = %(symbol)s AND ts = %(at_ts)s {bounds}
+     ORDER BY entry_id
+    OFFSET %(offset)s LIMIT 1
 """)
 
-TICK_CSV_COLUMNS = ("symbol", "ts", "ts_us", "price", "size", "source", "recv_ts_us", "id")
+#: A JSON page of at least this many rows is read as two halves at once, on
+#: two connections, when a second one is free: PostgreSQL builds the JSON
+#: row by row on one core per query, about 2 µs a row.
+SPLIT_PAGE_ROWS = 20_000
 
-_TICK_CSV = sql.SQL("SELECT {columns} FROM ({select}) AS t")
+# The JSON object of a row, by concatenation: about twice as fast as
+# json_build_object. The symbol is the one asked for (validated), so its
+# part of the object is a bound constant.
+_JSON = """
+    SELECT %(json_head)s || t.ts || '","ts_us":' || t.ts_us
+           || {values}
+           || ',"source":' || to_json(t.source)::text
+           || ',"recv_ts_us":' || coalesce(t.recv_ts_us::text, 'null')
+           || ',"id":' || coalesce('"' || t.id || '"', 'null') || '}}'
+      FROM ({select}) AS t
+"""
+
+_CSV = sql.SQL("SELECT {columns} FROM ({select}) AS t")
 
 # One-minute bars: the stored rollups where the persist workers wrote them,
-# computed from raw ticks before the first and after the last stored minute
+# computed from raw trades before the first and after the last stored minute
 # of the range (data persisted before rollups existed, or not yet rolled up).
-# Inside that span a minute without a stored bar had no ticks: the workers
-# write a tick and its bar in one transaction. The tick ranges are scalar
+# Inside that span a minute without a stored bar had no trades: the workers
+# write a trade and its bar in one transaction. The trade ranges are scalar
 # subqueries so PostgreSQL prunes partitions and uses the primary key.
+# volume and notional count only trades with a size; vwap = notional / volume.
 _MINUTES = f"""
     WITH stored AS (
-        SELECT bucket, open, high, low, close, volume, tick_count,
+        SELECT bucket, open, high, low, close, volume, notional, trade_count,
                open_ts, open_entry, close_ts, close_entry
           FROM bars_1m
          WHERE symbol = %(symbol)s AND bucket >= %(start)s AND bucket < %(end)s
@@ -124,11 +181,11 @@ _MINUTES = f"""
                coalesce(max(bucket) + interval '1 minute', %(end)s) AS after_bucket
           FROM stored
     ), raw AS (
-        SELECT ts, entry_id, price, size FROM ticks
+        SELECT ts, entry_id, price, size FROM trades
          WHERE symbol = %(symbol)s AND ts >= %(start)s
            AND ts < (SELECT first_bucket FROM covered)
         UNION ALL
-        SELECT ts, entry_id, price, size FROM ticks
+        SELECT ts, entry_id, price, size FROM trades
          WHERE symbol = %(symbol)s AND ts >= (SELECT after_bucket FROM covered)
            AND ts < %(end)s
     ), computed AS (
@@ -136,7 +193,8 @@ _MINUTES = f"""
                (array_agg(price ORDER BY ts, entry_id))[1] AS open,
                max(price) AS high, min(price) AS low,
                (array_agg(price ORDER BY ts DESC, entry_id DESC))[1] AS close,
-               coalesce(sum(size), 0) AS volume, count(*) AS tick_count,
+               coalesce(sum(size), 0) AS volume, coalesce(sum(price * size), 0) AS notional,
+               count(*) AS trade_count,
                min(ts) AS open_ts, (array_agg(entry_id ORDER BY ts, entry_id))[1] AS open_entry,
                max(ts) AS close_ts,
                (array_agg(entry_id ORDER BY ts DESC, entry_id DESC))[1] AS close_entry
@@ -146,7 +204,9 @@ _MINUTES = f"""
     ), bars AS ({{regroup}})
     SELECT to_char(bucket AT TIME ZONE 'UTC', {_ISO}) AS bucket,
            {_epoch_us("bucket")} AS bucket_us,
-           open, high, low, close, volume, tick_count
+           open, high, low, close, volume,
+           CASE WHEN volume > 0 THEN notional / volume END AS vwap,
+           trade_count AS trades
       FROM bars
      ORDER BY bars.bucket
 """
@@ -157,25 +217,27 @@ _REGROUP = """
                (array_agg(open ORDER BY open_ts, open_entry))[1] AS open,
                max(high) AS high, min(low) AS low,
                (array_agg(close ORDER BY close_ts DESC, close_entry DESC))[1] AS close,
-               sum(volume) AS volume, sum(tick_count)::bigint AS tick_count
+               sum(volume) AS volume, sum(notional) AS notional,
+               sum(trade_count)::bigint AS trade_count
           FROM minutes GROUP BY 1
 """
 
-_AS_IS = "SELECT bucket, open, high, low, close, volume, tick_count FROM minutes"
+_AS_IS = ("SELECT bucket, open, high, low, close, volume, notional, trade_count"
+          "  FROM minutes")
 
-BAR_CSV_COLUMNS = ("bucket", "bucket_us", "open", "high", "low", "close", "volume", "tick_count")
+BAR_CSV_COLUMNS = ("bucket", "bucket_us", "open", "high", "low", "close", "volume", "vwap",
+                   "trades")
 
 _BAR_JSON = sql.SQL("""
     SELECT '{{"bucket":"' || b.bucket || '","bucket_us":' || b.bucket_us
            || ',"open":' || b.open || ',"high":' || b.high || ',"low":' || b.low
            || ',"close":' || b.close || ',"volume":' || b.volume
-           || ',"tick_count":' || b.tick_count || '}}'
+           || ',"vwap":' || coalesce(b.vwap::text, 'null')
+           || ',"trades":' || b.trades || '}}'
       FROM ({minutes}) AS b
 """)
 
 _BAR_CSV = sql.SQL("SELECT * FROM ({minutes}) AS b")
-
-_MINUTE_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +258,7 @@ class JsonRows:
 
         Each newline but the last becomes a comma, a piece at a time: small
         buffers stay in the CPU cache and are reused, where joining and
-        replacing a whole day of ticks (15 MB) in one go took 25 ms in the
+        replacing a whole day of trades (15 MB) in one go took 25 ms in the
         server, most of it faulting in fresh memory.
         """
         view = memoryview(self.lines)[:self.joined_bytes]
@@ -205,8 +267,8 @@ class JsonRows:
 
 
 @dataclass(frozen=True, slots=True)
-class TickPage:
-    """Up to ``limit`` ticks and the cursor of the next page."""
+class EventPage:
+    """Up to ``limit`` rows and the cursor of the next page."""
 
     rows: JsonRows
     next_cursor: Cursor | None
@@ -238,23 +300,29 @@ def _copy_rows(cur: Any, query: sql.Composable, params: dict[str, Any]) -> JsonR
     return JsonRows(sink.lines, count)
 
 
-def _tick_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[str, Any]:
+def _json_head(symbol: str) -> str:
+    """``{"symbol":"AAPL","ts":"``: the start of every row's object."""
+    return '{"symbol":' + codec.encode_json(symbol).decode() + ',"ts":"'
+
+
+def _event_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[str, Any]:
     params: dict[str, Any] = {
         "symbol": symbol,
         "start": us_to_datetime(span.start_us),
         "end": us_to_datetime(span.end_us),
+        "json_head": _json_head(symbol),
         **_ID_PARAMS,
     }
-    # '{"symbol":"AAPL","ts":"' for _TICK_JSON.
-    params["json_head"] = '{"symbol":' + codec.encode_json(symbol).decode() + ',"ts":"'
     if cursor is not None:
         params["after_ts"] = us_to_datetime(cursor.ts_us)
         params["after_entry"] = cursor.entry_id
     return params
 
 
-def _tick_select(limit: int | None, *bounds: sql.Composable) -> sql.Composed:
-    return _TICK_SELECT.format(
+def _select(table: EventTable, limit: int | None, *bounds: sql.Composable) -> sql.Composed:
+    return sql.SQL(_SELECT).format(
+        values=sql.SQL(table.values),
+        table=sql.Identifier(table.name),
         bounds=sql.SQL(" ").join(bounds),
         limit=sql.SQL("LIMIT {}").format(sql.Literal(int(limit))) if limit is not None
         else sql.SQL(""),
@@ -265,35 +333,73 @@ def _after(cursor: Cursor | None) -> tuple[sql.Composable, ...]:
     return (_AFTER,) if cursor is not None else ()
 
 
-def tick_page(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
-              cursor: Cursor | None, limit: int, *,
-              spare: psycopg2.extensions.connection | None = None) -> TickPage:
-    """Ticks of ``symbol`` in ``span`` after ``cursor``, oldest first, by
-    ``(ts, entry id)``; ``next_cursor`` is None on the last page.
+def event_page(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
+               span: TimeRange, cursor: Cursor | None, limit: int, *,
+               spare: psycopg2.extensions.connection | None = None) -> EventPage:
+    """Rows of ``table`` of ``symbol`` in ``span`` after ``cursor``, oldest
+    first, by ``(ts, entry id)``; ``next_cursor`` is None on the last page.
 
     With a ``spare`` connection, a page of :data:`SPLIT_PAGE_ROWS` or more
     is read as two halves at once (split at the key of its middle row), one
     on each connection: the same rows, in about half the time when the
     database has a core to spare. The halves are two statements, each
-    seeing the ticks committed when it starts; a tick committed in between
+    seeing the rows committed when it starts; a row committed in between
     may be missed, as it would be by one statement started a moment
-    earlier. Either way each tick returned is stored, in order, once.
+    earlier. Either way each row returned is stored, in order, once.
     """
-    params = _tick_params(symbol, span, cursor)
+    params = _event_params(symbol, span, cursor)
     if spare is None or limit < SPLIT_PAGE_ROWS:
-        rows = _tick_rows(conn, params, _tick_select(limit + 1, *_after(cursor)))
+        rows = _json_rows(conn, table, params, _select(table, limit + 1, *_after(cursor)))
     else:
-        rows = _split_tick_rows(conn, spare, params, _after(cursor), limit + 1)
+        rows = _split_rows(conn, spare, table, params, _after(cursor), limit + 1)
     page, last = first_rows(rows, limit)
     if last is None:
-        return TickPage(page, None)
-    tick = codec.decode_json(last)
-    return TickPage(page, Cursor(int(tick["ts_us"]), codec.pack_entry_id(tick["id"])))
+        return EventPage(page, None)
+    row = codec.decode_json(last)
+    ts_us = int(row["ts_us"])
+    if row["id"] is not None:
+        return EventPage(page, Cursor(ts_us, codec.pack_entry_id(row["id"])))
+    return EventPage(page, _cursor_of_backfilled(conn, table, params, cursor, page, ts_us))
+
+
+def _cursor_of_backfilled(conn: psycopg2.extensions.connection, table: EventTable,
+                          params: dict[str, Any], cursor: Cursor | None, page: JsonRows,
+                          ts_us: int) -> Cursor:
+    """The cursor after ``page`` when its last row, at ``ts_us``, is a
+    backfilled one (its JSON says ``"id":null``): the page ends with the
+    first ``k`` rows at that instant after ``cursor``, so the row is the
+    ``k``-th of them by entry ID.
+
+    Only such pages pay this query. A row committed or deleted at that
+    instant since the page was read can only make the next page repeat rows
+    of that instant, never skip one.
+    """
+    lines = page.lines
+    # Every row begins with the same head, then its 27-character ISO time.
+    prefix_len = len(params["json_head"].encode()) + 27
+    end = len(lines)
+    begin = lines.rfind(b"\n", 0, end - 1) + 1
+    prefix = bytes(lines[begin:begin + prefix_len])
+    same = 0
+    while end > 0:
+        begin = lines.rfind(b"\n", 0, end - 1) + 1
+        if lines[begin:begin + prefix_len] != prefix:
+            break
+        same += 1
+        end = begin
+    with conn.cursor() as cur:
+        cur.execute(_KEY_AT.format(table=sql.Identifier(table.name),
+                                   bounds=sql.SQL(" ").join(_after(cursor))),
+                    {**params, "at_ts": us_to_datetime(ts_us), "offset": same - 1})
+        found = cur.fetchone()
+    if found is None:  # deleted meanwhile: resume before the instant
+        return Cursor(ts_us - 1, (1 << 63) - 1)
+    return Cursor(ts_us, int(found[0]))
 
 
 def first_rows(rows: JsonRows, limit: int) -> tuple[JsonRows, bytes | None]:
     """The first ``limit`` of ``rows`` (cut in place) and, when there were
-    more (one more, or a few if ticks arrived between the halves of a split
+    more (one more, or a few if rows arrived between the halves of a split
     page), the last of those: it gives the page's cursor."""
     if rows.count <= limit:
         return rows, None
@@ -306,30 +412,32 @@ def first_rows(rows: JsonRows, limit: int) -> tuple[JsonRows, bytes | None]:
     return JsonRows(lines, limit), last
 
 
-def _tick_rows(conn: psycopg2.extensions.connection, params: dict[str, Any],
-               select: sql.Composed) -> JsonRows:
+def _json_rows(conn: psycopg2.extensions.connection, table: EventTable,
+               params: dict[str, Any], select: sql.Composed) -> JsonRows:
+    query = sql.SQL(_JSON).format(values=sql.SQL(table.json), select=select)
     with conn.cursor() as cur:
-        return _copy_rows(cur, _TICK_JSON.format(select=select), params)
+        return _copy_rows(cur, query, params)
 
 
-def _split_tick_rows(conn: psycopg2.extensions.connection,
-                     spare: psycopg2.extensions.connection, params: dict[str, Any],
-                     after: tuple[sql.Composable, ...], wanted: int) -> JsonRows:
-    """The first ``wanted`` ticks: those before the middle one on ``conn``,
+def _split_rows(conn: psycopg2.extensions.connection, spare: psycopg2.extensions.connection,
+                table: EventTable, params: dict[str, Any],
+                after: tuple[sql.Composable, ...], wanted: int) -> JsonRows:
+    """The first ``wanted`` rows: those before the middle one on ``conn``,
     the rest on ``spare`` in a thread of its own, at the same time."""
     half = wanted // 2
     with conn.cursor() as cur:
-        cur.execute(_SPLIT_KEY.format(bounds=sql.SQL(" ").join(after)),
+        cur.execute(_SPLIT_KEY.format(table=sql.Identifier(table.name),
+                                      bounds=sql.SQL(" ").join(after)),
                     {**params, "offset": half})
         middle = cur.fetchone()
-    if middle is None:  # at most `half` ticks in all: no need to split
-        return _tick_rows(conn, params, _tick_select(wanted, *after))
+    if middle is None:  # at most `half` rows in all: no need to split
+        return _json_rows(conn, table, params, _select(table, wanted, *after))
     params = {**params, "split_ts": middle[0], "split_entry": middle[1]}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick-page") as executor:
-        second = executor.submit(_tick_rows, spare, params,
-                                 _tick_select(wanted - half, _FROM_SPLIT))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-page") as executor:
+        second = executor.submit(_json_rows, spare, table, params,
+                                 _select(table, wanted - half, _FROM_SPLIT))
         try:
-            first = _tick_rows(conn, params, _tick_select(None, *after, _BEFORE_SPLIT))
+            first = _json_rows(conn, table, params, _select(table, None, *after, _BEFORE_SPLIT))
         except BaseException:
             spare.cancel()  # the page has failed: do not wait for its second half
             raise
@@ -338,20 +446,21 @@ def _split_tick_rows(conn: psycopg2.extensions.connection,
     return JsonRows(first.lines, first.count + rest.count)
 
 
-def tick_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
-                 cursor: Cursor | None, limit: int | None) -> bytes:
-    """The bound ``SELECT`` of a CSV tick download, for :class:`CopyStream`."""
-    query = _TICK_CSV.format(
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in TICK_CSV_COLUMNS),
-        select=_tick_select(limit, *_after(cursor)),
+def event_csv_sql(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
+                  span: TimeRange, cursor: Cursor | None, limit: int | None) -> bytes:
+    """The bound ``SELECT`` of a CSV download of ``table``, for
+    :class:`~pricepipe.api.copystream.CopyStream`."""
+    query = _CSV.format(
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in table.csv_columns),
+        select=_select(table, limit, *_after(cursor)),
     )
     with conn.cursor() as cur:
-        return cur.mogrify(query, _tick_params(symbol, span, cursor))
+        return cur.mogrify(query, _event_params(symbol, span, cursor))
 
 
 def _bar_params(symbol: str, span: TimeRange, width_us: int) -> dict[str, Any]:
-    # Whole minutes: a stored bar and the ticks it summarises always agree.
-    end_us = -(-span.end_us // _MINUTE_US) * _MINUTE_US
+    # Whole minutes: a stored bar and the trades it summarises always agree.
+    end_us = -(-span.end_us // US_PER_MINUTE) * US_PER_MINUTE
     return {
         "symbol": symbol,
         "start": us_to_datetime(span.start_us),
@@ -362,14 +471,14 @@ def _bar_params(symbol: str, span: TimeRange, width_us: int) -> dict[str, Any]:
 
 def _bar_select(width_us: int) -> sql.Composed:
     # {regroup} in _MINUTES: one-minute bars are the minutes themselves.
-    regroup = _AS_IS if width_us == _MINUTE_US else _REGROUP
+    regroup = _AS_IS if width_us == US_PER_MINUTE else _REGROUP
     return sql.SQL(_MINUTES).format(regroup=sql.SQL(regroup))
 
 
 def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
          width_us: int) -> JsonRows:
-    """The OHLCV bars of ``symbol`` of width ``width_us``, oldest first.
-    ``span.start_us`` should be aligned to the width."""
+    """The OHLCV bars (with VWAP and trade count) of ``symbol`` of width
+    ``width_us``, oldest first. ``span.start_us`` should be aligned to the width."""
     with conn.cursor() as cur:
         return _copy_rows(cur, _BAR_JSON.format(minutes=_bar_select(width_us)),
                           _bar_params(symbol, span, width_us))
@@ -377,7 +486,8 @@ def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
 
 def bar_csv_sql(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
                 width_us: int) -> bytes:
-    """The bound ``SELECT`` of a CSV bar download, for :class:`CopyStream`."""
+    """The bound ``SELECT`` of a CSV bar download, for
+    :class:`~pricepipe.api.copystream.CopyStream`."""
     with conn.cursor() as cur:
         return cur.mogrify(_BAR_CSV.format(minutes=_bar_select(width_us)),
                            _bar_params(symbol, span, width_us))
@@ -399,16 +509,16 @@ def instruments(conn: psycopg2.extensions.connection) -> dict[str, dict[str, Any
 
 def last_prices(conn: psycopg2.extensions.connection,
                 symbols: list[str]) -> dict[str, tuple[int, float]]:
-    """Newest stored ``(ts_us, price)`` of each symbol that has ticks."""
+    """Newest stored ``(ts_us, price)`` of each symbol that has trades."""
     if not symbols:
         return {}
     with conn.cursor() as cur:
         cur.execute(
-            """
-            SELECT s.symbol, (extract(epoch FROM t.ts) * 1000000)::bigint, t.price
+            f"""
+            SELECT s.symbol, {_epoch_us("t.ts")}, t.price
               FROM unnest(%(symbols)s::text[]) AS s(symbol)
              CROSS JOIN LATERAL (
-                   SELECT ts, price FROM ticks WHERE ticks.symbol = s.symbol
+                   SELECT ts, price FROM trades WHERE trades.symbol = s.symbol
                     ORDER BY ts DESC, entry_id DESC LIMIT 1) AS t
             """,
             {"symbols": symbols},
@@ -421,115 +531,3 @@ def ping(conn: psycopg2.extensions.connection) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
         cur.fetchone()
-
-
-class _QueueWriter:
-    """File-like sink for ``copy_expert`` that hands chunks to a bounded
-    queue: the COPY waits while the client is slower than PostgreSQL, so at
-    most ``depth`` chunks are ever in memory."""
-
-    def __init__(self, out: Queue[bytes | BaseException | None], chunk_bytes: int,
-                 stop: threading.Event) -> None:
-        self._out = out
-        self._chunk_bytes = chunk_bytes
-        self._stop = stop
-        self._buffer: list[bytes] = []
-        self._size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._buffer.append(bytes(data))
-        self._size += len(data)
-        if self._size >= self._chunk_bytes:
-            self.flush()
-        return len(data)
-
-    def flush(self) -> None:
-        if self._buffer:
-            chunk = b"".join(self._buffer)
-            self._buffer, self._size = [], 0
-            self.put(chunk)
-
-    def put(self, item: bytes | BaseException | None) -> None:
-        while True:
-            if self._stop.is_set():
-                # Raising inside write() makes psycopg2 abandon the COPY.
-                raise _Abandoned("client went away")
-            try:
-                self._out.put(item, timeout=0.2)
-                return
-            except Full:
-                continue
-
-
-class _Abandoned(Exception):
-    """The reader of a CSV stream stopped reading."""
-
-
-class CopyStream:
-    """CSV of a query, as chunks of about ``chunk_bytes``, via ``COPY ... TO STDOUT``.
-
-    ``borrow()`` is a context manager lending a connection (the pool's) and
-    ``select(conn)`` returns the bound query. Iterating starts the COPY in a
-    thread of its own that waits while the consumer is slow (at most
-    ``depth`` chunks are buffered), so memory stays bounded whatever the size
-    of the result. :meth:`abort` (the client went away) stops the COPY and
-    discards its connection; it is safe from any thread, at any time.
-
-    Errors of the query are raised from the iterator; the first chunk (the
-    header) is only yielded once rows arrived, so a query that fails at once
-    raises before anything was sent.
-    """
-
-    def __init__(self, borrow: Callable[[], Any],
-                 select: Callable[[psycopg2.extensions.connection], bytes], *,
-                 header: tuple[str, ...], chunk_bytes: int, depth: int = 4) -> None:
-        self._borrow = borrow
-        self._select = select
-        self._header = (",".join(header) + "\n").encode()
-        self._chunks: Queue[bytes | BaseException | None] = Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._writer = _QueueWriter(self._chunks, chunk_bytes, self._stop)
-        self._thread = threading.Thread(target=self._produce, name="csv-copy", daemon=True)
-
-    def abort(self) -> None:
-        self._stop.set()
-
-    def _produce(self) -> None:
-        writer = self._writer
-        try:
-            with self._borrow() as conn:
-                query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(
-                    sql.SQL(self._select(conn).decode()))
-                with conn.cursor() as cur:
-                    cur.copy_expert(query, writer)
-                writer.flush()
-            writer.put(None)
-        except _Abandoned:
-            pass  # the connection left the pool closed: the block raised
-        except BaseException as exc:  # handed to the consumer, raised there
-            try:
-                writer.put(exc)
-            except _Abandoned:
-                pass
-
-    def __iter__(self) -> Iterator[bytes]:
-        self._thread.start()
-        try:
-            first = True
-            while not self._stop.is_set():
-                try:
-                    item = self._chunks.get(timeout=0.2)
-                except Empty:
-                    if not self._thread.is_alive() and self._chunks.empty():
-                        raise RuntimeError("csv producer ended without finishing") from None
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                if first:
-                    first = False
-                    yield self._header
-                if item is None:
-                    return
-                yield item
-        finally:
-            self._stop.set()

@@ -29,7 +29,7 @@ class JsonResponse(Response):
 
 class JsonArrayResponse(StreamingResponse):
     """``application/json``: ``head``, then rows PostgreSQL encoded, joined
-    by commas, then ``tail``; e.g. ``{"count":2,"ticks":[`` + rows + ``]}``.
+    by commas, then ``tail``; e.g. ``{"count":2,"trades":[`` + rows + ``]}``.
 
     The rows are all in memory already (a failed query is an error status,
     never a cut-off body); they are sent in pieces, with a Content-Length.

@@ -1,5 +1,6 @@
-"""The HTTP endpoints: ``/v1/...`` (history, bars, quotes, simulation) and
-the operator's ``/healthz`` and ``/metrics``.
+"""The HTTP endpoints: ``/v1/...`` (trade and quote history, bars, the
+latest quotes, symbols, simulation) and the operator's ``/healthz`` and
+``/metrics``.
 
 Handlers are plain ``def``: FastAPI runs them in its thread pool, where the
 blocking psycopg2 and redis-py calls belong. Parameters are parsed by
@@ -25,9 +26,12 @@ from starlette.responses import Response
 
 from pricepipe import codec, streams
 from pricepipe.clock import format_us, now_us
+from pricepipe.events import Trade
 from pricepipe.exceptions import InvalidParameterError, PricepipeError
+from pricepipe.keys import Channel
 
-from . import params, queries
+from . import latest, params, queries
+from .copystream import CopyStream
 from .errors import ERROR_RESPONSES, ErrorBody
 from .metrics import Metrics
 from .responses import CsvResponse, JsonArrayResponse, JsonResponse
@@ -51,24 +55,54 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 # --- documented response shapes (the handlers build the JSON themselves) ---------------------
 
 
-class TickOut(BaseModel):
+class TradeOut(BaseModel):
+    """A trade as the websocket sends it (`pricepipe.codec.event_to_dict`);
+    `id` is null for a backfilled trade, which never was in a stream."""
+
     symbol: str
     ts: str
     ts_us: int
     price: float
     size: float | None
+    side: Literal["buy", "sell"] | None
+    trade_id: str | None
     source: str
     recv_ts_us: int | None
-    id: str
+    id: str | None
 
 
-class TickPageOut(BaseModel):
+class QuoteOut(BaseModel):
+    """A top of book as the websocket sends it (`pricepipe.codec.event_to_dict`);
+    one side may be null."""
+
+    symbol: str
+    ts: str
+    ts_us: int
+    bid: float | None
+    bid_size: float | None
+    ask: float | None
+    ask_size: float | None
+    source: str
+    recv_ts_us: int | None
+    id: str | None
+
+
+class TradePageOut(BaseModel):
     symbol: str
     start: str
     end: str
     count: int
     next_cursor: str | None
-    ticks: list[TickOut]
+    trades: list[TradeOut]
+
+
+class QuotePageOut(BaseModel):
+    symbol: str
+    start: str
+    end: str
+    count: int
+    next_cursor: str | None
+    quotes: list[QuoteOut]
 
 
 class BarOut(BaseModel):
@@ -79,7 +113,8 @@ class BarOut(BaseModel):
     low: float
     close: float
     volume: float
-    tick_count: int
+    vwap: float | None
+    trades: int
 
 
 class BarsOut(BaseModel):
@@ -91,18 +126,22 @@ class BarsOut(BaseModel):
     bars: list[BarOut]
 
 
-class QuoteOut(BaseModel):
+class BoardRowOut(BaseModel):
+    """The top of book and the last price of a symbol, then the newest quote
+    and trade they come from (with their times and entry IDs)."""
+
     symbol: str
-    ts: str
-    ts_us: int
-    price: float
-    size: float | None
-    source: str
-    id: str
+    bid: float | None
+    bid_size: float | None
+    ask: float | None
+    ask_size: float | None
+    price: float | None
+    quote: QuoteOut | None
+    trade: TradeOut | None
 
 
-class QuotesOut(BaseModel):
-    quotes: dict[str, QuoteOut | None]
+class BoardOut(BaseModel):
+    quotes: dict[str, BoardRowOut | None]
     errors: dict[str, str]
 
 
@@ -146,7 +185,7 @@ def _json_page(head: dict[str, Any], list_name: str, rows: queries.JsonRows) -> 
     return JsonArrayResponse(b"".join([prefix, b',"', list_name.encode(), b'":[']), rows, b"]}")
 
 
-def _csv(stream: queries.CopyStream, filename: str) -> Response:
+def _csv(stream: CopyStream, filename: str) -> Response:
     # Pull the first chunk here: a failing query still becomes a proper error
     # status instead of a response cut off after its headers.
     chunks = iter(stream)
@@ -175,23 +214,18 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
     def get_symbols(svc: ServicesDep) -> Response:
         """Every symbol registered in Redis or described in `instruments`,
         with its metadata (name, logo, 52-week band) and last price: from its
-        stream when it has entries, else the newest stored tick."""
+        trades stream when it has entries, else the newest stored trade."""
         registered = set(streams.known_symbols(svc.redis, svc.keys))
         with svc.pool.connection() as conn:
             meta = queries.instruments(conn)
         symbols = sorted(registered | set(meta))
         last: dict[str, tuple[int, float]] = {}
-        pipe = svc.redis.pipeline(transaction=False)
-        for symbol in symbols:
-            pipe.xrevrange(svc.keys.stream(symbol), count=1)
-        for symbol, rows in zip(symbols, pipe.execute(), strict=True):
-            if rows:
-                try:
-                    tick = codec.decode_fields(rows[0][1])
-                except ValueError as exc:  # a bad entry: fall back to the database
-                    log.warning("newest entry of %s unreadable: %s", symbol, exc)
-                    continue
-                last[symbol] = (tick.ts_us, tick.price)
+        for (symbol, _), found in latest.newest(svc.redis, svc.keys, symbols,
+                                                (Channel.TRADES,)).items():
+            if found.error:  # a bad entry: fall back to the database
+                log.warning("%s: %s", symbol, found.error)
+            elif isinstance(found.event, Trade):
+                last[symbol] = (found.event.ts_us, found.event.price)
         missing = [s for s in symbols if s not in last]
         if missing:
             with svc.pool.connection() as conn:
@@ -209,51 +243,65 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
             })
         return JsonResponse({"symbols": out})
 
-    @router.get("/ticks/{symbol}", response_model=TickPageOut,
-                responses={200: {"content": {"text/csv": {}}}},
-                summary="Raw ticks of a symbol in a time range")
-    def get_ticks(
-        svc: ServicesDep,
-        symbol: Annotated[str, SYMBOL_PATH],
-        start: Annotated[str | None, Query(max_length=64, description=(
-            f"Start (inclusive): {TIME_HELP}; default end - 1 day"))] = None,
-        end: Annotated[str | None, Query(max_length=64, description=(
-            f"End (exclusive): {TIME_HELP}; default now"))] = None,
-        limit: Annotated[int | None, Query(ge=1, le=settings.max_page_rows, description=(
-            f"Ticks per page (JSON: default {settings.default_page_rows}; "
-            "CSV: default all)"))] = None,
-        cursor: Annotated[str | None, Query(max_length=64, description=(
-            "`next_cursor` of the previous page"))] = None,
-        fmt: FormatParam = None,
-        accept: AcceptHeader = None,
-    ) -> Response:
-        """Ticks oldest first (by time, then stream entry ID). JSON pages carry
-        `next_cursor` (null on the last page): pass it as `cursor` with the
-        same range for the next page. CSV streams the whole range."""
+    def history(svc: Services, table: queries.EventTable, symbol: str, start: str | None,
+                end: str | None, limit: int | None, cursor: str | None, fmt: str | None,
+                accept: str | None) -> Response:
+        """A page (JSON) or the whole range (CSV) of one history table."""
         sym = params.parse_symbol(symbol)
         span = params.parse_range(start, end, now_us=now_us(),
                                   default_span_us=params.US_PER_DAY, max_span_us=max_span_us)
         after = params.parse_cursor(cursor)
         if params.wants_csv(fmt, accept):
-            stream = queries.CopyStream(
+            stream = CopyStream(
                 svc.pool.connection,
-                lambda conn: queries.tick_csv_sql(conn, sym, span, after, limit),
-                header=queries.TICK_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
-            return _csv(stream, f"{sym}-ticks.csv")
+                lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit),
+                header=table.csv_columns, chunk_bytes=settings.csv_chunk_bytes)
+            return _csv(stream, f"{sym}-{table.name}.csv")
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn, (
                 svc.pool.spare_connection() if rows >= queries.SPLIT_PAGE_ROWS
                 else contextlib.nullcontext()) as spare:
-            page = queries.tick_page(conn, sym, span, after, rows, spare=spare)
+            page = queries.event_page(conn, table, sym, span, after, rows, spare=spare)
         head = {
             "symbol": sym, "start": format_us(span.start_us), "end": format_us(span.end_us),
             "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
         }
-        return _json_page(head, "ticks", page.rows)
+        return _json_page(head, table.name, page.rows)
 
-    @router.get("/bars/{symbol}", response_model=BarsOut,
-                responses={200: {"content": {"text/csv": {}}}},
-                summary="OHLCV bars of a symbol")
+    # The parameters of both history routes (FastAPI reads each route's own
+    # signature, so they are spelled out twice, from these aliases).
+    Start = Annotated[str | None, Query(max_length=64, description=(
+        f"Start (inclusive): {TIME_HELP}; default end - 1 day"))]
+    End = Annotated[str | None, Query(max_length=64, description=(
+        f"End (exclusive): {TIME_HELP}; default now"))]
+    Limit = Annotated[int | None, Query(ge=1, le=settings.max_page_rows, description=(
+        f"Rows per page (JSON: default {settings.default_page_rows}; CSV: default all)"))]
+    CursorParam = Annotated[str | None, Query(max_length=64, description=(
+        "`next_cursor` of the previous page"))]
+    csv_200: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {}}}}
+
+    @router.get("/trades/{symbol}", response_model=TradePageOut, responses=csv_200,
+                summary="Trades of a symbol in a time range")
+    def get_trades(svc: ServicesDep, symbol: Annotated[str, SYMBOL_PATH], start: Start = None,
+                   end: End = None, limit: Limit = None, cursor: CursorParam = None,
+                   fmt: FormatParam = None, accept: AcceptHeader = None) -> Response:
+        """Trades oldest first (by time, then stream entry ID), each as the
+        websocket sends it. JSON pages carry `next_cursor` (null on the last
+        page): pass it as `cursor` with the same range for the next page.
+        CSV streams the whole range."""
+        return history(svc, queries.TRADES, symbol, start, end, limit, cursor, fmt, accept)
+
+    @router.get("/quotes/{symbol}", response_model=QuotePageOut, responses=csv_200,
+                summary="Quotes (top of book) of a symbol in a time range")
+    def get_quote_history(svc: ServicesDep, symbol: Annotated[str, SYMBOL_PATH],
+                          start: Start = None, end: End = None, limit: Limit = None,
+                          cursor: CursorParam = None, fmt: FormatParam = None,
+                          accept: AcceptHeader = None) -> Response:
+        """Quotes oldest first, paged and downloaded as `/v1/trades/{symbol}`."""
+        return history(svc, queries.QUOTES, symbol, start, end, limit, cursor, fmt, accept)
+
+    @router.get("/bars/{symbol}", response_model=BarsOut, responses=csv_200,
+                summary="OHLCV bars of a symbol, with VWAP and trade count")
     def get_bars(
         svc: ServicesDep,
         symbol: Annotated[str, SYMBOL_PATH],
@@ -262,13 +310,14 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         start: Annotated[str | None, Query(max_length=64, description=(
             f"Start: {TIME_HELP}; rounded down to the interval; "
             "default end - 1000 intervals"))] = None,
-        end: Annotated[str | None, Query(max_length=64, description=(
-            f"End (exclusive): {TIME_HELP}; default now"))] = None,
+        end: End = None,
         fmt: FormatParam = None,
         accept: AcceptHeader = None,
     ) -> Response:
-        """Bars from the stored one-minute rollups, computed from raw ticks
-        where there are none; a bar with no ticks is left out."""
+        """Bars of trades from the stored one-minute rollups, computed from
+        raw trades where there are none; a bar with no trades is left out.
+        `volume` and `vwap` count the trades with a size (`vwap` is null
+        when none has one); `trades` counts them all."""
         sym = params.parse_symbol(symbol)
         width_us = params.parse_interval(interval)
         span = params.parse_range(start, end, now_us=now_us(),
@@ -277,7 +326,7 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         span = params.TimeRange(params.align_down(span.start_us, width_us), span.end_us)
         params.check_bar_count(span, width_us, settings.max_bars)
         if params.wants_csv(fmt, accept):
-            stream = queries.CopyStream(
+            stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.bar_csv_sql(conn, sym, span, width_us),
                 header=queries.BAR_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
@@ -288,26 +337,28 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                 "end": format_us(span.end_us)}
         return _json_page(head, "bars", rows)
 
-    @router.get("/quotes", response_model=QuotesOut, summary="Latest quote of several symbols")
+    @router.get("/quotes", response_model=BoardOut,
+                summary="Top of book and last price of several symbols")
     def get_quotes(
         svc: ServicesDep,
         symbols: Annotated[str, Query(max_length=4096, description=(
             f"Comma-separated symbols, at most {settings.max_quote_symbols}"))],
     ) -> Response:
-        """The newest entry of each symbol's stream in Redis; `null` for a
-        symbol without one. An unreadable entry is reported in `errors`."""
+        """For each symbol, the newest entry of its quotes stream (`bid`,
+        `bid_size`, `ask`, `ask_size`) and of its trades stream (`price`) in
+        Redis, then those two events in full; `null` for a symbol with
+        neither. An unreadable entry is left out and reported in `errors`."""
         wanted = params.parse_symbols(symbols, most=settings.max_quote_symbols)
-        quotes: dict[str, Any] = {}
+        found = latest.newest(svc.redis, svc.keys, wanted, (Channel.QUOTES, Channel.TRADES))
+        board: dict[str, Any] = {}
         problems: dict[str, str] = {}
         for symbol in wanted:
-            try:
-                found = streams.last_tick(svc.redis, svc.keys, symbol)
-            except ValueError as exc:
-                quotes[symbol] = None
-                problems[symbol] = f"newest stream entry unreadable: {exc}"
-                continue
-            quotes[symbol] = codec.tick_to_dict(found[1], found[0]) if found else None
-        return JsonResponse({"quotes": quotes, "errors": problems})
+            quote, trade = found[(symbol, Channel.QUOTES)], found[(symbol, Channel.TRADES)]
+            errors = [e for e in (quote.error, trade.error) if e]
+            if errors:
+                problems[symbol] = "; ".join(errors)
+            board[symbol] = latest.board_row(symbol, quote, trade)
+        return JsonResponse({"quotes": board, "errors": problems})
 
     @router.get("/simulate/gbm", response_model=GbmOut, summary="Simulated GBM price path")
     def simulate_gbm(

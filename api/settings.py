@@ -48,8 +48,8 @@ class ApiSettings(Settings):
     )
 
     # Limits
-    default_page_rows: int = setting(1000, "Ticks per page when `limit` is not given")
-    max_page_rows: int = setting(100_000, "Most ticks per JSON page")
+    default_page_rows: int = setting(1000, "Trades or quotes per page when `limit` is not given")
+    max_page_rows: int = setting(100_000, "Most trades or quotes per JSON page")
     max_range_days: int = setting(366, "Longest time range of one query, days")
     max_bars: int = setting(100_000, "Most bars one query may return")
     max_quote_symbols: int = setting(100, "Most symbols in one /v1/quotes request")

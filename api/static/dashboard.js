@@ -1,7 +1,9 @@
-// pricepipe dashboard: one panel per symbol with its price line, the 52-week
-// high/low band behind it, its logo and last price. Recent history comes from
-// the HTTP API; live ticks from the websocket server, resumed from the last
-// entry ID the history returned so nothing falls between the two.
+// pricepipe dashboard: one panel per symbol with its last-trade price line
+// inside the bid/ask band of its quotes, the last price and the last quote
+// (bid x ask), its logo and its 52-week range. Recent history comes from the
+// HTTP API (/v1/trades and /v1/quotes); live trades and quotes from the
+// websocket server (protocol v2), resumed per symbol and channel from the
+// last entry IDs the history returned, so nothing falls between the two.
 //
 // Websocket URL, first match wins: ?ws=<url> in the page address, the API's
 // PRICEPIPE_API_WS_URL (served as /config.js), ws(s)://<this host>/ws.
@@ -11,16 +13,19 @@
   const params = new URLSearchParams(location.search);
   const config = window.PRICEPIPE_CONFIG || {};
   const HISTORY_MINUTES = Number(params.get("minutes")) || 10;
-  const MAX_POINTS = 20000;          // per symbol; older points scroll away
+  const MAX_POINTS = 10000;          // per symbol and channel; older points scroll away
   const HISTORY_PAGE = 5000;
+  const HISTORY_PAGES = 4;
   const DEFAULT_SYMBOLS = 6;
+  const CHANNELS = ["trades", "quotes"];
 
   const $ = (id) => document.getElementById(id);
   const panels = new Map();          // symbol -> panel state
   let allSymbols = [];               // from /v1/symbols
   let socket = null;
   let reconnectDelayMs = 500;
-  let received = 0;
+  let nextReq = 1;
+  const received = { trades: 0, quotes: 0 };
 
   function wsUrl() {
     let url = params.get("ws") || config.wsUrl ||
@@ -42,9 +47,10 @@
     el.textContent = text || "";
   }
 
-  // Entry IDs "ms-seq" compare numerically, part by part.
+  // Entry IDs "ms-seq" compare numerically, part by part. A row without an
+  // ID (backfilled history, never in a stream) is never a duplicate.
   function idAfter(a, b) {
-    if (!b) return true;
+    if (!a || !b) return true;
     const [am, as] = a.split("-").map(Number);
     const [bm, bs] = b.split("-").map(Number);
     return am > bm || (am === bm && as > bs);
@@ -58,7 +64,16 @@
   }
 
   function formatPrice(price) {
+    if (price == null) return "–";
     return price >= 1000 ? price.toFixed(2) : price >= 1 ? price.toFixed(3) : price.toPrecision(4);
+  }
+
+  function updateCounters() {
+    for (const channel of CHANNELS) {
+      const el = $(`${channel}-count`);
+      el.textContent = String(received[channel]);
+      el.dataset.count = String(received[channel]);
+    }
   }
 
   // --- panels ---------------------------------------------------------------------------------
@@ -74,121 +89,217 @@
       img.onerror = () => { img.hidden = true; };
       img.src = info.logo_url;
     }
-    const hasBand = info.week52_high != null && info.week52_low != null;
-    node.querySelector(".band-note").textContent = hasBand
+    const hasRange = info.week52_high != null && info.week52_low != null &&
+      info.week52_high > info.week52_low;
+    node.querySelector(".band-note").textContent = hasRange
       ? `52-week range ${formatPrice(info.week52_low)} – ${formatPrice(info.week52_high)}`
       : "";
+    node.querySelector(".range").hidden = !hasRange;
     $("panels").appendChild(node);
     const chartEl = node.querySelector(".chart");
-    const series = [{}, { label: info.symbol, stroke: "#2563eb", width: 1.5, points: { show: false } }];
+    // Every value holds until the next one: a price is the last trade's,
+    // a bid or ask the last quote's (hence steps, not lines between points).
+    const steps = uPlot.paths.stepped({ align: 1 });
     const opts = {
       width: Math.max(chartEl.clientWidth, 300), height: 220,
       legend: { show: false }, cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } }, series,
+      scales: { x: { time: true } },
+      series: [
+        {},
+        { label: "last price", stroke: "#2563eb", width: 1.5, paths: steps, points: { show: false } },
+        { label: "ask", stroke: "rgba(220,38,38,0.7)", width: 1, paths: steps, points: { show: false } },
+        { label: "bid", stroke: "rgba(22,163,74,0.7)", width: 1, paths: steps, points: { show: false } },
+      ],
+      bands: [{ series: [2, 3], fill: "rgba(100,116,139,0.25)" }],
       axes: [{}, { size: 60 }],
     };
-    if (hasBand) {
-      series.push({ label: "52w high", stroke: "#94a3b8", dash: [4, 4], width: 1, points: { show: false } },
-                  { label: "52w low", stroke: "#94a3b8", dash: [4, 4], width: 1, points: { show: false } });
-      opts.bands = [{ series: [2, 3], fill: "rgba(148,163,184,0.15)" }];
-    }
     const panel = {
-      info, node, hasBand, xs: [], ys: [], lastId: null, lastPrice: null, dirty: false,
-      plot: null, ready: false,   // ready: history loaded, live ticks may follow
+      info, node, hasRange,
+      trades: { xs: [], price: [] },
+      quotes: { xs: [], bid: [], ask: [] },
+      lastId: { trades: null, quotes: null },
+      lastPrice: null, dirty: false, plot: null,
+      ready: false,   // history loaded: live events may follow
     };
     panel.plot = new uPlot(opts, chartData(panel), chartEl);
     panels.set(info.symbol, panel);
     return panel;
   }
 
+  // The series share one x axis in uPlot: the times of trades and quotes
+  // merged, each series holding its last value at every time (null before
+  // its first event), so the price line and the band both step correctly.
   function chartData(panel) {
-    const data = [panel.xs, panel.ys];
-    if (panel.hasBand) {
-      data.push(panel.xs.map(() => panel.info.week52_high),
-                panel.xs.map(() => panel.info.week52_low));
+    const t = panel.trades;
+    const q = panel.quotes;
+    const xs = [], price = [], ask = [], bid = [];
+    let i = 0, j = 0, p = null, a = null, b = null;
+    while (i < t.xs.length || j < q.xs.length) {
+      let x;
+      if (j >= q.xs.length || (i < t.xs.length && t.xs[i] <= q.xs[j])) {
+        x = t.xs[i]; p = t.price[i]; i += 1;
+      } else {
+        x = q.xs[j]; a = q.ask[j]; b = q.bid[j]; j += 1;
+      }
+      xs.push(x); price.push(p); ask.push(a); bid.push(b);
     }
-    return data;
+    return [xs, price, ask, bid];
   }
 
-  function addTicks(panel, ticks) {
+  // Insert keeping times sorted: events arrive in entry order, and venue
+  // times may step back a little.
+  function insertAt(xs, x) {
+    let k = xs.length;
+    while (k > 0 && xs[k - 1] > x) k -= 1;
+    return k;
+  }
+
+  function trim(arrays) {
+    const extra = arrays[0].length - MAX_POINTS;
+    if (extra > 0) for (const a of arrays) a.splice(0, extra);
+  }
+
+  function addTrades(panel, trades) {
     let added = 0;
-    for (const t of ticks) {
-      if (!idAfter(t.id, panel.lastId)) continue;   // replayed or duplicate
-      panel.xs.push(t.ts_us / 1e6);
-      panel.ys.push(t.price);
-      panel.lastId = t.id;
+    const t = panel.trades;
+    for (const e of trades) {
+      if (!idAfter(e.id, panel.lastId.trades)) continue;   // replayed or duplicate
+      const x = e.ts_us / 1e6;
+      const k = insertAt(t.xs, x);
+      t.xs.splice(k, 0, x);
+      t.price.splice(k, 0, e.price);
+      if (e.id) panel.lastId.trades = e.id;
       added += 1;
     }
     if (!added) return 0;
-    if (panel.xs.length > MAX_POINTS) {
-      panel.xs.splice(0, panel.xs.length - MAX_POINTS);
-      panel.ys.splice(0, panel.ys.length - MAX_POINTS);
-    }
-    const price = panel.ys[panel.ys.length - 1];
+    trim([t.xs, t.price]);
+    const price = t.price[t.price.length - 1];
     const el = panel.node.querySelector(".last-price");
     el.classList.toggle("up", panel.lastPrice != null && price > panel.lastPrice);
     el.classList.toggle("down", panel.lastPrice != null && price < panel.lastPrice);
     el.textContent = formatPrice(price);
     el.dataset.price = String(price);
-    panel.node.dataset.points = String(panel.xs.length);
     panel.lastPrice = price;
-    if (!panel.dirty) {
-      panel.dirty = true;
-      requestAnimationFrame(() => { panel.dirty = false; panel.plot.setData(chartData(panel)); });
-    }
+    showRange(panel, price);
+    redraw(panel);
     return added;
   }
 
-  async function loadHistory(panel) {
+  function addQuotes(panel, quotes) {
+    let added = 0;
+    const q = panel.quotes;
+    for (const e of quotes) {
+      if (!idAfter(e.id, panel.lastId.quotes)) continue;
+      const x = e.ts_us / 1e6;
+      const k = insertAt(q.xs, x);
+      q.xs.splice(k, 0, x);
+      q.bid.splice(k, 0, e.bid);
+      q.ask.splice(k, 0, e.ask);
+      if (e.id) panel.lastId.quotes = e.id;
+      added += 1;
+    }
+    if (!added) return 0;
+    trim([q.xs, q.bid, q.ask]);
+    const last = q.xs.length - 1;
+    const bid = q.bid[last], ask = q.ask[last];
+    const el = panel.node.querySelector(".last-quote");
+    el.querySelector(".bid").textContent = formatPrice(bid);
+    el.querySelector(".ask").textContent = formatPrice(ask);
+    el.dataset.bid = bid == null ? "" : String(bid);
+    el.dataset.ask = ask == null ? "" : String(ask);
+    el.title = bid != null && ask != null
+      ? `last quote: bid × ask, spread ${formatPrice(ask - bid)}` : "last quote (one-sided)";
+    redraw(panel);
+    return added;
+  }
+
+  function showRange(panel, price) {
+    if (!panel.hasRange) return;
+    const { week52_low: low, week52_high: high } = panel.info;
+    const at = Math.min(Math.max((price - low) / (high - low), 0), 1);
+    panel.node.querySelector(".range-marker").style.left = `${(at * 100).toFixed(1)}%`;
+  }
+
+  function redraw(panel) {
+    panel.node.dataset.points = String(panel.trades.xs.length + panel.quotes.xs.length);
+    if (panel.dirty) return;
+    panel.dirty = true;
+    requestAnimationFrame(() => { panel.dirty = false; panel.plot.setData(chartData(panel)); });
+  }
+
+  async function loadChannel(panel, channel) {
     const start = Date.now() * 1000 - HISTORY_MINUTES * 60e6;
     let cursor = null;
-    for (let page = 0; page < 4; page += 1) {
+    for (let page = 0; page < HISTORY_PAGES; page += 1) {
       const q = new URLSearchParams({ start: String(start), limit: String(HISTORY_PAGE) });
       if (cursor) q.set("cursor", cursor);
-      const body = await getJson(`/v1/ticks/${encodeURIComponent(panel.info.symbol)}?${q}`);
-      addTicks(panel, body.ticks);
+      const body = await getJson(`/v1/${channel}/${encodeURIComponent(panel.info.symbol)}?${q}`);
+      if (channel === "trades") addTrades(panel, body.trades); else addQuotes(panel, body.quotes);
       cursor = body.next_cursor;
       if (!cursor) break;
     }
+  }
+
+  async function loadHistory(panel) {
+    await Promise.all(CHANNELS.map((c) => loadChannel(panel, c)));
     if (panel.lastPrice == null && panel.info.last_price != null) {
       panel.node.querySelector(".last-price").textContent = formatPrice(panel.info.last_price);
     }
   }
 
-  // --- websocket ------------------------------------------------------------------------------
+  // --- websocket (protocol v2) ----------------------------------------------------------------
 
   function subscribe(symbols) {
     if (!socket || socket.readyState !== WebSocket.OPEN || !symbols.length) return;
+    // Resume each (symbol, channel) after the last entry it has; without
+    // one the server sends a snapshot of the latest event instead.
     const resume = {};
     for (const s of symbols) {
       const p = panels.get(s);
-      if (p && p.lastId) resume[s] = p.lastId;
+      if (!p) continue;
+      const ids = {};
+      for (const c of CHANNELS) if (p.lastId[c]) ids[c] = p.lastId[c];
+      if (Object.keys(ids).length) resume[s] = ids;
     }
-    socket.send(JSON.stringify({ op: "subscribe", symbols, resume, snapshot: true }));
+    socket.send(JSON.stringify({
+      op: "subscribe", channels: CHANNELS, symbols, resume, snapshot: true, req: nextReq++,
+    }));
+  }
+
+  function bySymbol(events) {
+    const out = new Map();
+    for (const e of events || []) {
+      if (!out.has(e.symbol)) out.set(e.symbol, []);
+      out.get(e.symbol).push(e);
+    }
+    return out;
+  }
+
+  function deliver(channel, events) {
+    const add = channel === "trades" ? addTrades : addQuotes;
+    for (const [symbol, list] of bySymbol(events)) {
+      const panel = panels.get(symbol);
+      if (panel) received[channel] += add(panel, list);
+    }
   }
 
   function onFrame(event) {
     let msg;
     try { msg = JSON.parse(event.data); } catch { return; }
-    if (msg.type === "ticks" || msg.type === "snapshot") {
-      const bySymbol = new Map();
-      for (const t of msg.ticks || []) {
-        if (!bySymbol.has(t.symbol)) bySymbol.set(t.symbol, []);
-        bySymbol.get(t.symbol).push(t);
-      }
-      for (const [symbol, ticks] of bySymbol) {
-        const panel = panels.get(symbol);
-        if (panel) received += addTicks(panel, ticks);
-      }
-      const counter = $("tick-count");
-      counter.textContent = String(received);
-      counter.dataset.count = String(received);
+    if (msg.type === "trades" || msg.type === "quotes" || msg.type === "snapshot") {
+      // A conflated trades frame skipped some trades (msg.gaps names them):
+      // a chart can do without them, its line joins the trades it has.
+      if (msg.trades) deliver("trades", msg.trades);
+      if (msg.quotes) deliver("quotes", msg.quotes);
+      updateCounters();
     } else if (msg.type === "subscribed") {
       setStatus("live", `live · ${panels.size} symbol(s)`);
     } else if (msg.type === "error") {
       showMessage(`websocket server: ${msg.message || msg.code}`);
     } else if (msg.type === "unrecoverable") {
-      showMessage(`some ticks of ${msg.symbol || "a symbol"} are no longer available (${msg.reason})`);
+      // A snapshot of that channel follows, then live events.
+      showMessage(`some ${msg.channel || "events"} of ${msg.symbol || "a symbol"} are no ` +
+                  `longer available (${msg.reason})`);
     }
   }
 
@@ -198,7 +309,7 @@
     socket.onopen = () => {
       reconnectDelayMs = 500;
       // Panels still loading history subscribe when it is in (see show()),
-      // resuming after its last entry.
+      // resuming after its last entries.
       subscribe([...panels.values()].filter((p) => p.ready).map((p) => p.info.symbol));
     };
     socket.onmessage = onFrame;

@@ -2,17 +2,18 @@
 beside ``psql``'s ``COPY (query) TO STDOUT`` of the same rows, in the same
 run on the same servers.
 
-Queries: one day of raw ticks (``n`` rows, default 86,400: one a second)
-and 30 days of one-minute bars (43,200 rows; ``n`` of them when ``n`` is
-smaller), each as JSON and CSV. Each is repeated and the median wall
-time kept, from sending the request to reading the last byte; the body is
-read as bytes, not parsed, as the baseline's output is. The API runs as
-``pricepipe api`` in a process of its own, as PostgreSQL does for ``psql``.
-The baseline includes starting ``psql``, as a request includes its HTTP
-round trip. Goal: within 2x of the baseline.
+Queries: one day of trades and one day of quotes (``n`` rows each, default
+86,400: one a second) and 30 days of one-minute bars (43,200 rows; ``n``
+of them when ``n`` is smaller), each as JSON and CSV. Each is repeated and
+the median wall time kept, from sending the request to reading the last
+byte; the body is read as bytes, not parsed, as the baseline's output is.
+The API runs as ``pricepipe api`` in a process of its own, as PostgreSQL
+does for ``psql``. The baseline includes starting ``psql``, as a request
+includes its HTTP round trip. Goal: within 2x of the baseline.
 
 The data go under symbols of their own (``ZZBENCH.*``) on a fixed day in
-2025 and are deleted afterwards.
+2025, written the way the persist workers store them (stream entry IDs,
+venue trade ids, sides, sizes), and are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ from typing import Any
 from psycopg2 import sql
 
 from pricepipe.clock import datetime_to_us, format_us, us_to_datetime
+from pricepipe.codec import pack_entry_id
 from pricepipe.connections import pg_connect
 from pricepipe.migrate import migrate
 
-TICK_SYMBOL = "ZZBENCH.T"
+TRADE_SYMBOL = "ZZBENCH.T"
+QUOTE_SYMBOL = "ZZBENCH.Q"
 BAR_SYMBOL = "ZZBENCH.B"
 DAY = date(2025, 6, 2)
 BAR_MINUTES = 30 * 1440
-DEFAULT_TICKS = 86_400
+DEFAULT_ROWS = 86_400
 REPEATS = 5
 PSQL = shutil.which("psql") or "/usr/bin/psql"
 
@@ -50,44 +53,61 @@ def _day_start_us(day: date) -> int:
     return datetime_to_us(datetime(day.year, day.month, day.day, tzinfo=UTC))
 
 
-def _load(conn: Any, n_ticks: int, n_bars: int) -> None:
+def _entry(ts_us: int) -> int:
+    """The packed entry ID of a stream entry added at the event's millisecond."""
+    return pack_entry_id(f"{ts_us // 1000}-0")
+
+
+def _load(conn: Any, n_rows: int, n_bars: int) -> None:
     """Write the bench rows (replacing any from an earlier run)."""
     start_us = _day_start_us(DAY)
-    step_us = 86_400_000_000 // n_ticks
-    ticks = io.StringIO()
+    step_us = 86_400_000_000 // n_rows
+    trades = io.StringIO()
+    quotes = io.StringIO()
     price = 100.0
-    for i in range(n_ticks):
+    for i in range(n_rows):
         ts_us = start_us + i * step_us
         price *= 1.0 + (((i * 7919) % 201) - 100) * 1e-5
-        ticks.write(f"{TICK_SYMBOL}\t{format_us(ts_us)}\t{price!r}\t1.0\tbench\t\\N\t"
-                    f"{(ts_us // 1000) << 21}\n")
+        ts = format_us(ts_us)
+        side = "buy" if i % 2 else "sell"
+        trades.write(f"{TRADE_SYMBOL}\t{ts}\t{price!r}\t{1.0 + i % 5!r}\t{side}\t{10**8 + i}"
+                     f"\tbench\t{format_us(ts_us + 150)}\t{_entry(ts_us)}\n")
+        half = round(price * 1e-4, 6)
+        quotes.write(f"{QUOTE_SYMBOL}\t{ts}\t{price - half!r}\t{100.0 + i % 7!r}\t"
+                     f"{price + half!r}\t{200.0 + i % 3!r}\tbench\t{format_us(ts_us + 150)}\t"
+                     f"{_entry(ts_us)}\n")
     bars = io.StringIO()
     bar0_us = _day_start_us(DAY) - n_bars * 60_000_000
     for i in range(n_bars):
         b_us = bar0_us + i * 60_000_000
         base = 50.0 + (i % 97) * 0.01
-        entry = (b_us // 1000) << 21
+        entry = _entry(b_us)
         bars.write(f"{BAR_SYMBOL}\t{format_us(b_us)}\t{base!r}\t{base + 0.5!r}\t{base - 0.5!r}\t"
-                   f"{base + 0.1!r}\t60.0\t60\t{format_us(b_us)}\t{entry}\t"
+                   f"{base + 0.1!r}\t60.0\t{base * 60.0!r}\t60\t{format_us(b_us)}\t{entry}\t"
                    f"{format_us(b_us + 59_000_000)}\t{entry + 1}\n")
-    ticks.seek(0)
-    bars.seek(0)
+    for buf in (trades, quotes, bars):
+        buf.seek(0)
     with conn.cursor() as cur:
         _delete(cur)
-        cur.execute("SELECT ensure_tick_partitions(%s, %s)", (DAY, DAY))
-        cur.copy_expert("COPY ticks (symbol, ts, price, size, source, recv_ts, entry_id) "
-                        "FROM STDIN", ticks)
+        for parent in ("trades", "quotes"):
+            cur.execute("SELECT ensure_partitions(%s, %s, %s)", (parent, DAY, DAY))
+        cur.copy_expert("COPY trades (symbol, ts, price, size, side, trade_id, source, recv_ts,"
+                        " entry_id) FROM STDIN", trades)
+        cur.copy_expert("COPY quotes (symbol, ts, bid, bid_size, ask, ask_size, source, recv_ts,"
+                        " entry_id) FROM STDIN", quotes)
         cur.copy_expert("COPY bars_1m (symbol, bucket, open, high, low, close, volume, "
-                        "tick_count, open_ts, open_entry, close_ts, close_entry) FROM STDIN", bars)
+                        "notional, trade_count, open_ts, open_entry, close_ts, close_entry) "
+                        "FROM STDIN", bars)
         # Settled, as yesterday's rows are: hint bits and visibility map set
         # (index-only scans), and no autovacuum of the fresh rows running
         # during the measurements, for the baseline and the API alike.
-        cur.execute(sql.SQL("VACUUM (ANALYZE) {}, bars_1m").format(
-            sql.Identifier(f"ticks_{DAY:%Y%m%d}")))
+        cur.execute(sql.SQL("VACUUM (ANALYZE) {}, {}, bars_1m").format(
+            sql.Identifier(f"trades_{DAY:%Y%m%d}"), sql.Identifier(f"quotes_{DAY:%Y%m%d}")))
 
 
 def _delete(cur: Any) -> None:
-    cur.execute("DELETE FROM ticks WHERE symbol = %s", (TICK_SYMBOL,))
+    cur.execute("DELETE FROM trades WHERE symbol = %s", (TRADE_SYMBOL,))
+    cur.execute("DELETE FROM quotes WHERE symbol = %s", (QUOTE_SYMBOL,))
     cur.execute("DELETE FROM bars_1m WHERE symbol = %s", (BAR_SYMBOL,))
 
 
@@ -111,11 +131,11 @@ def _http_get(url: str, accept: str = "application/json") -> int:
         return len(resp.read())
 
 
-def _check_counts(ticks_url: str, n_ticks: int, bars_url: str, n_bars: int) -> None:
+def _check_counts(expected: list[tuple[str, int]]) -> None:
     """The measured requests really return every row (else the figures lie)."""
     from pricepipe.codec import decode_json
 
-    for url, want in ((ticks_url, n_ticks), (bars_url, n_bars)):
+    for url, want in expected:
         with urllib.request.urlopen(url, timeout=300) as resp:
             got = decode_json(resp.read())["count"]
         if got != want:
@@ -169,21 +189,27 @@ class _Api:
 
 def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str, Any]:
     """Measure; print a table as it goes; return the report (see module docstring)."""
-    n_ticks = n or DEFAULT_TICKS
-    n_bars = min(BAR_MINUTES, n_ticks)
+    n_rows = n or DEFAULT_ROWS
+    n_bars = min(BAR_MINUTES, n_rows)
     conn = pg_connect(database_url, application_name="pricepipe-bench-api")
     conn.autocommit = True
     try:
         migrate(conn)
-        print(f"loading {n_ticks} ticks and {n_bars} one-minute bars ...", flush=True)
-        _load(conn, n_ticks, n_bars)
+        print(f"loading {n_rows} trades, {n_rows} quotes and {n_bars} one-minute bars ...",
+              flush=True)
+        _load(conn, n_rows, n_bars)
         day_start = us_to_datetime(_day_start_us(DAY))
         day_end = day_start + timedelta(days=1)
         bars_start = day_start - timedelta(minutes=n_bars)
-        tick_query = sql.SQL(
-            "SELECT symbol, ts, price, size, source, recv_ts, entry_id FROM ticks"
-            " WHERE symbol = {} AND ts >= {} AND ts < {} ORDER BY ts, entry_id"
-        ).format(sql.Literal(TICK_SYMBOL), sql.Literal(day_start), sql.Literal(day_end))
+        # The baselines read every column of the rows the API serves, in its order.
+        trade_query = sql.SQL(
+            "SELECT symbol, ts, price, size, side, trade_id, source, recv_ts, entry_id"
+            " FROM trades WHERE symbol = {} AND ts >= {} AND ts < {} ORDER BY ts, entry_id"
+        ).format(sql.Literal(TRADE_SYMBOL), sql.Literal(day_start), sql.Literal(day_end))
+        quote_query = sql.SQL(
+            "SELECT symbol, ts, bid, bid_size, ask, ask_size, source, recv_ts, entry_id"
+            " FROM quotes WHERE symbol = {} AND ts >= {} AND ts < {} ORDER BY ts, entry_id"
+        ).format(sql.Literal(QUOTE_SYMBOL), sql.Literal(day_start), sql.Literal(day_end))
         bar_query = sql.SQL(
             "SELECT * FROM bars_1m WHERE symbol = {} AND bucket >= {} AND bucket < {}"
             " ORDER BY bucket"
@@ -193,16 +219,19 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
         ratios: dict[str, float] = {}
         print(f"{'query':<28} {'median ms':>10} {'bytes':>12}   vs psql COPY")
         with tempfile.TemporaryDirectory(prefix="pricepipe-bench-api-") as logs, \
-                _Api(redis_url, database_url, n_ticks, Path(logs)) as base:
-            ticks_url = (f"{base}/v1/ticks/{TICK_SYMBOL}?start={format_us(_day_start_us(DAY))}"
-                         f"&end={datetime_to_us(day_end)}&limit={n_ticks}")
+                _Api(redis_url, database_url, n_rows, Path(logs)) as base:
+            day = (f"start={format_us(_day_start_us(DAY))}&end={datetime_to_us(day_end)}"
+                   f"&limit={n_rows}")
+            trades_url = f"{base}/v1/trades/{TRADE_SYMBOL}?{day}"
+            quotes_url = f"{base}/v1/quotes/{QUOTE_SYMBOL}?{day}"
             bars_url = (f"{base}/v1/bars/{BAR_SYMBOL}?interval=1m"
                         f"&start={datetime_to_us(bars_start)}&end={datetime_to_us(day_start)}")
             cases = [
-                ("ticks_1d", tick_query, ticks_url),
+                ("trades_1d", trade_query, trades_url),
+                ("quotes_1d", quote_query, quotes_url),
                 ("bars_1m", bar_query, bars_url),
             ]
-            _check_counts(ticks_url, n_ticks, bars_url, n_bars)
+            _check_counts([(trades_url, n_rows), (quotes_url, n_rows), (bars_url, n_bars)])
             for name, query, url in cases:
                 base_ms, base_bytes = _timed(lambda q=query: _psql_copy(database_url, q, conn),
                                              REPEATS)
@@ -224,8 +253,8 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
         "figures": figures,
         "baselines": baselines,
         "ratios": ratios,
-        "params": {"ticks": n_ticks, "bars": n_bars, "bar_days": round(n_bars / 1440, 2),
-                   "repeats": REPEATS,
+        "params": {"trades": n_rows, "quotes": n_rows, "bars": n_bars,
+                   "bar_days": round(n_bars / 1440, 2), "repeats": REPEATS,
                    "goal": "ratios <= 2"},
     }
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
 from pricepipe.api.app import create_app
 from pricepipe.api.settings import ApiSettings
-
 from pricepipe.config import DatabaseSettings, RedisSettings
 
 
@@ -52,8 +52,8 @@ def make_live_api(redis_settings: RedisSettings, db_settings: DatabaseSettings
     import threading
 
     import uvicorn
-    from pricepipe.api.server import Server
 
+    from pricepipe.api.server import Server
     from pricepipe.embedded import free_port
 
     running: list[tuple[Server, threading.Thread]] = []

@@ -1,5 +1,6 @@
-"""The dashboard in headless Chromium: history over HTTP, then live ticks
-over the real websocket server (``pricepipe ws``)."""
+"""The dashboard in headless Chromium: trade and quote history over HTTP,
+then live trades and quotes over the real websocket server (``pricepipe
+ws``, protocol v2)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pricepipe.api.settings import ApiSettings
 
 from pricepipe import streams
+from pricepipe.api.settings import ApiSettings
 from pricepipe.clock import now_us
 from pricepipe.embedded import free_port
+from pricepipe.events import Quote, Side, Trade
 from pricepipe.keys import Keys
-from pricepipe.tick import Tick
-from tests.api.helpers import insert_ticks
+from tests.api.helpers import insert_quotes, insert_trades
 from tests.helpers import wait_http
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,8 +37,16 @@ if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("chromium or chromedriver not installed", allow_module_level=True)
 
 
+def _book(symbol: str, ts_us: int, price: float) -> Quote:
+    """A two-sided quote around ``price``, 0.6 % wide: wider than a real
+    book's, so that the band shows on the screenshot."""
+    half = price * 0.003
+    return Quote(symbol, ts_us, price - half, 300.0, price + half, 200.0, "gbm")
+
+
 class Feeder(threading.Thread):
-    """Appends a random-walk tick per symbol every 100 ms, like a publisher."""
+    """Appends a random-walk trade and a quote per symbol every 100 ms, like
+    a publisher."""
 
     def __init__(self, r: Any, keys: Keys, prices: dict[str, float]) -> None:
         super().__init__(name="feeder", daemon=True)
@@ -47,12 +56,15 @@ class Feeder(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
-            ticks = []
+            events: list[Trade | Quote] = []
             for symbol, price in self.prices.items():
                 price *= 1 + self.rng.gauss(0, 0.002)
                 self.prices[symbol] = price
-                ticks.append(Tick(symbol, now_us(), price, 1.0, "gbm"))
-            streams.append_ticks(self.r, self.keys, ticks)
+                ts_us = now_us()
+                events.append(_book(symbol, ts_us, price))
+                events.append(Trade(symbol, ts_us + 1, price, 1.0, "gbm",
+                                    side=Side.BUY if self.rng.random() < 0.5 else Side.SELL))
+            streams.append_events(self.r, self.keys, events)
 
 
 def _browser() -> Any:
@@ -69,7 +81,7 @@ def _browser() -> Any:
     return options, Service(CHROMEDRIVER or "")
 
 
-def test_dashboard_shows_history_then_live_ticks(
+def test_dashboard_shows_history_then_live_trades_and_quotes(
         make_live_api: Callable[..., str], spawn: Callable[..., subprocess.Popen[bytes]],
         pipeline_env: dict[str, str], r: Any, keys: Keys, db: Any, tmp_path: Path) -> None:
     from selenium import webdriver
@@ -84,12 +96,16 @@ def test_dashboard_shows_history_then_live_ticks(
                         (symbol, f"{symbol.title()} Corp", LOGO, price * 1.3, price * 0.8))
     history_start = now_us() - 300_000_000
     rng = random.Random(3)
-    history = []
+    history: list[Trade] = []
+    books: list[Quote] = []
     for symbol, price in start_prices.items():
         for i in range(300):
             price *= 1 + rng.gauss(0, 0.002)
-            history.append(Tick(symbol, history_start + i * 1_000_000, price, 1.0, "gbm"))
-    insert_ticks(db, history)
+            ts_us = history_start + i * 1_000_000
+            history.append(Trade(symbol, ts_us + 500_000, price, 1.0, "gbm"))
+            books.append(_book(symbol, ts_us, price))
+    insert_trades(db, history)
+    insert_quotes(db, books)
     streams.register_symbols(r, keys, SYMBOLS)
 
     ws_port = free_port()
@@ -106,11 +122,15 @@ def test_dashboard_shows_history_then_live_ticks(
         driver.set_page_load_timeout(60)
         driver.get(f"{base_url}/?symbols={','.join(SYMBOLS)}")
         wait = WebDriverWait(driver, 60, poll_frequency=0.2)
-        # History drew a line per symbol before any live tick...
+        # History drew a chart per symbol before any live event...
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".panel canvas")) == 3)
-        # ...then live ticks arrive over the websocket and move every panel.
-        wait.until(lambda d: int(d.find_element(By.ID, "tick-count")
-                                 .get_attribute("data-count") or 0) >= 3 * len(SYMBOLS))
+        # ...then live trades and quotes arrive over the websocket, on every panel.
+        def received(counter: str) -> Callable[[Any], bool]:
+            return lambda d: int(d.find_element(By.ID, counter).get_attribute("data-count")
+                                 or 0) >= 3 * len(SYMBOLS)
+
+        for counter in ("trades-count", "quotes-count"):
+            wait.until(received(counter))
         status = driver.find_element(By.ID, "status")
         assert status.get_attribute("data-state") == "live"
         for symbol in SYMBOLS:
@@ -118,11 +138,20 @@ def test_dashboard_shows_history_then_live_ticks(
             shown = float(panel.find_element(By.CLASS_NAME, "last-price")
                           .get_attribute("data-price") or "nan")
             assert shown > 0
+            # The last quote, bid x ask, beside the last price.
+            quote = panel.find_element(By.CLASS_NAME, "last-quote")
+            bid = float(quote.get_attribute("data-bid") or "nan")
+            ask = float(quote.get_attribute("data-ask") or "nan")
+            assert 0 < bid < ask
+            shown_bid = float(quote.find_element(By.CLASS_NAME, "bid").text)
+            shown_ask = float(quote.find_element(By.CLASS_NAME, "ask").text)
+            assert 0 < shown_bid < shown_ask
+            assert shown_bid <= shown * 1.01 and shown_ask >= shown * 0.99
             assert "52-week range" in panel.find_element(By.CLASS_NAME, "band-note").text
             assert panel.find_element(By.CLASS_NAME, "logo").is_displayed()
             assert f"{symbol.title()} Corp" in panel.text
-            # Every history tick is on the chart, and live ones after them.
-            assert int(panel.get_attribute("data-points") or 0) > 300
+            # Every history trade and quote is on the chart, and live ones after them.
+            assert int(panel.get_attribute("data-points") or 0) > 600
         # The picker removes a symbol.
         driver.find_element(By.CSS_SELECTOR, '#symbol-list input[value="INITECH"]').click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".panel")) == 2)
@@ -131,7 +160,7 @@ def test_dashboard_shows_history_then_live_ticks(
         shot = tmp_path / "dashboard.png"
         driver.find_element(By.CSS_SELECTOR, '#symbol-list input[value="INITECH"]').click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".panel canvas")) == 3)
-        time.sleep(1.0)  # let a few live ticks land on the re-added panel for the picture
+        time.sleep(1.0)  # let a few live events land on the re-added panel for the picture
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         copy_to = os.environ.get("PRICEPIPE_DASHBOARD_SCREENSHOT")
         if copy_to:

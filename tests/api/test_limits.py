@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-from pricepipe.api.settings import ApiSettings
 
+from pricepipe.api.settings import ApiSettings
 from pricepipe.keys import Keys
 
 PROXY = ("127.0.0.1", 50000)
@@ -95,16 +95,19 @@ def test_rate_limiter_fails_open_when_redis_is_down(
 
 
 def test_metrics_count_and_time_requests_per_route_template(client: TestClient) -> None:
-    client.get("/v1/ticks/AAA?start=2026-01-05&end=2026-01-06")
-    client.get("/v1/ticks/BBB?start=2026-01-05&end=2026-01-06")
-    client.get("/v1/ticks/BBB?limit=-1")
+    client.get("/v1/trades/AAA?start=2026-01-05&end=2026-01-06")
+    client.get("/v1/trades/BBB?start=2026-01-05&end=2026-01-06")
+    client.get("/v1/trades/BBB?limit=-1")
+    client.get("/v1/quotes/AAA?start=2026-01-05&end=2026-01-06")
     client.get("/no/such/page")
     text = client.get("/metrics").text
-    assert ('pricepipe_api_requests_total{method="GET",route="/v1/ticks/{symbol}",'
+    assert ('pricepipe_api_requests_total{method="GET",route="/v1/trades/{symbol}",'
             'status="200"} 2.0') in text
-    assert ('pricepipe_api_requests_total{method="GET",route="/v1/ticks/{symbol}",'
+    assert ('pricepipe_api_requests_total{method="GET",route="/v1/trades/{symbol}",'
             'status="422"} 1.0') in text
+    assert ('pricepipe_api_requests_total{method="GET",route="/v1/quotes/{symbol}",'
+            'status="200"} 1.0') in text
     assert 'route="unmatched",status="404"' in text
     assert ('pricepipe_api_request_duration_seconds_count{method="GET",'
-            'route="/v1/ticks/{symbol}"} 3.0') in text
+            'route="/v1/trades/{symbol}"} 3.0') in text
     assert "AAA" not in text

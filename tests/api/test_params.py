@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pricepipe.api import params
 
+from pricepipe.api import params
 from pricepipe.exceptions import InvalidParameterError
 
 NOW_US = 1_767_571_200_000_000
@@ -40,8 +40,11 @@ def test_range_defaults_order_and_cap() -> None:
 def test_cursor_round_trip_and_garbage() -> None:
     cursor = params.Cursor(NOW_US, 12345)
     assert params.parse_cursor(cursor.encode()) == cursor
+    backfilled = params.Cursor(NOW_US, -(NOW_US * 1024) - 1)  # a backfilled row's key
+    assert params.parse_cursor(backfilled.encode()) == backfilled
     assert params.parse_cursor(None) is None and params.parse_cursor("") is None
-    for bad in ("abc", "1_2_3", f"{NOW_US}_{1 << 63}", "5_1", f"{NOW_US}-1"):
+    for bad in ("abc", "1_2_3", f"{NOW_US}_{1 << 63}", f"{NOW_US}_-{(1 << 63) + 1}", "5_1",
+                f"{NOW_US}-1", f"{NOW_US}_--1", f"-{NOW_US}_1"):
         with pytest.raises(InvalidParameterError):
             params.parse_cursor(bad)
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from psycopg2 import sql
 
 from pricepipe.config import DatabaseSettings
-from pricepipe.tick import Tick
-from tests.api.helpers import DAY0_US, insert_ticks
+from pricepipe.events import Trade
+from tests.api.helpers import DAY0_US, insert_trades
 
 LOGIN = "pp_api_test_reader"
 
@@ -33,16 +33,17 @@ def test_reader_role_is_nologin_and_reads_but_cannot_write(db: Any, reader_url: 
     with db.cursor() as cur:
         cur.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'pricepipe_reader'")
         assert cur.fetchone() == (False,)
-    insert_ticks(db, [Tick("RO", DAY0_US, 1.0, None, "test")])
+    insert_trades(db, [Trade("RO", DAY0_US, 1.0, None, "test")])
     conn = psycopg2.connect(reader_url)  # a plain session: only the grants stop writes
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM ticks WHERE symbol = 'RO'")
+            cur.execute("SELECT count(*) FROM trades WHERE symbol = 'RO'")
             assert cur.fetchone() == (1,)
             for statement in (
                 "INSERT INTO instruments (symbol) VALUES ('X')",
-                "DELETE FROM ticks",
+                "DELETE FROM trades",
+                "DELETE FROM quotes",
                 "UPDATE bars_1m SET close = 0",
                 "CREATE TABLE sneaky (x int)",
             ):
@@ -58,10 +59,10 @@ def test_reader_role_is_nologin_and_reads_but_cannot_write(db: Any, reader_url: 
 def test_api_serves_through_the_reader_and_its_pool_cannot_write(
         make_client: Callable[..., TestClient], database_url: str, reader_url: str,
         db: Any) -> None:
-    insert_ticks(db, [Tick("RO", DAY0_US + 1, 2.0, None, "test")])
+    insert_trades(db, [Trade("RO", DAY0_US + 1, 2.0, None, "test")])
     client = make_client(db=DatabaseSettings(url=database_url, read_url=reader_url,
                                              statement_timeout_ms=1234))
-    body = client.get("/v1/ticks/RO", params={"start": str(DAY0_US), "end": str(DAY0_US + 10)})
+    body = client.get("/v1/trades/RO", params={"start": str(DAY0_US), "end": str(DAY0_US + 10)})
     assert body.status_code == 200 and body.json()["count"] == 1
     pool = client.app.state.services.pool  # type: ignore[attr-defined]
     with pool.connection() as conn, conn.cursor() as cur:

@@ -8,23 +8,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
-from pricepipe.api.settings import ApiSettings
 
+from pricepipe.api.settings import ApiSettings
 from pricepipe.config import DatabaseSettings
 from pricepipe.embedded import PostgresServer
-from tests.api.helpers import DAY0_US, insert_ticks, steady_ticks
+from tests.api.helpers import DAY0_US, insert_trades, steady_trades
 
 WINDOW = f"start={DAY0_US}&end={DAY0_US + 10**11}"
 
 
 def test_database_outage_is_503_and_the_pool_recovers(
         client: TestClient, db: Any, pg_server: PostgresServer) -> None:
-    insert_ticks(db, steady_ticks("DOWN", DAY0_US, 10, 1000))
-    assert client.get(f"/v1/ticks/DOWN?{WINDOW}").json()["count"] == 10
+    insert_trades(db, steady_trades("DOWN", DAY0_US, 10, 1000))
+    assert client.get(f"/v1/trades/DOWN?{WINDOW}").json()["count"] == 10
     db.close()
     pg_server.stop()
     try:
-        resp = client.get(f"/v1/ticks/DOWN?{WINDOW}")
+        resp = client.get(f"/v1/trades/DOWN?{WINDOW}")
         assert resp.status_code == 503
         assert resp.json() == {"error": "database unavailable"}
         assert resp.headers["Retry-After"] == "1"
@@ -32,14 +32,14 @@ def test_database_outage_is_503_and_the_pool_recovers(
     finally:
         pg_server.start()
     # The dead pooled connection was dropped; the next request reconnects.
-    assert client.get(f"/v1/ticks/DOWN?{WINDOW}").json()["count"] == 10
+    assert client.get(f"/v1/trades/DOWN?{WINDOW}").json()["count"] == 10
     assert client.get("/healthz").status_code == 200
 
 
 def test_csv_client_leaving_early_frees_its_connection(
         make_live_api: Callable[..., str], make_client: Callable[..., TestClient],
         db: Any, database_url: str) -> None:
-    insert_ticks(db, steady_ticks("BIG", DAY0_US, 20_000, 1000))
+    insert_trades(db, steady_trades("BIG", DAY0_US, 20_000, 1000))
     # One connection only: if the abandoned COPY kept it, the next request would wait
     # pool_wait_s and fail with 503.
     settings = ApiSettings(rate_limit=None, key_rate_limit=None, csv_chunk_bytes=1024,
@@ -48,16 +48,16 @@ def test_csv_client_leaving_early_frees_its_connection(
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
-        conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&format=csv")
+        conn.request("GET", f"/v1/trades/BIG?{WINDOW}&format=csv")
         resp = conn.getresponse()
         assert resp.status == 200
         first = resp.read(4096)
-        assert first.startswith(b"symbol,ts,ts_us,price")
+        assert first.startswith(b"symbol,ts,ts_us,price,size,side,trade_id")
     finally:
         conn.close()  # walk away mid-download
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     try:
-        conn.request("GET", f"/v1/ticks/BIG?{WINDOW}&limit=3")
+        conn.request("GET", f"/v1/trades/BIG?{WINDOW}&limit=3")
         resp = conn.getresponse()
         assert resp.status == 200, resp.read()
         assert b'"count":3' in resp.read()
@@ -68,6 +68,7 @@ def test_csv_client_leaving_early_frees_its_connection(
 def test_timeouts_and_a_busy_pool_map_to_504_and_503(
         redis_settings: Any, db_settings: DatabaseSettings) -> None:
     import psycopg2.errors
+
     from pricepipe.api.app import create_app
     from pricepipe.api.pool import PoolBusyError
 
@@ -115,6 +116,7 @@ def test_connections_are_reused_until_they_fail_or_lose_their_server(
         database_url: str, db: Any) -> None:
     import psycopg2.errors
     import pytest
+
     from pricepipe.api.pool import ReadPool
 
     def backend(pool: ReadPool) -> int:

@@ -63,9 +63,9 @@ def test_python_dash_m_api_runs_the_same_command(pipeline_env: dict[str, str]) -
 def test_second_sigterm_exits_at_once_while_a_download_is_in_flight(
         spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
         db: Any) -> None:
-    from tests.api.helpers import DAY0_US, insert_ticks, steady_ticks
+    from tests.api.helpers import DAY0_US, insert_trades, steady_trades
 
-    insert_ticks(db, steady_ticks("SLOW", DAY0_US, 100_000, 1000))
+    insert_trades(db, steady_trades("SLOW", DAY0_US, 100_000, 1000))
     port = free_port()
     proc = spawn(["api", "--port", str(port)], env=pipeline_env)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
@@ -76,7 +76,7 @@ def test_second_sigterm_exits_at_once_while_a_download_is_in_flight(
     client.settimeout(30)
     try:
         client.connect(("127.0.0.1", port))
-        client.sendall(f"GET /v1/ticks/SLOW?start={DAY0_US}&end={DAY0_US + 10**9}&format=csv "
+        client.sendall(f"GET /v1/trades/SLOW?start={DAY0_US}&end={DAY0_US + 10**9}&format=csv "
                        "HTTP/1.1\r\nHost: test\r\n\r\n".encode())
         assert client.recv(64).startswith(b"HTTP/1.1 200")
         proc.send_signal(signal.SIGTERM)  # graceful: waits for the download...

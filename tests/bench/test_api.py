@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytest
+from psycopg2 import sql
 
 from pricepipe.bench import api as bench
 
@@ -16,13 +17,18 @@ def test_bench_reports_figures_baselines_and_ratios(redis_url: str, database_url
                                                      db: Any) -> None:
     report = bench.run(redis_url=redis_url, database_url=database_url, n=300)
     assert report["target"] == "api"
-    assert set(report["figures"]) == {"api_ticks_1d_json_ms", "api_ticks_1d_csv_ms",
-                                      "api_bars_1m_json_ms", "api_bars_1m_csv_ms"}
-    assert set(report["baselines"]) == {"psql_copy_ticks_1d_ms", "psql_copy_bars_1m_ms"}
+    cases = ("trades_1d", "quotes_1d", "bars_1m")
+    assert set(report["figures"]) == {f"api_{c}_{f}_ms" for c in cases for f in ("json", "csv")}
+    assert set(report["baselines"]) == {f"psql_copy_{c}_ms" for c in cases}
+    assert set(report["ratios"]) == {f"api_{c}_{f}_vs_psql" for c in cases
+                                     for f in ("json", "csv")}
     assert all(v > 0 for part in ("figures", "baselines", "ratios")
                for v in report[part].values())
-    assert report["params"]["ticks"] == 300 and report["params"]["bars"] == 300
+    assert (report["params"]["trades"], report["params"]["quotes"],
+            report["params"]["bars"]) == (300, 300, 300)
     # The bench cleans up after itself.
     with db.cursor() as cur:
-        cur.execute("SELECT count(*) FROM ticks WHERE symbol LIKE 'ZZBENCH%%'")
-        assert cur.fetchone() == (0,)
+        for table in ("trades", "quotes", "bars_1m"):
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE symbol LIKE 'ZZBENCH%%'").format(
+                sql.Identifier(table)))
+            assert cur.fetchone() == (0,), table
