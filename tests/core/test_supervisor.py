@@ -9,23 +9,25 @@ from typing import Any
 from pricepipe import streams
 from pricepipe.embedded import RedisServer
 from pricepipe.keys import PERSIST_GROUP, Keys
+from pricepipe.events import Quote, Trade
 from pricepipe.supervisor import pipeline_counts
-from pricepipe.tick import Tick
 
 TS = 1_767_323_045_000_000
 
 
 def test_counts_survive_an_aof_reload(redis_server: RedisServer, r: Any, keys: Keys) -> None:
     streams.register_symbols(r, keys, ["AAPL"])
-    streams.append_ticks(r, keys, [Tick("AAPL", TS + i, 1.0 + i) for i in range(100)])
-    stream = keys.stream("AAPL")
+    streams.append_events(r, keys, [Trade("AAPL", TS + i, 1.0 + i, 1.0) for i in range(100)])
+    streams.append_events(r, keys, [Quote("AAPL", TS + i, 1.0, 1.0, 2.0, 1.0)
+                                    for i in range(20)])
+    stream = keys.trades("AAPL")
     got = r.xreadgroup(PERSIST_GROUP, "c1", {stream: ">"}, count=60)
     r.xack(stream, PERSIST_GROUP, *[eid for eid, _ in got[0][1]][:50])
-    # 100 published, 50 acknowledged, 10 pending, 40 never delivered.
-    assert pipeline_counts(r, keys, ["AAPL"]) == (100, 50, 50)
+    # 120 published (both streams), 50 trades acknowledged, 10 pending, 60 never delivered.
+    assert pipeline_counts(r, keys, ["AAPL"]) == (120, 50, 70)
     redis_server.restart()
     r.connection_pool.disconnect()
-    assert pipeline_counts(r, keys, ["AAPL"]) == (100, 50, 50)
+    assert pipeline_counts(r, keys, ["AAPL"]) == (120, 50, 70)
 
 
 def test_postgres_data_goes_where_its_user_can_reach(tmp_path: Any) -> None:
