@@ -1,30 +1,43 @@
 """A batch of stream entries on its way to PostgreSQL. Pure: no I/O.
 
 :func:`decode_entries` splits what ``XREADGROUP`` / ``XAUTOCLAIM`` returned
-into rows ready for ``COPY`` and :class:`Reject` s (entries that can never be
-persisted: missing fields, unreadable numbers, out-of-bounds values, a symbol
-that is not its stream's). One bad entry never fails the rest of its batch.
+from the trades and quotes streams into rows ready for ``COPY`` and
+:class:`Reject` s (entries that can never be persisted: a missing field,
+unreadable numbers, out-of-bounds values, a crossed book). One bad entry
+never fails the rest of its batch.
 
-A row is the tuple ``(symbol, ts_us, price, size, source, recv_ts_us,
-entry_id)`` where ``entry_id`` is :func:`pricepipe.codec.pack_entry_id` of
-the stream entry ID: together with ``(symbol, ts)`` it is the primary key of
-``ticks``, so writing the same entry twice cannot add a second row.
+The wire format is parsed only by :mod:`pricepipe.codec`: each entry goes
+through its fast path (:func:`~pricepipe.codec.trade_values`,
+:func:`~pricepipe.codec.quote_values`), and whatever that does not accept
+through the reference parser, which accepts it or says why not. The symbol
+is the stream key's, validated once per stream.
+
+Rows (``entry_id`` is :func:`pricepipe.codec.pack_entry_id` of the stream
+entry ID: with ``(symbol, ts)`` it is the primary key, so writing the same
+entry twice cannot add a second row)::
+
+    TradeRow  (symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id)
+    QuoteRow  (symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, entry_id)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pricepipe import codec
-from pricepipe.codec import F_PRICE, F_RECV_TS, F_SIZE, F_SOURCE, F_SYMBOL, F_TICK, F_TS
-from pricepipe.keys import Keys
-from pricepipe.tick import MAX_TS_US, MIN_TS_US, SOURCE_RE, validate_symbol
+from pricepipe.events import Quote, Side, Trade, validate_symbol
+from pricepipe.keys import Channel, Keys
 
-#: ``(symbol, ts_us, price, size, source, recv_ts_us, entry_id)``
-TickRow = tuple[str, int, float, float | None, str, int | None, int]
+#: ``(symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id)``;
+#: ``side`` is ``"buy"``, ``"sell"`` or None.
+TradeRow = tuple[str, int, float, float | None, str | None, str | None, str, int | None, int]
+#: ``(symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, entry_id)``
+QuoteRow = tuple[str, int, float | None, float | None, float | None, float | None, str,
+                 int | None, int]
+#: ``(stream key, entry ID)`` of a row, to acknowledge it.
+EntryRef = tuple[str, str]
 
 US_PER_DAY = 86_400_000_000
 
@@ -43,31 +56,45 @@ class Reject:
 class Batch:
     """Rows to write, rejects to dead-letter, and every entry ID to acknowledge."""
 
-    rows: list[TickRow] = field(default_factory=list)
-    #: The stream entry ID (text) of each row, same order as :attr:`rows`.
-    row_ids: list[tuple[str, str]] = field(default_factory=list)
+    trades: list[TradeRow] = field(default_factory=list)
+    #: The stream entry of each trade row, same order as :attr:`trades`.
+    trade_ids: list[EntryRef] = field(default_factory=list)
+    quotes: list[QuoteRow] = field(default_factory=list)
+    quote_ids: list[EntryRef] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     #: Entries deleted from the stream while pending (nothing left to persist).
-    vanished: list[tuple[str, str]] = field(default_factory=list)
+    vanished: list[EntryRef] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.rejects) + len(self.vanished)
+        return len(self.trades) + len(self.quotes) + len(self.rejects) + len(self.vanished)
+
+    @property
+    def row_count(self) -> int:
+        """Trade and quote rows (entries that decoded), together."""
+        return len(self.trades) + len(self.quotes)
 
     def extend(self, other: Batch) -> None:
-        self.rows.extend(other.rows)
-        self.row_ids.extend(other.row_ids)
+        self.trades.extend(other.trades)
+        self.trade_ids.extend(other.trade_ids)
+        self.quotes.extend(other.quotes)
+        self.quote_ids.extend(other.quote_ids)
         self.rejects.extend(other.rejects)
         self.vanished.extend(other.vanished)
 
     def ack_ids(self) -> dict[str, list[str]]:
         """Every entry of the batch by stream: rows, rejects and vanished ones."""
-        out: dict[str, list[str]] = {}
-        for stream, entry_id in self.row_ids:
-            out.setdefault(stream, []).append(entry_id)
+        out = self.row_ack_ids()
         for reject in self.rejects:
             out.setdefault(reject.stream, []).append(reject.entry_id)
-        for stream, entry_id in self.vanished:
-            out.setdefault(stream, []).append(entry_id)
+        return out
+
+    def row_ack_ids(self) -> dict[str, list[str]]:
+        """Entries to acknowledge once the rows are committed: the rows' and
+        the vanished ones (rejects are acknowledged with their dead letter)."""
+        out: dict[str, list[str]] = {}
+        for refs in (self.trade_ids, self.quote_ids, self.vanished):
+            for stream, entry_id in refs:
+                out.setdefault(stream, []).append(entry_id)
         return out
 
 
@@ -76,7 +103,8 @@ def _text(value: bytes | str) -> str:
 
 
 #: A stream entry's fields as redis-py parses them (a dict) or as the server
-#: sends them (a flat ``[name, value, name, value, ...]`` list).
+#: sends them (a flat ``[name, value, name, value, ...]`` list); None when
+#: the entry was deleted while pending.
 RawFields = Mapping[bytes, bytes] | Sequence[bytes] | None
 
 
@@ -89,80 +117,26 @@ def as_field_map(fields: RawFields) -> dict[bytes, bytes]:
     return dict(zip(it, it, strict=False))
 
 
-class _Validator:
-    """The hot path of decoding, for one stream: accepts exactly the entries
-    :func:`pricepipe.codec.decode_fields` turns into a valid tick of this
-    stream's symbol, using the same parsers (``int``/``float`` on the raw
-    bytes) and the same bounds as :class:`pricepipe.tick.Tick`, but without
-    building a ``Tick`` per entry. Anything it does not accept is handed to
-    the codec, which either agrees or says why the entry is bad.
-    """
+def trade_row(trade: Trade, entry_id: int) -> TradeRow:
+    side = None if trade.side is None else str(trade.side)
+    return (trade.symbol, trade.ts_us, trade.price, trade.size, side, trade.trade_id,
+            trade.source, trade.recv_ts_us, entry_id)
 
-    __slots__ = ("symbol", "symbol_b", "sources")
 
-    def __init__(self, symbol: str) -> None:
-        try:
-            self.symbol: str | None = validate_symbol(symbol)
-        except ValueError:
-            self.symbol = None  # every entry takes the slow path and is rejected
-        self.symbol_b = symbol.encode()
-        self.sources: dict[bytes, str] = {}
+def quote_row(quote: Quote, entry_id: int) -> QuoteRow:
+    return (quote.symbol, quote.ts_us, quote.bid, quote.bid_size, quote.ask, quote.ask_size,
+            quote.source, quote.recv_ts_us, entry_id)
 
-    def row(self, fields: Mapping[bytes, bytes], packed: int) -> TickRow | None:
-        """The row of a field map, either format (see :mod:`pricepipe.codec`)."""
-        value = fields.get(F_TICK)
-        if value is not None:
-            return self.row_of_value(value, packed)
-        if self.symbol is None or fields.get(F_SYMBOL) != self.symbol_b:
-            return None
-        try:
-            ts_us = int(fields[F_TS])
-            price = float(fields[F_PRICE])
-            source_b = fields[F_SOURCE]
-            size_b = fields.get(F_SIZE)
-            recv_b = fields.get(F_RECV_TS)
-            size = None if size_b is None else float(size_b)
-            recv_ts_us = None if recv_b is None else int(recv_b)
-        except (KeyError, ValueError, TypeError):
-            return None
-        return self._checked(self.symbol, ts_us, price, size, source_b, recv_ts_us, packed)
 
-    def row_of_value(self, value: bytes, packed: int) -> TickRow | None:
-        """The row of an :data:`~pricepipe.codec.F_TICK` value (the usual case)."""
-        symbol = self.symbol
-        if symbol is None or type(value) is not bytes:
-            return None
-        parts = value.split(b" ")
-        if len(parts) != 6 or parts[0] != self.symbol_b:
-            return None
-        _, ts_b, price_b, size_b, source_b, recv_b = parts
-        try:
-            ts_us = int(ts_b)
-            price = float(price_b)
-            size = float(size_b) if size_b else None
-            recv_ts_us = int(recv_b) if recv_b else None
-        except ValueError:
-            return None
-        return self._checked(symbol, ts_us, price, size, source_b, recv_ts_us, packed)
+def trade_of(row: TradeRow) -> Trade:
+    symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, _ = row
+    return Trade(symbol, ts_us, price, size, source, trade_id,
+                 None if side is None else Side(side), recv_ts_us)
 
-    def _checked(self, symbol: str, ts_us: int, price: float, size: float | None, source_b: bytes,
-                 recv_ts_us: int | None, packed: int) -> TickRow | None:
-        if not (MIN_TS_US <= ts_us < MAX_TS_US and 0.0 < price < math.inf):
-            return None
-        if size is not None and not 0.0 <= size < math.inf:
-            return None
-        if recv_ts_us is not None and not MIN_TS_US <= recv_ts_us < MAX_TS_US:
-            return None
-        source = self.sources.get(source_b)
-        if source is None:
-            try:
-                text = source_b.decode()
-            except (UnicodeDecodeError, AttributeError):
-                return None
-            if SOURCE_RE.fullmatch(text) is None:
-                return None
-            source = self.sources[source_b] = text
-        return (symbol, ts_us, price, size, source, recv_ts_us, packed)
+
+def quote_of(row: QuoteRow) -> Quote:
+    symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, _ = row
+    return Quote(symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us)
 
 
 def decode_entries(
@@ -175,105 +149,75 @@ def decode_entries(
 
     ``entries`` are ``(id, fields)`` pairs, fields parsed (dict) or raw (flat
     list). Entries with no fields (deleted from the stream while pending;
-    Redis returns them as nil) are listed in :attr:`Batch.vanished`.
+    Redis returns them as nil) are listed in :attr:`Batch.vanished`. Every
+    entry of a stream that is not a persisted stream of a valid symbol is
+    rejected.
     """
     out = Batch() if batch is None else batch
     stream_key = _text(stream)
-    expected = keys.symbol_of(stream_key)
-    validator = _Validator(expected)
-    rows, row_ids = out.rows, out.row_ids
-    fast = validator.row
-    symbol, symbol_b, sources = validator.symbol, validator.symbol_b, validator.sources
-    inf = math.inf
+    try:
+        channel, symbol = keys.parse_stream(stream_key)
+        validate_symbol(symbol)
+        if channel not in (Channel.TRADES, Channel.QUOTES):
+            raise ValueError(f"{channel} entries are not persisted")
+    except ValueError as exc:
+        for raw_id, raw_fields in entries:
+            fields = as_field_map(raw_fields)
+            if fields:
+                out.rejects.append(Reject(stream_key, _text(raw_id), fields,
+                                          f"not a persisted stream: {exc}"))
+            else:
+                out.vanished.append((stream_key, _text(raw_id)))
+        return out
+    rows: list[Any]
+    fast: Any
+    if channel is Channel.TRADES:
+        rows, refs, fast = out.trades, out.trade_ids, codec.trade_values
+    else:
+        rows, refs, fast = out.quotes, out.quote_ids, codec.quote_values
+    name = codec.FIELD_OF[channel]
+    pack = codec.pack_entry_id
     for raw_id, raw_fields in entries:
         entry_id = raw_id.decode() if type(raw_id) is bytes else str(raw_id)
-        if (symbol is not None and type(raw_fields) is list and len(raw_fields) == 2
-                and raw_fields[0] == F_TICK and type(raw_fields[1]) is bytes):
-            # Hot loop: the usual entry as the raw reader returns it, with
-            # _pack and _Validator.row_of_value inlined (each call costs ~10 %
-            # of the decoding at 100k entries per second). Same parsers, same
-            # bounds; anything it does not accept takes the general path below.
-            parts = raw_fields[1].split(b" ")
-            if len(parts) == 6 and parts[0] == symbol_b:
-                ms, sep, seq = entry_id.partition("-")
+        # The usual entry, one field, as the raw reader returns it (a flat
+        # list) or as redis-py parses it (a dict: cluster clients, claims):
+        # the codec's fast path, no event object. Anything it declines takes
+        # the reference path below.
+        if type(raw_fields) is list and len(raw_fields) == 2 and raw_fields[0] == name:
+            value = raw_fields[1]
+        elif type(raw_fields) is dict and len(raw_fields) == 1:
+            value = raw_fields.get(name)
+        else:
+            value = None
+        if value is not None:
+            values = fast(value)
+            if values is not None:
                 try:
-                    ms_i, seq_i = int(ms), int(seq)
-                    ts_us, price = int(parts[1]), float(parts[2])
-                    size = float(parts[3]) if parts[3] else None
-                    recv_ts_us = int(parts[5]) if parts[5] else None
+                    packed = pack(entry_id)
                 except ValueError:
                     pass
                 else:
-                    source = sources.get(parts[4])  # filled by the general path
-                    if (source is not None and sep and 0 <= ms_i < _MS_LIMIT
-                            and 0 <= seq_i < _SEQ_LIMIT and MIN_TS_US <= ts_us < MAX_TS_US
-                            and 0.0 < price < inf and (size is None or 0.0 <= size < inf)
-                            and (recv_ts_us is None or MIN_TS_US <= recv_ts_us < MAX_TS_US)):
-                        rows.append((symbol, ts_us, price, size, source, recv_ts_us,
-                                     (ms_i << _SEQ_BITS) | seq_i))
-                        row_ids.append((stream_key, entry_id))
-                        continue
-        packed = _pack(entry_id)
-        if type(raw_fields) is list:
-            it = iter(raw_fields)
-            fields = dict(zip(it, it, strict=False))
-        else:
-            fields = as_field_map(raw_fields)
+                    rows.append((symbol, *values, packed))
+                    refs.append((stream_key, entry_id))
+                    continue
+        fields = as_field_map(raw_fields)
         if not fields:
             out.vanished.append((stream_key, entry_id))
             continue
-        if packed is None:
-            try:
-                packed = codec.pack_entry_id(entry_id)
-            except ValueError as exc:
-                out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
-                continue
-        row = fast(fields, packed)
-        if row is None:
-            row = _slow_row(stream_key, entry_id, fields, packed, expected, out)
-            if row is None:
-                continue
-        rows.append(row)
-        row_ids.append((stream_key, entry_id))
+        try:
+            packed = pack(entry_id)
+            event = codec.decode_entry(channel, symbol, fields)
+        except ValueError as exc:  # DecodeError and InvalidEventError both are
+            out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
+            continue
+        if isinstance(event, Trade):
+            out.trades.append(trade_row(event, packed))
+        elif isinstance(event, Quote):
+            out.quotes.append(quote_row(event, packed))
+        else:  # the parser of a persisted channel returns its kind of event
+            raise AssertionError(f"unexpected {type(event).__name__} in {stream_key}")
+        refs.append((stream_key, entry_id))
     return out
-
-
-_SEQ_BITS = codec.SEQ_BITS
-_SEQ_LIMIT = 1 << _SEQ_BITS
-_MS_LIMIT = 1 << (63 - _SEQ_BITS)
-
-
-def _pack(entry_id: str) -> int | None:
-    """:func:`pricepipe.codec.pack_entry_id` for well-formed IDs (same ``int``
-    parsing, same bounds); None sends the ID to the codec, which packs it or
-    says what is wrong."""
-    ms, sep, seq = entry_id.partition("-")
-    if not sep:
-        return None
-    try:
-        ms_i, seq_i = int(ms), int(seq)
-    except ValueError:
-        return None
-    if not (0 <= ms_i < _MS_LIMIT and 0 <= seq_i < _SEQ_LIMIT):
-        return None
-    return (ms_i << _SEQ_BITS) | seq_i
-
-
-def _slow_row(stream_key: str, entry_id: str, fields: dict[bytes, bytes], packed: int,
-              expected: str, out: Batch) -> TickRow | None:
-    """The codec's verdict on an entry the fast path did not accept."""
-    try:
-        tick = codec.decode_fields(fields)
-    except ValueError as exc:  # DecodeError and InvalidTickError both are
-        out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
-        return None
-    if tick.symbol != expected:
-        out.rejects.append(Reject(
-            stream_key, entry_id, fields,
-            f"symbol {tick.symbol!r} does not belong in the stream of {expected!r}"))
-        return None
-    return (tick.symbol, tick.ts_us, tick.price, tick.size, tick.source, tick.recv_ts_us,
-            packed)
 
 
 def decode_reply(keys: Keys, reply: Any, batch: Batch | None = None) -> Batch:
@@ -288,23 +232,44 @@ def decode_reply(keys: Keys, reply: Any, batch: Batch | None = None) -> Batch:
     return out
 
 
-def copy_text(rows: Iterable[TickRow]) -> str:
-    """Rows in PostgreSQL ``COPY ... FROM STDIN`` text format.
+# --- COPY text -------------------------------------------------------------------------------
+#
+# No escaping is needed: symbols, sources and trade ids match
+# pricepipe.events.SYMBOL_RE / SOURCE_RE / TRADE_ID_RE (no tab, newline or
+# backslash), sides are "buy"/"sell", numbers are written by repr/str.
+# "\N" is NULL.
 
-    No escaping is needed: symbols and sources match
-    :data:`pricepipe.tick.SYMBOL_RE` / ``SOURCE_RE`` (no tab, newline or
-    backslash), and numbers are written by ``repr``/``str``. ``\\N`` is NULL.
-    """
-    null = "\\N"
+_NULL = "\\N"
+
+
+def _opt(value: float | int | str | None) -> str:
+    if value is None:
+        return _NULL
+    return repr(value) if type(value) is float else str(value)
+
+
+def trade_copy_text(rows: Iterable[TradeRow]) -> str:
+    """Trade rows in PostgreSQL ``COPY ... FROM STDIN`` text format."""
+    null = _NULL
     lines: list[str] = []
     append = lines.append
-    for symbol, ts_us, price, size, source, recv_ts_us, entry_id in rows:
-        size_text = null if size is None else repr(size)
-        recv_text = null if recv_ts_us is None else recv_ts_us
-        append(f"{symbol}\t{ts_us}\t{price!r}\t{size_text}\t{source}\t{recv_text}\t{entry_id}\n")
+    for symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id in rows:
+        append(f"{symbol}\t{ts_us}\t{price!r}\t{null if size is None else repr(size)}\t"
+               f"{side or null}\t{trade_id or null}\t{source}\t"
+               f"{null if recv_ts_us is None else recv_ts_us}\t{entry_id}\n")
     return "".join(lines)
 
 
-def days_of(rows: Iterable[TickRow]) -> set[int]:
+def quote_copy_text(rows: Iterable[QuoteRow]) -> str:
+    """Quote rows in PostgreSQL ``COPY ... FROM STDIN`` text format."""
+    lines: list[str] = []
+    append = lines.append
+    for symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, entry_id in rows:
+        append(f"{symbol}\t{ts_us}\t{_opt(bid)}\t{_opt(bid_size)}\t{_opt(ask)}\t"
+               f"{_opt(ask_size)}\t{source}\t{_opt(recv_ts_us)}\t{entry_id}\n")
+    return "".join(lines)
+
+
+def days_of(rows: Iterable[TradeRow] | Iterable[QuoteRow]) -> set[int]:
     """Distinct UTC days (days since the epoch) the rows' event times fall on."""
     return {row[1] // US_PER_DAY for row in rows}

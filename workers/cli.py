@@ -61,10 +61,11 @@ def _cmd_persist(args: argparse.Namespace) -> int:
     from pricepipe.connections import redis_client
     from pricepipe.flags import database_settings, redis_settings
 
+    from .barfeed import BarFeed, FinalPass
     from .consumer import GroupConsumer
     from .persister import PersistWorker
     from .settings import WorkerSettings
-    from .sink import TickSink
+    from .sink import EventSink
 
     settings = WorkerSettings.from_env(batch_size=args.batch_size,
                                        claim_idle_ms=args.claim_idle_ms)
@@ -74,14 +75,22 @@ def _cmd_persist(args: argparse.Namespace) -> int:
     try:
         keys = rs.keys
         name = args.name or default_consumer_name()
+        feed = BarFeed(r, keys, grace_ms=settings.bars_final_grace_ms,
+                       horizon_s=settings.bars_horizon_s)
+        final_pass = FinalPass(feed, database_url,
+                               application_name=f"pricepipe-bars-{name}"[:63])
         worker = PersistWorker(
-            r, TickSink(database_url, application_name=f"pricepipe-persist-{name}"[:63]),
-            GroupConsumer(r, keys, name), settings, burst=args.burst, stop=stop)
+            r, EventSink(database_url, application_name=f"pricepipe-persist-{name}"[:63]),
+            GroupConsumer(r, keys, name), settings, burst=args.burst, stop=stop,
+            final_pass=final_pass)
         code = worker.run(install_signals=False)
         if args.burst:
-            print(f"persisted: {worker.stats.rows_inserted} new row(s), "
-                  f"{worker.stats.duplicates} duplicate(s) skipped, "
-                  f"{worker.stats.dead_letters} dead letter(s)")
+            stats = worker.stats
+            print(f"persisted: {stats.trades_inserted} new trade(s), "
+                  f"{stats.quotes_inserted} new quote(s), "
+                  f"{stats.duplicates} duplicate(s) skipped, "
+                  f"{stats.dead_letters} dead letter(s), "
+                  f"{stats.bars_published + stats.bars_final} bar update(s) published")
         return code
     finally:
         r.close()
@@ -170,7 +179,7 @@ def _time_us(text: str) -> int:
 
 
 def _symbol(text: str) -> str:
-    from pricepipe.tick import validate_symbol
+    from pricepipe.events import validate_symbol
 
     try:
         return validate_symbol(text)
@@ -334,16 +343,16 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     from .backfill import backfill
     from .history import GBMHistory
-    from .sink import TickSink
+    from .sink import EventSink
 
     source = GBMHistory(interval_s=args.interval_s, seed=args.seed)
     total = source.expected_count(args.symbol, args.start, args.end)
-    with TickSink(database_settings(args).require_url(),
-                  application_name="pricepipe-backfill") as sink, \
-            tqdm(total=total, unit="tick", desc=args.symbol, disable=args.quiet) as bar:
+    with EventSink(database_settings(args).require_url(),
+                   application_name="pricepipe-backfill") as sink, \
+            tqdm(total=total, unit="trade", desc=args.symbol, disable=args.quiet) as bar:
         result = backfill(sink, source, args.symbol, args.start, args.end,
                           progress=bar.update)
-    print(f"backfilled {args.symbol}: {result.ticks} tick(s) from {result.source}, "
+    print(f"backfilled {args.symbol}: {result.trades} trade(s) from {result.source}, "
           f"{result.inserted} new")
     return 0
 
@@ -353,23 +362,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from pricepipe.connections import pg_connect
     from pricepipe.flags import database_settings
+    from pricepipe.keys import Channel
 
     from .export import export_csv
 
     _check_range(args)
+    channel = Channel.QUOTES if args.quotes else Channel.TRADES
     conn = pg_connect(database_settings(args).require_read_url(),
                       application_name="pricepipe-export", readonly=True)
     try:
         if args.out == "-":
-            rows = export_csv(conn, sys.stdout, args.symbol, args.start, args.end)
+            rows = export_csv(conn, sys.stdout, args.symbol, args.start, args.end,
+                              channel=channel)
         else:
             tmp = f"{args.out}.part"
             with open(tmp, "w", encoding="utf-8", newline="") as out:
-                rows = export_csv(conn, out, args.symbol, args.start, args.end)
+                rows = export_csv(conn, out, args.symbol, args.start, args.end,
+                                  channel=channel)
             os.replace(tmp, args.out)
     finally:
         conn.close()
-    print(f"exported {rows} tick(s) of {args.symbol}"
+    what = "quote(s)" if args.quotes else "trade(s)"
+    print(f"exported {rows} {what} of {args.symbol}"
           + ("" if args.out == "-" else f" to {args.out}"), file=sys.stderr)
     return 0
 
@@ -389,9 +403,9 @@ def _cmd_bars(args: argparse.Namespace) -> int:
             return 0
         mismatches = rollup.verify(conn, args.start, args.end, args.symbol)
         for m in mismatches:
-            print(f"{m.symbol} {m.bucket.isoformat()}: ticks in bar {m.actual_ticks}, "
-                  f"recomputed {m.expected_ticks}")
-        print(f"{len(mismatches)} bar(s) differ from their ticks between "
+            print(f"{m.symbol} {m.bucket.isoformat()}: trades in bar {m.actual_trades}, "
+                  f"recomputed {m.expected_trades}")
+        print(f"{len(mismatches)} bar(s) differ from their trades between "
               f"{format_us(args.start)} and {format_us(args.end)}")
         if mismatches and args.repair:
             print(f"rebuilt {rollup.rebuild(conn, args.start, args.end, args.symbol)} bar(s)")
@@ -411,7 +425,7 @@ def register(subparsers: Any) -> None:
     from pricepipe.flags import add_server_flags
 
     p = subparsers.add_parser(
-        "persist", help="persist worker: Redis Streams -> PostgreSQL (ticks and 1m bars)")
+        "persist", help="persist worker: Redis Streams -> PostgreSQL (trades, quotes, 1m bars)")
     add_server_flags(p)
     p.add_argument("--name", help="consumer name, stable across restarts (default: host-pid)")
     p.add_argument("--burst", action="store_true",
@@ -464,24 +478,26 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=_cmd_jobs_enqueue)
 
     p = subparsers.add_parser(
-        "backfill", help="write a symbol's history into PostgreSQL (simulated GBM source)")
+        "backfill", help="write a symbol's trade history into PostgreSQL (simulated GBM source)")
     add_server_flags(p)
     p.add_argument("symbol", type=_symbol)
     _range_flags(p)
-    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between ticks")
+    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between trades")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated history")
     p.add_argument("--enqueue", action="store_true", help="run as an rq job instead of here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_backfill)
 
-    p = subparsers.add_parser("export", help="write a symbol's ticks over a range as CSV")
+    p = subparsers.add_parser("export", help="write a symbol's trades (or quotes) over a range "
+                              "as CSV")
     add_server_flags(p, redis=False)
     p.add_argument("symbol", type=_symbol)
     _range_flags(p)
     p.add_argument("--out", required=True, help="CSV file to write ('-': standard output)")
+    p.add_argument("--quotes", action="store_true", help="export the quotes instead of the trades")
     p.set_defaults(func=_cmd_export)
 
-    p = subparsers.add_parser("bars", help="check or rebuild 1-minute bars from the ticks")
+    p = subparsers.add_parser("bars", help="check or rebuild 1-minute bars from the trades")
     bars = p.add_subparsers(dest="bars_command", required=True, metavar="ACTION")
     for action, text in (("verify", "compare bars with their recomputation (exit 1 if any "
                           "differ)"), ("rebuild", "recompute the bars of the range")):

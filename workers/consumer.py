@@ -1,4 +1,5 @@
-"""The Redis side of persisting: one consumer of the persist group.
+"""The Redis side of persisting: one consumer of the persist group, on the
+trades and quotes streams of every registered symbol.
 
 Every multi-key command (``XREADGROUP`` over several streams, ``MULTI`` over
 a stream and its dead-letter stream) stays inside one shard, so it works on
@@ -23,7 +24,7 @@ import redis
 from pricepipe import streams
 from pricepipe.clock import now_ms
 from pricepipe.connections import raw_replies
-from pricepipe.keys import PERSIST_GROUP, Keys
+from pricepipe.keys import PERSIST_GROUP, PERSISTED, Keys
 
 from . import deadletter
 from .batch import Batch, Reject, decode_entries, decode_reply
@@ -39,8 +40,10 @@ class GroupConsumer:
         self.keys = keys
         self.name = name
         self.group = group
-        #: Stream keys by shard, from the registry (see :meth:`refresh`).
+        #: Persisted stream keys (trades and quotes) by shard, from the registry.
         self.streams: dict[int, list[str]] = {}
+        #: The registered symbols (see :meth:`refresh`).
+        self.symbols: list[str] = []
         # Entries reach workers.batch as the server sends them: no dict per entry.
         self._reader = raw_replies(r, "XREADGROUP")
         self._forget_script: Any = None
@@ -48,12 +51,14 @@ class GroupConsumer:
     # Discovery
 
     def refresh(self) -> dict[int, list[str]]:
-        """Re-read the symbol registry. Returns stream keys by shard."""
+        """Re-read the symbol registry. Returns the persisted streams (every
+        registered symbol's trades and quotes) by shard."""
         symbols = streams.known_symbols(self.r, self.keys)
         self.streams = {
-            shard: [self.keys.stream(s) for s in sorted(group)]
+            shard: [self.keys.stream(s, channel) for s in sorted(group) for channel in PERSISTED]
             for shard, group in sorted(self.keys.by_shard(symbols).items())
         }
+        self.symbols = symbols
         return self.streams
 
     def all_streams(self) -> list[str]:

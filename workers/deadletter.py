@@ -1,8 +1,9 @@
 """Dead letters: stream entries that could not be persisted, kept with the reason.
 
 A dead letter lives in its shard's dead-letter stream
-(:meth:`pricepipe.keys.Keys.dead_letters`), the same hash slot as the tick
-stream it came from, so moving an entry between the two is one ``MULTI``.
+(:meth:`pricepipe.keys.Keys.dead_letters`), the same hash slot as the trades
+or quotes stream it came from, so moving an entry between the two is one
+``MULTI``.
 Its fields are the original entry's fields prefixed with ``f.`` plus:
 
 ``stream``, ``id``

@@ -43,17 +43,18 @@ class JobSpec:
 
 JOBS: dict[str, JobSpec] = {
     "partitions": JobSpec("pricepipe.workers.jobs.maintain_partitions", MAINTENANCE,
-                          "create the daily tick partitions ahead"),
+                          "create the daily trade and quote partitions ahead"),
     "retention": JobSpec("pricepipe.workers.jobs.apply_retention", MAINTENANCE,
-                         "drop tick partitions older than the retention"),
+                         "drop trade and quote partitions older than their retention"),
     "bars-verify": JobSpec("pricepipe.workers.jobs.verify_bars", MAINTENANCE,
-                           "recompute recent bars from ticks and repair differences"),
+                           "recompute recent bars from trades and repair differences"),
     "bars-rebuild": JobSpec("pricepipe.workers.jobs.rebuild_bars", BULK,
                             "rebuild the bars of a range (start_us, end_us[, symbol])"),
     "backfill": JobSpec("pricepipe.workers.jobs.backfill_history", BULK,
-                        "backfill history (symbol, start_us, end_us[, interval_s, seed])"),
-    "export": JobSpec("pricepipe.workers.jobs.export_ticks", BULK,
-                      "write a CSV of ticks (symbol, start_us, end_us, path)"),
+                        "backfill trades (symbol, start_us, end_us[, interval_s, seed])"),
+    "export": JobSpec("pricepipe.workers.jobs.export_events", BULK,
+                      "write a CSV of trades or quotes (symbol, start_us, end_us, path"
+                      "[, channel])"),
 }
 
 
@@ -70,7 +71,7 @@ def _today() -> Any:
 
 
 def maintain_partitions(days_ahead: int | None = None) -> dict[str, Any]:
-    """Create the tick partitions from yesterday to ``days_ahead`` days ahead."""
+    """Create the trade and quote partitions from yesterday to ``days_ahead`` days ahead."""
     from .partitions import ensure_ahead
 
     ahead = days_ahead if days_ahead is not None else JobsSettings.from_env().partitions_ahead_days
@@ -83,14 +84,19 @@ def maintain_partitions(days_ahead: int | None = None) -> dict[str, Any]:
     return {"created": created, "days_ahead": ahead}
 
 
-def apply_retention(retention_days: int | None = None) -> dict[str, Any]:
-    """Drop whole tick partitions older than the retention (nothing if unset)."""
+def apply_retention(retention_days: int | None = None,
+                    quotes_retention_days: int | None = None) -> dict[str, Any]:
+    """Drop whole trade and quote partitions older than their table's
+    retention (arguments, else the settings; a table whose retention is
+    unset keeps everything)."""
     from .partitions import drop_expired
 
-    days = retention_days if retention_days is not None else \
-        JobsSettings.from_env().retention_days
-    if days is None:
-        return {"dropped": [], "retention_days": None}
+    settings = JobsSettings.from_env()
+    days = {"trades": retention_days if retention_days is not None else settings.retention_days,
+            "quotes": quotes_retention_days if quotes_retention_days is not None
+            else settings.quotes_retention_days}
+    if all(d is None for d in days.values()):
+        return {"dropped": [], "retention_days": days}
     conn = _connect("retention")
     try:
         dropped = drop_expired(conn, today=_today(), retention_days=days)
@@ -102,7 +108,7 @@ def apply_retention(retention_days: int | None = None) -> dict[str, Any]:
 
 
 def verify_bars(minutes: int | None = None, repair: bool = True) -> dict[str, Any]:
-    """Recompute the bars of the last ``minutes`` from ticks; rebuild them if
+    """Recompute the bars of the last ``minutes`` from trades; rebuild them if
     any differ (and ``repair``). The minute in progress is included: a worker
     updating it meanwhile is serialised by :func:`pricepipe.workers.rollup.rebuild`."""
     from . import rollup
@@ -115,7 +121,7 @@ def verify_bars(minutes: int | None = None, repair: bool = True) -> dict[str, An
         mismatches = rollup.verify(conn, start_us, end_us)
         rebuilt = 0
         if mismatches and repair:
-            log.warning("bars: %d bar(s) differ from their ticks; rebuilding %d minutes",
+            log.warning("bars: %d bar(s) differ from their trades; rebuilding %d minutes",
                         len(mismatches), span)
             rebuilt = rollup.rebuild(conn, start_us, end_us)
     finally:
@@ -124,7 +130,7 @@ def verify_bars(minutes: int | None = None, repair: bool = True) -> dict[str, An
 
 
 def rebuild_bars(start_us: int, end_us: int, symbol: str | None = None) -> dict[str, Any]:
-    """Rebuild the bars of ``[start_us, end_us)`` (whole minutes) from the ticks."""
+    """Rebuild the bars of ``[start_us, end_us)`` (whole minutes) from the trades."""
     from . import rollup
 
     conn = _connect("bars")
@@ -137,37 +143,42 @@ def rebuild_bars(start_us: int, end_us: int, symbol: str | None = None) -> dict[
 
 def backfill_history(symbol: str, start_us: int, end_us: int, interval_s: float = 1.0,
                      seed: int = 0) -> dict[str, Any]:
-    """Backfill ``symbol`` from the built-in simulated history source."""
-    from pricepipe.tick import validate_symbol
+    """Backfill ``symbol``'s trades from the built-in simulated history source."""
+    from pricepipe.events import validate_symbol
 
     from .backfill import backfill
     from .history import GBMHistory
-    from .sink import TickSink
+    from .sink import EventSink
 
     validate_symbol(symbol)
-    with TickSink(DatabaseSettings.from_env().require_url(),
-                  application_name="pricepipe-job-backfill") as sink:
+    with EventSink(DatabaseSettings.from_env().require_url(),
+                   application_name="pricepipe-job-backfill") as sink:
         result = backfill(sink, GBMHistory(interval_s=interval_s, seed=seed), symbol,
                           start_us, end_us)
-    return {"symbol": symbol, "ticks": result.ticks, "inserted": result.inserted}
+    return {"symbol": symbol, "trades": result.trades, "inserted": result.inserted}
 
 
-def export_ticks(symbol: str, start_us: int, end_us: int, path: str) -> dict[str, Any]:
-    """Write ``symbol``'s ticks of ``[start_us, end_us)`` as CSV to ``path`` (on
-    the worker's host), atomically: a temporary file renamed when complete."""
+def export_events(symbol: str, start_us: int, end_us: int, path: str,
+                  channel: str = "trades") -> dict[str, Any]:
+    """Write ``symbol``'s trades (or quotes: ``channel="quotes"``) of
+    ``[start_us, end_us)`` as CSV to ``path`` (on the worker's host),
+    atomically: a temporary file renamed when complete."""
     import os
+
+    from pricepipe.keys import Channel
 
     from .export import export_csv
 
+    kind = Channel(channel)
     tmp = f"{path}.part"
     conn = _connect("export")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as out:
-            rows = export_csv(conn, out, symbol, start_us, end_us)
+            rows = export_csv(conn, out, symbol, start_us, end_us, channel=kind)
         os.replace(tmp, path)
     finally:
         conn.close()
-    return {"path": path, "rows": rows}
+    return {"path": path, "channel": str(kind), "rows": rows}
 
 
 # --- enqueueing with retries ---------------------------------------------------------------

@@ -1,74 +1,95 @@
-"""Daily partitions of ``ticks``: created ahead of time, dropped whole for retention.
+"""Daily partitions of ``trades`` and ``quotes``: created ahead of time,
+dropped whole for retention.
 
-Partitions are named ``ticks_YYYYMMDD`` and cover one UTC day (migration
-0001, ``ensure_tick_partitions``). Dropping a partition removes a day of
-ticks in one catalog operation, without the bloat and WAL of a ``DELETE``.
+Partitions are named ``<table>_YYYYMMDD`` and cover one UTC day (migration
+0004, ``ensure_partitions(parent, first_day, last_day)``). Dropping a
+partition removes a day of events in one catalog operation, without the
+bloat and WAL of a ``DELETE``. Each table has its own retention: quotes
+outnumber trades and are often kept for less time.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
 from psycopg2 import sql
 
-_NAME_RE = re.compile(r"ticks_(\d{4})(\d{2})(\d{2})")
+#: The partitioned event tables.
+TABLES = ("trades", "quotes")
+
+_NAME_RE = re.compile(r"(trades|quotes)_(\d{4})(\d{2})(\d{2})")
 
 LIST_SQL = """
     SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'ticks'::regclass ORDER BY c.relname
+    WHERE i.inhparent = %s::regclass ORDER BY c.relname
 """
 
 
-def partition_day(name: str) -> date | None:
-    """The day a partition named ``ticks_YYYYMMDD`` covers, or None for other names."""
+def partition_day(name: str) -> tuple[str, date] | None:
+    """``(table, day)`` of a partition named ``<table>_YYYYMMDD``, or None for
+    other names."""
     match = _NAME_RE.fullmatch(name)
     if match is None:
         return None
     try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
+        return match[1], date(int(match[2]), int(match[3]), int(match[4]))
     except ValueError:
         return None
 
 
-def expired(names: list[str], *, today: date, retention_days: int) -> list[str]:
-    """Partitions entirely older than ``retention_days`` before ``today`` (UTC).
+def expired(names: Iterable[str], *, today: date,
+            retention_days: Mapping[str, int | None]) -> list[str]:
+    """Partitions entirely older than their table's retention before ``today`` (UTC).
 
     A partition of day D is dropped once D < today - retention_days: with 30
-    days' retention, today's and the 30 previous days' partitions stay.
+    days' retention, today's and the 30 previous days' partitions stay. A
+    table whose retention is None (or missing) keeps everything.
     """
-    cutoff = today - timedelta(days=retention_days)
     out = []
     for name in names:
-        day = partition_day(name)
-        if day is not None and day < cutoff:
+        parsed = partition_day(name)
+        if parsed is None:
+            continue
+        table, day = parsed
+        days = retention_days.get(table)
+        if days is not None and day < today - timedelta(days=days):
             out.append(name)
     return out
 
 
-def list_partitions(conn: Any) -> list[str]:
+def list_partitions(conn: Any, table: str | None = None) -> list[str]:
+    """Partition names of ``table`` (default: every event table), sorted."""
+    names: list[str] = []
     with conn.cursor() as cur:
-        cur.execute(LIST_SQL)
-        names = [row[0] for row in cur.fetchall()]
+        for parent in (table,) if table else TABLES:
+            cur.execute(LIST_SQL, (parent,))
+            names.extend(row[0] for row in cur.fetchall())
     conn.commit()
-    return names
+    return sorted(names)
 
 
 def ensure_ahead(conn: Any, *, today: date, days_ahead: int, days_behind: int = 1) -> int:
-    """Create the partitions from ``today - days_behind`` to ``today + days_ahead``
-    that are missing. Returns how many were created. Idempotent."""
+    """Create the partitions of every event table from ``today - days_behind``
+    to ``today + days_ahead`` that are missing. Returns how many were
+    created. Idempotent."""
+    created = 0
     with conn.cursor() as cur:
-        cur.execute("SELECT ensure_tick_partitions(%s, %s)",
-                    (today - timedelta(days=days_behind), today + timedelta(days=days_ahead)))
-        row = cur.fetchone()
+        for table in TABLES:
+            cur.execute("SELECT ensure_partitions(%s, %s, %s)",
+                        (table, today - timedelta(days=days_behind),
+                         today + timedelta(days=days_ahead)))
+            row = cur.fetchone()
+            created += int(row[0]) if row else 0
     conn.commit()
-    return int(row[0]) if row else 0
+    return created
 
 
-def drop_expired(conn: Any, *, today: date, retention_days: int,
+def drop_expired(conn: Any, *, today: date, retention_days: Mapping[str, int | None],
                  lock_timeout_ms: int = 5000) -> list[str]:
-    """Drop the partitions older than the retention; returns their names.
+    """Drop the partitions older than their table's retention; returns their names.
 
     Dropping a partition briefly locks the parent table: ``lock_timeout``
     makes a busy moment fail fast (the job is retried) instead of stalling

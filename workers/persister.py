@@ -1,7 +1,8 @@
 """The persist worker: Redis Streams -> PostgreSQL, nothing lost, nothing doubled.
 
-Delivery guarantee: every entry of every registered stream ends up either as
-exactly one row of ``ticks`` or as one dead letter with its reason.
+Delivery guarantee: every entry of every registered symbol's trades and
+quotes streams ends up either as exactly one row of ``trades`` or ``quotes``
+or as one dead letter with its reason.
 
 * **At least once** from Redis: an entry is acknowledged (``XACK``) only
   after the transaction holding its row has committed. A worker that dies
@@ -10,7 +11,16 @@ exactly one row of ``ticks`` or as one dead letter with its reason.
   ``claim_idle_ms``.
 * **At most once** into PostgreSQL: the row's primary key contains the packed
   entry ID and the insert is ``ON CONFLICT DO NOTHING``, so a redelivered
-  entry adds no row and is not counted twice in its 1-minute bar.
+  entry adds no row and is not counted twice in its 1-minute bar. One
+  transaction may hold trades and quotes together.
+* **The bars stream** is published after the commit and before the
+  ``XACK`` (see :mod:`.barfeed`). A crash between the two redelivers the
+  entries; the redelivered batch inserts nothing, so it changes no bar and
+  publishes nothing. Publishing after the ``XACK`` instead would widen the
+  window in which a crash loses a bar message (messages are derived data:
+  the next change of the bar, or the final pass, publishes the newer state)
+  without making anything safer. A bar Redis refuses is skipped with a log
+  line; its rows are committed either way.
 * **Outages** keep the worker's place: the batch in hand is retried against
   PostgreSQL (and its ``XACK`` against Redis) with capped, jittered backoff
   until the server is back; nothing newer is read meanwhile, and what the
@@ -45,12 +55,13 @@ from redis.backoff import EqualJitterBackoff
 from pricepipe import codec, notify, streams
 from pricepipe.clock import now_ms
 from pricepipe.stop import StopRequest
-from pricepipe.tick import Tick
 
-from .batch import Batch, Reject, TickRow
+from .barfeed import BarFeed, FinalPass
+from .bars import BarStateRow
+from .batch import Batch, EntryRef, QuoteRow, Reject, TradeRow, quote_of, trade_of
 from .consumer import GroupConsumer
 from .settings import WorkerSettings
-from .sink import TickSink, classify
+from .sink import EventSink, WriteResult, classify
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +85,18 @@ class Stats:
 
     batches: int = 0
     entries: int = 0
+    #: New rows, both tables (the sum of the next two).
     rows_inserted: int = 0
+    trades_inserted: int = 0
+    quotes_inserted: int = 0
     duplicates: int = 0
     dead_letters: int = 0
     claimed: int = 0
     retries: int = 0
+    bars_published: int = 0
+    bars_final: int = 0
+    #: Publications of bars given up (Redis refused, or the final pass failed).
+    bar_errors: int = 0
     started_ms: int = field(default_factory=now_ms)
 
     def as_dict(self) -> dict[str, int]:
@@ -94,9 +112,10 @@ class PersistWorker:
     one-shot catch-ups).
     """
 
-    def __init__(self, r: Any, sink: TickSink, consumer: GroupConsumer,
+    def __init__(self, r: Any, sink: EventSink, consumer: GroupConsumer,
                  settings: WorkerSettings, *, burst: bool = False,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None, feed: BarFeed | None = None,
+                 final_pass: FinalPass | None = None) -> None:
         self.r = r
         self.sink = sink
         self.consumer = consumer
@@ -104,6 +123,14 @@ class PersistWorker:
         self.burst = burst
         self.stop = stop or StopRequest()
         self.stats = Stats()
+        #: Publishes the bars each commit changed.
+        self.feed = feed or (final_pass.feed if final_pass is not None else BarFeed(
+            r, consumer.keys, grace_ms=settings.bars_final_grace_ms,
+            horizon_s=settings.bars_horizon_s))
+        #: Publishes ended minutes final; None: this worker leaves that to others.
+        self.final_pass = final_pass
+        self._next_final = 0.0
+        self._final_failures = 0
         self._backoff = EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s)
         self._next_refresh = 0.0
         self._next_claim = 0.0
@@ -146,6 +173,8 @@ class PersistWorker:
         finally:
             self._stop_writer()
             self.sink.close()
+            if self.final_pass is not None:
+                self.final_pass.close()
         if self._writer_error is not None:
             raise self._writer_error
         if self._abandoned:
@@ -312,10 +341,12 @@ class PersistWorker:
                 self._inbox.task_done()
 
     def _process_now(self, batch: Batch, *, redelivered: bool) -> None:
-        """Persist a batch, dead-letter its poison, then acknowledge it all.
+        """Persist a batch, dead-letter its poison, publish the bars it
+        changed, then acknowledge it all.
 
         Safe to call again with the same entries: rows already written are
-        skipped by the database, acknowledgements are idempotent.
+        skipped by the database (and change no bar, so nothing is
+        published), acknowledgements are idempotent.
         """
         self.stats.batches += 1
         self.stats.entries += len(batch)
@@ -328,52 +359,90 @@ class PersistWorker:
             self.stats.dead_letters += self._retry(
                 "dead-letter entries",
                 lambda: self.consumer.dead_letter(batch.rejects, deliveries))
-        inserted, refused = self._write(batch.rows, batch.row_ids, fresh=not redelivered)
+        result, refused = self._write(batch.trades, batch.trade_ids, batch.quotes,
+                                      batch.quote_ids, fresh=not redelivered)
         if refused:
             self.stats.dead_letters += self._retry(
                 "dead-letter refused rows", lambda: self.consumer.dead_letter(refused, deliveries))
-        self.stats.rows_inserted += inserted
-        self.stats.duplicates += len(batch.rows) - len(refused) - inserted
-        ack: dict[str, list[str]] = {}
-        for stream, entry_id in batch.row_ids:
-            ack.setdefault(stream, []).append(entry_id)
-        for stream, entry_id in batch.vanished:
-            ack.setdefault(stream, []).append(entry_id)
+        self.stats.trades_inserted += result.trades
+        self.stats.quotes_inserted += result.quotes
+        self.stats.rows_inserted += result.trades + result.quotes
+        self.stats.duplicates += batch.row_count - len(refused) - result.trades - result.quotes
+        if result.bars:
+            self._publish_bars(result.bars)
+        ack = batch.row_ack_ids()
         self._retry("acknowledge entries", lambda: self.consumer.ack(ack))
+
+    def _publish_bars(self, bars: list[BarStateRow]) -> None:
+        """The committed bars' new states to the bars streams. Connection
+        errors are retried (a repeat publishes nothing twice); anything else
+        is logged and skipped: bar messages are derived data, the rows are
+        committed whatever happens here."""
+        try:
+            published = self._retry("publish bars", lambda: self.feed.publish(bars))
+        except Abandoned:
+            raise
+        except Exception:
+            self.stats.bar_errors += len(bars)
+            log.exception("publishing %d bar(s) failed; skipped (the rows are committed)",
+                          len(bars))
+            return
+        self.stats.bars_published += published
 
     def _drop_poison(self, batch: Batch, deliveries: dict[tuple[str, str], int]) -> None:
         limit = self.settings.max_deliveries
-        keep_rows: list[TickRow] = []
-        keep_ids: list[tuple[str, str]] = []
-        for row, key in zip(batch.rows, batch.row_ids, strict=True):
-            n = deliveries.get(key, 0)
-            if n > limit:
-                batch.rejects.append(Reject(
-                    key[0], key[1], _fields_of(row),
-                    f"delivered {n} times without being persisted (limit {limit})"))
-            else:
-                keep_rows.append(row)
-                keep_ids.append(key)
-        batch.rows, batch.row_ids = keep_rows, keep_ids
 
-    def _write(self, rows: list[TickRow], ids: list[tuple[str, str]], *, fresh: bool = False
-               ) -> tuple[int, list[Reject]]:
+        def keep(rows: list[Any], refs: list[EntryRef], fields_of: Callable[[Any], Any]
+                 ) -> tuple[list[Any], list[EntryRef]]:
+            kept_rows, kept_refs = [], []
+            for row, ref in zip(rows, refs, strict=True):
+                n = deliveries.get(ref, 0)
+                if n > limit:
+                    batch.rejects.append(Reject(
+                        ref[0], ref[1], fields_of(row),
+                        f"delivered {n} times without being persisted (limit {limit})"))
+                else:
+                    kept_rows.append(row)
+                    kept_refs.append(ref)
+            return kept_rows, kept_refs
+
+        batch.trades, batch.trade_ids = keep(batch.trades, batch.trade_ids, _trade_fields)
+        batch.quotes, batch.quote_ids = keep(batch.quotes, batch.quote_ids, _quote_fields)
+
+    def _write(self, trades: list[TradeRow], trade_ids: list[EntryRef], quotes: list[QuoteRow],
+               quote_ids: list[EntryRef], *, fresh: bool = False
+               ) -> tuple[WriteResult, list[Reject]]:
         """Write rows, splitting the batch to isolate rows PostgreSQL refuses.
-        Returns (rows inserted, refused rows as rejects)."""
-        if not rows:
-            return 0, []
+        Returns what was written and the refused rows as rejects."""
+        if not trades and not quotes:
+            return WriteResult(), []
         try:
             return self._retry_db("write a batch",
-                                  lambda: self.sink.write(rows, fresh=fresh)), []
+                                  lambda: self.sink.write(trades, quotes, fresh=fresh)), []
         except psycopg2.Error as exc:
             # Only "data" errors come out of _retry_db: some row is unwritable.
-            if len(rows) == 1:
+            if len(trades) + len(quotes) == 1:
+                stream, entry_id = trade_ids[0] if trades else quote_ids[0]
+                fields = _trade_fields(trades[0]) if trades else _quote_fields(quotes[0])
                 reason = f"refused by postgresql: {str(exc).strip()}"
-                return 0, [Reject(ids[0][0], ids[0][1], _fields_of(rows[0]), reason.lower())]
-            mid = len(rows) // 2
-            left = self._write(rows[:mid], ids[:mid])
-            right = self._write(rows[mid:], ids[mid:])
-            return left[0] + right[0], left[1] + right[1]
+                return WriteResult(), [Reject(stream, entry_id, fields, reason.lower())]
+            parts: list[tuple[list[TradeRow], list[EntryRef], list[QuoteRow], list[EntryRef]]]
+            if trades and quotes:  # each kind alone first, then halves
+                parts = [(trades, trade_ids, [], []), ([], [], quotes, quote_ids)]
+            elif trades:
+                mid = len(trades) // 2
+                parts = [(trades[:mid], trade_ids[:mid], [], []),
+                         (trades[mid:], trade_ids[mid:], [], [])]
+            else:
+                mid = len(quotes) // 2
+                parts = [([], [], quotes[:mid], quote_ids[:mid]),
+                         ([], [], quotes[mid:], quote_ids[mid:])]
+            result, refused = WriteResult(), []
+            for part in parts:
+                written, rejects = self._write(*part)
+                result.add(written)
+                refused.extend(rejects)
+            return result, refused
 
     # Retries
 
@@ -423,9 +492,12 @@ class PersistWorker:
     # Housekeeping
 
     def _trim(self) -> None:
+        """Trim the persisted streams behind the group's acknowledged floor,
+        and the bars streams (no group: derived data) to the window alone."""
         window_ms = self.settings.stream_window_s * 1000
         sweep = time.monotonic() >= self._next_sweep
         try:
+            self._trim_bars(window_ms)
             for stream in self.consumer.all_streams():
                 streams.trim_persisted(self.r, stream, window_ms=window_ms)
                 if sweep:
@@ -438,13 +510,55 @@ class PersistWorker:
         except REDIS_RETRYABLE as exc:
             log.warning("trimming skipped: %s", exc)
 
+    def _trim_bars(self, window_ms: int) -> None:
+        """``XTRIM MINID`` of every bars stream to the window, in one round
+        trip; a stream Redis refuses to trim (not a stream) is logged."""
+        symbols = self.consumer.symbols
+        if not symbols:
+            return
+        floor = f"{max(now_ms() - window_ms, 0)}-0"
+        pipe = self.r.pipeline(transaction=False)
+        for symbol in symbols:
+            pipe.xtrim(self.consumer.keys.bars(symbol), minid=floor, approximate=True)
+        for symbol, reply in zip(symbols, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, REDIS_RETRYABLE):
+                raise reply
+            if isinstance(reply, redis.ResponseError):
+                log.warning("bars stream of %s not trimmed: %s", symbol, reply)
+
     def _housekeeping(self) -> None:
         now = time.monotonic()
         notify.watchdog()
+        if self.final_pass is not None and now >= self._next_final:
+            self._run_final_pass()
+            # After failures, wait longer (up to a minute): a server that
+            # is down must not cost every round a connect timeout.
+            self._next_final = time.monotonic() + min(
+                self.settings.bars_final_interval_s * 2 ** min(self._final_failures, 6), 60.0)
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + max(self.settings.heartbeat_ttl_s / 3, 1.0)
         self._heartbeat()
+
+    def _run_final_pass(self) -> None:
+        """Publish the bars of ended minutes final; a failure is logged and
+        the pass runs again later (derived data: no row depends on it)."""
+        assert self.final_pass is not None
+        try:
+            self.stats.bars_final += self.final_pass.run(self.consumer.symbols)
+        except (psycopg2.Error, redis.RedisError) as exc:
+            self._final_failures += 1
+            self.stats.bar_errors += 1
+            log.warning("final bars not published yet (retried later): %s",
+                        str(exc).strip() or type(exc).__name__)
+            return
+        except Exception:
+            # A bug here must not stop the rows: log it loudly, go on persisting.
+            self._final_failures += 1
+            self.stats.bar_errors += 1
+            log.exception("the final pass failed (retried later; rows are not affected)")
+            return
+        self._final_failures = 0
 
     def _heartbeat(self) -> None:
         """Heartbeat key with a TTL, holding the worker's counters (``pricepipe status``)."""
@@ -455,9 +569,12 @@ class PersistWorker:
             log.warning("heartbeat skipped: %s", exc)
 
 
-def _fields_of(row: TickRow) -> dict[bytes, bytes]:
-    """Stream fields of a row that was a valid tick (for its dead letter)."""
-    symbol, ts_us, price, size, source, recv_ts_us, _ = row
-    tick = Tick(symbol, ts_us, price, size, source, recv_ts_us)
-    return {k: v if isinstance(v, bytes) else str(v).encode()
-            for k, v in codec.encode_fields(tick).items()}
+def _trade_fields(row: TradeRow) -> dict[bytes, bytes]:
+    """Stream fields of a row that was a valid trade (for its dead letter):
+    the entry as the codec writes it, so a replay reads it back."""
+    return {codec.F_TRADE: codec.encode_trade(trade_of(row)).encode()}
+
+
+def _quote_fields(row: QuoteRow) -> dict[bytes, bytes]:
+    """As :func:`_trade_fields`, for a quote."""
+    return {codec.F_QUOTE: codec.encode_quote(quote_of(row)).encode()}

@@ -35,7 +35,7 @@ class Scheduled:
 
 SCHEDULE: tuple[Scheduled, ...] = (
     # Hourly, so partitions for the coming days always exist before their
-    # first tick (workers also create a missing one, but not under load).
+    # first event (workers also create a missing one, but not under load).
     Scheduled("partitions", "pricepipe.workers.jobs.maintain_partitions", interval_s=3600),
     Scheduled("retention", "pricepipe.workers.jobs.apply_retention", interval_s=6 * 3600),
     Scheduled("bars-verify", "pricepipe.workers.jobs.verify_bars", interval_s=600),

@@ -18,8 +18,9 @@ class WorkerSettings(Settings):
 
     # Batching
     # 10,000 rather than 5,000: each commit waits for a WAL flush, and at
-    # 10,000 bench persist measured ~115k ticks/s instead of ~105k (20,000:
-    # ~118k, for twice the redelivery after a crash).
+    # 10,000 bench persist measured ~115k rows/s instead of ~105k (20,000:
+    # ~118k, for twice the redelivery after a crash; measured with the ticks
+    # of issue 12, before trades and quotes).
     batch_size: int = setting(10_000, "Most stream entries written to PostgreSQL per transaction")
     linger_ms: int = setting(
         20, "After a round that found less than a batch, wait this long before the next "
@@ -52,6 +53,15 @@ class WorkerSettings(Settings):
     consumer_expiry_s: int = setting(
         86_400, "Consumers idle this long with nothing pending are removed from the group, "
         "seconds")
+    # The bars stream
+    bars_final_grace_ms: int = setting(
+        2000, "A minute's bar is published final this long after the minute ended "
+        "(trades still travelling are then late: they revise it), ms")
+    bars_final_interval_s: float = setting(
+        1.0, "How often a worker looks for ended minutes to publish final, seconds")
+    bars_horizon_s: int = setting(
+        3600, "Minutes older than this are final for good: the bars stream's ordering state "
+        "forgets them, and a late trade of one is published as a revision, seconds")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -60,6 +70,8 @@ class WorkerSettings(Settings):
             raise ConfigError("PRICEPIPE_WORKER_MAX_DELIVERIES must be at least 1")
         if self.block_ms < 1:
             raise ConfigError("PRICEPIPE_WORKER_BLOCK_MS must be at least 1")
+        if self.bars_horizon_s < 60:
+            raise ConfigError("PRICEPIPE_WORKER_BARS_HORIZON_S must be at least 60")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -69,12 +81,16 @@ class JobsSettings(Settings):
     env_prefix: ClassVar[str] = "PRICEPIPE_JOBS_"
 
     # Partitions and retention
-    partitions_ahead_days: int = setting(7, "Daily tick partitions created ahead of today")
+    partitions_ahead_days: int = setting(
+        7, "Daily trade and quote partitions created ahead of today")
     retention_days: int | None = setting(
-        30, "Tick partitions older than this many days are dropped (unset: keep forever)")
+        30, "Trade partitions older than this many days are dropped (unset: keep forever)")
+    quotes_retention_days: int | None = setting(
+        30, "Quote partitions older than this many days are dropped (unset: keep forever); "
+        "quotes outnumber trades, so this is often the shorter")
     # Bars
     bars_verify_minutes: int = setting(
-        60, "The scheduled bar check recomputes this many recent minutes from the ticks")
+        60, "The scheduled bar check recomputes this many recent minutes from the trades")
     # Retries and limits
     retry_max: int = setting(3, "A failed job is retried this many times (rq Retry)")
     retry_intervals_s: tuple[int, ...] = setting(
@@ -84,6 +100,8 @@ class JobsSettings(Settings):
     def __post_init__(self) -> None:
         if self.retention_days is not None and self.retention_days < 1:
             raise ConfigError("PRICEPIPE_JOBS_RETENTION_DAYS must be at least 1 (or unset)")
+        if self.quotes_retention_days is not None and self.quotes_retention_days < 1:
+            raise ConfigError("PRICEPIPE_JOBS_QUOTES_RETENTION_DAYS must be at least 1 (or unset)")
         if self.retry_max < 0:
             raise ConfigError("PRICEPIPE_JOBS_RETRY_MAX must be 0 or more")
 

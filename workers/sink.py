@@ -1,14 +1,17 @@
 """The PostgreSQL side of persisting: one transaction per batch.
 
-:meth:`TickSink.write` copies the rows into a session-local staging table
-(``COPY``, the fastest way in), then moves them into ``ticks`` with
-``INSERT ... ON CONFLICT DO NOTHING`` and folds exactly the rows that were
-new into ``bars_1m``, all in one statement and one transaction. So:
+:meth:`EventSink.write` copies a batch's trades and quotes into
+session-local staging tables (``COPY``, the fastest way in), then moves
+them into ``trades`` and ``quotes`` with ``INSERT ... ON CONFLICT DO
+NOTHING`` and folds exactly the trades that were new into ``bars_1m``, all
+in one transaction. So:
 
 * writing the same rows again (a redelivery, a retried batch, two workers
-  racing for the same entry) adds no row and does not count a tick twice in
-  its bar;
-* either the rows and their bars are committed together, or neither is.
+  racing for the same entry) adds no row and does not count a trade twice
+  in its bar, and changes no bar;
+* either the rows and their bars are committed together, or none is;
+* the write reports the bars it changed, each in its new state (the
+  upsert's ``RETURNING``), for the bars stream.
 
 Errors are sorted in :func:`classify`: connection-level ones are worth a
 retry after reconnecting; a data error names a row that can never be written
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -30,30 +34,77 @@ from psycopg2.extras import execute_values
 
 from pricepipe.connections import pg_connect
 
-from .bars import BARS_SELECT_SQL, BINNED_TO_BARS_CTES, bar_rows
-from .batch import TickRow, copy_text, days_of
+from .bars import (
+    BAR_COLUMNS,
+    BAR_STATE_COLUMNS_SQL,
+    BARS_SELECT_SQL,
+    BINNED_TO_BARS_CTES,
+    BarStateRow,
+    bar_rows,
+    bar_state,
+)
+from .batch import QuoteRow, TradeRow, days_of, quote_copy_text, trade_copy_text
 
 log = logging.getLogger(__name__)
 
 EPOCH_DAY = date(1970, 1, 1)
 
 STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS tick_stage (
+CREATE TEMP TABLE IF NOT EXISTS trade_stage (
     symbol      text             NOT NULL,
     ts_us       bigint           NOT NULL,
     price       double precision NOT NULL,
     size        double precision,
+    side        text,
+    trade_id    text,
+    source      text             NOT NULL,
+    recv_ts_us  bigint,
+    entry_id    bigint           NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS quote_stage (
+    symbol      text             NOT NULL,
+    ts_us       bigint           NOT NULL,
+    bid         double precision,
+    bid_size    double precision,
+    ask         double precision,
+    ask_size    double precision,
     source      text             NOT NULL,
     recv_ts_us  bigint,
     entry_id    bigint           NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_SQL = "COPY tick_stage (symbol, ts_us, price, size, source, recv_ts_us, entry_id) FROM STDIN"
+TRADE_COPY_SQL = ("COPY trade_stage (symbol, ts_us, price, size, side, trade_id, source,"
+                  " recv_ts_us, entry_id) FROM STDIN")
+QUOTE_COPY_SQL = ("COPY quote_stage (symbol, ts_us, bid, bid_size, ask, ask_size, source,"
+                  " recv_ts_us, entry_id) FROM STDIN")
 
-# How a bar computed from new rows merges into the stored one: open/close by
-# the order key (ts, entry_id), so a late tick moves them only if it really
-# is earlier/later; high/low widen; volume and count add up.
+# Microseconds become timestamptz in the server (no per-row datetime objects
+# in Python).
+TRADES_FROM_STAGE_SQL = """
+INSERT INTO trades (symbol, ts, price, size, side, trade_id, source, recv_ts, entry_id)
+SELECT symbol,
+       timestamptz 'epoch' + ts_us * interval '1 microsecond',
+       price, size, side, trade_id, source,
+       timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
+       entry_id
+FROM trade_stage
+"""
+
+QUOTES_FROM_STAGE_SQL = """
+INSERT INTO quotes (symbol, ts, bid, bid_size, ask, ask_size, source, recv_ts, entry_id)
+SELECT symbol,
+       timestamptz 'epoch' + ts_us * interval '1 microsecond',
+       bid, bid_size, ask, ask_size, source,
+       timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
+       entry_id
+FROM quote_stage
+"""
+
+# How a bar computed from new trades merges into the stored one: open/close
+# by the order key (ts, entry_id), so a late trade moves them only if it
+# really is earlier/later; high/low widen; volume, notional and count add up.
+# RETURNING gives the bar's whole new state, which goes to the bars stream.
 BAR_CONFLICT_SQL = """
     ON CONFLICT (symbol, bucket) DO UPDATE SET
         open = CASE WHEN (EXCLUDED.open_ts, EXCLUDED.open_entry) < (b.open_ts, b.open_entry)
@@ -75,22 +126,18 @@ BAR_CONFLICT_SQL = """
         high = greatest(b.high, EXCLUDED.high),
         low = least(b.low, EXCLUDED.low),
         volume = b.volume + EXCLUDED.volume,
-        tick_count = b.tick_count + EXCLUDED.tick_count
-"""
+        notional = b.notional + EXCLUDED.notional,
+        trade_count = b.trade_count + EXCLUDED.trade_count
+    RETURNING""" + BAR_STATE_COLUMNS_SQL
 
-# Microseconds become timestamptz in the server (no per-row datetime objects
-# in Python). date_bin against the epoch is independent of the session's
-# TimeZone, unlike date_trunc on a timestamptz. Bars are upserted in (symbol,
-# bucket) order so concurrent workers lock bar rows in the same order.
-MOVE_SQL = """
-WITH ins AS (
-    INSERT INTO ticks (symbol, ts, price, size, source, recv_ts, entry_id)
-    SELECT symbol,
-           timestamptz 'epoch' + ts_us * interval '1 microsecond',
-           price, size, source,
-           timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
-           entry_id
-    FROM tick_stage
+# The idempotent path: only the trades that were new (RETURNING of the
+# insert) are folded into their bars, in the same statement. date_bin
+# against the epoch is independent of the session's TimeZone, unlike
+# date_trunc on a timestamptz. Bars are upserted in (symbol, bucket) order so
+# concurrent workers lock bar rows in the same order. Each row returned is
+# a changed bar, with the number of new trades beside it.
+MOVE_TRADES_SQL = """
+WITH ins AS (""" + TRADES_FROM_STAGE_SQL + """
     ON CONFLICT DO NOTHING
     RETURNING symbol, ts, price, size, entry_id
 ), binned AS (
@@ -98,43 +145,56 @@ WITH ins AS (
            ts, entry_id, price, size
     FROM ins
 ),""" + BINNED_TO_BARS_CTES + """, bars AS (
-    INSERT INTO bars_1m AS b (symbol, bucket, open, high, low, close, volume, tick_count,
-                             open_ts, open_entry, close_ts, close_entry)
+    INSERT INTO bars_1m AS b (""" + BAR_COLUMNS + """)
 """ + BARS_SELECT_SQL + """
     ORDER BY a.symbol, a.bucket
-""" + BAR_CONFLICT_SQL + """)
-SELECT count(*) FROM ins
+""" + BAR_CONFLICT_SQL + """
+)
+SELECT bars.*, (SELECT count(*) FROM ins) FROM bars
 """
+
+MOVE_QUOTES_SQL = QUOTES_FROM_STAGE_SQL + "ON CONFLICT DO NOTHING"
 
 # First deliveries almost never collide with existing rows. For them the
 # rows go in with a plain INSERT (ON CONFLICT's speculative insertion costs
-# about as much as the insert itself) and their bars, all new rows, are
+# about as much as the insert itself) and their bars, all of new trades, are
 # aggregated in Python (workers.bars.bar_rows) and upserted from VALUES,
-# instead of being sorted twice in SQL. Should a duplicate turn up after all,
-# the primary key fails the transaction, which is rolled back and run again
-# as MOVE_SQL. The result is the same either way; only the cost differs.
-FRESH_INSERT_SQL = """
-INSERT INTO ticks (symbol, ts, price, size, source, recv_ts, entry_id)
-SELECT symbol,
-       timestamptz 'epoch' + ts_us * interval '1 microsecond',
-       price, size, source,
-       timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
-       entry_id
-FROM tick_stage
-"""
-
+# instead of being sorted twice in SQL. Should a duplicate turn up after all
+# (a primary key, or a venue trade id already stored), the unique index
+# fails the transaction, which is rolled back and run again the idempotent
+# way. The result is the same either way; only the cost differs.
 BARS_UPSERT_SQL = """
-INSERT INTO bars_1m AS b (symbol, bucket, open, high, low, close, volume, tick_count,
-                         open_ts, open_entry, close_ts, close_entry)
+INSERT INTO bars_1m AS b (""" + BAR_COLUMNS + """)
 VALUES %s
 """ + BAR_CONFLICT_SQL
 
 #: execute_values template of one workers.bars.BarRow (microseconds -> timestamptz).
 BAR_TEMPLATE = (
-    "(%s, timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s, %s, %s, %s, %s,"
+    "(%s, timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s, %s, %s, %s, %s, %s,"
     " timestamptz 'epoch' + %s * interval '1 microsecond', %s,"
     " timestamptz 'epoch' + %s * interval '1 microsecond', %s)"
 )
+
+#: The event tables, each partitioned by day (``ensure_partitions``).
+TRADES = "trades"
+QUOTES = "quotes"
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one committed write changed."""
+
+    #: New rows (duplicates are not counted).
+    trades: int = 0
+    quotes: int = 0
+    #: The bars the new trades changed, each in its new state, by (symbol, bucket).
+    bars: list[BarStateRow] = field(default_factory=list)
+
+    def add(self, other: WriteResult) -> None:
+        self.trades += other.trades
+        self.quotes += other.quotes
+        self.bars.extend(other.bars)
+
 
 ErrorKind = Literal["connection", "data", "other"]
 
@@ -159,8 +219,9 @@ def day_date(day: int) -> date:
     return EPOCH_DAY + timedelta(days=day)
 
 
-class TickSink:
-    """Writes batches of rows into ``ticks`` and ``bars_1m``.
+class EventSink:
+    """Writes batches of trades and quotes into ``trades``, ``quotes`` and
+    ``bars_1m``.
 
     Owns one connection, (re)opened lazily: after a connection error the
     next :meth:`write` reconnects. Not thread-safe.
@@ -170,7 +231,8 @@ class TickSink:
         self._url = database_url
         self._application_name = application_name
         self._conn: psycopg2.extensions.connection | None = None
-        self._days: set[int] = set()
+        #: (table, day) partitions known to exist.
+        self._days: set[tuple[str, int]] = set()
 
     # Connection
 
@@ -208,96 +270,123 @@ class TickSink:
 
     # Writing
 
-    def ensure_days(self, days: set[int]) -> None:
-        """Create the daily partitions of ``days`` that this sink has not seen yet.
+    def ensure_days(self, needed: Iterable[tuple[str, int]]) -> None:
+        """Create the daily partitions ``(table, day)`` this sink has not seen yet.
 
         Each day is created alone (not the range between the first and the
-        last: one stray tick from 2090 must not create 60 years of tables).
-        Committed on its own, before the batch, so the batch transaction never
-        holds the parent-table lock that creating a partition needs.
+        last: one stray trade from 2090 must not create 60 years of tables),
+        and committed alone, before the batch: creating a partition locks its
+        parent table exclusively, and a transaction holding the locks of both
+        tables at once could deadlock with a reader of both (an API query);
+        the batch transaction itself never holds such a lock.
         """
-        missing = sorted(days - self._days)
-        if not missing:
-            return
-        for attempt in range(3):
-            conn = self.connect()
-            try:
-                with conn.cursor() as cur:
-                    for day in missing:
-                        d = day_date(day)
-                        cur.execute("SELECT ensure_tick_partitions(%s, %s)", (d, d))
-                conn.commit()
-                break
-            except (psycopg2.errors.DuplicateTable, psycopg2.errors.UniqueViolation):
-                # Another worker created the same partition between the
-                # function's check and its CREATE: it exists now, look again.
-                self._rollback_quietly()
-                if attempt == 2:
+        for key in sorted(set(needed) - self._days):
+            table, day = key
+            d = day_date(day)
+            for attempt in range(3):
+                conn = self.connect()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT ensure_partitions(%s, %s, %s)", (table, d, d))
+                    conn.commit()
+                    break
+                except (psycopg2.errors.DuplicateTable, psycopg2.errors.UniqueViolation):
+                    # Another worker created the same partition between the
+                    # function's check and its CREATE: it exists now, look again.
+                    self._rollback_quietly()
+                    if attempt == 2:
+                        raise
+                except BaseException:
+                    self._rollback_quietly()
                     raise
-            except BaseException:
-                self._rollback_quietly()
-                raise
-        self._days.update(missing)
+            self._days.add(key)
 
-    def write(self, rows: Sequence[TickRow], *, fresh: bool = False) -> int:
-        """Persist ``rows`` in one transaction; returns how many were new.
+    def write(self, trades: Sequence[TradeRow] = (), quotes: Sequence[QuoteRow] = (), *,
+              fresh: bool = False) -> WriteResult:
+        """Persist ``trades`` and ``quotes`` in one transaction.
 
-        Idempotent: rows already in ``ticks`` (same symbol, ts, entry_id) are
-        skipped and not counted into their bars again. ``fresh=True`` says the
-        rows are probably all new (first deliveries), which picks a cheaper
-        plan with a fallback (see :data:`FRESH_INSERT_SQL`); the outcome is the
-        same. Raises ``psycopg2.Error`` (see :func:`classify`); then nothing
-        of the batch was committed.
+        Idempotent: rows already stored (same symbol, ts, entry_id; for
+        trades also the same venue trade id at the same time) are skipped
+        and not counted into their bars again. ``fresh=True`` says the rows
+        are probably all new (first deliveries), which picks a cheaper plan
+        with a fallback (see :data:`BARS_UPSERT_SQL`); the outcome is the
+        same. Returns the new rows per table and the bars changed. Raises
+        ``psycopg2.Error`` (see :func:`classify`); then nothing of the batch
+        was committed.
         """
-        if not rows:
-            return 0
-        self.ensure_days(days_of(rows))
-        text = copy_text(rows)
+        if not trades and not quotes:
+            return WriteResult()
+        needed = {(TRADES, d) for d in days_of(trades)} | {(QUOTES, d) for d in days_of(quotes)}
+        self.ensure_days(needed)
+        trade_text = trade_copy_text(trades) if trades else ""
+        quote_text = quote_copy_text(quotes) if quotes else ""
         try:
-            return self._write_text(text, rows, fresh=fresh)
+            return self._write_text(trade_text, quote_text, trades, fresh=fresh)
         except psycopg2.errors.CheckViolation:
-            # "no partition of relation ticks found for row": a partition we
-            # had cached was dropped meanwhile (retention). Forget and retry once.
+            # "no partition of relation ... found for row": a partition we
+            # had cached was dropped meanwhile (retention). Forget and retry
+            # once (a row a CHECK constraint refuses fails again: a data error).
             self._days.clear()
-            self.ensure_days(days_of(rows))
-            return self._write_text(text, rows, fresh=fresh)
+            self.ensure_days(needed)
+            return self._write_text(trade_text, quote_text, trades, fresh=fresh)
 
-    def _write_text(self, text: str, rows: Sequence[TickRow], *, fresh: bool) -> int:
+    def _write_text(self, trade_text: str, quote_text: str, trades: Sequence[TradeRow], *,
+                    fresh: bool) -> WriteResult:
         if fresh:
             try:
-                return self._write_fresh(text, rows)
+                return self._write_fresh(trade_text, quote_text, trades)
             except psycopg2.errors.UniqueViolation:
                 log.debug("batch holds rows already written: inserting with ON CONFLICT")
-        return self._write_idempotent(text)
+        return self._write_idempotent(trade_text, quote_text)
 
-    def _write_fresh(self, text: str, rows: Sequence[TickRow]) -> int:
+    def _copy(self, cur: Any, trade_text: str, quote_text: str) -> None:
+        if trade_text:
+            cur.copy_expert(TRADE_COPY_SQL, io.StringIO(trade_text))
+        if quote_text:
+            cur.copy_expert(QUOTE_COPY_SQL, io.StringIO(quote_text))
+
+    def _write_fresh(self, trade_text: str, quote_text: str, trades: Sequence[TradeRow]
+                     ) -> WriteResult:
         conn = self.connect()
+        result = WriteResult()
         try:
             with conn.cursor() as cur:
-                cur.copy_expert(COPY_SQL, io.StringIO(text))
-                cur.execute(FRESH_INSERT_SQL)
-                inserted = cur.rowcount
-                bars = bar_rows(rows)
-                execute_values(cur, BARS_UPSERT_SQL, bars, template=BAR_TEMPLATE,
-                               page_size=max(len(bars), 1))
+                self._copy(cur, trade_text, quote_text)
+                if trade_text:
+                    cur.execute(TRADES_FROM_STAGE_SQL)
+                    result.trades = int(cur.rowcount)
+                    bars = bar_rows(trades)
+                    result.bars = [bar_state(row) for row in execute_values(
+                        cur, BARS_UPSERT_SQL, bars, template=BAR_TEMPLATE,
+                        page_size=max(len(bars), 1), fetch=True)]
+                if quote_text:
+                    cur.execute(QUOTES_FROM_STAGE_SQL)
+                    result.quotes = int(cur.rowcount)
             conn.commit()
         except BaseException:
             self._rollback_quietly()
             raise
-        return int(inserted)
+        return result
 
-    def _write_idempotent(self, text: str) -> int:
+    def _write_idempotent(self, trade_text: str, quote_text: str) -> WriteResult:
         conn = self.connect()
+        result = WriteResult()
         try:
             with conn.cursor() as cur:
-                cur.copy_expert(COPY_SQL, io.StringIO(text))
-                cur.execute(MOVE_SQL)
-                row = cur.fetchone()
+                self._copy(cur, trade_text, quote_text)
+                if trade_text:
+                    cur.execute(MOVE_TRADES_SQL)
+                    for row in cur.fetchall():
+                        result.trades = int(row[-1])
+                        result.bars.append(bar_state(row))
+                if quote_text:
+                    cur.execute(MOVE_QUOTES_SQL)
+                    result.quotes = int(cur.rowcount)
             conn.commit()
         except BaseException:
             self._rollback_quietly()
             raise
-        return int(row[0]) if row else 0
+        return result
 
     def _rollback_quietly(self) -> None:
         conn = self._conn
@@ -309,7 +398,7 @@ class TickSink:
         except psycopg2.Error:
             self.reset()
 
-    def __enter__(self) -> TickSink:
+    def __enter__(self) -> EventSink:
         return self
 
     def __exit__(self, *exc: Any) -> None:

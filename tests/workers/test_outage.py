@@ -1,5 +1,5 @@
 """Server outages: the worker waits them out and keeps its place; what the
-publishers add meanwhile is persisted exactly once afterwards."""
+publishers add meanwhile is persisted exactly once afterwards, per type."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from pricepipe.keys import Keys
 
 from .helpers import (
     duplicate_count,
+    entries_added,
     fast_env,
-    make_ticks,
+    kinds,
+    make_events,
     pending_count,
     publish,
-    row_count,
+    row_counts,
     rows_now,
     wait_until,
 )
@@ -43,8 +45,8 @@ def _stop_worker(proc: Any) -> str:
 def test_postgresql_restart_and_dropped_connections_lose_nothing(
         r: Any, keys: Keys, database_url: str, pg_server: PostgresServer,
         pipeline_env: dict[str, str], spawn: Callable[..., Any]) -> None:
-    ticks = make_ticks(12_000)
-    publish(r, keys, ticks[:4000])
+    events = make_events(12_000)
+    publish(r, keys, events[:4000])
     proc = spawn(["persist", "--name", "w1", "--batch-size", "500"], env=fast_env(pipeline_env))
     wait_until(lambda: rows_now(database_url) > 0, proc=proc)
     # Connections dropped mid-transaction (mid-COPY when the timing falls so).
@@ -58,36 +60,40 @@ def test_postgresql_restart_and_dropped_connections_lose_nothing(
             time.sleep(0.05)
     finally:
         admin.close()
-    # The whole server goes away; ticks keep arriving in Redis meanwhile.
+    # The whole server goes away; events keep arriving in Redis meanwhile.
     pg_server.stop()
-    publish(r, keys, ticks[4000:8000])
+    publish(r, keys, events[4000:8000])
     time.sleep(0.5)  # let the worker hit the refused connections
     assert proc.poll() is None
     pg_server.start()
-    publish(r, keys, ticks[8000:])
-    wait_until(lambda: rows_now(database_url) == len(ticks), proc=proc)
+    publish(r, keys, events[8000:])
+    wait_until(lambda: rows_now(database_url) == len(events), proc=proc)
     out = _stop_worker(proc)
     assert "retry" in out  # it did go through the outage, not around it
     conn = psycopg2.connect(database_url)
     try:
-        assert row_count(conn) == len(ticks) and duplicate_count(conn) == 0
+        assert row_counts(conn) == kinds(events) == entries_added(r, keys)
+        assert duplicate_count(conn) == 0
     finally:
         conn.close()
     assert pending_count(r, keys) == 0
 
 
 def test_redis_restart_loses_nothing(
-        r: Any, keys: Keys, db: Any, redis_server: RedisServer,
+        r: Any, keys: Keys, db: Any, database_url: str, redis_server: RedisServer,
         pipeline_env: dict[str, str], spawn: Callable[..., Any]) -> None:
-    ticks = make_ticks(10_000)
-    publish(r, keys, ticks[:5000])
+    events = make_events(10_000)
+    publish(r, keys, events[:5000])
     proc = spawn(["persist", "--name", "w1", "--batch-size", "500"], env=fast_env(pipeline_env))
-    wait_until(lambda: row_count(db) > 0, proc=proc)
+    wait_until(lambda: rows_now(database_url) > 0, proc=proc)
     redis_server.restart()  # graceful: the AOF has every acknowledged write
     wait_until(lambda: _loaded(r))
     assert proc.poll() is None
-    publish(r, keys, ticks[5000:])
-    wait_until(lambda: row_count(db) == len(ticks), proc=proc)
+    publish(r, keys, events[5000:])
+    wait_until(lambda: rows_now(database_url) == len(events), proc=proc)
     _stop_worker(proc)
-    assert row_count(db) == len(ticks) and duplicate_count(db) == 0
-    assert pending_count(r, keys) == 0
+    assert row_counts(db) == kinds(events) == entries_added(r, keys)
+    assert duplicate_count(db) == 0 and pending_count(r, keys) == 0
+    with db.cursor() as cur:  # bars hold every trade once, whatever was retried
+        cur.execute("SELECT sum(trade_count) FROM bars_1m")
+        assert cur.fetchone()[0] == kinds(events)["trades"]

@@ -1,6 +1,6 @@
 """Several workers share the streams through the consumer group; crashes,
-a PostgreSQL restart and a Redis restart during a 100k-tick run lose and
-double nothing."""
+a PostgreSQL restart and a Redis restart during a 100k-event run (trades and
+quotes) lose and double nothing, per type."""
 
 from __future__ import annotations
 
@@ -20,30 +20,23 @@ from pricepipe.keys import Keys
 
 from .helpers import (
     duplicate_count,
+    entries_added,
     fast_env,
-    make_ticks,
+    kinds,
+    make_events,
+    pending_count,
     publish,
+    registered,
     row_count,
+    row_counts,
+    row_counts_now,
     rows_now,
     wait_until,
 )
 
 
-def _entries_added(r: Any, keys: Keys) -> int:
-    """Ticks ever appended to the registered streams (trimming does not lower it)."""
-    total = 0
-    for shard in keys.all_shards():
-        for symbol in r.smembers(keys.symbols(shard)):
-            total += int(r.xinfo_stream(keys.stream(symbol.decode()))["entries-added"])
-    return total
-
-
 def _pending(r: Any, keys: Keys) -> int:
-    total = 0
-    for shard in keys.all_shards():
-        for symbol in r.smembers(keys.symbols(shard)):
-            total += int(r.xpending(keys.stream(symbol.decode()), "persist")["pending"])
-    return total
+    return pending_count(r, keys, registered(r, keys))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -56,15 +49,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 def test_three_workers_share_the_load_one_killed_mid_run(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    n = 30_000
+    events = make_events(36_000)
+    n = len(events)
     env = dict(fast_env(pipeline_env), PRICEPIPE_WORKER_CLAIM_IDLE_MS="500",
                PRICEPIPE_WORKER_CLAIM_INTERVAL_S="0.2")
     procs = {name: spawn(["persist", "--name", name, "--batch-size", "400"], env=env)
              for name in ("w1", "w2", "w3")}
-    # All three are up before the first tick, so they compete from the start.
+    # All three are up before the first event, so they compete from the start.
     for name, proc in procs.items():
         wait_until(partial(_alive, r, keys, name), proc=proc)
-    publish(r, keys, make_ticks(n))
+    publish(r, keys, events)
     wait_until(lambda: row_count(db) > n // 6, proc=procs["w2"])
     procs["w2"].send_signal(signal.SIGKILL)
     procs["w2"].wait()
@@ -72,13 +66,14 @@ def test_three_workers_share_the_load_one_killed_mid_run(
     wait_until(lambda: row_count(db) == n and _pending(r, keys) == 0, proc=procs["w1"])
     for name in ("w1", "w3"):
         _stop(procs[name])
-    assert row_count(db) == n and duplicate_count(db) == 0
+    assert row_counts(db) == kinds(events) == entries_added(r, keys)
+    assert duplicate_count(db) == 0
     inserted = {name: orjson.loads(r.get(keys.heartbeat("persist", name)) or b"{}")
                 .get("rows_inserted", 0) for name in ("w1", "w3")}
     assert all(count > 0 for count in inserted.values()), inserted  # both took a share
 
 
-def test_chaos_100k_ticks_with_kills_and_server_restarts(
+def test_chaos_100k_events_with_kills_and_server_restarts(
         make_redis_server: Callable[..., Any], make_pg_server: Callable[..., Any],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     rng = random.Random(20260102)
@@ -92,14 +87,10 @@ def test_chaos_100k_ticks_with_kills_and_server_restarts(
         "PRICEPIPE_WORKER_CLAIM_IDLE_MS": "1000", "PRICEPIPE_WORKER_CLAIM_INTERVAL_S": "0.5",
     })
     r = redis.Redis.from_url(redis_srv.url)
+    symbols = tuple(f"SYM{i}" for i in range(12))
+    events = make_events(100_000, symbols=symbols, step_us=10_000)
     try:
-        def publish_bulk(count: int, seed: int) -> None:
-            proc = spawn(["publish", "--source", "gbm", "--symbols", "12", "--count", str(count),
-                          "--seed", str(seed)], env=env)
-            out = proc.communicate(timeout=100)[0]
-            assert proc.returncode == 0, out
-
-        publish_bulk(60_000, 1)
+        publish(r, keys, events[:60_000])
         names = ["c1", "c2", "c3"]
         procs = {name: spawn(["persist", "--name", name, "--batch-size", "500"], env=env)
                  for name in names}
@@ -122,21 +113,25 @@ def test_chaos_100k_ticks_with_kills_and_server_restarts(
         kill_random(rng.randrange(5_000, 15_000))
         wait_until(lambda: rows() >= 20_000)
         pg_srv.stop()
-        publish_bulk(40_000, 2)  # the database is down: ticks wait in Redis
+        publish(r, keys, events[60_000:])  # the database is down: events wait in Redis
         pg_srv.start()
         kill_random(rng.randrange(30_000, 45_000))
         wait_until(lambda: rows() >= 55_000)
         redis_srv.restart()  # graceful restart: AOF reloaded
         wait_until(lambda: _loaded(r))
         kill_random(rng.randrange(60_000, 80_000))
-        total = _entries_added(r, keys)
-        assert total == 100_000
-        wait_until(lambda: rows() == total and _pending(r, keys) == 0, timeout_s=90)
+        added = entries_added(r, keys)
+        assert added == kinds(events) and sum(added.values()) == 100_000
+        wait_until(lambda: row_counts_now(pg_srv.url) == added and _pending(r, keys) == 0,
+                   timeout_s=90)
         for name in names:
             _stop(procs[name])
         conn = psycopg2.connect(pg_srv.url)
         try:
-            assert row_count(conn) == total and duplicate_count(conn) == 0
+            assert row_counts(conn) == added and duplicate_count(conn) == 0
+            with conn.cursor() as cur:  # every trade in its bar once
+                cur.execute("SELECT sum(trade_count) FROM bars_1m")
+                assert cur.fetchone()[0] == added["trades"]
         finally:
             conn.close()
     finally:

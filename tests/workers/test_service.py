@@ -12,14 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pricepipe.clock import utcnow
+from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.workers import partitions
 from pricepipe.workers.consumer import GroupConsumer
 from pricepipe.workers.persister import PersistWorker
 
-from pricepipe.clock import utcnow
-from pricepipe.keys import PERSIST_GROUP, Keys
-
-from .helpers import fast_env, make_ticks, pending_count, publish, row_count, wait_until
+from .helpers import (
+    BASE_TS_US,
+    fast_env,
+    make_events,
+    make_trades,
+    pending_count,
+    publish,
+    row_count,
+    row_counts,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -34,7 +44,7 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
 def test_persist_tells_systemd_ready_watchdog_and_stopping(
         r: Any, keys: Keys, db: Any, pipeline_env: dict[str, str], tmp_path: Path,
         notify_socket: socket.socket, spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    publish(r, keys, make_ticks(50))
+    publish(r, keys, make_events(50))
     env = dict(fast_env(pipeline_env), NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
     proc = spawn(["persist", "--name", "sd"], env=env)
     seen: list[str] = []
@@ -55,27 +65,41 @@ def test_persist_tells_systemd_ready_watchdog_and_stopping(
 
 def test_worker_trims_only_what_the_group_acknowledged(
         r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
-    ticks = make_ticks(3000, symbols=("AAPL",))
-    stream = keys.stream("AAPL")
-    publish(r, keys, ticks[:1500])
+    trades = make_trades(3000, symbols=("AAPL",), step_us=10_000)
+    stream = keys.trades("AAPL")
+    publish(r, keys, trades[:1500])
     run_worker()
+    assert r.xlen(keys.bars("AAPL")) > 0
     # A stuck consumer holds the next entry; 1499 more come after it.
-    publish(r, keys, ticks[1500:1501])
+    publish(r, keys, trades[1500:1501])
     held = r.xreadgroup(PERSIST_GROUP, "stuck", {stream: ">"}, count=1)[0][1][0][0]
-    publish(r, keys, ticks[1501:])
+    publish(r, keys, trades[1501:])
     run_worker(stream_window_s=0)  # window 0: trim everything acknowledged
     length = r.xlen(stream)
     assert length < 3000  # the acknowledged head is trimmed (whole nodes: approximate)...
     assert r.xrange(stream, min=held, max=held)  # ...never the pending entry
     assert length >= 1500  # nor anything after it
     assert pending_count(r, keys, ("AAPL",)) == 1
-    assert row_count(db) == 2999
+    assert row_counts(db) == {"trades": 2999, "quotes": 0}
+
+
+def test_bars_streams_are_trimmed_to_the_window(
+        r: Any, keys: Keys, run_worker: Callable[..., PersistWorker]) -> None:
+    # Bars streams have no group: trimmed by the window alone. Many bar
+    # updates (one per small batch), then a zero window.
+    for i in range(300):
+        publish(r, keys, make_trades(1, symbols=("AAPL",), start_us=BASE_TS_US + i * 61_000_000))
+    run_worker(batch_size=16)
+    before = r.xlen(keys.bars("AAPL"))
+    assert before == 300  # one per minute, each published once
+    run_worker("w2", stream_window_s=0)
+    assert r.xlen(keys.bars("AAPL")) < before
 
 
 def test_consumers_gone_for_good_are_forgotten_but_never_with_pending_entries(
         r: Any, keys: Keys, run_worker: Callable[..., PersistWorker]) -> None:
-    publish(r, keys, make_ticks(20, symbols=("AAPL",)))
-    stream = keys.stream("AAPL")
+    publish(r, keys, make_trades(20, symbols=("AAPL",)))
+    stream = keys.trades("AAPL")
     r.xreadgroup(PERSIST_GROUP, "holder", {stream: ">"}, count=1)  # keeps one pending
     r.xreadgroup(PERSIST_GROUP, "gone", {stream: "0"})  # exists, holds nothing
     consumer = GroupConsumer(r, keys, "w1")
@@ -98,7 +122,8 @@ def test_jobs_worker_command_runs_enqueued_jobs(
     out = worker.communicate(timeout=100)[0].decode()
     assert worker.returncode == 0, out
     names = partitions.list_partitions(db)
-    assert f"ticks_{utcnow().date() + timedelta(days=12):%Y%m%d}" in names
+    day = utcnow().date() + timedelta(days=12)
+    assert {f"trades_{day:%Y%m%d}", f"quotes_{day:%Y%m%d}"} <= set(names)
 
 
 def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
