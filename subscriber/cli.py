@@ -11,9 +11,10 @@ def register(subparsers: Any) -> None:
     from pricepipe.flags import add_server_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "ws", help="serve live ticks over websockets (endpoint /ws, health /healthz)",
+        "ws", help="serve live trades, quotes and bars over websockets (endpoint /ws, "
+        "health /healthz)",
         description="Websocket server. Flags override PRICEPIPE_WS_* settings "
-                    "(see `pricepipe config`); the protocol is in docs/subscriber.md.")
+                    "(see `pricepipe config`); the protocol is in the README (Websocket protocol).")
     add_server_flags(p, database=False)
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8765; 0: any free port)")
@@ -26,6 +27,8 @@ def register(subparsers: Any) -> None:
         description="Print ticks as they are appended to the streams (straight from Redis).")
     add_server_flags(p, database=False)
     p.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    p.add_argument("--channels", type=_channels, default="trades,quotes",
+                   help="comma-separated: trades, quotes, bars.1m (default trades,quotes)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--last", action="store_true",
                    help="start with the latest tick of each symbol already in the stream")
@@ -52,5 +55,18 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from .tail import run_tail
 
-    return run_tail(redis_settings(args), args.symbols, as_json=args.json, last=args.last,
-                    count=args.count, duration_s=args.duration)
+    return run_tail(redis_settings(args), args.symbols, channels=args.channels,
+                    as_json=args.json, last=args.last, count=args.count,
+                    duration_s=args.duration)
+
+
+def _channels(text: str) -> list[str]:
+    """argparse type of ``--channels``: known channel names, comma-separated."""
+    from pricepipe.keys import Channel
+
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [n for n in names if n not in set(Channel)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"want some of {', '.join(Channel)}, not {text!r}")
+    return names

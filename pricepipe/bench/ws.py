@@ -1,33 +1,37 @@
-"""``pricepipe bench ws``: tick deliveries per second and publish-to-client
+"""``pricepipe bench ws``: deliveries per second and publish-to-client
 latency of the websocket server, beside a bare ``websockets.broadcast`` loop
 measured in the same run on the same machine. Reports figures; never asserts.
 
 Set-up, per contender (pricepipe's server, then the baseline):
 
 * the server runs in its own process;
-* N clients run in another process, each subscribed to M of S symbols;
-* this process publishes R ticks per second in total, round-robin over the
-  S symbols, in pipelined batches every 10 ms, for D seconds.
+* N clients run in another process, each subscribed to the trades and quotes
+  of M of S symbols;
+* this process publishes R events per second in total, a realistic mix of
+  :data:`QUOTES_PER_TRADE` quotes per trade for every symbol, round-robin
+  over the S symbols, in pipelined batches every 10 ms, for D seconds.
 
 What the clients measure, and how they keep their own cost low (they share
 the 2 cores with the server they measure, so every microsecond they spend
 is taken from it): websockets' sans-I/O protocol does each connection's
 handshake; after it, one bare epoll loop reads every connection and splits
 frames by their header, without an event loop's or a websocket library's
-per-message machinery (see :class:`_BenchClient`). Every delivery
-is counted: every tick of every text frame, by its ``"ts_us":`` key.
-Latency is ``time the client process read the frame - the tick's ts_us``
+per-message machinery (see :class:`_BenchClient`). Every delivery is
+counted: every trade and quote of every text frame, by its ``"ts_us":`` key.
+Latency is ``time the client process read the frame - the event's ts_us``
 (the publisher stamps ``ts_us`` just before appending; same host, same
-clock), taken for every tick of one frame in ``SAMPLE_EVERY`` per
+clock), taken for every entry of one frame in ``SAMPLE_EVERY`` per
 connection, each connection starting at a random frame: a sample of about a
-tenth of the ticks, spread evenly over connections and time. The read time
-includes the client process's own queueing, so the figure errs high.
+tenth of the deliveries, spread evenly over connections and time. The read
+time includes the client process's own queueing, so the figure errs high.
 
-The baseline reads the same streams with ``XREAD`` and calls
-``websockets.broadcast`` once per tick for that symbol's subscribers (one
-frame per tick per client, no batching, no limits, no slow-consumer policy).
-pricepipe encodes each tick once too, and may put several ticks into one
-frame per client (see docs/subscriber.md), which is where it saves work.
+The baseline reads the same streams with ``XREAD`` (one per shard, trades
+and quotes together) and calls ``websockets.broadcast`` once per entry for
+that symbol's subscribers (one frame per entry per client, no batching, no
+limits, no slow-consumer policy), decoding with the reference parser.
+pricepipe encodes each entry once too, and puts a flush's entries into one
+frame per channel per client, written together (see docs/subscriber.md),
+which is where it saves work.
 
 Run the helpers directly: ``python -m pricepipe.bench.ws clients ...`` and
 ``python -m pricepipe.bench.ws baseline-server ...``.
@@ -54,7 +58,9 @@ from pricepipe.embedded import free_port
 BENCH_PREFIX = "ppbench"
 BENCH_SHARDS = 8
 PUBLISH_INTERVAL_S = 0.01
-#: One tick frame in this many per connection is parsed for latency.
+#: The mix published: this many quotes per trade, for every symbol.
+QUOTES_PER_TRADE = 5
+#: One data frame in this many per connection is parsed for latency.
 SAMPLE_EVERY = 10
 _READ_BYTES = 262_144
 
@@ -68,14 +74,15 @@ class _Tally:
     def __init__(self, sample_every: int) -> None:
         self.recording = False
         self.sample_every = sample_every
-        self.ticks = 0
+        self.entries = 0
         self.frames = 0
         self.conflated = 0
         self.latencies_us: list[int] = []
 
 
-_TICK_KEY = b'"ts_us":'
-_CONFLATED = b'{"type":"ticks","conflated":true'
+#: Every trade and quote has it once (bars, which have none, are not subscribed).
+_ENTRY_KEY = b'"ts_us":'
+_CONFLATED = (b'{"type":"trades","conflated":true', b'{"type":"quotes","conflated":true')
 
 
 class _BenchClient:
@@ -150,21 +157,23 @@ class _BenchClient:
                 continue
             if not tally.recording:
                 continue
-            ticks = data.count(_TICK_KEY, start, end)
-            if not ticks:
+            entries = data.count(_ENTRY_KEY, start, end)
+            if not entries:
                 continue
             tally.frames += 1
-            tally.ticks += ticks
-            if data.startswith(_CONFLATED, start):
+            tally.entries += entries
+            if data.startswith(_CONFLATED[0], start) or data.startswith(_CONFLATED[1], start):
                 tally.conflated += 1
             self._seen += 1
             if self._seen % tally.sample_every == 0:
                 if not received_us:
                     received_us = now_us()
                 msg = codec.decode_json(data[start:end])
-                # pricepipe: {"type": "ticks", "ticks": [...]}; baseline: one bare tick.
-                for tick in msg["ticks"] if "ticks" in msg else (msg,):
-                    tally.latencies_us.append(received_us - tick["ts_us"])
+                # pricepipe: {"type": "trades", "trades": [...]} (or quotes);
+                # baseline: one bare trade or quote.
+                kind = msg.get("type")
+                for entry in msg[kind] if kind in ("trades", "quotes") else (msg,):
+                    tally.latencies_us.append(received_us - entry["ts_us"])
         self._rest = data[pos:] if pos < size else b""
 
     def _control(self, opcode: int, payload: bytes) -> None:
@@ -223,7 +232,8 @@ def _clients_main(url: str, clients: int, symbols: int, per_client: int,
     conns = []
     for _ in range(clients):
         subscribe = codec.encode_json(
-            {"op": "subscribe", "symbols": rng.sample(names, per_client), "snapshot": False})
+            {"op": "subscribe", "symbols": rng.sample(names, per_client),
+             "channels": ["trades", "quotes"], "snapshot": False})
         conns.append(_BenchClient.open_to(uri, subscribe, tally, rng.randrange(sample_every)))
     poller = select.epoll()
     by_fd = {}
@@ -242,7 +252,7 @@ def _clients_main(url: str, clients: int, symbols: int, per_client: int,
     poller.close()
     lat = np.array(tally.latencies_us or [0], dtype=np.float64) / 1000.0
     return {
-        "deliveries": tally.ticks,
+        "deliveries": tally.entries,
         "frames": tally.frames,
         "conflated_frames": tally.conflated,
         "latency_samples": len(tally.latencies_us),
@@ -257,16 +267,18 @@ def _clients_main(url: str, clients: int, symbols: int, per_client: int,
 
 
 async def _baseline_main(port: int, redis_url: str) -> None:
-    """A bare fan-out: XREAD per shard, then websockets.broadcast per tick."""
+    """A bare fan-out: XREAD per shard (trades and quotes streams together),
+    then websockets.broadcast per entry."""
     import redis.asyncio
     from websockets.asyncio.server import broadcast, serve
 
-    from pricepipe.keys import Keys
+    from pricepipe.keys import Channel, Keys
 
     keys = Keys(BENCH_PREFIX, BENCH_SHARDS)
+    channels = (Channel.TRADES, Channel.QUOTES)
     r = redis.asyncio.Redis.from_url(redis_url)
     subs: dict[str, set[Any]] = {}
-    cursors: dict[str, str] = {}
+    cursors: dict[int, dict[str, str]] = {}  # shard -> stream key -> last entry ID read
 
     async def handler(ws: Any) -> None:
         await ws.send('{"type":"ready"}')
@@ -274,9 +286,12 @@ async def _baseline_main(port: int, redis_url: str) -> None:
         try:
             async for message in ws:
                 for symbol in codec.decode_json(message)["symbols"]:
-                    if symbol not in cursors:
-                        rows = await r.xrevrange(keys.stream(symbol), count=1)
-                        cursors.setdefault(symbol, rows[0][0].decode() if rows else "0-0")
+                    shard_cursors = cursors.setdefault(keys.shard(symbol), {})
+                    for channel in channels:
+                        stream = keys.stream(symbol, channel)
+                        if stream not in shard_cursors:
+                            rows = await r.xrevrange(stream, count=1)
+                            shard_cursors.setdefault(stream, rows[0][0].decode() if rows else "0-0")
                     subs.setdefault(symbol, set()).add(ws)
                     mine.append(symbol)
         finally:
@@ -285,20 +300,20 @@ async def _baseline_main(port: int, redis_url: str) -> None:
 
     async def read_shard(shard: int) -> None:
         while True:
-            wanted: dict[Any, Any] = {
-                keys.stream(s): c for s, c in cursors.items() if keys.shard(s) == shard}
+            wanted = cursors.get(shard)
             if not wanted:
                 await asyncio.sleep(0.05)
                 continue
-            reply = await r.xread(wanted, block=100, count=1000)
+            streams: dict[Any, Any] = dict(wanted)
+            reply = await r.xread(streams, block=100, count=1000)
             for stream_key, entries in reply or ():
-                symbol = keys.symbol_of(stream_key)
+                channel, symbol = keys.parse_stream(stream_key)
                 for raw_id, fields in entries:
                     entry_id = raw_id.decode()
-                    message = codec.encode_json(
-                        codec.tick_to_dict(codec.decode_fields(fields), entry_id))
+                    message = codec.encode_json(codec.event_to_dict(
+                        codec.decode_entry(channel, symbol, fields), entry_id))
                     broadcast(subs.get(symbol, ()), message, text=True)
-                cursors[symbol] = entries[-1][0].decode()
+                wanted[stream_key.decode()] = entries[-1][0].decode()
 
     async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None):
         print("LISTENING", flush=True)
@@ -340,9 +355,10 @@ def _cpu_s(pid: int) -> float:
 
 
 def _publish(r: Any, keys: Any, names: list[str], rate: float, duration_s: float) -> int:
-    """Publish ``rate`` ticks/s round-robin over ``names`` for ``duration_s``."""
-    from pricepipe.streams import append_ticks
-    from pricepipe.tick import Tick
+    """Publish ``rate`` events/s round-robin over ``names`` for ``duration_s``:
+    each symbol in turn gets a trade, then :data:`QUOTES_PER_TRADE` quotes."""
+    from pricepipe.events import Event, Quote, Side, Trade
+    from pricepipe.streams import append_events
 
     per_batch = max(int(round(rate * PUBLISH_INTERVAL_S)), 1)
     interval = per_batch / rate
@@ -352,12 +368,19 @@ def _publish(r: Any, keys: Any, names: list[str], rate: float, duration_s: float
     next_at = started
     while time.monotonic() - started < duration_s:
         stamp = now_us()
-        ticks = []
+        events: list[Event] = []
         for _ in range(per_batch):
-            ticks.append(Tick(names[index % len(names)], stamp, 100.0 + index % 7, 1.0, "bench"))
+            symbol = names[index % len(names)]
+            price = 100.0 + index % 7
+            if (index // len(names)) % (QUOTES_PER_TRADE + 1) == 0:
+                events.append(Trade(symbol, stamp, price, 1.0, "bench", str(index),
+                                    Side.BUY if index % 2 else Side.SELL, stamp))
+            else:
+                events.append(Quote(symbol, stamp, price - 0.01, 3.0, price + 0.01, 4.0,
+                                    "bench", stamp))
             index += 1
-        append_ticks(r, keys, ticks)
-        published += len(ticks)
+        append_events(r, keys, events)
+        published += len(events)
         next_at += interval
         delay = next_at - time.monotonic()
         if delay > 0:
@@ -419,9 +442,10 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
 
 
 def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str, Any]:
-    """Benchmark ``n`` clients (default 1,000), each subscribed to 10 of 100
-    symbols, at 1,000 ticks/s in total; pricepipe's server, then the
-    ``websockets.broadcast`` baseline. ``database_url`` is not used."""
+    """Benchmark ``n`` clients (default 1,000), each subscribed to the trades
+    and quotes of 10 of 100 symbols, at 1,000 events/s in total (5 quotes per
+    trade); pricepipe's server, then the ``websockets.broadcast`` baseline.
+    ``database_url`` is not used."""
     import redis
 
     from pricepipe.keys import Keys
@@ -438,11 +462,12 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
            "PRICEPIPE_WS_MAX_CONNECTIONS": str(clients + 100),
            "PRICEPIPE_WS_MAX_SYMBOLS": str(symbols), "PRICEPIPE_LOG_LEVEL": "WARNING"}
     params = {"clients": clients, "symbols": symbols, "symbols_per_client": per_client,
-              "ticks_per_s": rate, "duration_s": duration_s}
+              "events_per_s": rate, "quotes_per_trade": QUOTES_PER_TRADE,
+              "duration_s": duration_s}
     expected_rate = rate * per_client / symbols * clients
-    print(f"ws bench: {clients} clients x {per_client} of {symbols} symbols, "
-          f"{rate:,.0f} ticks/s for {duration_s:.0f} s (~{expected_rate:,.0f} "
-          "deliveries/s expected)", flush=True)
+    print(f"ws bench: {clients} clients x {per_client} of {symbols} symbols (trades and "
+          f"quotes), {rate:,.0f} events/s ({QUOTES_PER_TRADE} quotes per trade) for "
+          f"{duration_s:.0f} s (~{expected_rate:,.0f} deliveries/s expected)", flush=True)
     print(f"{'server':<10} {'deliveries/s':>14} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} "
           f"{'delivered':>9} {'frames':>10} {'srv cpu':>8} {'cli cpu':>8}", flush=True)
     try:
@@ -462,7 +487,7 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
                           ("line", "LISTENING"), **common)
     finally:
         for name in names:
-            r.delete(keys.stream(name))
+            r.delete(keys.trades(name), keys.quotes(name))
         for shard in keys.all_shards():
             r.delete(keys.symbols(shard))
         r.close()
@@ -507,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=10.0)
     c.add_argument("--seed", type=int, default=7)
     c.add_argument("--sample-every", type=int, default=SAMPLE_EVERY,
-                   help="parse one tick frame in this many per connection for latency")
+                   help="parse one data frame in this many per connection for latency")
     b = sub.add_parser("baseline-server", help="the bare websockets.broadcast fan-out")
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--redis-url", required=True)

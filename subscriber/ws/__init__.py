@@ -1,7 +1,8 @@
-"""The websocket server: live ticks pushed to subscribers.
+"""The websocket server: live trades, quotes and one-minute bars pushed to
+subscribers.
 
 * :mod:`.protocol` parses and encodes the messages (pure).
-* :mod:`.hub` reads the streams once per process and fans ticks out.
+* :mod:`.hub` reads the streams once per process and fans entries out.
 * :mod:`.session` is one connection: catch-up, resume, slow consumers.
 * :mod:`.server` is the process: handshake routing, limits, health.
 * :mod:`.settings` every ``PRICEPIPE_WS_*`` setting.

@@ -1,29 +1,32 @@
 """The hub: reads the streams every connection of this process subscribes
-to and fans each tick out to the subscribers of its symbol.
+to and fans each entry out to the subscribers of its stream.
 
+A stream is a ``(symbol, channel)`` pair (see :mod:`pricepipe.keys`): a
+symbol's trades, quotes and bars are three streams, read and cursored apart.
 One reader task per shard issues one ``XREAD`` over that shard's subscribed
-streams (multi-key commands stay inside one hash slot, see
-:mod:`pricepipe.keys`). Reads use explicit per-stream cursors, never ``$``,
-so no entry is skipped between two reads. Each tick is decoded and encoded to
-JSON once; subscribers receive the encoded bytes.
+streams, every channel together (multi-key commands stay inside one hash
+slot). Reads use explicit per-stream cursors, never ``$``, so no entry is
+skipped between two reads. Each entry goes from the raw reply straight to
+JSON once (:func:`pricepipe.codec.entry_to_json`, no event object for the
+usual trade or quote); subscribers receive the encoded bytes.
 
 A subscriber is anything with ``feed(batch)`` and ``flush()``: the hub calls
-``feed`` with every :class:`Batch` of its symbols (one per symbol per read,
+``feed`` with every :class:`Batch` of its streams (one per stream per read,
 the same object for every subscriber), then ``flush`` on each subscriber it
-fed, so ticks read together (from several shards too) leave in one frame.
+fed, so entries read together (from several shards too) leave together.
 
 Flushes are at least ``flush_interval_ms`` apart, and under load reads are
 paced by them: a reader that got entries waits for the next flush, which
 first has every waiting reader take what arrived meanwhile (``XREAD``
 without ``BLOCK``), then flushes. Each busy shard is thus read once per
-interval, just before the frames leave, so coalescing costs a tick at most
+interval, just before the frames leave, so coalescing costs an entry at most
 one interval (plus that read's round trip) and a connection gets at most
-1000 / ``flush_interval_ms`` frames per second. The first flush after a
+1000 / ``flush_interval_ms`` flushes per second. The first flush after a
 quiet spell waits only ``linger_ms`` (1 ms), long enough for the other
 shards' replies to a burst of appends to arrive, so that a burst is not
-split into a frame now and the rest an interval later. Once ``count``
-ticks have been read since the last flush it is not put off any longer,
-which keeps a frame to about ``count`` ticks at any rate. 0 flushes on
+split into a flush now and the rest an interval later. Once ``count``
+entries have been read since the last flush it is not put off any longer,
+which keeps a flush to about ``count`` entries at any rate. 0 flushes on
 every event-loop turn, without pacing the reads.
 """
 
@@ -40,14 +43,19 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from pricepipe.codec import entry_to_json
 from pricepipe.connections import raw_replies
-from pricepipe.keys import Keys
+from pricepipe.keys import Channel, Keys
+from pricepipe.streams import reply_streams
 
-from .protocol import id_key
+from .protocol import CHANNELS, Pair, id_key
 
 log = logging.getLogger(__name__)
 
 #: One delivered entry: (sort key of its id, its id, its JSON bytes).
 Entry = tuple[tuple[int, int], str, bytes]
+
+#: Index of each channel in :data:`~.protocol.CHANNELS` (a batch's ``kind``).
+KIND: dict[Channel, int] = {channel: i for i, channel in enumerate(CHANNELS)}
+TRADES, QUOTES, BARS = (KIND[Channel.TRADES], KIND[Channel.QUOTES], KIND[Channel.BARS_1M])
 
 #: Longest a flush waits for the reads it asked for (a slow one joins the next).
 ROUND_TIMEOUT_S = 0.005
@@ -57,16 +65,24 @@ RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, 
 
 
 class Batch:
-    """The new ticks of one symbol from one read, shared by all its subscribers."""
+    """The new entries of one stream from one read, shared by all its subscribers."""
 
-    __slots__ = ("symbol", "entries", "joined")
+    __slots__ = ("symbol", "channel", "kind", "pair", "entries", "joined")
 
-    def __init__(self, symbol: str, entries: list[Entry]) -> None:
+    def __init__(self, symbol: str, channel: Channel, entries: list[Entry]) -> None:
         self.symbol = symbol
+        self.channel = channel
+        #: ``CHANNELS.index(channel)``: sessions sort batches into frames by it.
+        self.kind = KIND[channel]
+        self.pair: Pair = (symbol, channel)
         self.entries = entries
-        #: The ticks' JSON joined with commas, once: a frame's ``ticks`` list
-        #: is the comma-joined ``joined`` of the batches it carries.
+        #: The entries' JSON joined with commas, once: a frame's list is the
+        #: comma-joined ``joined`` of the batches it carries.
         self.joined = b",".join([entry[2] for entry in entries])
+
+    def with_entries(self, entries: list[Entry]) -> Batch:
+        """The same stream's batch holding only ``entries``."""
+        return Batch(self.symbol, self.channel, entries)
 
 
 class Subscriber(Protocol):
@@ -75,11 +91,29 @@ class Subscriber(Protocol):
     def flush(self) -> None: ...
 
 
+class _Stream:
+    """One subscribed stream: its subscribers and the hub's cursor in it."""
+
+    __slots__ = ("symbol", "channel", "key", "raw_key", "subs", "cursor", "ready")
+
+    def __init__(self, symbol: str, channel: Channel, key: str,
+                 ready: asyncio.Future[None]) -> None:
+        self.symbol = symbol
+        self.channel = channel
+        self.key = key
+        self.raw_key = key.encode()
+        self.subs: set[Subscriber] = set()
+        #: The last entry ID fed (or the stream's last when first read); None
+        #: until initialised, and then the stream is not read yet.
+        self.cursor: str | None = None
+        self.ready = ready
+
+
 class Hub:
     """Shared stream reader of one websocket process.
 
     ``add`` returns an awaitable that completes once the hub holds a cursor
-    for the symbol: every entry after that cursor will be fed to the
+    for the stream: every entry after that cursor will be fed to the
     subscriber, so a subscriber that registers, waits, then reads the stream
     itself (snapshot or resume) can stitch the two without a gap.
     """
@@ -92,11 +126,13 @@ class Hub:
         self._keys = keys
         self._block_ms = block_ms
         self._count = count
-        self._subs: dict[str, set[Subscriber]] = {}
-        self._by_shard: dict[int, set[str]] = {}
-        self._cursors: dict[str, str] = {}
-        self._ready: dict[str, asyncio.Future[None]] = {}
-        self._inits: dict[str, asyncio.Task[None]] = {}
+        self._streams: dict[Pair, _Stream] = {}
+        #: The same streams by their key as XREAD replies name them.
+        self._by_key: dict[bytes, _Stream] = {}
+        self._by_shard: dict[int, set[_Stream]] = {}
+        #: Streams waiting for their first cursor, read by one pipelined task.
+        self._to_init: list[_Stream] = []
+        self._init_task: asyncio.Task[None] | None = None
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._dirty: set[Subscriber] = set()
         self._flush_interval_s = flush_interval_ms / 1000
@@ -105,7 +141,7 @@ class Hub:
         #: loop.time() the last round started (its reads went out), or of the
         #: last flush without a round: the next round is due an interval later.
         self._last_round = float("-inf")
-        #: Ticks dispatched since the last flush; ``count`` of them flush at once.
+        #: Entries dispatched since the last flush; ``count`` of them flush at once.
         self._unflushed = 0
         #: Readers waiting for the next flush, which has them read first.
         self._parked: list[asyncio.Future[None]] = []
@@ -118,73 +154,108 @@ class Hub:
         self.healthy = True
         #: time.monotonic() of the last successful read, for the watchdog.
         self.last_ok = time.monotonic()
-        #: Ticks read from Redis (each fanned out to many connections).
-        self.ticks_read = 0
+        #: Entries read from Redis (each fanned out to many connections).
+        self.entries_read = 0
         self.bad_entries = 0
 
     # --- subscriptions ---------------------------------------------------------------------
 
-    def add(self, sub: Subscriber, symbol: str) -> Awaitable[None]:
-        subs = self._subs.get(symbol)
-        if subs is None:
-            subs = self._subs[symbol] = set()
-            self._by_shard.setdefault(self._keys.shard(symbol), set()).add(symbol)
-            self._ready[symbol] = asyncio.get_running_loop().create_future()
-            self._inits[symbol] = asyncio.create_task(self._init_cursor(symbol))
-        subs.add(sub)
-        self._ensure_reader(self._keys.shard(symbol))
+    def add(self, sub: Subscriber, symbol: str, channel: Channel) -> Awaitable[None]:
+        pair = (symbol, channel)
+        stream = self._streams.get(pair)
+        shard = self._keys.shard(symbol)
+        if stream is None:
+            ready = asyncio.get_running_loop().create_future()
+            stream = _Stream(symbol, channel, self._keys.stream(symbol, channel), ready)
+            self._streams[pair] = stream
+            self._by_key[stream.raw_key] = stream
+            self._by_shard.setdefault(shard, set()).add(stream)
+            self._to_init.append(stream)
+            if self._init_task is None and not self._closed:
+                self._init_task = asyncio.create_task(self._init_cursors())
+        stream.subs.add(sub)
+        self._ensure_reader(shard)
         # Shielded: one subscriber giving up must not cancel the others' wait.
-        return asyncio.shield(self._ready[symbol])
+        return asyncio.shield(stream.ready)
 
-    def remove(self, sub: Subscriber, symbol: str) -> None:
-        subs = self._subs.get(symbol)
-        if subs is None:
+    def remove(self, sub: Subscriber, symbol: str, channel: Channel) -> None:
+        pair = (symbol, channel)
+        stream = self._streams.get(pair)
+        if stream is None:
             return
-        subs.discard(sub)
+        stream.subs.discard(sub)
         self._dirty.discard(sub)
-        if subs:
+        if stream.subs:
             return
-        del self._subs[symbol]
-        self._by_shard[self._keys.shard(symbol)].discard(symbol)
-        self._cursors.pop(symbol, None)
-        init = self._inits.pop(symbol, None)
-        if init is not None:
-            init.cancel()
-        ready = self._ready.pop(symbol)
-        if not ready.done():
-            ready.cancel()
+        del self._streams[pair]
+        del self._by_key[stream.raw_key]
+        self._by_shard[self._keys.shard(symbol)].discard(stream)
+        if not stream.ready.done():
+            stream.ready.cancel()
 
-    def subscriber_count(self, symbol: str) -> int:
-        return len(self._subs.get(symbol, ()))
+    def subscriber_count(self, symbol: str, channel: Channel) -> int:
+        stream = self._streams.get((symbol, channel))
+        return 0 if stream is None else len(stream.subs)
 
     @property
     def symbols(self) -> list[str]:
-        return sorted(self._subs)
+        """Every symbol with at least one subscribed stream."""
+        return sorted({symbol for symbol, _ in self._streams})
+
+    @property
+    def streams(self) -> list[Pair]:
+        return sorted(self._streams)
 
     async def close(self) -> None:
         self._closed = True
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        tasks = [*self._readers.values(), *self._inits.values()]
+        tasks = [*self._readers.values()]
+        if self._init_task is not None:
+            tasks.append(self._init_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def _init_cursor(self, symbol: str) -> None:
+    async def _init_cursors(self) -> None:
+        """Give every new stream its first cursor: the stream's last entry
+        (``XREVRANGE ... COUNT 1``), pipelined for all the streams added in
+        the meantime, so a subscribe to 500 symbols costs a few round trips."""
         failures = 0
-        while True:
-            try:
-                rows = await self._r.xrevrange(self._keys.stream(symbol), count=1)
-                break
-            except RETRYABLE as exc:
-                failures += 1
-                self._unhealthy(exc)
-                await asyncio.sleep(self._backoff.compute(failures))
-        self._cursors[symbol] = rows[0][0].decode() if rows else "0-0"
-        self._inits.pop(symbol, None)
-        self._ready[symbol].set_result(None)
+        try:
+            while True:
+                # A removed stream's future is cancelled: nothing to read for it.
+                self._to_init = [s for s in self._to_init if not s.ready.done()]
+                if not self._to_init:
+                    break
+                wanted = list(self._to_init)
+                pipe = self._r.pipeline(transaction=False)
+                for stream in wanted:
+                    pipe.xrevrange(stream.key, count=1)
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except RETRYABLE as exc:
+                    failures += 1
+                    self._unhealthy(exc)
+                    await asyncio.sleep(self._backoff.compute(failures))
+                    continue
+                failures = 0
+                done = set(wanted)
+                self._to_init = [s for s in self._to_init if s not in done]
+                for stream, rows in zip(wanted, replies, strict=True):
+                    if stream.ready.done():
+                        continue  # removed meanwhile
+                    if isinstance(rows, Exception):
+                        # Not a stream (WRONGTYPE): its reads will fail and say
+                        # so; the subscriber must not wait forever meanwhile.
+                        log.error("cannot read %s: %s", stream.key, rows)
+                        rows = []
+                    stream.cursor = rows[0][0].decode() if rows else "0-0"
+                    stream.ready.set_result(None)
+        finally:
+            self._init_task = None
 
     def _ensure_reader(self, shard: int) -> None:
         task = self._readers.get(shard)
@@ -193,7 +264,6 @@ class Hub:
 
     async def _read_shard(self, shard: int) -> None:
         failures = 0
-        stream = self._keys.stream
         in_round = False  # the pending flush waits for this read
         while not self._closed:
             reply = None
@@ -201,14 +271,15 @@ class Hub:
                 wanted = self._by_shard.get(shard)
                 if not wanted:
                     return  # restarted by the next add() on this shard
-                streams = {stream(s): self._cursors[s] for s in wanted if s in self._cursors}
+                streams = {s.key: s.cursor for s in wanted if s.cursor is not None}
                 if not streams:
-                    await asyncio.sleep(self._block_ms / 1000)  # cursors still initialising
+                    # Cursors still initialising: read as soon as one is ready.
+                    await asyncio.wait([s.ready for s in wanted], timeout=self._block_ms / 1000)
                     continue
                 try:
                     # In a round the flush is waiting: take what is there, do not block.
                     reply = await self._reader.xread(streams, count=self._count,
-                                                block=None if in_round else self._block_ms)
+                                                     block=None if in_round else self._block_ms)
                 except RETRYABLE as exc:
                     failures += 1
                     self._unhealthy(exc)
@@ -234,10 +305,10 @@ class Hub:
                 await self._park()
                 in_round = True
 
-    def _full(self, reply: list[Any]) -> bool:
+    def _full(self, reply: Any) -> bool:
         """Whether a stream had more than one read could take: read on at once."""
         count = self._count
-        return any(len(entries) >= count for _, entries in reply)
+        return any(len(entries) >= count for _, entries in reply_streams(reply))
 
     async def _park(self) -> None:
         """Wait until the next flush wants this shard read."""
@@ -253,14 +324,18 @@ class Hub:
             log.warning("redis unreachable, retrying with backoff: %s", exc)
         self.healthy = False
 
-    def _dispatch(self, reply: list[Any]) -> None:
-        symbol_of = self._keys.symbol_of
-        for stream_key, entries in reply:
-            symbol = symbol_of(stream_key)
-            current = self._cursors.get(symbol)
-            if current is None or not entries:
-                continue  # unsubscribed while the read was in flight
-            floor = id_key(current)
+    def _dispatch(self, reply: Any) -> None:
+        by_key = self._by_key
+        for stream_key, entries in reply_streams(reply):
+            stream = by_key.get(stream_key)
+            if stream is None and isinstance(stream_key, str):  # a client decoding replies
+                stream = by_key.get(stream_key.encode())
+            if stream is None or stream.cursor is None or not entries:
+                # Unsubscribed while the read was in flight, or re-subscribed
+                # and not initialised yet: the next read starts at its cursor.
+                continue
+            floor = id_key(stream.cursor)
+            symbol, channel = stream.symbol, stream.channel
             batch: list[Entry] = []
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
@@ -268,22 +343,23 @@ class Hub:
                 if key <= floor:
                     continue  # re-subscribed meanwhile: the new cursor is ahead
                 try:
-                    encoded = entry_to_json(fields, entry_id)
+                    encoded = entry_to_json(channel, symbol, fields, entry_id)
                 except ValueError as exc:
                     # The entry stays in Redis; the persist workers dead-letter it.
                     self.bad_entries += 1
-                    log.warning("skipping bad entry %s of %s: %s", entry_id, symbol, exc)
+                    log.warning("skipping bad entry %s of %s %s: %s", entry_id, symbol, channel,
+                                exc)
                     continue
                 batch.append((key, entry_id, encoded))
             last = entries[-1][0].decode()
             if id_key(last) > floor:
-                self._cursors[symbol] = last
+                stream.cursor = last
             if not batch:
                 continue
-            self.ticks_read += len(batch)
+            self.entries_read += len(batch)
             self._unflushed += len(batch)
-            subs = self._subs.get(symbol, ())
-            shared = Batch(symbol, batch)
+            subs = stream.subs
+            shared = Batch(symbol, channel, batch)
             for sub in subs:
                 sub.feed(shared)
             self._dirty.update(subs)
@@ -295,7 +371,7 @@ class Hub:
         handle = self._flush_handle
         if self._unflushed >= self._count:
             # A full read's worth waiting: no reason to hold it longer (this
-            # also bounds a frame to about ``count`` ticks).
+            # also bounds a flush to about ``count`` entries).
             if handle is None or isinstance(handle, asyncio.TimerHandle):
                 if handle is not None:
                     handle.cancel()
@@ -307,8 +383,8 @@ class Hub:
         now = loop.time()
         # After a quiet spell, only the linger; otherwise the interval.
         # Measured from the start of the last round, not from its flush: the
-        # round's own reads and dispatch (several ms at 50k ticks/s) must not
-        # stretch the cycle, or ticks wait interval + round time to be read.
+        # round's own reads and dispatch (several ms at 50k entries/s) must not
+        # stretch the cycle, or entries wait interval + round time to be read.
         due = max(self._last_round + self._flush_interval_s, now + self._linger_s)
         if due <= now:
             self._flush_handle = loop.call_soon(self._flush)

@@ -1,39 +1,58 @@
-"""The websocket protocol: parsing client messages and encoding server
-messages. Pure functions, no I/O (the server in :mod:`pricepipe.subscriber.ws.server` is a
-thin layer around them). ``docs/subscriber.md`` documents every message.
+"""The websocket protocol (version 2): parsing client messages and encoding
+server messages. Pure functions, no I/O (the server in
+:mod:`pricepipe.subscriber.ws.server` is a thin layer around them). The
+README's "Websocket protocol" section documents every message.
+
+A subscription is a ``(symbol, channel)`` pair: a symbol's trades, quotes or
+one-minute bars (:class:`~pricepipe.keys.Channel`), each its own stream with
+its own entry IDs, snapshot, resume cursor and slow-consumer rule.
 
 Client to server (JSON text frames)::
 
     {"op": "auth", "token": "..."}
-    {"op": "subscribe", "symbols": ["AAPL"], "resume": {"AAPL": "1700000000000-0"},
-     "snapshot": true, "req": 1}
-    {"op": "unsubscribe", "symbols": ["AAPL"], "req": 2}
+    {"op": "subscribe", "symbols": ["AAPL"], "channels": ["trades", "quotes"],
+     "resume": {"AAPL": {"trades": "1700000000000-0"}}, "snapshot": true, "req": 1}
+    {"op": "unsubscribe", "symbols": ["AAPL"], "channels": ["quotes"], "req": 2}
     {"op": "ping", "req": 3}
 
-Server to client: objects with a ``type`` (``hello``, ``auth_ok``,
-``subscribed``, ``unsubscribed``, ``snapshot``, ``ticks``, ``unrecoverable``,
-``pong``, ``error``). Tick frames carry a list of ticks so that several ticks
-can share one frame; every tick carries its stream entry ID as ``id``.
+Server to client: objects with a ``type`` (:data:`MESSAGE_TYPES`). Data
+frames carry a list of entries of one channel (``trades``, ``quotes``,
+``bars``) so that several entries share one frame; every entry carries its
+stream entry ID as ``id``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pricepipe import codec
-from pricepipe.exceptions import DecodeError, InvalidTickError, ProtocolError
-from pricepipe.tick import validate_symbol
+from pricepipe.events import validate_symbol
+from pricepipe.exceptions import DecodeError, InvalidEventError, ProtocolError
+from pricepipe.keys import Channel
 
 #: Protocol version announced in ``hello``; bumped on incompatible changes.
-VERSION = 1
+VERSION = 2
+
+#: Every channel, in the order frames of one flush are written.
+CHANNELS: tuple[Channel, ...] = (Channel.TRADES, Channel.QUOTES, Channel.BARS_1M)
+#: What ``subscribe`` means without ``channels``.
+DEFAULT_CHANNELS: tuple[Channel, ...] = (Channel.TRADES, Channel.QUOTES)
+#: The ``type`` of a channel's data frames, which is also the key of its list.
+FRAME_TYPES: dict[Channel, str] = {Channel.TRADES: "trades", Channel.QUOTES: "quotes",
+                                   Channel.BARS_1M: "bars"}
+
+#: Every ``type`` the server sends.
+MESSAGE_TYPES = ("hello", "auth_ok", "subscribed", "unsubscribed", "snapshot", "trades",
+                 "quotes", "bars", "unrecoverable", "pong", "error")
 
 # Error codes: stable, documented; clients switch on them.
 BAD_JSON = "bad_json"
 BAD_MESSAGE = "bad_message"
 BINARY_FRAME = "binary_frame"
 UNKNOWN_OP = "unknown_op"
+UNKNOWN_CHANNEL = "unknown_channel"
 INVALID_SYMBOL = "invalid_symbol"
 INVALID_CURSOR = "invalid_cursor"
 TOO_MANY_SYMBOLS = "too_many_symbols"
@@ -55,6 +74,9 @@ GAP_CURSOR_AHEAD = "cursor_ahead"
 
 _OPS = ("auth", "subscribe", "unsubscribe", "ping")
 
+#: One subscription.
+Pair = tuple[str, Channel]
+
 
 # --- client messages -------------------------------------------------------------------------
 
@@ -67,18 +89,28 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``symbols`` in request order without duplicates; ``resume`` maps some of
-    them to the last entry ID the client saw."""
+    """``symbols`` and ``channels`` in request order without duplicates: the
+    request is every pair of them. ``resume`` maps some pairs to the last
+    entry ID the client saw of that stream."""
 
     symbols: tuple[str, ...]
-    resume: dict[str, str] = field(default_factory=dict)
+    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    resume: dict[Pair, str] = field(default_factory=dict)
     snapshot: bool = True
     req: Any = None
+
+    @property
+    def pairs(self) -> list[Pair]:
+        """Every requested pair, symbol by symbol."""
+        return [(symbol, channel) for symbol in self.symbols for channel in self.channels]
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
+    """``channels`` defaults to every channel."""
+
     symbols: tuple[str, ...]
+    channels: tuple[Channel, ...] = CHANNELS
     req: Any = None
 
 
@@ -122,11 +154,13 @@ def parse_message(data: str | bytes, *, max_symbols: int) -> Command:
         return Auth(token, req)
     symbols = _symbols(msg.get("symbols"), max_symbols=max_symbols, req=req)
     if op == "unsubscribe":
-        return Unsubscribe(symbols, req)
+        return Unsubscribe(symbols, _channels(msg.get("channels"), CHANNELS, req=req), req)
+    channels = _channels(msg.get("channels"), DEFAULT_CHANNELS, req=req)
     snapshot = msg.get("snapshot", True)
     if not isinstance(snapshot, bool):
         raise ProtocolError(BAD_MESSAGE, "snapshot must be true or false", req=req)
-    return Subscribe(symbols, _resume(msg.get("resume"), symbols, req=req), snapshot, req)
+    return Subscribe(symbols, channels, _resume(msg.get("resume"), symbols, channels, req=req),
+                     snapshot, req)
 
 
 def _symbols(raw: Any, *, max_symbols: int, req: Any) -> tuple[str, ...]:
@@ -141,23 +175,55 @@ def _symbols(raw: Any, *, max_symbols: int, req: Any) -> tuple[str, ...]:
     for item in raw:
         try:
             out[validate_symbol(item)] = None
-        except InvalidTickError as exc:
+        except InvalidEventError as exc:
             raise ProtocolError(INVALID_SYMBOL, str(exc), req=req) from exc
     return tuple(out)
 
 
-def _resume(raw: Any, symbols: Sequence[str], *, req: Any) -> dict[str, str]:
+def parse_channel(name: Any, *, req: Any = None) -> Channel:
+    """The channel called ``name``; raises :exc:`ProtocolError` (``unknown_channel``)."""
+    if isinstance(name, str):
+        try:
+            return Channel(name)
+        except ValueError:
+            pass
+    raise ProtocolError(UNKNOWN_CHANNEL,
+                        f"unknown channel {name!r}: want one of {', '.join(CHANNELS)}", req=req)
+
+
+def _channels(raw: Any, default: tuple[Channel, ...], *, req: Any) -> tuple[Channel, ...]:
+    if raw is None:
+        return default
+    if not isinstance(raw, list) or not raw:
+        raise ProtocolError(BAD_MESSAGE, "channels must be a non-empty list", req=req)
+    out: dict[Channel, None] = {}
+    for item in raw:
+        out[parse_channel(item, req=req)] = None
+    return tuple(out)
+
+
+def _resume(raw: Any, symbols: Sequence[str], channels: Sequence[Channel], *,
+            req: Any) -> dict[Pair, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ProtocolError(BAD_MESSAGE, "resume must map symbols to entry ids", req=req)
+        raise ProtocolError(BAD_MESSAGE, "resume must map symbols to {channel: entry id}",
+                            req=req)
     wanted = set(symbols)
-    out: dict[str, str] = {}
-    for symbol, entry_id in raw.items():
+    out: dict[Pair, str] = {}
+    for symbol, cursors in raw.items():
         if symbol not in wanted:
             raise ProtocolError(BAD_MESSAGE, f"resume names {symbol!r}, which is not in symbols",
                                 req=req)
-        out[symbol] = normalize_id(entry_id, req=req)
+        if not isinstance(cursors, dict):
+            raise ProtocolError(BAD_MESSAGE, f"resume of {symbol!r} must map channels to "
+                                "entry ids, e.g. {\"trades\": \"1700000000000-0\"}", req=req)
+        for name, entry_id in cursors.items():
+            channel = parse_channel(name, req=req)
+            if channel not in channels:
+                raise ProtocolError(BAD_MESSAGE, f"resume names channel {channel} of "
+                                    f"{symbol!r}, which is not in channels", req=req)
+            out[(symbol, channel)] = normalize_id(entry_id, req=req)
     return out
 
 
@@ -193,27 +259,70 @@ def id_key(entry_id: bytes | str) -> tuple[int, int]:
 
 # --- server messages -------------------------------------------------------------------------
 
+#: Frame heads per channel: plain, ``replay`` and ``conflated``. A data frame
+#: is a head, the entries' JSON joined with commas (each encoded once by the
+#: hub and shared by every connection), and :data:`FRAME_END`.
+_HEADS: dict[Channel, tuple[bytes, bytes, bytes]] = {
+    channel: (f'{{"type":"{kind}","{kind}":['.encode(),
+              f'{{"type":"{kind}","replay":true,"{kind}":['.encode(),
+              f'{{"type":"{kind}","conflated":true,"{kind}":['.encode())
+    for channel, kind in FRAME_TYPES.items()
+}
+#: Plain heads by :data:`CHANNELS` index, for the live path.
+LIVE_HEADS: tuple[bytes, ...] = tuple(_HEADS[channel][0] for channel in CHANNELS)
+#: What closes a data frame after its entries.
+FRAME_END = b"]}"
 
-_TICKS = b'{"type":"ticks","ticks":['
-_TICKS_CONFLATED = b'{"type":"ticks","conflated":true,"ticks":['
-_TICKS_REPLAY = b'{"type":"ticks","replay":true,"ticks":['
-_SNAPSHOT = b'{"type":"snapshot","ticks":['
-_END = b"]}"
 
+def data_frame(channel: Channel, parts: Iterable[bytes], *, replay: bool = False,
+               conflated: bool = False) -> bytes:
+    """A ``trades``, ``quotes`` or ``bars`` frame from already encoded entries
+    (joined, never re-encoded).
 
-def ticks_frame(parts: Iterable[bytes], *, conflated: bool = False, replay: bool = False) -> bytes:
-    """A ``ticks`` frame from already encoded ticks (joined, never re-encoded).
-
-    ``conflated``: some ticks were skipped; each symbol's latest tick is here.
-    ``replay``: the ticks come from a resume catch-up rather than live.
+    ``replay``: the entries come from a resume catch-up rather than live.
+    ``conflated``: entries were skipped; each symbol's latest is here (for
+    trades use :func:`conflated_trades_frame`, which names the gaps).
     """
-    head = _TICKS_CONFLATED if conflated else _TICKS_REPLAY if replay else _TICKS
-    return head + b",".join(parts) + _END
+    heads = _HEADS[channel]
+    head = heads[2] if conflated else heads[1] if replay else heads[0]
+    return head + b",".join(parts) + FRAME_END
 
 
-def snapshot_frame(parts: Iterable[bytes]) -> bytes:
-    """The latest tick of each newly subscribed symbol that has one."""
-    return _SNAPSHOT + b",".join(parts) + _END
+def live_frame(index: int, joined: Iterable[bytes]) -> bytes:
+    """The live frame of channel ``CHANNELS[index]`` (the hot path's variant of
+    :func:`data_frame`)."""
+    return LIVE_HEADS[index] + b",".join(joined) + FRAME_END
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Trades of ``symbol`` the client did not get: every entry ID strictly
+    between ``after`` (the last one it got) and ``until`` (the one in the
+    conflated frame)."""
+
+    symbol: str
+    after: str
+    until: str
+
+
+def conflated_trades_frame(parts: Iterable[bytes], gaps: Iterable[Gap]) -> bytes:
+    """The latest trade of each symbol that traded while the client was
+    behind, and the ranges of the trades it skipped (fetch them over HTTP)."""
+    gap_list = [{"symbol": gap.symbol, "after": gap.after, "until": gap.until} for gap in gaps]
+    return (_HEADS[Channel.TRADES][2] + b",".join(parts) + b'],"gaps":'
+            + codec.encode_json(gap_list) + b"}")
+
+
+def snapshot_frame(parts: Mapping[Channel, Sequence[bytes]]) -> bytes:
+    """The latest entry of each newly subscribed pair that has one, a list per
+    channel of the subscription (in :data:`CHANNELS` order, empty lists kept)."""
+    out = [b'{"type":"snapshot"']
+    for channel in CHANNELS:
+        if channel in parts:
+            kind = FRAME_TYPES[channel]
+            out.append(f',"{kind}":['.encode() + b",".join(parts[channel]) + b"]")
+    out.append(b"}")
+    return b"".join(out)
 
 
 def _message(kind: str, req: Any = None, **fields: Any) -> bytes:
@@ -224,19 +333,21 @@ def _message(kind: str, req: Any = None, **fields: Any) -> bytes:
 
 
 def hello(*, auth_required: bool, limits: dict[str, Any]) -> bytes:
-    return _message("hello", version=VERSION, auth_required=auth_required, limits=limits)
+    return _message("hello", version=VERSION, auth_required=auth_required,
+                    channels=[str(c) for c in CHANNELS], limits=limits)
 
 
 def auth_ok(req: Any = None) -> bytes:
     return _message("auth_ok", req)
 
 
-def subscribed(symbols: Sequence[str], req: Any = None) -> bytes:
-    return _message("subscribed", req, symbols=list(symbols))
+def subscribed(symbols: Sequence[str], channels: Sequence[Channel], req: Any = None) -> bytes:
+    return _message("subscribed", req, symbols=list(symbols), channels=[str(c) for c in channels])
 
 
-def unsubscribed(symbols: Sequence[str], req: Any = None) -> bytes:
-    return _message("unsubscribed", req, symbols=list(symbols))
+def unsubscribed(symbols: Sequence[str], channels: Sequence[Channel], req: Any = None) -> bytes:
+    return _message("unsubscribed", req, symbols=list(symbols),
+                    channels=[str(c) for c in channels])
 
 
 def pong(req: Any = None) -> bytes:
@@ -247,10 +358,10 @@ def error(code: str, message: str, req: Any = None) -> bytes:
     return _message("error", req, code=code, message=message)
 
 
-def unrecoverable(symbol: str, after: str, reason: str, *, first_id: str | None) -> bytes:
-    """The ticks after ``after`` can't all be replayed: fetch them over HTTP.
-
-    A snapshot and live ticks of ``symbol`` follow this message.
-    """
-    return _message("unrecoverable", symbol=symbol, after=after, reason=reason,
-                    first_id=first_id)
+def unrecoverable(symbol: str, channel: Channel, after: str, reason: str, *,
+                  first_id: str | None) -> bytes:
+    """The entries of ``symbol``'s ``channel`` after ``after`` can't all be
+    replayed: fetch them over HTTP. A snapshot of that pair and its live
+    entries follow this message."""
+    return _message("unrecoverable", symbol=symbol, channel=str(channel), after=after,
+                    reason=reason, first_id=first_id)

@@ -130,6 +130,7 @@ class WsServer:
             "redis": redis_ok,
             "connections": self.stats.connections,
             "symbols": len(hub.symbols) if hub is not None else 0,
+            "streams": len(hub.streams) if hub is not None else 0,
         }
 
     # --- handshake -------------------------------------------------------------------------
@@ -206,19 +207,28 @@ class WsServer:
         hub = self.hub
         rows = [
             ("pricepipe_ws_connections", "gauge", "Open websocket connections", st.connections),
-            ("pricepipe_ws_frames_total", "counter", "Frames of ticks sent", st.frames),
-            ("pricepipe_ws_deliveries_total", "counter", "Ticks sent to clients", st.deliveries),
+            ("pricepipe_ws_frames_total", "counter", "Data frames sent", st.frames),
+            ("pricepipe_ws_deliveries_total", "counter",
+             "Trades, quotes and bars sent to clients", st.deliveries),
             ("pricepipe_ws_conflations_total", "counter", "Times a client fell behind",
              st.conflations),
+            ("pricepipe_ws_trade_gaps_total", "counter",
+             "Ranges of trades a slow client skipped (named in conflated frames)", st.gaps),
             ("pricepipe_ws_slow_closes_total", "counter", "Clients closed for being slow",
              st.slow_closes),
             ("pricepipe_ws_protocol_errors_total", "counter", "Error messages sent",
              st.protocol_errors),
-            ("pricepipe_ws_resumes_total", "counter", "Resume requests", st.resumes),
-            ("pricepipe_ws_unrecoverable_total", "counter", "Resumes that could not be served",
+            ("pricepipe_ws_resumes_total", "counter", "Pairs (symbol, channel) resumed",
+             st.resumes),
+            ("pricepipe_ws_unrecoverable_total", "counter", "Pair resumes that could not be served",
              st.unrecoverable),
-            ("pricepipe_ws_ticks_read_total", "counter", "Ticks read from Redis",
-             hub.ticks_read if hub else 0),
+            ("pricepipe_ws_catchup_overflows_total", "counter",
+             "Catch-up buffers dropped for being full (the streams were read again)",
+             st.catchup_overflows),
+            ("pricepipe_ws_entries_read_total", "counter", "Stream entries read from Redis",
+             hub.entries_read if hub else 0),
+            ("pricepipe_ws_streams", "gauge", "Streams read (subscribed symbol and channel pairs)",
+             len(hub.streams) if hub else 0),
             ("pricepipe_ws_redis_up", "gauge", "1 while Redis reads succeed",
              int(bool(hub and hub.healthy))),
         ]

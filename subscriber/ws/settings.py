@@ -34,7 +34,9 @@ class WsSettings(Settings):
 
     # Limits
     max_connections: int | None = setting(10_000, "Most concurrent connections per process")
-    max_symbols: int = setting(500, "Most symbols one connection may subscribe to")
+    max_symbols: int = setting(
+        500, "Most symbols one connection may subscribe to (each on any of the channels)"
+    )
     max_message_bytes: int = setting(
         65_536, "Largest client message, bytes (bigger: closed with 1009)"
     )
@@ -42,8 +44,8 @@ class WsSettings(Settings):
         "20/second", "Subscribe/unsubscribe requests allowed per connection (limits syntax)"
     )
     max_replay_entries: int | None = setting(
-        100_000, "Most ticks replayed to one resuming symbol before it is declared "
-        "not recoverable"
+        100_000, "Most entries replayed to one resuming symbol and channel before it is "
+        "declared not recoverable"
     )
 
     # Slow consumers
@@ -61,7 +63,7 @@ class WsSettings(Settings):
         10.0, "A client still behind after this long is closed with code 4008"
     )
     catchup_buffer_max: int = setting(
-        10_000, "Live ticks held per connection while its symbols catch up"
+        10_000, "Live entries held per connection while its subscriptions catch up"
     )
 
     # Timeouts
@@ -73,16 +75,17 @@ class WsSettings(Settings):
 
     # Redis reading
     read_block_ms: int = setting(
-        100, "XREAD block time; also how soon a newly subscribed symbol's stream is read, ms"
+        100, "XREAD block time; also how soon a newly subscribed stream is read, ms"
     )
     read_count: int = setting(1000, "Most entries per stream per XREAD")
-    # 10 ms: in bench e2e at 50,000 ticks/s (one client) p99 25 ms against
+    # 10 ms: in bench e2e at 50,000 ticks/s (issue 7: one client) p99 25 ms against
     # 40-64 ms at 15 ms; in bench ws (1,000 clients) p99 23 ms for ~78 % of a
     # core, against 25 ms for ~60 % at 15 ms.
     flush_interval_ms: float = setting(
-        10.0, "Shortest time between two frames of live ticks to one connection; ticks that "
-        "arrive meanwhile share a frame and a busy shard is read once per interval (fewer "
-        "frames, writes and Redis reads under load, for up to this much latency), ms; 0: no wait"
+        10.0, "Shortest time between two flushes of live entries to one connection (one "
+        "frame per channel, one write); entries that arrive meanwhile share a frame and a busy "
+        "shard is read once per interval (fewer frames, writes and Redis reads under load, for "
+        "up to this much latency), ms; 0: no wait"
     )
     redis_concurrency: int = setting(
         32, "Most concurrent snapshot/resume reads of Redis (bounds pool connections)"

@@ -1,7 +1,8 @@
-"""Per-connection policies: slow consumers (conflation, then close 4008),
-keepalive, limits (message size, symbols, subscribe rate, connections), auth
-and origins; each violation is answered on its own connection while other
-clients carry on."""
+"""Per-connection policies: slow consumers (conflation by channel: the
+latest quote, the latest state of each bar, the latest trade with the
+skipped trades named as gaps; then close 4008), keepalive, limits (message
+size, symbols, subscribe rate, connections), auth and origins; each
+violation is answered on its own connection while other clients carry on."""
 
 from __future__ import annotations
 
@@ -15,15 +16,22 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from pricepipe import streams
+from pricepipe import codec, streams
 from pricepipe.config import RedisSettings
-from pricepipe.keys import Keys
+from pricepipe.events import BarState
+from pricepipe.keys import Channel, Keys
 
-from ..helpers import (
+from .helpers import (
     SLOW,
-    collect_ticks,
+    Got,
+    append,
+    bar,
+    collect,
+    entries_of,
+    ids,
+    live,
     publish,
-    publish_many,
+    publish_mix,
     recv_json,
     recv_type,
     running_server,
@@ -31,6 +39,9 @@ from ..helpers import (
     subscribed,
     until,
 )
+
+T, Q, B = Channel.TRADES, Channel.QUOTES, Channel.BARS_1M
+ALL = ["trades", "quotes", "bars.1m"]
 
 
 async def drain_until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
@@ -42,7 +53,20 @@ async def drain_until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]]
         return frames, exc.rcvd.code if exc.rcvd else None
 
 
-def test_slow_reader_gets_conflated_latest_ticks_and_others_get_everything(
+def publish_bars(r: redis.Redis, keys: Keys, symbols: list[str]) -> dict[tuple[str, int], Any]:
+    """Minute 0 of each symbol changes 20 times and ends final, minute 1
+    changes 10 times; the last entry ID and state per (symbol, minute)."""
+    events = [bar(s, 0, n) for n in range(1, 21) for s in symbols]
+    events += [bar(s, 0, 20, state=BarState.FINAL) for s in symbols]
+    events += [bar(s, 1, n) for n in range(1, 11) for s in symbols]
+    last: dict[tuple[str, int], Any] = {}
+    for event, entry_id in zip(events, append(r, keys, events), strict=True):
+        last[(event.symbol, (event.bucket_us - events[0].bucket_us) // 60_000_000)] = (
+            entry_id, event)
+    return last
+
+
+def test_slow_reader_gets_conflated_frames_per_channel_others_get_everything(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
     symbols = ["AAPL", "MSFT", "IBM"]
@@ -50,35 +74,71 @@ def test_slow_reader_gets_conflated_latest_ticks_and_others_get_everything(
 
     async def scenario() -> None:
         async with running_server(redis_settings, slow_timeout_s=60, **SLOW) as server:
-            slow = await subscribed(server.port, symbols, small_window=True)
-            fast = await subscribed(server.port, symbols)
-            await asyncio.sleep(0.2)
+            slow = await subscribed(server.port, symbols, ALL, small_window=True)
+            fast = await subscribed(server.port, symbols, ALL)
+            await live(server, 2)
             assert slow.transport is not None
             slow.transport.pause_reading()  # a reader that stalls
-            fast_got = asyncio.create_task(collect_ticks(fast, 3 * 1500, timeout_s=60))
-            last = await asyncio.to_thread(publish_many, r, keys, symbols, 1500, 0.02)
+            total = 3 * 1500 + 3 * 31
+            fast_got = asyncio.create_task(collect(fast, total, timeout_s=60))
+            published = await asyncio.to_thread(publish_mix, r, keys, symbols, 1500,
+                                                pause_s=0.02)
+            bars = await asyncio.to_thread(publish_bars, r, keys, symbols)
             got = await fast_got
-            assert [t["id"] for t in got if t["symbol"] == "AAPL"][-1] == last["AAPL"]
-            assert len({(t["symbol"], t["id"]) for t in got}) == len(got) == 3 * 1500
+            for (symbol, channel), want in published.items():
+                assert ids(got, symbol, channel) == want, (symbol, channel)
+            assert len(got) == total
             (session,) = [s for s in server.sessions if s.ws.remote_address ==
                           slow.local_address]
             await until(lambda: session.behind)
             assert server.stats.conflations >= 1
-            # Bounded: the stalled client holds at most the buffer mark plus a frame.
+            # Bounded: the stalled client holds at most the buffer mark plus a flush.
             transport = session.ws.transport
-            assert transport.get_write_buffer_size() < stalled_max_bytes(len(symbols))
+            assert transport.get_write_buffer_size() < stalled_max_bytes(3 * len(symbols))
             slow.transport.resume_reading()
-            seen: dict[str, list[str]] = {s: [] for s in symbols}
-            while True:
+            seen: list[Got] = []
+            conflated: dict[str, dict[str, Any]] = {}
+            while "bars" not in conflated:  # the last of the flush that ends the spell
                 msg = await recv_json(slow, 10)
-                for tick in msg["ticks"]:
-                    seen[tick["symbol"]].append(tick["id"])
                 if msg.get("conflated"):
-                    # The latest tick of each symbol, marked as conflated.
-                    assert {t["symbol"]: t["id"] for t in msg["ticks"]} == last
-                    break
-            for ids in seen.values():
-                assert len(ids) == len(set(ids)) < 1500
+                    conflated[msg["type"]] = msg
+                else:
+                    seen += entries_of(msg)
+            for channel in (T, Q, B):
+                for symbol in symbols:
+                    got_ids = ids(seen, symbol, channel)
+                    assert len(got_ids) == len(set(got_ids)), (symbol, channel)
+
+            # Quotes: the latest quote of each symbol.
+            assert {q["symbol"]: q["id"] for q in conflated["quotes"]["quotes"]} == \
+                {s: published[(s, Q)][-1] for s in symbols}
+            # Bars: the latest state of each bar, in stream order per symbol.
+            latest_bars = [(b["symbol"], b["id"], b["state"], b["trades"])
+                           for b in conflated["bars"]["bars"]]
+            assert sorted(latest_bars) == sorted(
+                (s, entry_id, str(event.state), event.trades)
+                for (s, _), (entry_id, event) in bars.items())
+            for symbol in symbols:
+                mine = [b[1] for b in latest_bars if b[0] == symbol]
+                assert mine == sorted(mine, key=codec.parse_entry_id)
+            # Trades: the latest of each symbol, and what was skipped named in
+            # gaps: every trade is either received or inside a gap.
+            frame = conflated["trades"]
+            assert {t["symbol"]: t["id"] for t in frame["trades"]} == \
+                {s: published[(s, T)][-1] for s in symbols}
+            gaps = {g["symbol"]: g for g in frame["gaps"]}
+            assert set(gaps) == set(symbols) and server.stats.gaps == 3
+            for symbol in symbols:
+                received = ids(seen, symbol, T) + [gaps[symbol]["until"]]
+                assert gaps[symbol]["after"] == (received[-2] if len(received) > 1 else "0-0")
+                after = codec.parse_entry_id(gaps[symbol]["after"])
+                until_ = codec.parse_entry_id(gaps[symbol]["until"])
+                skipped = [i for i in published[(symbol, T)] if i not in received]
+                assert skipped and all(after < codec.parse_entry_id(i) < until_
+                                       for i in skipped)
+            # The slow client is live again.
+            new = await asyncio.to_thread(publish, r, keys, "IBM", 2)
+            assert ids(await collect(slow, 2), "IBM", T) == new
             await fast.close()
             await slow.close()
 
@@ -94,11 +154,11 @@ def test_reader_stalled_too_long_is_closed_4008_others_carry_on(
         async with running_server(redis_settings, slow_timeout_s=0.5, **SLOW) as server:
             slow = await subscribed(server.port, ["AAPL"], small_window=True)
             fast = await subscribed(server.port, ["AAPL"])
-            await asyncio.sleep(0.2)
+            await live(server, 2)
             assert slow.transport is not None
             slow.transport.pause_reading()
-            fast_got = asyncio.create_task(collect_ticks(fast, 1500, timeout_s=60))
-            await asyncio.to_thread(publish_many, r, keys, ["AAPL"], 1500)
+            fast_got = asyncio.create_task(collect(fast, 1500, timeout_s=60))
+            await asyncio.to_thread(publish_mix, r, keys, ["AAPL"], 1500, pause_s=0.02)
             assert len(await fast_got) == 1500
             for _ in range(500):
                 if server.stats.slow_closes:
@@ -109,8 +169,8 @@ def test_reader_stalled_too_long_is_closed_4008_others_carry_on(
             _, code = await drain_until_closed(slow)
             assert code == 4008
             # The fast client is still served.
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=5000)
-            assert [t["id"] for t in await collect_ticks(fast, 3)] == ids
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=5000)
+            assert ids(await collect(fast, 3), "AAPL", T) == new
             await fast.close()
 
     asyncio.run(scenario())
@@ -133,8 +193,8 @@ def test_dead_connection_is_closed_by_keepalive_and_freed(
             assert server.stats.connections == 1
             assert server.hub is not None and server.hub.symbols == ["AAPL"]
             await asyncio.sleep(0.6)  # the live client answers pings and stays
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
-            assert [t["id"] for t in await collect_ticks(alive, 2)] == ids
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert ids(await collect(alive, 2), "AAPL", T) == new
             await alive.close()
             dead.transport.abort()
 
@@ -159,8 +219,8 @@ def test_oversized_and_huge_messages_close_or_error_while_others_carry_on(
                     await ws.send(message)
                 _, code = await drain_until_closed(ws)
                 assert code == 1009  # message too big
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
-            assert [t["id"] for t in await collect_ticks(other, 2)] == ids
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert ids(await collect(other, 2), "AAPL", T) == new
             await other.close()
         # With room for the message, the symbol limit answers instead.
         async with running_server(redis_settings, max_message_bytes=4_000_000,
@@ -172,9 +232,15 @@ def test_oversized_and_huge_messages_close_or_error_while_others_carry_on(
                 assert error["type"] == "error" and error["code"] == "too_many_symbols"
                 await ws.send('{"op":"subscribe","symbols":["A","B"]}')
                 await recv_type(ws, "subscribed")
+                # The limit counts symbols, whatever their channels.
+                await ws.send('{"op":"subscribe","symbols":["A","B","C"],"channels":'
+                              '["trades","quotes","bars.1m"]}')
+                await recv_type(ws, "subscribed")
                 await ws.send('{"op":"subscribe","symbols":["C","D"],"req":9}')
                 error = await recv_type(ws, "error")
                 assert error["code"] == "too_many_symbols" and error["req"] == 9
+                assert server.hub is not None and server.hub.symbols == ["A", "B", "C"]
+                assert len(server.hub.streams) == 9
                 await ws.send('{"op":"ping"}')
                 assert (await recv_type(ws, "pong"))["type"] == "pong"
 

@@ -1,7 +1,8 @@
-"""Resume: a client reconnecting with its last entry ID per symbol gets
-exactly what it missed, in order, then live ticks: across a websocket server
-restart, while ticks keep arriving; and an honest ``unrecoverable`` when the
-stream no longer holds what it missed."""
+"""Resume: a client reconnecting with its last entry ID per symbol and
+channel gets exactly what it missed of each stream, in order, then live
+entries: across a websocket server restart, while trades and quotes keep
+arriving; and an honest ``unrecoverable`` (naming the channel) when a stream
+no longer holds what it missed, which leaves the other channels alone."""
 
 from __future__ import annotations
 
@@ -11,58 +12,90 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from pricepipe import streams
 from pricepipe.config import RedisSettings
-from pricepipe.keys import Keys
-from pricepipe.tick import Tick
+from pricepipe.events import Event, Trade
+from pricepipe.keys import Channel, Keys
 
-from ..helpers import TS, collect_ticks, publish, recv_json, recv_type, running_server
+from .helpers import (
+    collect,
+    entries_of,
+    ids,
+    publish,
+    quote,
+    recv_json,
+    recv_type,
+    running_server,
+    trade,
+)
 
 SYMBOLS = ["AAPL", "MSFT", "BTC-USD"]
+T, Q = Channel.TRADES, Channel.QUOTES
+PAIRS = [(s, c) for s in SYMBOLS for c in (T, Q)]
 
 
 class Publisher(threading.Thread):
-    """Appends one tick to each symbol every few ms until stopped."""
+    """Appends a trade or a quote (one trade in three) to each symbol every
+    few ms until stopped; every entry ID per pair."""
 
-    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+    def __init__(self, r: redis.Redis, keys: Keys, pause_s: float = 0.003) -> None:
         super().__init__(daemon=True)
-        self.r, self.keys = r, keys
-        self.ids: dict[str, list[str]] = {s: [] for s in SYMBOLS}
+        self.r, self.keys, self.pause_s = r, keys, pause_s
+        self.ids: dict[tuple[str, Channel], list[str]] = {pair: [] for pair in PAIRS}
         self.halt = threading.Event()
         self.n = 0
 
+        #: Rounds to append at once, in one call, at the next turn.
+        self.burst = 0
+
     def run(self) -> None:
         while not self.halt.is_set():
-            ticks = [Tick(s, TS + self.n, 100.0 + self.n % 50) for s in SYMBOLS]
-            ids = streams.append_ticks(self.r, self.keys, ticks)
-            for symbol, entry_id in zip(SYMBOLS, ids, strict=True):
-                self.ids[symbol].append(entry_id.decode())
-            self.n += 1
-            time.sleep(0.003)
+            rounds, self.burst = max(self.burst, 1), 0
+            events: list[Event] = []
+            for n in range(self.n, self.n + rounds):
+                events += [trade(s, n) if n % 3 == 0 else quote(s, n) for s in SYMBOLS]
+            self.n += rounds
+            for event, entry_id in zip(events, streams.append_events(self.r, self.keys, events),
+                                       strict=True):
+                channel = T if isinstance(event, Trade) else Q
+                self.ids[(event.symbol, channel)].append(entry_id.decode())
+            time.sleep(self.pause_s)
 
 
+@pytest.mark.parametrize("catchup_buffer_max", [10_000, 3])
 def test_resume_across_server_restart_no_gap_no_duplicate(
-    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys, catchup_buffer_max: int
 ) -> None:
+    """With a catch-up buffer of 3 entries (and reads that block for 1 ms
+    only, so that the hub reads new streams at once) it overflows while the
+    missed entries are replayed: the session then reads the stream again
+    instead, and still stitches exactly."""
+    options: dict[str, Any] = {"catchup_buffer_max": catchup_buffer_max}
+    if catchup_buffer_max < 100:
+        options["read_block_ms"] = 1
     streams.register_symbols(r, keys, SYMBOLS)
     for symbol in SYMBOLS:  # some history before the client arrives
         publish(r, keys, symbol, 5)
+        publish(r, keys, symbol, 5, channel=Q)
     publisher = Publisher(r, keys)
-    received: dict[str, list[str]] = {s: [] for s in SYMBOLS}
-    first_ids: dict[str, str] = {}
+    received: dict[tuple[str, Channel], list[str]] = {pair: [] for pair in PAIRS}
+    first_ids: dict[tuple[str, Channel], str] = {}
 
     def take(msg: dict[str, Any]) -> None:
-        for tick in msg["ticks"]:
-            received[tick["symbol"]].append(tick["id"])
+        assert not msg.get("conflated"), msg
+        for channel, entry in entries_of(msg):
+            received[(entry["symbol"], channel)].append(entry["id"])
 
-    async def session(port: int, resume: dict[str, str] | None, want: int) -> None:
+    async def session(port: int, resume: dict[str, dict[str, str]] | None, want: int) -> None:
         async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
             await recv_json(ws)
-            request: dict[str, Any] = {"op": "subscribe", "symbols": SYMBOLS}
+            request: dict[str, Any] = {"op": "subscribe", "symbols": SYMBOLS,
+                                       "channels": ["trades", "quotes"]}
             if resume:
                 request["resume"] = resume
             await ws.send(json.dumps(request))
@@ -71,13 +104,13 @@ def test_resume_across_server_restart_no_gap_no_duplicate(
             try:
                 while got < want:
                     msg = await recv_json(ws, 10)
-                    assert msg["type"] in ("ticks", "snapshot"), msg
-                    assert not msg.get("conflated")
+                    assert msg["type"] in ("trades", "quotes", "snapshot"), msg
                     if msg["type"] == "snapshot":
-                        first_ids.update({t["symbol"]: t["id"] for t in msg["ticks"]})
+                        assert resume is None
+                        first_ids.update({(e["symbol"], c): e["id"] for c, e in entries_of(msg)})
                         continue
                     take(msg)
-                    got += len(msg["ticks"])
+                    got += len(entries_of(msg))
                 # Keep reading until the server goes away (the restart).
                 while True:
                     take(await recv_json(ws, 10))
@@ -86,74 +119,131 @@ def test_resume_across_server_restart_no_gap_no_duplicate(
 
     async def scenario() -> None:
         publisher.start()
-        async with running_server(redis_settings) as server:
+        async with running_server(redis_settings, **options) as server:
             task = asyncio.create_task(session(server.port, None, 60))
             while sum(map(len, received.values())) < 60:
                 await asyncio.sleep(0.01)
         await task  # the server stopped: the client saw 1001
-        # Server down for a while: ticks keep coming and are missed.
+        # Server down for a while: entries keep coming and are missed, many
+        # at once, so that the replay takes a while (pages of entries) while
+        # live entries are read for the pairs catching up.
+        publisher.burst = 2000
         await asyncio.sleep(0.3)
-        cursors = {s: ids[-1] for s, ids in received.items()}
-        async with running_server(redis_settings) as server:
+        while publisher.burst:
+            await asyncio.sleep(0.01)
+        cursors: dict[str, dict[str, str]] = {}
+        for (symbol, channel), got in received.items():
+            cursors.setdefault(symbol, {})[str(channel)] = got[-1] if got else first_ids[
+                (symbol, channel)]
+        seen_before = sum(map(len, received.values()))
+        async with running_server(redis_settings, **options) as server:
             task = asyncio.create_task(session(server.port, cursors, 150))
-            while sum(map(len, received.values())) < sum(map(len, cursors)) + 300:
+            while sum(map(len, received.values())) < seen_before + 6300:
                 await asyncio.sleep(0.01)
             publisher.halt.set()
             publisher.join()
             # Everything published reaches the client before we stop.
             deadline = time.monotonic() + 10
-            while any(received[s][-1] != publisher.ids[s][-1] for s in SYMBOLS):
+            while any(received[pair][-1:] != publisher.ids[pair][-1:] for pair in PAIRS):
                 assert time.monotonic() < deadline, "client never caught up"
                 await asyncio.sleep(0.01)
+            assert server.stats.resumes == len(PAIRS) and server.stats.unrecoverable == 0
+            # The small buffer overflowed: those pairs were read again.
+            assert (server.stats.catchup_overflows > 0) == (catchup_buffer_max < 100)
         await task
 
     asyncio.run(scenario())
-    for symbol in SYMBOLS:
-        got = received[symbol]
-        expected = publisher.ids[symbol]
-        # The live ticks start right after the snapshot's tick, and are then
-        # exactly the stream to its end: no gap, no repeat, across the restart.
-        snapshot_id = first_ids[symbol]
+    for pair in PAIRS:
+        got = received[pair]
+        expected = publisher.ids[pair]
+        # Each stream's live entries start right after its snapshot entry, and
+        # are then exactly the stream to its end: no gap, no repeat, across
+        # the restart.
+        snapshot_id = first_ids[pair]
         start = expected.index(snapshot_id) + 1 if snapshot_id in expected else 0
-        assert got == expected[start:], symbol
+        assert got == expected[start:], pair
 
 
-def resume_request(symbol: str, entry_id: str) -> str:
-    return json.dumps({"op": "subscribe", "symbols": [symbol], "resume": {symbol: entry_id}})
+def resume_request(symbol: str, cursors: dict[str, str], **fields: Any) -> str:
+    return json.dumps({"op": "subscribe", "symbols": [symbol], "resume": {symbol: cursors},
+                       **fields})
 
 
-def test_resume_of_trimmed_history_is_unrecoverable(
+def test_resume_of_trimmed_history_is_unrecoverable_per_channel(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
-    ids = publish(r, keys, "AAPL", 10)
-    r.xtrim(keys.stream("AAPL"), minid=ids[5], approximate=False)  # entries 0..4 are gone
+    trades = publish(r, keys, "AAPL", 10)
+    quotes = publish(r, keys, "AAPL", 4, channel=Q)
+    r.xtrim(keys.trades("AAPL"), minid=trades[5], approximate=False)  # trades 0..4 are gone
 
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             await recv_json(ws)
-            # Resuming after ids[5], the oldest entry kept, is fine.
-            await ws.send(resume_request("AAPL", ids[5]))
+            # Resuming after trades[5], the oldest entry kept, is fine.
+            await ws.send(resume_request("AAPL", {"trades": trades[5]}, channels=["trades"]))
             await recv_type(ws, "subscribed")
-            assert [t["id"] for t in await collect_ticks(ws, 4)] == ids[6:]
+            frame = await recv_json(ws)
+            assert frame["type"] == "trades" and frame["replay"] is True
+            assert [t["id"] for t in frame["trades"]] == trades[6:]
             await ws.send('{"op":"unsubscribe","symbols":["AAPL"]}')
             await recv_type(ws, "unsubscribed")
-            # After ids[2], entries 3 and 4 were trimmed: not recoverable.
-            await ws.send(resume_request("AAPL", ids[2]))
+            # After trades[2], trades 3 and 4 were trimmed: not recoverable.
+            # The quotes resume from quotes[1] is served all the same.
+            await ws.send(resume_request("AAPL", {"trades": trades[2], "quotes": quotes[1]}))
             await recv_type(ws, "subscribed")
-            gap = await recv_json(ws)
-            assert gap == {"type": "unrecoverable", "symbol": "AAPL", "after": ids[2],
-                           "reason": "trimmed", "first_id": ids[5]}
-            snapshot = await recv_json(ws)
-            assert snapshot["type"] == "snapshot" and snapshot["ticks"][0]["id"] == ids[-1]
+            got: dict[str, list[dict[str, Any]]] = {}
+            while len(got) < 3:
+                msg = await recv_json(ws)
+                got[msg["type"]] = got.get(msg["type"], []) + [msg]
+            (gap,) = got["unrecoverable"]
+            assert gap == {"type": "unrecoverable", "symbol": "AAPL", "channel": "trades",
+                           "after": trades[2], "reason": "trimmed", "first_id": trades[5]}
+            # ... then a snapshot of that channel only ...
+            (snapshot,) = got["snapshot"]
+            assert snapshot == {"type": "snapshot", "trades": [snapshot["trades"][0]]}
+            assert snapshot["trades"][0]["id"] == trades[-1]
+            (replay,) = got["quotes"]
+            assert replay["replay"] is True and [q["id"] for q in replay["quotes"]] == quotes[2:]
             # ... then live.
             new = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=50)
-            assert [t["id"] for t in await collect_ticks(ws, 2)] == new
+            assert ids(await collect(ws, 2), "AAPL", T) == new
             # A cursor the stream never reached.
-            await ws.send('{"op":"subscribe","symbols":["MSFT"],"resume":{"MSFT":"1-0"}}')
+            await ws.send(resume_request("MSFT", {"quotes": "1-0"}, channels=["quotes"]))
             await recv_type(ws, "subscribed")
             gap = await recv_json(ws)
             assert gap["type"] == "unrecoverable" and gap["reason"] == "cursor_ahead"
+            assert gap["channel"] == "quotes"
+            assert server.stats.unrecoverable == 2
+
+    asyncio.run(scenario())
+
+
+def test_resume_some_channels_snapshot_the_others(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    trades = publish(r, keys, "AAPL", 6)
+    quotes = publish(r, keys, "AAPL", 3, channel=Q)
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send(resume_request("AAPL", {"trades": trades[3]}))
+            await recv_type(ws, "subscribed")
+            # Quotes have no cursor: their snapshot; trades: the replay.
+            snapshot = await recv_json(ws)
+            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]]}
+            assert snapshot["quotes"][0]["id"] == quotes[-1]
+            replay = await recv_json(ws)
+            assert replay["type"] == "trades" and replay["replay"] is True
+            assert [t["id"] for t in replay["trades"]] == trades[4:]
+            # A resume without a snapshot for the rest: nothing but the replay.
+            await ws.send(resume_request("MSFT", {"quotes": "0-0"}, snapshot=False))
+            await recv_type(ws, "subscribed")
+            new = await asyncio.to_thread(publish, r, keys, "MSFT", 1, channel=Q)
+            (frame,) = [await recv_json(ws)]
+            assert frame["type"] == "quotes" and [q["id"] for q in frame["quotes"]] == new
 
     asyncio.run(scenario())
 
@@ -161,17 +251,18 @@ def test_resume_of_trimmed_history_is_unrecoverable(
 def test_replay_limit_is_unrecoverable_too(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
-    ids = publish(r, keys, "AAPL", 30)
+    quotes = publish(r, keys, "AAPL", 30, channel=Q)
 
     async def scenario() -> None:
         async with running_server(redis_settings, max_replay_entries=10) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             await recv_json(ws)
-            await ws.send(resume_request("AAPL", ids[0]))
+            await ws.send(resume_request("AAPL", {"quotes": quotes[0]}, channels=["quotes"]))
             await recv_type(ws, "subscribed")
             gap = await recv_type(ws, "unrecoverable")
-            assert gap["reason"] == "too_far_behind" and gap["after"] == ids[0]
+            assert gap["reason"] == "too_far_behind" and gap["after"] == quotes[0]
+            assert gap["channel"] == "quotes"
             snapshot = await recv_json(ws)
-            assert snapshot["type"] == "snapshot" and snapshot["ticks"][0]["id"] == ids[-1]
+            assert snapshot["type"] == "snapshot" and snapshot["quotes"][0]["id"] == quotes[-1]
 
     asyncio.run(scenario())

@@ -1,6 +1,6 @@
-"""Scale, kept lean: one process serves 1,000 concurrent clients while one
-reader is stalled, and the stalled reader's memory stays bounded. Plus a
-smoke run of the benchmark (shape of its report, not its speed)."""
+"""Scale, kept lean: one process serves 1,000 concurrent clients on trades
+and quotes while one reader is stalled, and the stalled reader's memory
+stays bounded."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from websockets.asyncio.client import ClientConnection
 
 from pricepipe import streams
 from pricepipe.config import RedisSettings
-from pricepipe.keys import Keys
+from pricepipe.keys import Channel, Keys
 
-from ..helpers import (
+from .helpers import (
     SLOW,
-    collect_ticks,
-    publish_many,
+    collect,
+    ids,
+    publish_mix,
     running_server,
     stalled_max_bytes,
     subscribed,
@@ -48,21 +49,25 @@ def test_thousand_clients_with_one_stalled_reader(
             try:
                 assert server.stats.connections == CLIENTS
                 await asyncio.sleep(0.3)
-                last = await asyncio.to_thread(publish_many, r, keys, symbols, 5)
-                hot = await asyncio.to_thread(publish_many, r, keys, ["HOT"], 3000)
-                got = await asyncio.gather(*(collect_ticks(c, 5, timeout_s=60) for c in clients))
-                for i, ticks in enumerate(got):
-                    assert {t["symbol"] for t in ticks} == {symbols[i % 10]}
-                    assert ticks[-1]["id"] == last[symbols[i % 10]]
+                # 6 rounds: a trade and 5 quotes per symbol.
+                last = await asyncio.to_thread(publish_mix, r, keys, symbols, 6)
+                hot = await asyncio.to_thread(publish_mix, r, keys, ["HOT"], 3000)
+                got = await asyncio.gather(*(collect(c, 6, timeout_s=60) for c in clients))
+                for i, entries in enumerate(got):
+                    symbol = symbols[i % 10]
+                    assert {e["symbol"] for _, e in entries} == {symbol}
+                    for channel in (Channel.TRADES, Channel.QUOTES):
+                        assert ids(entries, symbol, channel) == last[(symbol, channel)]
                 (session,) = [s for s in server.sessions
                               if s.ws.remote_address == stalled.local_address]
-                # 3,000 ticks later the stalled reader holds a bounded buffer and
-                # at most one tick per symbol, not the backlog.
+                # 3,000 entries later the stalled reader holds a bounded buffer
+                # and at most a trade and a quote per symbol, not the backlog.
                 await until(lambda: session.behind)
-                bound = stalled_max_bytes(11)
+                bound = stalled_max_bytes(2 * 11)
                 assert session.ws.transport.get_write_buffer_size() < bound
-                latest: dict[str, Any] = session._latest
-                assert set(latest) <= {"HOT", *symbols} and hot
+                quotes: dict[str, Any] = session._latest_quotes
+                trades: dict[str, Any] = session._held_trades
+                assert set(quotes) | set(trades) <= {"HOT", *symbols} and hot
                 largest = max(s.ws.transport.get_write_buffer_size() for s in server.sessions)
                 assert largest < bound
             finally:

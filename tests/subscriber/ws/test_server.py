@@ -1,6 +1,7 @@
-"""The websocket server end to end on a real Redis: subscribe, snapshot, live
-ticks with entry IDs, errors that leave the connection usable, health, and
-the ``pricepipe ws`` process contract (ready, SIGTERM closes with 1001)."""
+"""The websocket server end to end on a real Redis: subscribe by channel,
+snapshots per channel, live trades and quotes with entry IDs, one frame type
+per channel, errors that leave the connection usable, health, and the
+``pricepipe ws`` process contract (ready, SIGTERM closes with 1001)."""
 
 from __future__ import annotations
 
@@ -18,37 +19,108 @@ from websockets.exceptions import ConnectionClosed
 from pricepipe import codec
 from pricepipe.config import RedisSettings
 from pricepipe.embedded import RedisServer, free_port
-from pricepipe.keys import Keys
+from pricepipe.keys import Channel, Keys
 from tests.helpers import wait_http
 
-from ..helpers import collect_ticks, publish, recv_json, recv_type, running_server
+from .helpers import (
+    collect,
+    ids,
+    live,
+    publish,
+    quote,
+    recv_json,
+    recv_type,
+    running_server,
+    subscribe_message,
+    trade,
+)
+
+T, Q, B = Channel.TRADES, Channel.QUOTES, Channel.BARS_1M
 
 
-def test_subscribe_gets_ack_snapshot_then_live_ticks_with_ids(
+def test_subscribe_gets_ack_snapshot_per_channel_then_live_entries_with_ids(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
-    old_ids = publish(r, keys, "AAPL", 3)
+    old_trades = publish(r, keys, "AAPL", 3)
+    old_quotes = publish(r, keys, "AAPL", 2, channel=Q)
+    msft_quote = publish(r, keys, "MSFT", 1, channel=Q)
 
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             hello = await recv_json(ws)
             assert hello["type"] == "hello" and hello["auth_required"] is False
+            assert hello["version"] == 2 and hello["channels"] == ["trades", "quotes", "bars.1m"]
             await ws.send('{"op": "subscribe", "symbols": ["AAPL", "MSFT"], "req": 7}')
             ack = await recv_json(ws)
-            assert ack == {"type": "subscribed", "symbols": ["AAPL", "MSFT"], "req": 7}
+            # Without channels: trades and quotes.
+            assert ack == {"type": "subscribed", "symbols": ["AAPL", "MSFT"],
+                           "channels": ["trades", "quotes"], "req": 7}
             snapshot = await recv_type(ws, "snapshot")
-            # Only AAPL has ticks: its latest one, with its entry id.
-            assert [(t["symbol"], t["id"]) for t in snapshot["ticks"]] == [("AAPL", old_ids[-1])]
-            new_aapl = await asyncio.to_thread(publish, r, keys, "AAPL", 5, start=10)
-            new_msft = await asyncio.to_thread(publish, r, keys, "MSFT", 2, start=20)
-            got = await collect_ticks(ws, 7)
-            by_symbol = {s: [t["id"] for t in got if t["symbol"] == s] for s in ("AAPL", "MSFT")}
-            assert by_symbol == {"AAPL": new_aapl, "MSFT": new_msft}
-            # Entry ids are per stream: MSFT's may equal AAPL's, and ticks of
-            # different symbols may share a frame in either order.
-            first = next(t for t in got if t["symbol"] == "AAPL" and t["id"] == new_aapl[0])
-            assert first["price"] == 110.0 and first["source"] == "test" and first["ts_us"]
+            # The latest entry of each pair that has one, a list per channel.
+            assert set(snapshot) == {"type", "trades", "quotes"}
+            assert [(t["symbol"], t["id"]) for t in snapshot["trades"]] == \
+                [("AAPL", old_trades[-1])]
+            assert sorted((q["symbol"], q["id"]) for q in snapshot["quotes"]) == \
+                [("AAPL", old_quotes[-1]), ("MSFT", msft_quote[0])]
+            await live(server)
+            new_trades = await asyncio.to_thread(publish, r, keys, "AAPL", 5, start=10)
+            new_quotes = await asyncio.to_thread(publish, r, keys, "MSFT", 2, start=20,
+                                                 channel=Q)
+            got = await collect(ws, 7)
+            assert ids(got, "AAPL", T) == new_trades and ids(got, "MSFT", Q) == new_quotes
+            assert len(got) == 7
+            first = next(e for c, e in got if c is T and e["id"] == new_trades[0])
+            assert first == codec.event_to_dict(trade("AAPL", 10), new_trades[0])
+            first_quote = next(e for c, e in got if c is Q and e["id"] == new_quotes[0])
+            assert first_quote == codec.event_to_dict(quote("MSFT", 20), new_quotes[0])
+
+    asyncio.run(scenario())
+
+
+def test_channels_are_subscribed_and_unsubscribed_apart(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    publish(r, keys, "AAPL", 2)
+    last_quote = publish(r, keys, "AAPL", 2, channel=Q)[-1]
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send(subscribe_message(["AAPL"], ["quotes"], req=1))
+            assert (await recv_json(ws))["channels"] == ["quotes"]
+            snapshot = await recv_json(ws)  # only the quotes key
+            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]]}
+            assert snapshot["quotes"][0]["id"] == last_quote
+            await live(server)
+            # A trade is not sent: trades are not subscribed.
+            await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=5)
+            quotes = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=6, channel=Q)
+            frame = await recv_json(ws)
+            assert frame["type"] == "quotes" and [q["id"] for q in frame["quotes"]] == quotes
+            # Adding trades later, without a snapshot: only what comes next.
+            await ws.send(subscribe_message(["AAPL"], ["trades", "quotes"], snapshot=False))
+            assert (await recv_type(ws, "subscribed"))["channels"] == ["trades", "quotes"]
+            await live(server)
+            assert server.hub is not None and set(server.hub.streams) == {("AAPL", T), ("AAPL", Q)}
+            trades = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=7)
+            assert ids(await collect(ws, 2), "AAPL", T) == trades
+            # Unsubscribing quotes leaves trades.
+            await ws.send('{"op":"unsubscribe","symbols":["AAPL"],"channels":["quotes"],"req":2}')
+            assert await recv_type(ws, "unsubscribed") == {
+                "type": "unsubscribed", "symbols": ["AAPL"], "channels": ["quotes"], "req": 2}
+            assert server.hub.streams == [("AAPL", T)]
+            await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=9, channel=Q)
+            trades = await asyncio.to_thread(publish, r, keys, "AAPL", 1, start=12)
+            frame = await recv_json(ws)
+            assert frame["type"] == "trades" and [t["id"] for t in frame["trades"]] == trades
+            # Unsubscribing without channels: all of them.
+            await ws.send('{"op":"unsubscribe","symbols":["AAPL","MSFT"]}')
+            assert await recv_type(ws, "unsubscribed") == {
+                "type": "unsubscribed", "symbols": ["AAPL"],
+                "channels": ["trades", "quotes", "bars.1m"]}
+            assert server.hub.streams == [] and server.health()["streams"] == 0
 
     asyncio.run(scenario())
 
@@ -66,7 +138,9 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
                 ("[1, 2]", "bad_message"),
                 (b"\x00\x01binary", "binary_frame"),
                 ('{"op": "subscribe", "symbols": ["lower"]}', "invalid_symbol"),
-                ('{"op": "subscribe", "symbols": ["A"], "resume": {"A": "x-y"}}',
+                ('{"op": "subscribe", "symbols": ["A"], "channels": ["ticks"]}',
+                 "unknown_channel"),
+                ('{"op": "subscribe", "symbols": ["A"], "resume": {"A": {"trades": "x-y"}}}',
                  "invalid_cursor"),
             ]
             for frame, code in cases:
@@ -74,6 +148,8 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
                 msg = await recv_json(ws)
                 assert msg["type"] == "error" and msg["code"] == code, (frame, msg)
                 assert msg["message"]
+            assert server.stats.protocol_errors == len(cases)
+            assert server.hub is not None and server.hub.streams == []  # nothing subscribed
             await ws.send('{"op": "ping", "req": "p1"}')
             assert await recv_json(ws) == {"type": "pong", "req": "p1"}
             # A client that always authenticates works with a server without tokens.
@@ -81,17 +157,20 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
             assert await recv_json(ws) == {"type": "auth_ok", "req": 2}
             await ws.send('{"op": "subscribe", "symbols": ["IBM"], "snapshot": false}')
             assert (await recv_json(ws))["type"] == "subscribed"
-            await asyncio.sleep(0.2)  # let the hub pick up the new stream
-            ids = await asyncio.to_thread(publish, r, keys, "IBM", 2)
-            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            await live(server)
+            new = await asyncio.to_thread(publish, r, keys, "IBM", 2)
+            assert ids(await collect(ws, 2), "IBM", T) == new
             await ws.send('{"op": "unsubscribe", "symbols": ["IBM", "NOPE"], "req": 3}')
-            assert await recv_json(ws) == {"type": "unsubscribed", "symbols": ["IBM"], "req": 3}
+            assert await recv_json(ws) == {"type": "unsubscribed", "symbols": ["IBM"],
+                                           "channels": ["trades", "quotes", "bars.1m"],
+                                           "req": 3}
 
     asyncio.run(scenario())
 
 
-def test_healthz_heartbeat_and_unknown_paths(redis_settings: RedisSettings, r: redis.Redis,
-                                             keys: Keys) -> None:
+def test_healthz_heartbeat_metrics_and_unknown_paths(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
     async def scenario() -> None:
         async with running_server(redis_settings) as server:
             await asyncio.sleep(0.1)
@@ -106,7 +185,9 @@ def test_healthz_heartbeat_and_unknown_paths(redis_settings: RedisSettings, r: r
             body = await asyncio.to_thread(_get, base + "/healthz")
             assert body.startswith(b"{") and b'"redis":true' in body
             metrics = await asyncio.to_thread(_get, base + "/metrics")
-            assert b"pricepipe_ws_connections" in metrics
+            for name in (b"pricepipe_ws_connections", b"pricepipe_ws_entries_read_total",
+                         b"pricepipe_ws_trade_gaps_total", b"pricepipe_ws_streams"):
+                assert name in metrics, name
             status = await asyncio.to_thread(_status, base + "/nope")
             assert status == 404
 
@@ -138,11 +219,11 @@ def test_ws_command_serves_and_sigterm_closes_with_1001(
     async def scenario() -> int | None:
         async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
             await recv_json(ws)
-            await ws.send('{"op": "subscribe", "symbols": ["AAPL"]}')
+            await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
             await recv_type(ws, "subscribed")
             await asyncio.sleep(0.3)
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
-            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert ids(await collect(ws, 2), "AAPL", T) == new
             proc.send_signal(signal.SIGTERM)
             try:
                 while True:
@@ -168,9 +249,9 @@ def test_server_rides_out_a_redis_restart_without_gaps(
             await recv_json(ws)
             await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
             await recv_type(ws, "subscribed")
-            await asyncio.sleep(0.2)
+            await live(server)
             before = await asyncio.to_thread(publish, r, keys, "AAPL", 3)
-            assert [t["id"] for t in await collect_ticks(ws, 3)] == before
+            assert ids(await collect(ws, 3), "AAPL", T) == before
             await asyncio.to_thread(redis_server.stop)
             health = f"http://127.0.0.1:{server.port}/healthz"
             for _ in range(500):  # the server notices, and says so
@@ -179,9 +260,11 @@ def test_server_rides_out_a_redis_restart_without_gaps(
                 await asyncio.sleep(0.02)
             assert await asyncio.to_thread(_status, health) == 503
             await asyncio.to_thread(redis_server.start)  # AOF kept the stream
-            after = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=10)
-            # The hub reconnects and carries on from its cursor.
-            assert [t["id"] for t in await collect_ticks(ws, 3, timeout_s=30)] == after
+            trades = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=10)
+            quotes = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=20, channel=Q)
+            # The hub reconnects and carries on from each stream's cursor.
+            got = await collect(ws, 5, timeout_s=30)
+            assert ids(got, "AAPL", T) == trades and ids(got, "AAPL", Q) == quotes
             assert server.health()["redis"] is True
 
     try:
@@ -201,11 +284,11 @@ def test_two_server_processes_serve_their_own_clients(
                 await recv_json(ws)
                 await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
                 await recv_type(ws, "subscribed")
+                await live(server)
                 clients.append(ws)
-            await asyncio.sleep(0.2)
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 4)
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 4)
             for ws in clients:
-                assert [t["id"] for t in await collect_ticks(ws, 4)] == ids
+                assert ids(await collect(ws, 4), "AAPL", T) == new
                 await ws.close()
 
     asyncio.run(scenario())
@@ -220,11 +303,11 @@ def test_server_survives_its_streams_being_deleted(
             await recv_json(ws)
             await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
             await recv_type(ws, "subscribed")
-            await asyncio.sleep(0.2)
+            await live(server)
             await asyncio.to_thread(r.flushall)  # under the hub's blocked XREAD
             await asyncio.sleep(0.3)
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
-            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 2, channel=Q)
+            assert ids(await collect(ws, 2), "AAPL", Q) == new
 
     asyncio.run(scenario())
 
@@ -238,12 +321,13 @@ def test_a_bad_stream_entry_is_skipped_and_the_rest_flows(
             await recv_json(ws)
             await ws.send('{"op": "subscribe", "symbols": ["AAPL"], "snapshot": false}')
             await recv_type(ws, "subscribed")
-            await asyncio.sleep(0.2)
-            await asyncio.to_thread(r.xadd, keys.stream("AAPL"), {"sym": "AAPL", "px": "NaN?"})
-            ids = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
-            assert [t["id"] for t in await collect_ticks(ws, 2)] == ids
-            assert server.hub is not None and server.hub.bad_entries == 1
-            # The bad entry stays in the stream (the persist workers dead-letter it).
-            assert await asyncio.to_thread(r.xlen, keys.stream("AAPL")) == 3
+            await live(server)
+            await asyncio.to_thread(r.xadd, keys.trades("AAPL"), {"t": "1 NaN? 1 b x test "})
+            await asyncio.to_thread(r.xadd, keys.quotes("AAPL"), {"sym": "AAPL"})
+            new = await asyncio.to_thread(publish, r, keys, "AAPL", 2)
+            assert ids(await collect(ws, 2), "AAPL", T) == new
+            assert server.hub is not None and server.hub.bad_entries == 2
+            # The bad entries stay in the streams (the persist workers dead-letter them).
+            assert await asyncio.to_thread(r.xlen, keys.trades("AAPL")) == 3
 
     asyncio.run(scenario())
