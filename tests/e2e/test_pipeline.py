@@ -1,7 +1,7 @@
-"""Issue 2's end-to-end promise on separate role processes: N ticks
-published are exactly N rows, the HTTP API returns every one of them, and a
-websocket client subscribed beforehand receives every one live, each under
-its stream entry ID."""
+"""The end-to-end promise on separate role processes, per event type: N
+events published (trades and quotes) are exactly N rows, the HTTP API
+returns every one of them, and a websocket client subscribed beforehand
+receives every one live, each under its stream entry ID, in stream order."""
 
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ import httpx2 as httpx
 import orjson
 import psycopg2
 import pytest
+from psycopg2 import sql
 from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
-from pricepipe.keys import Keys
+from pricepipe.keys import Channel, Keys
 from tests.helpers import wait_http
 
 pytestmark = pytest.mark.timeout(180)
 
 SYMBOLS = ["AAPL", "MSFT", "BTC-USD"]
 N = 3_000
+CHANNELS = ("trades", "quotes")
 
 
 def _finish(proc: Any, timeout_s: float = 120) -> None:
@@ -39,25 +41,25 @@ def test_n_published_n_persisted_n_served_n_pushed(
     wait_http(f"http://127.0.0.1:{ws_port}/healthz", ws_proc)
     wait_http(f"http://127.0.0.1:{api_port}/healthz", api_proc)
 
-    received: list[dict[str, Any]] = []
+    received: dict[str, list[dict[str, Any]]] = {c: [] for c in CHANNELS}
     subscribed = threading.Event()
     done = threading.Event()
 
     def listen() -> None:
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=10) as ws:
-            ws.send(orjson.dumps({"op": "subscribe", "symbols": SYMBOLS,
-                                  "snapshot": False}).decode())
+            ws.send(orjson.dumps({"op": "subscribe", "channels": list(CHANNELS),
+                                  "symbols": SYMBOLS, "snapshot": False}).decode())
             deadline = time.monotonic() + 90
-            while len(received) < N and time.monotonic() < deadline:
+            while sum(map(len, received.values())) < N and time.monotonic() < deadline:
                 try:
                     message = orjson.loads(ws.recv(timeout=1))
                 except TimeoutError:
                     continue
                 if message.get("type") == "subscribed":
                     subscribed.set()
-                elif message.get("type") == "ticks":
+                elif message.get("type") in CHANNELS:
                     assert not message.get("conflated"), "a fast reader was conflated"
-                    received.extend(message["ticks"])
+                    received[message["type"]].extend(message[message["type"]])
         done.set()
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -68,36 +70,40 @@ def test_n_published_n_persisted_n_served_n_pushed(
                    "--count", str(N), "--seed", "7"], env=pipeline_env))
     _finish(spawn(["persist", "--burst"], env=pipeline_env))
 
-    stream_ids = {s: [eid.decode() for eid, _ in r.xrange(keys.stream(s))] for s in SYMBOLS}
+    stream_ids = {(s, c): [eid.decode() for eid, _ in r.xrange(keys.stream(s, Channel(c)))]
+                  for s in SYMBOLS for c in CHANNELS}
     assert sum(map(len, stream_ids.values())) == N
+    per_channel = {c: sum(len(stream_ids[s, c]) for s in SYMBOLS) for c in CHANNELS}
+    assert per_channel["trades"] and per_channel["quotes"] > per_channel["trades"]
 
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*), count(DISTINCT (symbol, entry_id)) FROM ticks")
-            assert cur.fetchone() == (N, N)
+            for channel in CHANNELS:
+                cur.execute(sql.SQL("SELECT count(*), count(DISTINCT (symbol, entry_id))"
+                                    " FROM {}").format(sql.Identifier(channel)))
+                assert cur.fetchone() == (per_channel[channel],) * 2, channel
     finally:
         conn.close()
 
     api = f"http://127.0.0.1:{api_port}"
-    for symbol in SYMBOLS:
+    for (symbol, channel), ids in stream_ids.items():
         served: list[str] = []
         cursor = None
         while True:
             params: dict[str, Any] = {"start": int(time.time()) - 3600, "limit": 1000}
             if cursor:
                 params["cursor"] = cursor
-            response = httpx.get(f"{api}/v1/ticks/{symbol}", params=params, timeout=10)
+            response = httpx.get(f"{api}/v1/{channel}/{symbol}", params=params, timeout=10)
             assert response.status_code == 200, response.text
             body = response.json()
-            served += [t["id"] for t in body["ticks"]]
+            served += [e["id"] for e in body[channel]]
             cursor = body["next_cursor"]
             if not cursor:
                 break
-        assert len(served) == len(stream_ids[symbol])
-        assert set(served) == set(stream_ids[symbol])
+        assert len(served) == len(ids) and set(served) == set(ids), (symbol, channel)
 
-    assert done.wait(100), f"websocket got {len(received)} of {N} ticks"
-    for symbol in SYMBOLS:
-        pushed = [t["id"] for t in received if t["symbol"] == symbol]
-        assert pushed == stream_ids[symbol]  # every one, in order, no duplicate
+    assert done.wait(100), f"websocket got {sum(map(len, received.values()))} of {N} events"
+    for (symbol, channel), ids in stream_ids.items():
+        pushed = [e["id"] for e in received[channel] if e["symbol"] == symbol]
+        assert pushed == ids  # every one, in order, no duplicate

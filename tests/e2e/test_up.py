@@ -1,6 +1,7 @@
 """The first README command, tried as a newcomer would: ``pricepipe up``
-with nothing configured starts its own servers and, within a minute, ticks
-arrive on the websocket and in ``GET /v1/ticks``; Ctrl-C stops everything;
+with nothing configured starts its own servers and, within a minute, trades
+and quotes arrive on the websocket and in ``GET /v1/trades`` and
+``GET /v1/quotes`` (with bid < ask); Ctrl-C stops everything;
 a second run keeps the data."""
 
 from __future__ import annotations
@@ -107,28 +108,33 @@ def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
         assert len(names) == 3
         symbol = names[0]
 
-        # Live ticks on the websocket, each with its stream entry ID.
+        # Live trades and quotes on the websocket, each with its stream entry ID.
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=10) as ws:
-            ws.send(orjson.dumps({"op": "subscribe", "symbols": [symbol]}).decode())
-            live: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 30
-            while len(live) < 3 and time.monotonic() < deadline:
+            ws.send(orjson.dumps({"op": "subscribe", "channels": ["trades", "quotes"],
+                                  "symbols": [symbol]}).decode())
+            live: dict[str, list[dict[str, Any]]] = {"trades": [], "quotes": []}
+            deadline = time.monotonic() + 60
+            while min(map(len, live.values())) < 2 and time.monotonic() < deadline:
                 message = orjson.loads(ws.recv(timeout=10))
-                batch = message if isinstance(message, list) else [message]
-                for item in batch:
-                    for tick in item.get("ticks", [item]):
-                        if tick.get("symbol") == symbol and "price" in tick and "id" in tick:
-                            live.append(tick)
-            assert len(live) >= 3
+                for channel in live:
+                    if message.get("type") in (channel, "snapshot"):
+                        live[channel] += [e for e in message.get(channel, [])
+                                          if e["symbol"] == symbol and "id" in e]
+            assert min(map(len, live.values())) >= 2, live
+            assert all(q["bid"] is None or q["ask"] is None or q["bid"] < q["ask"]
+                       for q in live["quotes"])
 
         # And persisted, served as history.
-        def history() -> list[dict[str, Any]]:
-            body = httpx.get(f"{api}/v1/ticks/{symbol}", timeout=5).json()
-            rows: list[dict[str, Any]] = body["ticks"] if isinstance(body, dict) else body
+        def history(channel: str) -> list[dict[str, Any]]:
+            body = httpx.get(f"{api}/v1/{channel}/{symbol}", timeout=5).json()
+            rows: list[dict[str, Any]] = body[channel]
             return rows
 
-        rows = _poll(history, 60)
-        assert rows, "no persisted ticks served within a minute"
+        rows = _poll(lambda: history("trades"), 60)
+        assert rows, "no persisted trades served within a minute"
+        assert _poll(lambda: history("quotes"), 60), "no persisted quotes served"
+        assert httpx.get(f"{api}/v1/quotes", params={"symbols": symbol},
+                         timeout=5).json()["quotes"][symbol]["bid"]
         first_id = rows[0]["id"]
         assert up.stop() == 0
     finally:
@@ -143,8 +149,8 @@ def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
              "--api-port", str(api_port), "--ws-port", str(ws_port))
     try:
         up2.wait_for(r"HTTP API\s+http://", 120)
-        body = httpx.get(f"http://127.0.0.1:{api_port}/v1/ticks/{symbol}", timeout=5).json()
-        rows = body["ticks"] if isinstance(body, dict) else body
+        body = httpx.get(f"http://127.0.0.1:{api_port}/v1/trades/{symbol}", timeout=5).json()
+        rows = body["trades"]
         assert rows and rows[0]["id"] == first_id
     finally:
         assert up2.stop() == 0
