@@ -3,8 +3,9 @@ multi-VM topology runs it (deploy/README.md): one publisher, two persist
 workers and two websocket processes, all with ``PRICEPIPE_REDIS_CLUSTER=1``
 and the URL of a single node.
 
-N published ticks become exactly N rows, a websocket client on each
-websocket process receives live ticks, and the API serves quotes and history.
+N published events (trades and quotes) become exactly N rows, a websocket
+client on each websocket process receives live events, and the API serves
+the latest quotes and the history.
 The rq jobs, which rq cannot run on a cluster, run beside it on a standalone
 Redis."""
 
@@ -30,7 +31,7 @@ from pricepipe.keys import PERSIST_GROUP, Keys
 from tests.helpers import wait_http
 
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA"]
-N_TICKS = 3000
+N_EVENTS = 3000
 WAIT_S = 60.0
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -54,10 +55,13 @@ def receive(ws: ClientConnection, kind: str, timeout_s: float) -> dict[str, Any]
 
 
 def count_rows(database_url: str) -> tuple[int, int]:
+    """``(rows, distinct (symbol, entry_id))`` over trades and quotes."""
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*), count(DISTINCT (symbol, entry_id)) FROM ticks")
+            cur.execute("SELECT count(*), count(DISTINCT (kind, symbol, entry_id)) FROM ("
+                        " SELECT 't' AS kind, symbol, entry_id FROM trades UNION ALL"
+                        " SELECT 'q', symbol, entry_id FROM quotes) AS events")
             row = cur.fetchone()
             assert row is not None
             return int(row[0]), int(row[1])
@@ -76,7 +80,7 @@ def test_pipeline_end_to_end_on_redis_cluster(
     cluster: Any = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
     keys = Keys(env["PRICEPIPE_REDIS_PREFIX"], int(env["PRICEPIPE_REDIS_SHARDS"]))
     # The test is only meaningful if the shards really live on different masters.
-    nodes = {cluster.get_node_from_key(keys.stream(s)).port for s in SYMBOLS}
+    nodes = {cluster.get_node_from_key(keys.trades(s)).port for s in SYMBOLS}
     assert len(nodes) >= 2, f"symbols all on one node {nodes}: choose other symbols"
 
     ws_ports = [free_port(), free_port()]
@@ -92,37 +96,41 @@ def test_pipeline_end_to_end_on_redis_cluster(
         stack.callback(cluster.close)
         for i, ws in enumerate(clients):
             receive(ws, "hello", 10)
-            ws.send(orjson.dumps({"op": "subscribe", "symbols": SYMBOLS, "req": i}).decode())
+            ws.send(orjson.dumps({"op": "subscribe", "channels": ["trades", "quotes"],
+                                  "symbols": SYMBOLS, "req": i}).decode())
             subscribed = receive(ws, "subscribed", 10)
             assert sorted(subscribed["symbols"]) == sorted(SYMBOLS)
 
         publisher = spawn(["publish", "--source", "gbm", "--symbols", ",".join(SYMBOLS),
-                           "--count", str(N_TICKS), "--seed", "7"], env=env)
+                           "--count", str(N_EVENTS), "--seed", "7"], env=env)
         assert publisher.wait(WAIT_S) == 0, output_of(publisher)
 
-        # Every websocket process relays live ticks of the cluster's streams.
+        # Every websocket process relays live events of the cluster's streams.
         for ws in clients:
-            frame = receive(ws, "ticks", 20)
-            assert frame["ticks"], frame
-            for tick in frame["ticks"]:
-                assert tick["symbol"] in SYMBOLS and tick["id"] and tick["price"] > 0
+            trades = receive(ws, "trades", 20)["trades"]
+            quotes = receive(ws, "quotes", 20)["quotes"]
+            assert trades and quotes
+            for trade in trades:
+                assert trade["symbol"] in SYMBOLS and trade["id"] and trade["price"] > 0
+            for quote in quotes:
+                assert quote["symbol"] in SYMBOLS and quote["bid"] < quote["ask"]
 
         deadline = time.monotonic() + WAIT_S
         rows = count_rows(database_url)
-        while rows[0] < N_TICKS and time.monotonic() < deadline:
+        while rows[0] < N_EVENTS and time.monotonic() < deadline:
             for proc in workers:
                 assert proc.poll() is None, output_of(proc)
             time.sleep(0.2)
             rows = count_rows(database_url)
-        assert rows == (N_TICKS, N_TICKS), f"rows (total, distinct) = {rows}"
+        assert rows == (N_EVENTS, N_EVENTS), f"rows (total, distinct) = {rows}"
 
         # The streams hold the N entries, all acknowledged by the persist group.
         length = pending = 0
         for symbol in SYMBOLS:
-            stream = keys.stream(symbol)
-            length += int(cluster.xlen(stream))
-            pending += int(cluster.xpending(stream, PERSIST_GROUP)["pending"])
-        assert (length, pending) == (N_TICKS, 0)
+            for stream in (keys.trades(symbol), keys.quotes(symbol)):
+                length += int(cluster.xlen(stream))
+                pending += int(cluster.xpending(stream, PERSIST_GROUP)["pending"])
+        assert (length, pending) == (N_EVENTS, 0)
 
     # The API on the same cluster: latest quotes from the streams, history from PostgreSQL.
     api_port = free_port()
@@ -133,11 +141,14 @@ def test_pipeline_end_to_end_on_redis_cluster(
                                 timeout=10) as response:
         quotes = orjson.loads(response.read())["quotes"]
     assert sorted(quotes) == sorted(SYMBOLS)
+    assert all(quotes[s]["bid"] < quotes[s]["ask"] for s in SYMBOLS), quotes
     history = 0
     for symbol in SYMBOLS:
-        with urllib.request.urlopen(f"{base}/ticks/{symbol}?limit=100000", timeout=10) as resp:
-            history += len(orjson.loads(resp.read())["ticks"])
-    assert history == N_TICKS
+        for channel in ("trades", "quotes"):
+            with urllib.request.urlopen(f"{base}/{channel}/{symbol}?limit=100000",
+                                        timeout=10) as resp:
+                history += len(orjson.loads(resp.read())[channel])
+    assert history == N_EVENTS
 
     # rq does not run on Redis Cluster; as deploy/README.md documents, the jobs units
     # read /etc/pricepipe/jobs.env pointing them at a standalone Redis (here the test's
@@ -162,4 +173,4 @@ def test_pipeline_end_to_end_on_redis_cluster(
         proc.send_signal(signal.SIGTERM)
     for proc in [*workers, *servers, api]:
         assert proc.wait(30) == 0, output_of(proc)
-    assert count_rows(database_url) == (N_TICKS, N_TICKS)  # a clean stop adds nothing
+    assert count_rows(database_url) == (N_EVENTS, N_EVENTS)  # a clean stop adds nothing

@@ -76,13 +76,14 @@ def test_roles_then_migrations_then_least_privilege(
     api = psycopg2.connect(url(fresh_pg, NAMES["api"]))
     try:
         with writer, writer.cursor() as cur:
-            cur.execute("INSERT INTO ticks (symbol, ts, price, source, entry_id) "
-                        "VALUES (%s, %s, %s, %s, %s)", ("AAPL", ts, 1.5, "test", 1))
+            cur.execute("SELECT ensure_partitions('trades', %s, %s)", (ts.date(), ts.date()))
+            cur.execute("INSERT INTO trades (symbol, ts, price, size, source, entry_id) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)", ("AAPL", ts, 1.5, 2.0, "test", 1))
             cur.execute("SELECT rolcreaterole, rolsuper FROM pg_roles WHERE rolname = %s",
                         (NAMES["writer"],))
             assert cur.fetchone() == (False, False)
         with api.cursor() as cur:
-            cur.execute("SELECT symbol, price FROM ticks")
+            cur.execute("SELECT symbol, price FROM trades")
             assert cur.fetchall() == [("AAPL", 1.5)]
             cur.execute("SELECT count(*) FROM bars_1m")  # tables of later migrations too
         api.rollback()
@@ -108,13 +109,13 @@ def test_roles_then_migrations_then_least_privilege(
     while body is None and time.monotonic() < deadline:
         assert server.poll() is None, server.stdout.read() if server.stdout else ""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/ticks/AAPL",
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/trades/AAPL",
                                         timeout=5) as response:
                 body = json.loads(response.read())
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
     assert body is not None, "API did not answer"
-    assert [(t["symbol"], t["price"]) for t in body["ticks"]] == [("AAPL", 1.5)]
+    assert [(t["symbol"], t["price"]) for t in body["trades"]] == [("AAPL", 1.5)]
     # Which role the API's connections authenticated as (log_connections).
     log = (fresh_pg.data_dir / "postgres.log").read_text(errors="replace")
     users = set(re.findall(r"connection authorized: user=(\S+) database=pricepipe "
