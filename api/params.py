@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pricepipe import codec
 from pricepipe.clock import US_PER_S, parse_time_us
-from pricepipe.events import MAX_TS_US, MIN_TS_US, SYMBOL_RE
-from pricepipe.exceptions import InvalidParameterError
+from pricepipe.events import MAX_TS_US, MIN_TS_US, SYMBOL_RE, id_range_span_us
+from pricepipe.exceptions import DecodeError, InvalidParameterError
 
 US_PER_DAY = 86_400 * US_PER_S
 
@@ -30,6 +31,11 @@ INTERVALS_US: dict[str, int] = {
 
 #: ``<ts_us>_<entry_id>``; the entry ID is negative for backfilled rows.
 _CURSOR_RE = re.compile(r"(\d{1,19})_(-?\d{1,19})")
+#: ``<ms>-<seq>_<ts_us>``: the entry ID first, as the rows are ordered.
+_STREAM_CURSOR_RE = re.compile(r"([0-9]{1,19}-[0-9]{1,20})_([0-9]{1,19})")
+#: A Redis stream entry ID, both parts given (Redis reads ``<ms>`` alone as
+#: ``<ms>-0`` or ``<ms>-<max>`` depending on the command: ambiguous here).
+_ENTRY_ID_RE = re.compile(r"([0-9]{1,19})-([0-9]{1,20})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +47,51 @@ class TimeRange:
 
 
 @dataclass(frozen=True, slots=True)
+class IdRange:
+    """The stream entries with ``after < entry_id < until`` (packed entry
+    IDs, :func:`pricepipe.codec.pack_entry_id`; both exclusive), read in
+    stream order. Never holds a backfilled row: those have negative IDs."""
+
+    after: int
+    until: int
+
+    @property
+    def after_ms(self) -> int:
+        return self.after >> codec.SEQ_BITS
+
+    @property
+    def until_ms(self) -> int:
+        return self.until >> codec.SEQ_BITS
+
+    def event_times(self, cursor: Cursor | None = None) -> TimeRange:
+        """Half-open event times every entry of the range (after ``cursor``,
+        when given) lies in: :func:`pricepipe.events.id_range_span_us`."""
+        low_ms = self.after_ms if cursor is None else max(self.after_ms,
+                                                          cursor.entry_id >> codec.SEQ_BITS)
+        return TimeRange(*id_range_span_us(low_ms, self.until_ms))
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
-    """Position after the last row of a page: its ``(ts_us, entry_id)`` key,
-    the order of the history tables' primary keys. ``entry_id`` is the
-    packed stream entry ID (:func:`pricepipe.codec.pack_entry_id`), or the
-    negative synthetic one of a backfilled row."""
+    """Position after the last row of a page: its ``(ts_us, entry_id)``.
+
+    ``entry_id`` is the packed stream entry ID
+    (:func:`pricepipe.codec.pack_entry_id`), or the negative synthetic one
+    of a backfilled row. A time-range page continues after ``(ts_us,
+    entry_id)`` in that order, the event-time order; an ID-range page
+    (``stream_order``) after ``(entry_id, ts_us)``, the primary key's order
+    (the time breaks ties only if two rows share an ID, which a Redis that
+    lost its data and reused IDs can cause). Each kind encodes differently,
+    so one is never taken for the other.
+    """
 
     ts_us: int
     entry_id: int
+    stream_order: bool = False
 
     def encode(self) -> str:
+        if self.stream_order:
+            return f"{codec.unpack_entry_id(self.entry_id)}_{self.ts_us}"
         return f"{self.ts_us}_{self.entry_id}"
 
 
@@ -114,19 +155,85 @@ def parse_range(
     return TimeRange(start_us, end_us)
 
 
-def parse_cursor(text: str | None) -> Cursor | None:
-    """A ``next_cursor`` value as returned by a previous page, or None."""
+def parse_cursor(text: str | None, *, stream_order: bool = False) -> Cursor | None:
+    """A ``next_cursor`` value as returned by a previous page, or None.
+
+    ``stream_order``: the request is an entry-ID range, so the cursor must
+    come from such a page (and a time-range request's from a time-range page).
+    """
     if text is None or text == "":
         return None
+    if _STREAM_CURSOR_RE.fullmatch(text) is not None:
+        if not stream_order:
+            raise InvalidParameterError(
+                "cursor: this cursor continues an after_id/until_id range: "
+                "pass it with the same after_id and until_id", param="cursor")
+        entry, ts = text.split("_")
+        try:
+            entry_id = codec.pack_entry_id(entry)
+        except DecodeError:
+            raise InvalidParameterError("cursor: out of range", param="cursor") from None
+        ts_us = int(ts)
+        if not MIN_TS_US <= ts_us <= MAX_TS_US:
+            raise InvalidParameterError("cursor: out of range", param="cursor")
+        return Cursor(ts_us, entry_id, stream_order=True)
     match = _CURSOR_RE.fullmatch(text)
     if match is None:
         raise InvalidParameterError(
             "cursor: not a cursor returned by this API (want <ts_us>_<entry>)", param="cursor"
         )
+    if stream_order:
+        raise InvalidParameterError(
+            "cursor: this cursor continues a start/end time range, not an "
+            "after_id/until_id range", param="cursor")
     ts_us, entry_id = int(match[1]), int(match[2])
     if not MIN_TS_US <= ts_us <= MAX_TS_US or not -(1 << 63) <= entry_id < 1 << 63:
         raise InvalidParameterError("cursor: out of range", param="cursor")
     return Cursor(ts_us, entry_id)
+
+
+def parse_entry_id(text: str, param: str) -> int:
+    """A stream entry ID ``<ms>-<seq>`` (e.g. ``1767571200120-0``) -> its
+    packed form (:func:`pricepipe.codec.pack_entry_id`, order preserving)."""
+    if _ENTRY_ID_RE.fullmatch(text) is None:
+        raise InvalidParameterError(
+            f"{param}: {text[:40]!r} is not a stream entry ID: want <ms>-<seq>, "
+            "both decimal digits, e.g. 1767571200120-0", param=param)
+    try:
+        return codec.pack_entry_id(text)
+    except DecodeError:
+        raise InvalidParameterError(
+            f"{param}: {text[:40]!r} is beyond any stored entry ID: at most "
+            f"{(1 << (63 - codec.SEQ_BITS)) - 1} ms and {(1 << codec.SEQ_BITS) - 1} seq",
+            param=param) from None
+
+
+def parse_id_range(after_id: str | None, until_id: str | None, *,
+                   max_span_us: int) -> IdRange | None:
+    """The entries strictly between ``after_id`` and ``until_id`` (both
+    required together; None when neither is given).
+
+    Raises unless ``after_id < until_id`` (compared numerically, ms then
+    seq) and their milliseconds are at most ``max_span_us`` apart, the cap
+    of a time range.
+    """
+    if after_id is None and until_id is None:
+        return None
+    if after_id is None or until_id is None:
+        missing = "after_id" if after_id is None else "until_id"
+        raise InvalidParameterError(
+            f"{missing}: give after_id and until_id together (the range between them, "
+            "both exclusive)", param=missing)
+    rng = IdRange(parse_entry_id(after_id, "after_id"), parse_entry_id(until_id, "until_id"))
+    if rng.after >= rng.until:
+        raise InvalidParameterError(
+            "after_id must be before until_id (entry IDs compare as numbers: ms, then seq)",
+            param="after_id")
+    if (rng.until_ms - rng.after_ms) * 1000 > max_span_us:
+        raise InvalidParameterError(
+            f"entry ID range too long: at most {_span_text(max_span_us)} between the "
+            "IDs' milliseconds per request", param="until_id")
+    return rng
 
 
 def parse_interval(text: str) -> int:

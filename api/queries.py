@@ -2,8 +2,14 @@
 
 Every function takes an open connection; values reach PostgreSQL only as
 bound parameters (``%(name)s``), and the pieces of SQL that vary (the
-table, an optional cursor condition) are fixed fragments and identifiers
-composed with :mod:`psycopg2.sql`.
+table, the row order with its range and cursor conditions) are fixed
+fragments and identifiers composed with :mod:`psycopg2.sql`.
+
+Trades and quotes are read in one of two orders: a time range by event
+time, from the ``(symbol, ts, ...)`` index; an entry-ID range in stream
+order, from the primary key ``(symbol, entry_id, ts)``, the time bounded
+by the append-time bounds of :mod:`pricepipe.events` so only the daily
+partitions the entries can be in are read.
 
 Rows are encoded by PostgreSQL itself, as JSON text or as CSV through
 ``COPY ... TO STDOUT``, so a page of 100,000 trades is not turned into
@@ -33,7 +39,11 @@ from pricepipe.clock import us_to_datetime
 from pricepipe.events import US_PER_MINUTE
 from pricepipe.keys import Channel
 
-from .params import Cursor, TimeRange
+from .params import Cursor, IdRange, TimeRange
+
+#: What a history request reads: a time range in event-time order, or an
+#: entry-ID range in stream order.
+Span = TimeRange | IdRange
 
 #: ``to_char`` pattern of :func:`pricepipe.clock.format_us`.
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
@@ -106,6 +116,7 @@ EVENT_TABLES = {table.channel: table for table in (TRADES, QUOTES)}
 # ORDER BY names the table's columns: a bare `ts` would be the to_char text
 # of the select list (output names win in ORDER BY), which no index serves,
 # so every row of the range was formatted and sorted for a page of 1,000.
+# (WHERE sees only the table's columns.)
 _SELECT = f"""
     SELECT symbol,
            to_char(ts AT TIME ZONE 'UTC', {_ISO}) AS ts,
@@ -116,22 +127,62 @@ _SELECT = f"""
                 || (entry_id & %(seq_mask)s)::text END AS id,
            entry_id
       FROM {{table}}
-     WHERE symbol = %(symbol)s AND ts >= %(start)s AND ts < %(end)s {{bounds}}
-     ORDER BY {{table}}.ts, {{table}}.entry_id
+     WHERE symbol = %(symbol)s {{range}} {{bounds}}
+     ORDER BY {{order}}
      {{limit}}
 """
 
-# Bounds on (ts, entry_id), the order of the primary key: after a cursor,
-# and the two halves of a split page (see event_page).
-_AFTER = sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)")
-_BEFORE_SPLIT = sql.SQL("AND (ts, entry_id) < (%(split_ts)s, %(split_entry)s)")
-_FROM_SPLIT = sql.SQL("AND (ts, entry_id) >= (%(split_ts)s, %(split_entry)s)")
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """The SQL of one row order: the range condition, the ORDER BY (``{t}``
+    is the table) and the keyset bounds after a cursor and around the split
+    key of a split page (see event_page). The keys are row comparisons in
+    the index's column order, so they are index conditions."""
+
+    range: sql.SQL
+    order_by: str
+    after: sql.SQL
+    before_split: sql.SQL
+    from_split: sql.SQL
+
+    def order(self, table: EventTable) -> sql.Composed:
+        return sql.SQL(self.order_by).format(t=sql.Identifier(table.name))
+
+
+# Event-time order, from the (symbol, ts, ...) index.
+_TIME_ORDER = _Order(
+    range=sql.SQL("AND ts >= %(start)s AND ts < %(end)s"),
+    order_by="{t}.ts, {t}.entry_id",
+    after=sql.SQL("AND (ts, entry_id) > (%(after_ts)s, %(after_entry)s)"),
+    before_split=sql.SQL("AND (ts, entry_id) < (%(split_ts)s, %(split_entry)s)"),
+    from_split=sql.SQL("AND (ts, entry_id) >= (%(split_ts)s, %(split_entry)s)"),
+)
+
+# Stream order, from the primary key (symbol, entry_id, ts). The ts bounds
+# select no row the IDs do not (IdRange.event_times) but name the daily
+# partitions the entries can be in, so PostgreSQL reads only those (plan-time
+# pruning: the values reach the server inlined, by mogrify, for COPY).
+# Negative (backfilled) entry IDs are below every after_id.
+_STREAM_ORDER = _Order(
+    range=sql.SQL("AND entry_id > %(after_id)s AND entry_id < %(until_id)s"
+                  " AND ts >= %(start)s AND ts < %(end)s"),
+    order_by="{t}.entry_id, {t}.ts",
+    after=sql.SQL("AND (entry_id, ts) > (%(after_entry)s, %(after_ts)s)"),
+    before_split=sql.SQL("AND (entry_id, ts) < (%(split_entry)s, %(split_ts)s)"),
+    from_split=sql.SQL("AND (entry_id, ts) >= (%(split_entry)s, %(split_ts)s)"),
+)
+
+
+def _order_of(span: Span) -> _Order:
+    return _STREAM_ORDER if isinstance(span, IdRange) else _TIME_ORDER
+
 
 # The key of the row `offset` rows into a page: an index-only scan.
 _SPLIT_KEY = sql.SQL("""
     SELECT ts, entry_id FROM {table}
-     WHERE symbol = %(symbol)s AND ts >= %(start)s AND ts < %(end)s {bounds}
-     ORDER BY {table}.ts, {table}.entry_id
+     WHERE symbol = %(symbol)s {range} {bounds}
+     ORDER BY {order}
     OFFSET %(offset)s LIMIT 1
 """)
 
@@ -305,39 +356,64 @@ def _json_head(symbol: str) -> str:
     return '{"symbol":' + codec.encode_json(symbol).decode() + ',"ts":"'
 
 
-def _event_params(symbol: str, span: TimeRange, cursor: Cursor | None) -> dict[str, Any]:
+def _event_params(symbol: str, span: Span, cursor: Cursor | None) -> dict[str, Any]:
+    times = span.event_times(cursor) if isinstance(span, IdRange) else span
     params: dict[str, Any] = {
         "symbol": symbol,
-        "start": us_to_datetime(span.start_us),
-        "end": us_to_datetime(span.end_us),
+        "start": us_to_datetime(times.start_us),
+        "end": us_to_datetime(times.end_us),
         "json_head": _json_head(symbol),
         **_ID_PARAMS,
     }
+    if isinstance(span, IdRange):
+        params["after_id"] = span.after
+        params["until_id"] = span.until
     if cursor is not None:
         params["after_ts"] = us_to_datetime(cursor.ts_us)
         params["after_entry"] = cursor.entry_id
     return params
 
 
-def _select(table: EventTable, limit: int | None, *bounds: sql.Composable) -> sql.Composed:
+def _select(table: EventTable, order: _Order, limit: int | None,
+            *bounds: sql.Composable) -> sql.Composed:
     return sql.SQL(_SELECT).format(
         values=sql.SQL(table.values),
         table=sql.Identifier(table.name),
+        range=order.range,
         bounds=sql.SQL(" ").join(bounds),
+        order=order.order(table),
         limit=sql.SQL("LIMIT {}").format(sql.Literal(int(limit))) if limit is not None
         else sql.SQL(""),
     )
 
 
-def _after(cursor: Cursor | None) -> tuple[sql.Composable, ...]:
-    return (_AFTER,) if cursor is not None else ()
+def _after(order: _Order, cursor: Cursor | None) -> tuple[sql.Composable, ...]:
+    return (order.after,) if cursor is not None else ()
+
+
+def event_page_sql(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
+                   span: Span, cursor: Cursor | None, limit: int) -> bytes:
+    """The bound query of a JSON page read on one connection (what
+    :func:`event_page` runs, e.g. to ``EXPLAIN`` it)."""
+    order = _order_of(span)
+    query = sql.SQL(_JSON).format(values=sql.SQL(table.json),
+                                  select=_select(table, order, limit + 1,
+                                                 *_after(order, cursor)))
+    with conn.cursor() as cur:
+        return cur.mogrify(query, _event_params(symbol, span, cursor))
 
 
 def event_page(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
-               span: TimeRange, cursor: Cursor | None, limit: int, *,
+               span: Span, cursor: Cursor | None, limit: int, *,
                spare: psycopg2.extensions.connection | None = None) -> EventPage:
-    """Rows of ``table`` of ``symbol`` in ``span`` after ``cursor``, oldest
-    first, by ``(ts, entry id)``; ``next_cursor`` is None on the last page.
+    """Rows of ``table`` of ``symbol`` in ``span`` after ``cursor``;
+    ``next_cursor`` is None on the last page.
+
+    A :class:`~.params.TimeRange` is read oldest first, by ``(ts, entry
+    id)``; an :class:`~.params.IdRange` in stream order, by ``(entry id,
+    ts)``, from the primary key, and its cursors are ``stream_order`` ones.
+    The caller checks that ``cursor`` is of the kind ``span`` needs
+    (:func:`~.params.parse_cursor`).
 
     With a ``spare`` connection, a page of :data:`SPLIT_PAGE_ROWS` or more
     is read as two halves at once (split at the key of its middle row), one
@@ -347,18 +423,23 @@ def event_page(conn: psycopg2.extensions.connection, table: EventTable, symbol: 
     may be missed, as it would be by one statement started a moment
     earlier. Either way each row returned is stored, in order, once.
     """
+    order = _order_of(span)
     params = _event_params(symbol, span, cursor)
     if spare is None or limit < SPLIT_PAGE_ROWS:
-        rows = _json_rows(conn, table, params, _select(table, limit + 1, *_after(cursor)))
+        rows = _json_rows(conn, table, params,
+                          _select(table, order, limit + 1, *_after(order, cursor)))
     else:
-        rows = _split_rows(conn, spare, table, params, _after(cursor), limit + 1)
+        rows = _split_rows(conn, spare, table, order, params, _after(order, cursor), limit + 1)
     page, last = first_rows(rows, limit)
     if last is None:
         return EventPage(page, None)
     row = codec.decode_json(last)
     ts_us = int(row["ts_us"])
+    stream_order = order is _STREAM_ORDER
     if row["id"] is not None:
-        return EventPage(page, Cursor(ts_us, codec.pack_entry_id(row["id"])))
+        return EventPage(page, Cursor(ts_us, codec.pack_entry_id(row["id"]),
+                                      stream_order=stream_order))
+    # Only in time order: an ID range holds no backfilled row.
     return EventPage(page, _cursor_of_backfilled(conn, table, params, cursor, page, ts_us))
 
 
@@ -389,7 +470,7 @@ def _cursor_of_backfilled(conn: psycopg2.extensions.connection, table: EventTabl
         end = begin
     with conn.cursor() as cur:
         cur.execute(_KEY_AT.format(table=sql.Identifier(table.name),
-                                   bounds=sql.SQL(" ").join(_after(cursor))),
+                                   bounds=sql.SQL(" ").join(_after(_TIME_ORDER, cursor))),
                     {**params, "at_ts": us_to_datetime(ts_us), "offset": same - 1})
         found = cur.fetchone()
     if found is None:  # deleted meanwhile: resume before the instant
@@ -420,24 +501,26 @@ def _json_rows(conn: psycopg2.extensions.connection, table: EventTable,
 
 
 def _split_rows(conn: psycopg2.extensions.connection, spare: psycopg2.extensions.connection,
-                table: EventTable, params: dict[str, Any],
+                table: EventTable, order: _Order, params: dict[str, Any],
                 after: tuple[sql.Composable, ...], wanted: int) -> JsonRows:
     """The first ``wanted`` rows: those before the middle one on ``conn``,
     the rest on ``spare`` in a thread of its own, at the same time."""
     half = wanted // 2
     with conn.cursor() as cur:
-        cur.execute(_SPLIT_KEY.format(table=sql.Identifier(table.name),
-                                      bounds=sql.SQL(" ").join(after)),
+        cur.execute(_SPLIT_KEY.format(table=sql.Identifier(table.name), range=order.range,
+                                      bounds=sql.SQL(" ").join(after),
+                                      order=order.order(table)),
                     {**params, "offset": half})
         middle = cur.fetchone()
     if middle is None:  # at most `half` rows in all: no need to split
-        return _json_rows(conn, table, params, _select(table, wanted, *after))
+        return _json_rows(conn, table, params, _select(table, order, wanted, *after))
     params = {**params, "split_ts": middle[0], "split_entry": middle[1]}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-page") as executor:
         second = executor.submit(_json_rows, spare, table, params,
-                                 _select(table, wanted - half, _FROM_SPLIT))
+                                 _select(table, order, wanted - half, order.from_split))
         try:
-            first = _json_rows(conn, table, params, _select(table, None, *after, _BEFORE_SPLIT))
+            first = _json_rows(conn, table, params,
+                               _select(table, order, None, *after, order.before_split))
         except BaseException:
             spare.cancel()  # the page has failed: do not wait for its second half
             raise
@@ -447,12 +530,14 @@ def _split_rows(conn: psycopg2.extensions.connection, spare: psycopg2.extensions
 
 
 def event_csv_sql(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
-                  span: TimeRange, cursor: Cursor | None, limit: int | None) -> bytes:
-    """The bound ``SELECT`` of a CSV download of ``table``, for
+                  span: Span, cursor: Cursor | None, limit: int | None) -> bytes:
+    """The bound ``SELECT`` of a CSV download of ``table``, in the order of
+    ``span``'s kind (see :func:`event_page`), for
     :class:`~pricepipe.api.copystream.CopyStream`."""
+    order = _order_of(span)
     query = _CSV.format(
         columns=sql.SQL(", ").join(sql.Identifier(c) for c in table.csv_columns),
-        select=_select(table, limit, *_after(cursor)),
+        select=_select(table, order, limit, *_after(order, cursor)),
     )
     with conn.cursor() as cur:
         return cur.mogrify(query, _event_params(symbol, span, cursor))

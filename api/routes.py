@@ -30,7 +30,7 @@ from pricepipe.events import Trade
 from pricepipe.exceptions import InvalidParameterError, PricepipeError
 from pricepipe.keys import Channel
 
-from . import latest, params, queries
+from . import coverage, latest, params, queries
 from .copystream import CopyStream
 from .errors import ERROR_RESPONSES, ErrorBody
 from .metrics import Metrics
@@ -88,18 +88,32 @@ class QuoteOut(BaseModel):
 
 
 class TradePageOut(BaseModel):
+    """A page of a time range (`start`, `end` set, the IDs null) or of an
+    entry-ID range (`after_id`, `until_id` set, the times null). `complete`
+    (ID ranges only, else null): true when every entry of the range had been
+    persisted before the page was read, false when some may still be on
+    their way (ask again), null when Redis could not tell."""
+
     symbol: str
-    start: str
-    end: str
+    start: str | None
+    end: str | None
+    after_id: str | None
+    until_id: str | None
+    complete: bool | None
     count: int
     next_cursor: str | None
     trades: list[TradeOut]
 
 
 class QuotePageOut(BaseModel):
+    """A page of quotes, as `TradePageOut`."""
+
     symbol: str
-    start: str
-    end: str
+    start: str | None
+    end: str | None
+    after_id: str | None
+    until_id: str | None
+    complete: bool | None
     count: int
     next_cursor: str | None
     quotes: list[QuoteOut]
@@ -185,7 +199,12 @@ def _json_page(head: dict[str, Any], list_name: str, rows: queries.JsonRows) -> 
     return JsonArrayResponse(b"".join([prefix, b',"', list_name.encode(), b'":[']), rows, b"]}")
 
 
-def _csv(stream: CopyStream, filename: str) -> Response:
+#: Header of a CSV download of an entry-ID range: the page's `complete`.
+COMPLETE_HEADER = "Pricepipe-Range-Complete"
+
+
+def _csv(stream: CopyStream, filename: str, headers: dict[str, str] | None = None
+         ) -> Response:
     # Pull the first chunk here: a failing query still becomes a proper error
     # status instead of a response cut off after its headers.
     chunks = iter(stream)
@@ -196,7 +215,7 @@ def _csv(stream: CopyStream, filename: str) -> Response:
         raise
     return CsvResponse(
         itertools.chain([first], chunks), on_close=stream.abort,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **(headers or {})},
     )
 
 
@@ -244,26 +263,54 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         return JsonResponse({"symbols": out})
 
     def history(svc: Services, table: queries.EventTable, symbol: str, start: str | None,
-                end: str | None, limit: int | None, cursor: str | None, fmt: str | None,
+                end: str | None, after_id: str | None, until_id: str | None,
+                limit: int | None, cursor: str | None, fmt: str | None,
                 accept: str | None) -> Response:
-        """A page (JSON) or the whole range (CSV) of one history table."""
+        """A page (JSON) or the whole range (CSV) of one history table: of a
+        time range in event-time order, or of an entry-ID range in stream order."""
         sym = params.parse_symbol(symbol)
-        span = params.parse_range(start, end, now_us=now_us(),
-                                  default_span_us=params.US_PER_DAY, max_span_us=max_span_us)
-        after = params.parse_cursor(cursor)
-        if params.wants_csv(fmt, accept):
+        span: queries.Span | None = params.parse_id_range(after_id, until_id,
+                                                          max_span_us=max_span_us)
+        if span is not None and (start is not None or end is not None):
+            raise InvalidParameterError(
+                f"{'start' if start is not None else 'end'}: give either start/end (a time "
+                "range, in event-time order) or after_id/until_id (an entry-ID range, in "
+                "stream order), not both", param="start" if start is not None else "end")
+        if span is None:
+            span = params.parse_range(start, end, now_us=now_us(),
+                                      default_span_us=params.US_PER_DAY,
+                                      max_span_us=max_span_us)
+        after = params.parse_cursor(cursor, stream_order=isinstance(span, params.IdRange))
+        csv_wanted = params.wants_csv(fmt, accept)
+        # Before the rows are read (see pricepipe.api.coverage).
+        complete = (coverage.range_complete(svc.redis, svc.keys, sym, table.channel,
+                                            codec.unpack_entry_id(span.until))
+                    if isinstance(span, params.IdRange) else None)
+        if csv_wanted:
             stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit),
                 header=table.csv_columns, chunk_bytes=settings.csv_chunk_bytes)
-            return _csv(stream, f"{sym}-{table.name}.csv")
+            headers = None
+            if isinstance(span, params.IdRange):
+                headers = {COMPLETE_HEADER: "unknown" if complete is None
+                           else "true" if complete else "false"}
+            return _csv(stream, f"{sym}-{table.name}.csv", headers)
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn, (
                 svc.pool.spare_connection() if rows >= queries.SPLIT_PAGE_ROWS
                 else contextlib.nullcontext()) as spare:
             page = queries.event_page(conn, table, sym, span, after, rows, spare=spare)
+        bounds: dict[str, Any]
+        if isinstance(span, params.IdRange):
+            bounds = {"start": None, "end": None,
+                      "after_id": codec.unpack_entry_id(span.after),
+                      "until_id": codec.unpack_entry_id(span.until), "complete": complete}
+        else:
+            bounds = {"start": format_us(span.start_us), "end": format_us(span.end_us),
+                      "after_id": None, "until_id": None, "complete": None}
         head = {
-            "symbol": sym, "start": format_us(span.start_us), "end": format_us(span.end_us),
+            "symbol": sym, **bounds,
             "next_cursor": page.next_cursor.encode() if page.next_cursor else None,
         }
         return _json_page(head, table.name, page.rows)
@@ -271,9 +318,25 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
     # The parameters of both history routes (FastAPI reads each route's own
     # signature, so they are spelled out twice, from these aliases).
     Start = Annotated[str | None, Query(max_length=64, description=(
-        f"Start (inclusive): {TIME_HELP}; default end - 1 day"))]
+        f"Start (inclusive): {TIME_HELP}; default end - 1 day. "
+        "Not with `after_id`/`until_id`"))]
     End = Annotated[str | None, Query(max_length=64, description=(
-        f"End (exclusive): {TIME_HELP}; default now"))]
+        f"End (exclusive): {TIME_HELP}; default now. Not with `after_id`/`until_id`"))]
+    id_help = ("stream entry ID `<ms>-<seq>` (e.g. `1767571200120-0`); with `{other}`, "
+               "selects the entries strictly between the two, in stream order "
+               "(IDs compare as numbers: ms, then seq), instead of a time range: "
+               "the range of a gap the websocket or the client library names")
+    # The pattern is documented, not enforced by FastAPI: params.parse_entry_id
+    # says what is wrong in words, and the same for every mistake.
+    id_pattern = {"pattern": "^[0-9]+-[0-9]+$"}
+    AfterId = Annotated[str | None, Query(
+        max_length=48, json_schema_extra=id_pattern,
+        description="After (exclusive): " + id_help.format(other="until_id"),
+        examples=["1767571200120-0"])]
+    UntilId = Annotated[str | None, Query(
+        max_length=48, json_schema_extra=id_pattern,
+        description="Until (exclusive): " + id_help.format(other="after_id"),
+        examples=["1767571260000-3"])]
     Limit = Annotated[int | None, Query(ge=1, le=settings.max_page_rows, description=(
         f"Rows per page (JSON: default {settings.default_page_rows}; CSV: default all)"))]
     CursorParam = Annotated[str | None, Query(max_length=64, description=(
@@ -283,22 +346,33 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
     @router.get("/trades/{symbol}", response_model=TradePageOut, responses=csv_200,
                 summary="Trades of a symbol in a time range")
     def get_trades(svc: ServicesDep, symbol: Annotated[str, SYMBOL_PATH], start: Start = None,
-                   end: End = None, limit: Limit = None, cursor: CursorParam = None,
+                   end: End = None, after_id: AfterId = None, until_id: UntilId = None,
+                   limit: Limit = None, cursor: CursorParam = None,
                    fmt: FormatParam = None, accept: AcceptHeader = None) -> Response:
         """Trades oldest first (by time, then stream entry ID), each as the
-        websocket sends it. JSON pages carry `next_cursor` (null on the last
-        page): pass it as `cursor` with the same range for the next page.
-        CSV streams the whole range."""
-        return history(svc, queries.TRADES, symbol, start, end, limit, cursor, fmt, accept)
+        websocket sends it; or, with `after_id` and `until_id`, the trades
+        of the stream strictly between those entry IDs in stream order (by
+        entry ID; backfilled trades, never in a stream, are not in such a
+        range); `complete` then says whether every entry of the range had
+        reached the history when it was read (the CSV's
+        `Pricepipe-Range-Complete` header: true, false or unknown). JSON
+        pages carry `next_cursor` (null on the last page): pass it as
+        `cursor` with the same range for the next page. CSV streams the
+        whole range."""
+        return history(svc, queries.TRADES, symbol, start, end, after_id, until_id, limit,
+                       cursor, fmt, accept)
 
     @router.get("/quotes/{symbol}", response_model=QuotePageOut, responses=csv_200,
                 summary="Quotes (top of book) of a symbol in a time range")
     def get_quote_history(svc: ServicesDep, symbol: Annotated[str, SYMBOL_PATH],
-                          start: Start = None, end: End = None, limit: Limit = None,
+                          start: Start = None, end: End = None, after_id: AfterId = None,
+                          until_id: UntilId = None, limit: Limit = None,
                           cursor: CursorParam = None, fmt: FormatParam = None,
                           accept: AcceptHeader = None) -> Response:
-        """Quotes oldest first, paged and downloaded as `/v1/trades/{symbol}`."""
-        return history(svc, queries.QUOTES, symbol, start, end, limit, cursor, fmt, accept)
+        """Quotes oldest first, or an entry-ID range of the quotes stream in
+        stream order; paged and downloaded as `/v1/trades/{symbol}`."""
+        return history(svc, queries.QUOTES, symbol, start, end, after_id, until_id, limit,
+                       cursor, fmt, accept)
 
     @router.get("/bars/{symbol}", response_model=BarsOut, responses=csv_200,
                 summary="OHLCV bars of a symbol, with VWAP and trade count")

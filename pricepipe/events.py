@@ -48,6 +48,22 @@ MAX_EVENT_AGE_AT_APPEND_US = 7 * 86_400_000_000
 MAX_EVENT_LEAD_AT_APPEND_US = 300_000_000
 
 
+def id_range_span_us(after_ms: int, until_ms: int) -> tuple[int, int]:
+    """Half-open ``[start_us, end_us)`` of event times holding every entry
+    appended in milliseconds ``after_ms`` to ``until_ms`` (both included).
+
+    An entry appended at millisecond ``ms`` has ``ms * 1000 -
+    MAX_EVENT_AGE_AT_APPEND_US <= ts_us <= ms * 1000 + 999 +
+    MAX_EVENT_LEAD_AT_APPEND_US``: the upper end keeps ``until_ms``'s own
+    millisecond to its last microsecond, whichever end of it the append
+    time was taken at. Clamped to the valid times; empty (``start_us >=
+    end_us``) when no event can lie in it. The span only prunes partitions;
+    the entry IDs select the rows.
+    """
+    return (max(after_ms * 1000 - MAX_EVENT_AGE_AT_APPEND_US, MIN_TS_US),
+            min((until_ms + 1) * 1000 + MAX_EVENT_LEAD_AT_APPEND_US, MAX_TS_US))
+
+
 class Side(StrEnum):
     """The aggressor of a trade: the side that took liquidity."""
 

@@ -5,8 +5,8 @@ The persist workers store every entry with its packed entry ID, so the
 entries of one stream between two IDs are exactly the rows of that symbol
 between the two packed IDs, read in stream order from the tables' primary
 key (symbol, entry_id, ts). Event times lie within fixed bounds of their
-entry's append time (:data:`pricepipe.events.MAX_EVENT_AGE_AT_APPEND_US`),
-which bounds the daily partitions each page looks at.
+entry's append time (:func:`pricepipe.events.id_range_span_us`), which
+bounds the daily partitions each page looks at.
 """
 
 from __future__ import annotations
@@ -16,14 +16,7 @@ from typing import Any, Protocol
 
 from pricepipe import codec
 from pricepipe.clock import datetime_to_us, us_to_datetime
-from pricepipe.events import (
-    MAX_EVENT_AGE_AT_APPEND_US,
-    MAX_EVENT_LEAD_AT_APPEND_US,
-    MAX_TS_US,
-    MIN_TS_US,
-    Quote,
-    Trade,
-)
+from pricepipe.events import Quote, Trade, id_range_span_us
 from pricepipe.keys import Channel
 
 from .delivery import Delivery, Gap
@@ -67,13 +60,11 @@ class PgHistory:
             return []  # bars are derived: /v1/bars recomputes them from trades
         after_ms = codec.parse_entry_id(after)[0]
         until_ms = codec.parse_entry_id(until)[0]
+        start_us, end_us = id_range_span_us(after_ms, until_ms)
         params = {
             "symbol": symbol, "after": codec.pack_entry_id(after),
             "until": codec.pack_entry_id(until), "limit": self.page_rows,
-            "ts_min": us_to_datetime(max(after_ms * 1000 - MAX_EVENT_AGE_AT_APPEND_US,
-                                         MIN_TS_US)),
-            "ts_max": us_to_datetime(min(until_ms * 1000 + MAX_EVENT_LEAD_AT_APPEND_US,
-                                         MAX_TS_US)),
+            "ts_min": us_to_datetime(start_us), "ts_max": us_to_datetime(end_us),
         }
         with self.conn.cursor() as cur:
             cur.execute(_SQL[channel], params)

@@ -10,7 +10,18 @@ from hypothesis import strategies as st
 
 from pricepipe import codec
 from pricepipe.clock import format_us, parse_time_us
-from pricepipe.events import MAX_TS_US, MIN_TS_US, Bar, BarState, Quote, Side, Trade
+from pricepipe.events import (
+    MAX_EVENT_AGE_AT_APPEND_US,
+    MAX_EVENT_LEAD_AT_APPEND_US,
+    MAX_TS_US,
+    MIN_TS_US,
+    Bar,
+    BarState,
+    Quote,
+    Side,
+    Trade,
+    id_range_span_us,
+)
 from pricepipe.exceptions import DecodeError, InvalidEventError
 from pricepipe.keys import Channel
 
@@ -292,3 +303,18 @@ def test_validation_cache_is_bounded_and_still_rejects(monkeypatch: pytest.Monke
         Trade("a", MIN_TS_US, 1.0, 1.0)
     with pytest.raises(InvalidEventError):
         Trade(["A"], MIN_TS_US, 1.0, 1.0)  # type: ignore[arg-type]
+
+
+@given(st.integers(MIN_TS_US // 1000, MAX_TS_US // 1000), st.integers(0, 10**9),
+       st.integers(0, 999))
+def test_an_id_range_span_holds_every_event_its_entries_may_carry(
+        after_ms: int, width_ms: int, us_in_ms: int) -> None:
+    until_ms = after_ms + width_ms
+    start_us, end_us = id_range_span_us(after_ms, until_ms)
+    # The extremes an entry appended in the range may carry, to the microsecond.
+    oldest = after_ms * 1000 - MAX_EVENT_AGE_AT_APPEND_US
+    newest = until_ms * 1000 + us_in_ms + MAX_EVENT_LEAD_AT_APPEND_US
+    for ts_us in (oldest, newest):
+        if MIN_TS_US <= ts_us < MAX_TS_US:  # a valid event time
+            assert start_us <= ts_us < end_us
+    assert start_us >= MIN_TS_US and end_us <= MAX_TS_US
