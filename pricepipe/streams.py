@@ -87,7 +87,7 @@ def append_events(r: Any, keys: Keys, events: Sequence[Event], *,
     ``raise_on_error=False``, the exception that refused its shard's call
     (e.g. Redis's ``OOM``; that call stored none of its events). Events of
     one stream are appended in the order given. Streams are never trimmed
-    here: see :func:`trim_persisted`. Connection errors are raised: then any
+    here: see :func:`trim_stream`. Connection errors are raised: then any
     part of the batch may have been stored (the reply is what got lost).
     """
     if not events:
@@ -233,12 +233,26 @@ def delete_all(r: Any, keys: Keys) -> int:
 def reply_streams(reply: Any) -> Iterable[tuple[Any, Any]]:
     """``(stream, entries)`` pairs of an ``XREAD`` / ``XREADGROUP`` reply, in
     either protocol: a list of pairs (RESP2) or a mapping (RESP3); nothing
-    for an empty reply (None, or an empty list or map after a timeout)."""
+    for an empty reply (None, or an empty list or map after a timeout).
+
+    redis-py's own RESP3 parsing (any client but :func:`~pricepipe.connections.raw_replies`
+    ones, e.g. a cluster client) wraps each stream's entries in one more list
+    (``{stream: [[(id, fields), ...]]}``: its ``parse_xread_resp3``, 7.4); that list is
+    unwrapped, so every shape gives ``(stream, [(id, fields), ...])``."""
     if not reply:
         return ()
     if isinstance(reply, Mapping):
-        return reply.items()
+        return ((stream, _unwrapped(entries)) for stream, entries in reply.items())
     return reply
+
+
+def _unwrapped(entries: Any) -> Any:
+    # An entry is (id, fields) with a bytes or str id; a wrapped list's only
+    # element is a list of entries (or empty).
+    if (len(entries) == 1 and isinstance(entries[0], list)
+            and (not entries[0] or isinstance(entries[0][0], list | tuple))):
+        return entries[0]
+    return entries
 
 
 def entry_key(entry_id: bytes | str) -> tuple[int, int]:

@@ -76,13 +76,28 @@ class StreamSink:
 
     # --- registration ---------------------------------------------------------------------
 
-    def register(self, symbols: Iterable[str]) -> None:
-        """Register symbols (creating their persist groups) once per sink."""
+    def register(self, symbols: Iterable[str]) -> bool:
+        """Register symbols (creating their persist groups) once per sink.
+
+        A full Redis refuses the registration (``XGROUP CREATE`` and ``SADD``
+        may grow memory, even for groups that exist): that is backpressure
+        like a refused append. Under ``block`` this waits for memory and
+        tries again; under ``drop`` (or on a stop) it returns False, nothing
+        registered, and is tried again on the next call."""
         new = sorted(set(symbols) - self._registered)
-        if not new:
-            return
-        self._retrying(lambda _failures: register_symbols(self.r, self.keys, new))
-        self._registered.update(new)
+        while new:
+            try:
+                self._retrying(lambda _failures: register_symbols(self.r, self.keys, new))
+            except redis.ResponseError as exc:
+                if not is_oom_error(exc):
+                    raise
+                self._enter_pressure("redis refused writes: OOM")
+                if self.policy is Policy.DROP or not self._wait_for_memory():
+                    return False
+                continue
+            self._registered.update(new)
+            break
+        return True
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -98,7 +113,9 @@ class StreamSink:
         """
         if not events:
             return 0
-        self.register({e.symbol for e in events})
+        if not self.register({e.symbol for e in events}):
+            self._drop(len(events), "stop" if self.stop.requested else "backpressure")
+            return 0
         pending = list(events)
         appended = 0
         while pending:

@@ -23,8 +23,10 @@ publishes nothing.
 
 Bar messages are **derived data**: the rows in PostgreSQL are the truth.
 A bar that cannot be published (Redis refuses the script, e.g. out of
-memory) is skipped with a log line; the next commit of that bar, or the
-final pass, publishes its newer state. Nothing here ever touches a row.
+memory) is skipped with a log line (once per stretch of refusals when
+Redis is full); the next commit of that bar, or the final pass, publishes
+its newer state (the final pass reads the minutes a full Redis refused again
+on its next run). Nothing here ever touches a row.
 The hash forgets minutes older than ``horizon_s``; a late trade of such a
 minute is published as a revision (its minute is long final).
 """
@@ -42,6 +44,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from pricepipe import codec
+from pricepipe.backpressure import is_oom_error
 from pricepipe.clock import now_us, us_to_datetime
 from pricepipe.connections import pg_connect
 from pricepipe.events import US_PER_MINUTE, BarState, bucket_of
@@ -49,6 +52,7 @@ from pricepipe.exceptions import InvalidEventError
 from pricepipe.keys import Keys
 
 from .bars import BAR_STATE_COLUMNS_SQL, BarStateRow, bar_event, bar_state
+from .episode import Episode
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,8 @@ return out
 PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
 
 PUBLISHED, SKIPPED, STALE = 1, 0, 2
+#: Not a script status: Redis refused the call because it is full.
+REFUSED = -1
 
 #: The hash forgets minutes this much later than live publishing treats
 #: them as forgotten, so clocks a little apart never disagree about one.
@@ -131,8 +137,9 @@ def live_state(bucket_us: int, at_us: int, *, grace_us: int, horizon_us: int) ->
 class BarFeed:
     """Publishes bar states to the bars streams through :data:`PUBLISH_LUA`.
 
-    Thread-safe (it holds no state; the Redis client's pool is shared).
-    ``clock`` gives the time now in microseconds (tests set it).
+    Thread-safe (its only state is the :attr:`refusals` episode, for logs;
+    the Redis client's pool is shared). ``clock`` gives the time now in
+    microseconds (tests set it).
     """
 
     def __init__(self, r: Any, keys: Keys, *, grace_ms: int = 2000, horizon_s: int = 3600,
@@ -142,6 +149,9 @@ class BarFeed:
         self.grace_us = grace_ms * 1000
         self.horizon_us = horizon_s * 1_000_000
         self.clock = clock
+        #: Calls a full Redis refused (logged once per stretch of refusals).
+        self.refusals = Episode("bar messages", "they are skipped (derived data: the rows are "
+                                "committed; the final pass publishes ended minutes later)", log)
 
     def publish(self, bars: Sequence[BarStateRow]) -> int:
         """Publish the new states of bars a commit changed (see
@@ -160,15 +170,15 @@ class BarFeed:
         """Publish bars of ended minutes as final, unless already final.
 
         Returns how many were published and the ``(symbol, bucket_us)`` of
-        those a newer state overtook meanwhile (read them again and retry).
-        Raises as :meth:`publish`.
+        those a newer state overtook meanwhile, or that a full Redis refused
+        (read them again and retry). Raises as :meth:`publish`.
         """
         calls = self._calls(bars, final=True, now=self.clock())
         published, stale = 0, []
         for key, status in self._run(calls):
             if status == PUBLISHED:
                 published += 1
-            elif status == STALE:
+            elif status in (STALE, REFUSED):
                 stale.append(key)
         return published, stale
 
@@ -210,18 +220,26 @@ class BarFeed:
     def _run(self, calls: list[tuple[list[tuple[str, int]], Call]]
              ) -> list[tuple[tuple[str, int], int]]:
         """Run the calls; ``(key, status)`` per bar. A call Redis refuses
-        (anything but a connection error) is logged and its bars count as skipped."""
+        (anything but a connection error) is logged and its bars count as
+        skipped, or as :data:`REFUSED` when Redis is full (logged once per
+        stretch of such refusals: they come with every commit)."""
         if not calls:
             return []
         replies = _run_scripts(self.r, [call for _, call in calls])
         out: list[tuple[tuple[str, int], int]] = []
         for (refs, _), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
+                if is_oom_error(reply):
+                    self.refusals.refused(reply)
+                    out.extend((ref, REFUSED) for ref in refs)
+                    continue
                 log.warning("bars of %s not published (derived data, skipped): %s",
                             refs[0][0], reply)
                 out.extend((ref, SKIPPED) for ref in refs)
                 continue
             out.extend(zip(refs, (int(s) for s in reply), strict=True))
+        if len(out) and all(status != REFUSED for _, status in out):
+            self.refusals.accepted()
         return out
 
 

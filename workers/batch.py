@@ -4,7 +4,8 @@
 from the trades and quotes streams into rows ready for ``COPY`` and
 :class:`Reject` s (entries that can never be persisted: a missing field,
 unreadable numbers, out-of-bounds values, a crossed book). One bad entry
-never fails the rest of its batch.
+never fails the rest of its batch. :func:`reject_untimely` then rejects the
+rows whose event time is too far from their entry's append time.
 
 The wire format is parsed only by :mod:`pricepipe.codec`: each entry goes
 through its fast path (:func:`~pricepipe.codec.trade_values`,
@@ -26,8 +27,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pricepipe import codec
-from pricepipe.events import Quote, Side, Trade, validate_symbol
+from pricepipe import codec, streams
+from pricepipe.events import (
+    MAX_EVENT_AGE_AT_APPEND_US,
+    MAX_EVENT_LEAD_AT_APPEND_US,
+    Quote,
+    Side,
+    Trade,
+    validate_symbol,
+)
 from pricepipe.keys import Channel, Keys
 
 #: ``(symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id)``;
@@ -221,15 +229,73 @@ def decode_entries(
 
 
 def decode_reply(keys: Keys, reply: Any, batch: Batch | None = None) -> Batch:
-    """Decode an ``XREADGROUP`` reply: ``[[stream, [(id, fields), ...]], ...]``
-    (RESP2, parsed or raw) or ``{stream: [...]}`` (RESP3)."""
+    """Decode an ``XREADGROUP`` reply of either protocol, raw or parsed (see
+    :func:`pricepipe.streams.reply_streams`)."""
     out = Batch() if batch is None else batch
-    if not reply:
-        return out
-    pairs = reply.items() if isinstance(reply, Mapping) else reply
-    for stream, entries in pairs:
+    for stream, entries in streams.reply_streams(reply):
         decode_entries(keys, stream, entries, out)
     return out
+
+
+# --- event time against append time ----------------------------------------------------------
+
+
+def append_time_reason(ts_us: int, appended_ms: int) -> str | None:
+    """Why an event at ``ts_us`` cannot be the content of an entry appended at
+    ``appended_ms`` (its ID's milliseconds), or None when it can: the bounds
+    of :mod:`pricepipe.events` (``MAX_EVENT_LEAD_AT_APPEND_US`` ahead,
+    ``MAX_EVENT_AGE_AT_APPEND_US`` behind, both inclusive), which the HTTP
+    history relies on to read a range of entry IDs from the time-partitioned
+    tables. Pure."""
+    appended_us = appended_ms * 1000
+    if ts_us > appended_us + MAX_EVENT_LEAD_AT_APPEND_US:
+        return (f"event time too far in the future: {(ts_us - appended_us) / 1e6:.6f} s after "
+                f"its entry was appended (limit {MAX_EVENT_LEAD_AT_APPEND_US / 1e6:g} s)")
+    if ts_us < appended_us - MAX_EVENT_AGE_AT_APPEND_US:
+        return (f"event time too old: {(appended_us - ts_us) / US_PER_DAY:.2f} days before its "
+                f"entry was appended (limit {MAX_EVENT_AGE_AT_APPEND_US / US_PER_DAY:g} days)")
+    return None
+
+
+def reject_untimely(batch: Batch) -> int:
+    """Move the rows whose event time is out of bounds for their entry's
+    append time (:func:`append_time_reason`) to :attr:`Batch.rejects`, with
+    the reason; returns how many. Such an event would be a row no entry-ID
+    range finds, in a partition no retention drops (a clock off by years).
+    Pure."""
+    moved = 0
+    low, high = MAX_EVENT_AGE_AT_APPEND_US, MAX_EVENT_LEAD_AT_APPEND_US
+    shift = codec.SEQ_BITS
+    for kind in (Channel.TRADES, Channel.QUOTES):
+        rows: list[Any] = batch.trades if kind is Channel.TRADES else batch.quotes
+        refs = batch.trade_ids if kind is Channel.TRADES else batch.quote_ids
+        bad = [i for i, row in enumerate(rows)
+               if not (row[8] >> shift) * 1000 - low <= row[1] <= (row[8] >> shift) * 1000 + high]
+        if not bad:
+            continue
+        for i in bad:
+            row = rows[i]
+            reason = append_time_reason(row[1], row[8] >> shift)
+            assert reason is not None
+            fields = trade_fields(row) if kind is Channel.TRADES else quote_fields(row)
+            batch.rejects.append(Reject(refs[i][0], refs[i][1], fields, reason))
+        drop = set(bad)
+        kept = [i for i in range(len(rows)) if i not in drop]
+        rows[:] = [rows[i] for i in kept]
+        refs[:] = [refs[i] for i in kept]
+        moved += len(bad)
+    return moved
+
+
+def trade_fields(row: TradeRow) -> dict[bytes, bytes]:
+    """Stream fields of a row that was a valid trade (for its dead letter):
+    the entry as the codec writes it, so a replay reads it back."""
+    return {codec.F_TRADE: codec.encode_trade(trade_of(row)).encode()}
+
+
+def quote_fields(row: QuoteRow) -> dict[bytes, bytes]:
+    """As :func:`trade_fields`, for a quote."""
+    return {codec.F_QUOTE: codec.encode_quote(quote_of(row)).encode()}
 
 
 # --- COPY text -------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def _cmd_persist(args: argparse.Namespace) -> int:
         final_pass = FinalPass(feed, database_url,
                                application_name=f"pricepipe-bars-{name}"[:63])
         worker = PersistWorker(
-            r, EventSink(database_url, application_name=f"pricepipe-persist-{name}"[:63]),
+            r, EventSink(database_url, application_name=f"pricepipe-persist-{name}"[:63],
+                         partition_lock_timeout_ms=settings.partition_lock_timeout_ms),
             GroupConsumer(r, keys, name), settings, burst=args.burst, stop=stop,
             final_pass=final_pass)
         code = worker.run(install_signals=False)
@@ -136,17 +137,37 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from pricepipe.clock import now_ms
+    from pricepipe.connections import pg_connect
+    from pricepipe.flags import database_settings
+
     from . import deadletter
 
     if not args.ids and not args.all:
         print("give dead-letter IDs (or entry IDs) to replay, or --all")
         return 2
+    database_url = database_settings(args).require_url()
     r, keys, letters = _letters(args, ids=args.ids)
     try:
-        done = deadletter.replay(r, keys, letters)
+        # Letters whose row is committed already (commit, then a crash before
+        # the XACK) are not appended again: that would be a second row.
+        conn = pg_connect(database_url, application_name="pricepipe-dlq", readonly=True)
+        try:
+            persisted = deadletter.persisted_letters(conn, keys, letters)
+        finally:
+            conn.close()
+        plan = deadletter.plan_replay(keys, letters, persisted, now_ms=now_ms())
+        for letter in plan.persisted:
+            print(f"already persisted: {letter.stream} {letter.entry_id} (letter deleted)")
+        deadletter.delete(r, keys, plan.persisted)
+        for letter, why in plan.kept:
+            print(f"kept {letter.dlq_id} ({letter.stream} {letter.entry_id}): {why}; "
+                  f"a replay would be refused again (delete it, or load it by a backfill)")
+        done = deadletter.replay(r, keys, plan.replay)
         for stream, new_id in done:
             print(f"re-queued to {stream} as {new_id}")
-        print(f"{len(done)} dead letter(s) re-queued")
+        print(f"{len(done)} dead letter(s) re-queued, {len(plan.persisted)} already persisted "
+              f"(deleted), {len(plan.kept)} kept")
         return 0
     finally:
         r.close()
@@ -446,8 +467,9 @@ def register(subparsers: Any) -> None:
     q.add_argument("--limit", type=int, default=None, help="show at most this many")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_cmd_dlq_list)
-    q = dlq.add_parser("replay", help="append dead letters to their streams again (after a fix)")
-    add_server_flags(q, database=False)
+    q = dlq.add_parser("replay", help="append dead letters to their streams again (after a "
+                       "fix); letters whose row is already in PostgreSQL are deleted instead")
+    add_server_flags(q)
     q.add_argument("ids", nargs="*", help="dead-letter IDs or original entry IDs")
     q.add_argument("--all", action="store_true", help="replay every dead letter")
     q.set_defaults(func=_cmd_dlq_replay)

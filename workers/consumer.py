@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from pricepipe import streams
+from pricepipe.backpressure import is_oom_error
 from pricepipe.clock import now_ms
 from pricepipe.connections import raw_replies
 from pricepipe.keys import PERSIST_GROUP, PERSISTED, Keys
@@ -85,8 +86,16 @@ class GroupConsumer:
                 raise
             # A stream (or its group) vanished, e.g. deleted by hand: put the
             # groups back ("0": from the start, so nothing added since is missed).
-            for name in names:
-                streams.ensure_group(self.r, name, self.group)
+            try:
+                for name in names:
+                    streams.ensure_group(self.r, name, self.group)
+            except redis.ResponseError as create_exc:
+                if not is_oom_error(create_exc):
+                    raise
+                # XGROUP CREATE may grow memory: a full Redis refuses it. Nothing
+                # can be appended there either; the next read tries again.
+                log.warning("cannot recreate the persist groups of shard %d while redis is "
+                            "full: %s", shard, create_exc)
             return Batch()
         return decode_reply(self.keys, reply)
 
@@ -107,7 +116,7 @@ class GroupConsumer:
             return Batch()
         batch = Batch()
         seen = set()
-        for stream, entries in reply or ():
+        for stream, entries in streams.reply_streams(reply):
             key = stream.decode() if isinstance(stream, bytes) else stream
             if entries:
                 seen.add(key)
@@ -170,16 +179,23 @@ class GroupConsumer:
                 pipe.xack(stream, self.group, *ids)
         return sum(int(n) for n in pipe.execute())
 
-    def dead_letter(self, rejects: Iterable[Reject], deliveries: dict[tuple[str, str], int]
-                    ) -> int:
+    def dead_letter(self, rejects: Sequence[Reject], deliveries: dict[tuple[str, str], int]
+                    ) -> tuple[int, list[Reject], BaseException | None]:
         """Move rejects to their shard's dead-letter stream and acknowledge them.
 
         Per entry, the ``XADD`` to the dead letters and the ``XACK`` run in one
         ``MULTI``, so an entry is never acknowledged without being kept.
+
+        Returns how many were dead-lettered, and the rejects a full Redis
+        refused (``OOM``: that ``MULTI`` applied nothing) with the refusal:
+        those entries stay pending, unacknowledged, and are delivered again
+        (claimed after the idle threshold, or read back at a restart).
+        Raises connection errors (a retry is safe: a letter whose reply was
+        lost may be kept twice, the ``XACK`` is idempotent) and other refusals.
         """
         n = 0
         failed_ms = now_ms()
-        for reject in rejects:
+        for i, reject in enumerate(rejects):
             symbol_shard = self._shard_of_stream(reject.stream)
             pipe = self.r.pipeline(transaction=True)
             pipe.xadd(self.keys.dead_letters(symbol_shard), deadletter.encode(
@@ -187,10 +203,16 @@ class GroupConsumer:
                 deliveries=deliveries.get((reject.stream, reject.entry_id), 0),
                 failed_ms=failed_ms, consumer=self.name))
             pipe.xack(reject.stream, self.group, reject.entry_id)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.ResponseError as exc:
+                if not is_oom_error(exc):
+                    raise
+                # Every later one would be refused too: keep them all pending.
+                return n, list(rejects[i:]), exc
             log.warning("dead-lettered %s %s: %s", reject.stream, reject.entry_id, reject.reason)
             n += 1
-        return n
+        return n, [], None
 
     def forget_idle_consumers(self, stream: str, *, idle_ms: int) -> list[str]:
         """Delete consumers of the group (not this one) that hold no pending

@@ -15,18 +15,25 @@ Its fields are the original entry's fields prefixed with ``f.`` plus:
 ``failed_ms``, ``consumer``
     when and by which worker it was dead-lettered.
 
-:func:`encode` / :func:`decode` are pure; :func:`list_dead_letters` and
-:func:`replay` do the I/O.
+:func:`encode`, :func:`decode` and :func:`plan_replay` are pure;
+:func:`list_dead_letters`, :func:`persisted_letters` and :func:`replay` do
+the I/O. Replaying never doubles a row (see :func:`plan_replay`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2 import sql
+
+from pricepipe import codec
+from pricepipe.events import Event
 from pricepipe.exceptions import DecodeError
-from pricepipe.keys import Keys
+from pricepipe.keys import PERSISTED, Keys
+
+from .batch import append_time_reason
 
 FIELD_PREFIX = b"f."
 
@@ -103,6 +110,112 @@ def count(r: Any, keys: Keys) -> int:
     return sum(int(r.xlen(keys.dead_letters(shard))) for shard in keys.all_shards())
 
 
+# --- replaying, idempotently -------------------------------------------------------------------
+#
+# A letter dead-lettered for "delivered N times" may have its row committed
+# already: a worker committed it and died before its XACK, N times over.
+# Replaying appends the fields under a NEW entry ID, which the primary key
+# (symbol, entry_id, ts) cannot recognise: a second row, counted twice in its
+# bar. So before replaying, PostgreSQL is asked for a row under the letter's
+# ORIGINAL entry ID; letters that have one are done and are deleted instead.
+# The replayed entry keeps the plain wire format (no "original ID" field that
+# every reader would have to know), and rows keep the invariant that their
+# entry_id is the stream entry they came from.
+#
+# A row committed after the check would have to come from a worker still
+# holding the original entry after it was dead-lettered (claimed away from
+# it); by the time anyone replays by hand, that commit has long happened.
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """What :func:`plan_replay` decided for each letter."""
+
+    #: Appended to their stream again.
+    replay: list[DeadLetter]
+    #: Their row is in PostgreSQL under the original entry ID: deleted.
+    persisted: list[DeadLetter]
+    #: Kept as they are, with why: a replay would be refused again now (the
+    #: event time is too far from the append time it would get).
+    kept: list[tuple[DeadLetter, str]]
+
+
+#: Letters decode to events; those are looked up by their original entry ID.
+_PERSISTED_SQL = """
+    SELECT k.i FROM unnest(%(symbols)s::text[], %(entry_ids)s::bigint[], %(ts_us)s::bigint[])
+         WITH ORDINALITY AS k(symbol, entry_id, ts_us, i)
+    WHERE EXISTS (SELECT 1 FROM {table} t
+                  WHERE t.symbol = k.symbol AND t.entry_id = k.entry_id
+                    AND t.ts = timestamptz 'epoch' + k.ts_us * interval '1 microsecond')
+"""
+
+#: A replay is appended within this long after it is planned (the check of
+#: the event time against the new entry ID's time allows for it), ms.
+REPLAY_MARGIN_MS = 60_000
+
+
+def event_of(keys: Keys, letter: DeadLetter) -> Event | None:
+    """The trade or quote a letter holds, or None (it does not decode: then
+    it never had a row)."""
+    try:
+        channel, symbol = keys.parse_stream(letter.stream)
+        if channel not in PERSISTED:
+            return None
+        return codec.decode_entry(channel, symbol, letter.fields)
+    except ValueError:
+        return None
+
+
+def persisted_letters(conn: Any, keys: Keys, letters: Sequence[DeadLetter]) -> set[str]:
+    """``dlq_id`` of the letters whose row is in PostgreSQL under their
+    original entry ID (and event time: the partition key). Read only."""
+    by_table: dict[str, list[tuple[DeadLetter, Event]]] = {}
+    for letter in letters:
+        event = event_of(keys, letter)
+        if event is None:
+            continue
+        try:
+            codec.pack_entry_id(letter.entry_id)
+        except ValueError:
+            continue
+        by_table.setdefault(str(codec.channel_of(event)), []).append((letter, event))
+    found: set[str] = set()
+    with conn.cursor() as cur:
+        for table, items in sorted(by_table.items()):
+            cur.execute(sql.SQL(_PERSISTED_SQL).format(table=sql.Identifier(table)), {
+                "symbols": [event.symbol for _, event in items],
+                "entry_ids": [codec.pack_entry_id(letter.entry_id) for letter, _ in items],
+                "ts_us": [event.ts_us for _, event in items]})
+            found.update(items[int(i) - 1][0].dlq_id for (i,) in cur.fetchall())
+    conn.commit()
+    return found
+
+
+def plan_replay(keys: Keys, letters: Sequence[DeadLetter], persisted: set[str], *,
+                now_ms: int) -> ReplayPlan:
+    """Sort letters into replay / already persisted / kept. Pure.
+
+    ``persisted`` is :func:`persisted_letters`' answer. A letter is kept when
+    the persist workers would refuse it again for its time: its event would
+    lie outside :func:`pricepipe.workers.batch.append_time_reason`'s bounds
+    for an entry appended now (or up to :data:`REPLAY_MARGIN_MS` later).
+    Letters that do not decode are replayed (a fixed decoder may take them)."""
+    plan = ReplayPlan([], [], [])
+    for letter in letters:
+        if letter.dlq_id in persisted:
+            plan.persisted.append(letter)
+            continue
+        event = event_of(keys, letter)
+        if event is not None:
+            reason = (append_time_reason(event.ts_us, now_ms)
+                      or append_time_reason(event.ts_us, now_ms + REPLAY_MARGIN_MS))
+            if reason is not None:
+                plan.kept.append((letter, reason))
+                continue
+        plan.replay.append(letter)
+    return plan
+
+
 def replay(r: Any, keys: Keys, letters: Iterable[DeadLetter]) -> list[tuple[str, str]]:
     """Append each letter's original fields to its stream again (a new entry
     ID) and delete it from the dead letters, atomically per letter (``MULTI``:
@@ -110,7 +223,8 @@ def replay(r: Any, keys: Keys, letters: Iterable[DeadLetter]) -> list[tuple[str,
     both replayed and still queued for replay.
 
     Returns ``(stream, new_entry_id)`` per letter. A letter that fails again
-    comes back to the dead letters with its new reason.
+    comes back to the dead letters with its new reason. This alone may
+    double a row: see :func:`plan_replay` (``pricepipe dlq replay`` plans first).
     """
     out = []
     for letter in letters:

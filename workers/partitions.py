@@ -11,11 +11,14 @@ outnumber trades and are often kept for less time.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
+import psycopg2.errors
 from psycopg2 import sql
+from redis.backoff import EqualJitterBackoff
 
 #: The partitioned event tables.
 TABLES = ("trades", "quotes")
@@ -71,19 +74,63 @@ def list_partitions(conn: Any, table: str | None = None) -> list[str]:
     return sorted(names)
 
 
-def ensure_ahead(conn: Any, *, today: date, days_ahead: int, days_behind: int = 1) -> int:
+#: How long creating partitions waits for its lock on the parent table, ms.
+LOCK_TIMEOUT_MS = 200
+
+
+def create_partitions(cur: Any, table: str, first_day: date, last_day: date, *,
+                      lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> int:
+    """``ensure_partitions(table, first_day, last_day)`` in the cursor's
+    transaction, waiting at most ``lock_timeout_ms`` for a lock; returns how
+    many partitions were created.
+
+    ``CREATE TABLE ... PARTITION OF`` takes an ``ACCESS EXCLUSIVE`` lock on
+    the parent. While it waits for one (behind a long read, a CSV export),
+    every later read and write of the table queues behind the request
+    (PostgreSQL grants locks in order: "Explicit Locking", section 13.3.1 of
+    its manual). ``lock_timeout`` (``SET LOCAL``: this transaction only)
+    withdraws the request instead, raising ``psycopg2.errors.LockNotAvailable``:
+    roll back and try again later. Days whose partition exists take no lock.
+    """
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (str(int(lock_timeout_ms)),))
+    cur.execute("SELECT ensure_partitions(%s, %s, %s)", (table, first_day, last_day))
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def ensure_ahead(conn: Any, *, today: date, days_ahead: int, days_behind: int = 1,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS, attempts: int = 30,
+                 wait_s: Callable[[int], float] | None = None) -> int:
     """Create the partitions of every event table from ``today - days_behind``
     to ``today + days_ahead`` that are missing. Returns how many were
-    created. Idempotent."""
+    created. Idempotent.
+
+    Each table's partitions are created in one transaction that waits at most
+    ``lock_timeout_ms`` for its lock (see :func:`create_partitions`); one that
+    gives up is retried, ``attempts`` times in all, waiting ``wait_s(n)``
+    seconds after the n-th (capped, jittered backoff by default), then
+    ``LockNotAvailable`` is raised (the job's own retries take over).
+    """
+    backoff = EqualJitterBackoff(cap=5.0, base=0.2)
+    wait = wait_s or backoff.compute
     created = 0
-    with conn.cursor() as cur:
-        for table in TABLES:
-            cur.execute("SELECT ensure_partitions(%s, %s, %s)",
-                        (table, today - timedelta(days=days_behind),
-                         today + timedelta(days=days_ahead)))
-            row = cur.fetchone()
-            created += int(row[0]) if row else 0
-    conn.commit()
+    for table in TABLES:
+        for attempt in range(1, attempts + 1):
+            try:
+                with conn.cursor() as cur:
+                    created += create_partitions(
+                        cur, table, today - timedelta(days=days_behind),
+                        today + timedelta(days=days_ahead), lock_timeout_ms=lock_timeout_ms)
+                conn.commit()
+                break
+            except psycopg2.errors.LockNotAvailable:
+                conn.rollback()
+                if attempt == attempts:
+                    raise
+                time.sleep(wait(attempt))
+            except BaseException:
+                conn.rollback()
+                raise
     return created
 
 

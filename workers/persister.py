@@ -24,12 +24,21 @@ or as one dead letter with its reason.
 * **Outages** keep the worker's place: the batch in hand is retried against
   PostgreSQL (and its ``XACK`` against Redis) with capped, jittered backoff
   until the server is back; nothing newer is read meanwhile, and what the
-  publishers add waits in Redis.
+  publishers add waits in Redis. Trimming and the heartbeat go on meanwhile.
+* **A full Redis** (``maxmemory``, ``noeviction``) refuses writes that may
+  grow memory; reads, ``XACK`` and ``XTRIM`` still work. The worker trims
+  first (at start, and right after a refusal), keeps persisting and
+  acknowledging, skips the heartbeat and bar messages (logged once per
+  stretch, counted), and leaves an entry whose dead letter is refused
+  pending: it is delivered again later, never acknowledged unkept.
 * **Poison**: an entry that cannot be decoded or validated is dead-lettered
-  at once (retrying cannot change its bytes) and never blocks its batch; a
-  row PostgreSQL refuses is isolated by splitting the batch and
-  dead-lettered; an entry delivered more than ``max_deliveries`` times
-  (it keeps killing workers) is dead-lettered before it is tried again.
+  at once (retrying cannot change its bytes) and never blocks its batch, and
+  so is one whose event time is further from its entry's append time than
+  :data:`pricepipe.events.MAX_EVENT_LEAD_AT_APPEND_US` ahead or
+  :data:`pricepipe.events.MAX_EVENT_AGE_AT_APPEND_US` behind; a row
+  PostgreSQL refuses is isolated by splitting the batch and dead-lettered;
+  an entry delivered more than ``max_deliveries`` times (it keeps killing
+  workers) is dead-lettered before it is tried again.
 
 Stopping: the first SIGTERM (or SIGINT) lets the batch in hand finish -
 committed and acknowledged - and then :meth:`PersistWorker.run` returns 0.
@@ -53,13 +62,24 @@ import redis
 from redis.backoff import EqualJitterBackoff
 
 from pricepipe import codec, notify, streams
+from pricepipe.backpressure import is_oom_error
 from pricepipe.clock import now_ms
 from pricepipe.stop import StopRequest
 
 from .barfeed import BarFeed, FinalPass
 from .bars import BarStateRow
-from .batch import Batch, EntryRef, QuoteRow, Reject, TradeRow, quote_of, trade_of
+from .batch import (
+    Batch,
+    EntryRef,
+    QuoteRow,
+    Reject,
+    TradeRow,
+    quote_fields,
+    reject_untimely,
+    trade_fields,
+)
 from .consumer import GroupConsumer
+from .episode import Episode
 from .settings import WorkerSettings
 from .sink import EventSink, WriteResult, classify
 
@@ -91,6 +111,15 @@ class Stats:
     quotes_inserted: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    #: Of the dead letters: event time too far from its entry's append time.
+    untimely: int = 0
+    #: Rejected entries a full Redis would not take as dead letters: left
+    #: pending, delivered again later (counted each time).
+    dead_letters_deferred: int = 0
+    #: Writes a full Redis refused (OOM): heartbeats, dead letters, bar calls.
+    redis_full_refusals: int = 0
+    #: Entries removed from the streams by trimming.
+    trimmed: int = 0
     claimed: int = 0
     retries: int = 0
     bars_published: int = 0
@@ -134,8 +163,14 @@ class PersistWorker:
         self._backoff = EqualJitterBackoff(cap=settings.retry_cap_s, base=settings.retry_base_s)
         self._next_refresh = 0.0
         self._next_claim = 0.0
-        self._next_trim = time.monotonic() + settings.trim_interval_s
+        self._next_trim = 0.0  # trim first: a full Redis needs it before anything else
         self._next_heartbeat = 0.0
+        # Trimming and the heartbeat also run while a batch waits out a
+        # PostgreSQL outage, from whichever thread waits: one at a time.
+        self._upkeep_lock = threading.Lock()
+        self._heartbeat_refusals = Episode("the heartbeat", "the worker goes on without it", log)
+        self._letter_refusals = Episode(
+            "dead letters", "rejected entries stay pending and are delivered again later", log)
         self._next_sweep = 0.0
         self._idle_shard = 0
         # Pipelining: a writer thread commits batch N while this thread reads
@@ -167,7 +202,7 @@ class PersistWorker:
                     break
             self._drain()
             if self.burst and not self.stop.requested:
-                self._trim()
+                self._trim(sweep=True)  # everything drained: the moment to forget consumers
         except Abandoned:
             self._abandoned = True
         finally:
@@ -184,10 +219,14 @@ class PersistWorker:
         return 0
 
     def _start(self) -> None:
+        """Connect, then trim before anything else: a worker (re)started while
+        Redis is full frees what it can first (``XTRIM`` is allowed then),
+        and keeps trimming while it waits for PostgreSQL."""
         self._retry("connect to redis", self.r.ping)
-        self._retry_db("connect to postgresql", self.sink.connect)
         self._retry("read the symbol registry", self.consumer.refresh)
         self._next_refresh = time.monotonic() + self.settings.refresh_interval_s
+        self._upkeep()
+        self._retry_db("connect to postgresql", self.sink.connect)
 
     def step(self) -> bool:
         """One round over every shard. Returns True if any entry was handled."""
@@ -228,9 +267,6 @@ class PersistWorker:
             return progressed
         if not progressed and not self.burst and not self.stop.requested:
             progressed = self._wait_for_entries()
-        if now >= self._next_trim:
-            self._trim()
-            self._next_trim = now + self.settings.trim_interval_s
         self._housekeeping()
         return progressed
 
@@ -276,7 +312,17 @@ class PersistWorker:
                 if len(batch):
                     self.stats.claimed += len(batch)
                     log.info("claimed %d idle entries of %s", len(batch), stream)
+                    deferred = self.stats.dead_letters_deferred
                     self.process(batch, redelivered=True)
+                    if self.burst:
+                        # Entries that only went back to pending (dead letters a
+                        # full Redis refused) are no progress: with claim_idle_ms
+                        # 0 a burst would claim them again and again.
+                        self._drain()
+                        if self.stats.dead_letters_deferred - deferred >= len(batch):
+                            if cursor == "0-0":
+                                break
+                            continue
                     progressed = True
                 if cursor == "0-0":
                     break
@@ -299,7 +345,10 @@ class PersistWorker:
                 self._inbox.put((batch, redelivered), timeout=0.2)
                 return
             except queue.Full:
-                notify.watchdog()  # the writer is busy (or waiting out an outage)
+                # The writer is busy, or waiting out an outage: keep trimming
+                # (a full Redis needs it) and beating meanwhile.
+                notify.watchdog()
+                self._upkeep()
         self._check_writer()
 
     def _check_writer(self) -> None:
@@ -350,20 +399,23 @@ class PersistWorker:
         """
         self.stats.batches += 1
         self.stats.entries += len(batch)
+        # The untimely go to the end of the rejects, as rejects[first:last].
+        first = len(batch.rejects)
+        last = first + reject_untimely(batch)
         deliveries: dict[tuple[str, str], int] = {}
         if redelivered:
             deliveries = self._retry("read delivery counts",
                                      lambda: self.consumer.delivery_counts(batch.ack_ids()))
             self._drop_poison(batch, deliveries)
         if batch.rejects:
-            self.stats.dead_letters += self._retry(
-                "dead-letter entries",
-                lambda: self.consumer.dead_letter(batch.rejects, deliveries))
+            # Dead letters go in order; those a full Redis refused are counted
+            # when they finally go.
+            written = self._dead_letter("dead-letter entries", batch.rejects, deliveries)
+            self.stats.untimely += max(0, min(written, last) - first)
         result, refused = self._write(batch.trades, batch.trade_ids, batch.quotes,
                                       batch.quote_ids, fresh=not redelivered)
         if refused:
-            self.stats.dead_letters += self._retry(
-                "dead-letter refused rows", lambda: self.consumer.dead_letter(refused, deliveries))
+            self._dead_letter("dead-letter refused rows", refused, deliveries)
         self.stats.trades_inserted += result.trades
         self.stats.quotes_inserted += result.quotes
         self.stats.rows_inserted += result.trades + result.quotes
@@ -373,11 +425,33 @@ class PersistWorker:
         ack = batch.row_ack_ids()
         self._retry("acknowledge entries", lambda: self.consumer.ack(ack))
 
+    def _dead_letter(self, what: str, rejects: list[Reject],
+                     deliveries: dict[tuple[str, str], int]) -> int:
+        """Dead-letter ``rejects`` (retried through Redis outages); returns how
+        many went. Those a full Redis refuses stay pending, unacknowledged:
+        claimed again after ``claim_idle_ms`` (by this worker or another) or
+        read back at a restart, and dead-lettered then. Meanwhile the next
+        round trims first, to make room."""
+        written, deferred, exc = self._retry(
+            what, lambda: self.consumer.dead_letter(rejects, deliveries))
+        self.stats.dead_letters += written
+        if deferred:
+            assert exc is not None
+            self.stats.dead_letters_deferred += len(deferred)
+            self.stats.redis_full_refusals += 1
+            self._letter_refusals.refused(exc)
+            self._next_trim = 0.0
+        elif written:
+            self._letter_refusals.accepted()
+        return written
+
     def _publish_bars(self, bars: list[BarStateRow]) -> None:
         """The committed bars' new states to the bars streams. Connection
         errors are retried (a repeat publishes nothing twice); anything else
         is logged and skipped: bar messages are derived data, the rows are
-        committed whatever happens here."""
+        committed whatever happens here. A full Redis refuses them: skipped,
+        logged once per stretch of refusals (see :class:`.barfeed.BarFeed`)."""
+        refusals = self.feed.refusals.refusals
         try:
             published = self._retry("publish bars", lambda: self.feed.publish(bars))
         except Abandoned:
@@ -388,6 +462,10 @@ class PersistWorker:
                           len(bars))
             return
         self.stats.bars_published += published
+        refused = self.feed.refusals.refusals - refusals
+        if refused:
+            self.stats.redis_full_refusals += refused
+            self.stats.bar_errors += len(bars) - published
 
     def _drop_poison(self, batch: Batch, deliveries: dict[tuple[str, str], int]) -> None:
         limit = self.settings.max_deliveries
@@ -406,8 +484,8 @@ class PersistWorker:
                     kept_refs.append(ref)
             return kept_rows, kept_refs
 
-        batch.trades, batch.trade_ids = keep(batch.trades, batch.trade_ids, _trade_fields)
-        batch.quotes, batch.quote_ids = keep(batch.quotes, batch.quote_ids, _quote_fields)
+        batch.trades, batch.trade_ids = keep(batch.trades, batch.trade_ids, trade_fields)
+        batch.quotes, batch.quote_ids = keep(batch.quotes, batch.quote_ids, quote_fields)
 
     def _write(self, trades: list[TradeRow], trade_ids: list[EntryRef], quotes: list[QuoteRow],
                quote_ids: list[EntryRef], *, fresh: bool = False
@@ -423,7 +501,7 @@ class PersistWorker:
             # Only "data" errors come out of _retry_db: some row is unwritable.
             if len(trades) + len(quotes) == 1:
                 stream, entry_id = trade_ids[0] if trades else quote_ids[0]
-                fields = _trade_fields(trades[0]) if trades else _quote_fields(quotes[0])
+                fields = trade_fields(trades[0]) if trades else quote_fields(quotes[0])
                 reason = f"refused by postgresql: {str(exc).strip()}"
                 return WriteResult(), [Reject(stream, entry_id, fields, reason.lower())]
             parts: list[tuple[list[TradeRow], list[EntryRef], list[QuoteRow], list[EntryRef]]]
@@ -457,7 +535,9 @@ class PersistWorker:
                 self._wait_retry(what, failures, exc)
 
     def _retry_db(self, what: str, fn: Callable[[], T]) -> T:
-        """Call ``fn`` until PostgreSQL accepts it; data errors are re-raised."""
+        """Call ``fn`` until PostgreSQL accepts it; data errors are re-raised.
+        While waiting, the worker keeps trimming and beating (:meth:`_upkeep`):
+        Redis fills up during a long outage."""
         failures = 0
         while True:
             try:
@@ -469,12 +549,14 @@ class PersistWorker:
                 failures += 1
                 if kind == "connection":
                     self.sink.reset()
-                else:
+                elif kind == "other":
                     log.error("%s: unexpected database error (a missing migration?): %s",
                               what, str(exc).strip())
-                self._wait_retry(what, failures, exc)
+                # "busy": a lock not granted in time; the connection is fine.
+                self._wait_retry(what, failures, exc, upkeep=True)
 
-    def _wait_retry(self, what: str, failures: int, exc: BaseException) -> None:
+    def _wait_retry(self, what: str, failures: int, exc: BaseException, *,
+                    upkeep: bool = False) -> None:
         self.stats.retries += 1
         if self.stop.requested:
             raise Abandoned(what) from exc
@@ -485,60 +567,85 @@ class PersistWorker:
         # Alive and keeping its place: systemd's watchdog must not restart a
         # worker that waits out an outage (restarts would only add churn).
         notify.watchdog()
+        if upkeep:
+            self._upkeep()
         self.stop.wait(delay)
         if self.stop.requested:
             raise Abandoned(what) from exc
 
     # Housekeeping
 
-    def _trim(self) -> None:
-        """Trim the persisted streams behind the group's acknowledged floor,
-        and the bars streams (no group: derived data) to the window alone."""
+    def _trim(self, *, sweep: bool = False) -> None:
+        """Trim every stream of the registered symbols as
+        :func:`pricepipe.streams.trim_stream` decides: entries older than the
+        window go, but never one a consumer group still needs - not the
+        persist group's (whatever their age: they are not in PostgreSQL yet),
+        not a strategy group's up to ``stream_max_age_s`` (past that cap the
+        group's readers are told the range they lost). Bars streams (derived
+        data) keep only their strategy groups' entries, if any, beside the
+        window. Allowed when Redis is full: ``XTRIM`` frees memory."""
+        self._next_trim = time.monotonic() + self.settings.trim_interval_s
+        keys = self.consumer.keys
         window_ms = self.settings.stream_window_s * 1000
-        sweep = time.monotonic() >= self._next_sweep
+        cap_s = self.settings.stream_max_age_s
+        max_age_ms = None if cap_s is None else cap_s * 1000
+        sweep = sweep or time.monotonic() >= self._next_sweep
         try:
-            self._trim_bars(window_ms)
             for stream in self.consumer.all_streams():
-                streams.trim_persisted(self.r, stream, window_ms=window_ms)
-                if sweep:
+                self._trim_one(stream, window_ms=window_ms, max_age_ms=max_age_ms,
+                               persisted=True)
+            for symbol in self.consumer.symbols:
+                self._trim_one(keys.bars(symbol), window_ms=window_ms, max_age_ms=max_age_ms,
+                               persisted=False)
+            if sweep:
+                for stream in self.consumer.all_streams():
                     gone = self.consumer.forget_idle_consumers(
                         stream, idle_ms=self.settings.consumer_expiry_s * 1000)
                     if gone:
                         log.info("forgot idle consumers of %s: %s", stream, ", ".join(gone))
-            if sweep:
                 self._next_sweep = time.monotonic() + CONSUMER_SWEEP_INTERVAL_S
         except REDIS_RETRYABLE as exc:
             log.warning("trimming skipped: %s", exc)
 
-    def _trim_bars(self, window_ms: int) -> None:
-        """``XTRIM MINID`` of every bars stream to the window, in one round
-        trip; a stream Redis refuses to trim (not a stream) is logged."""
-        symbols = self.consumer.symbols
-        if not symbols:
+    def _trim_one(self, stream: str, *, window_ms: int, max_age_ms: int | None,
+                  persisted: bool) -> None:
+        try:
+            removed = streams.trim_stream(self.r, self.consumer.keys, stream,
+                                          window_ms=window_ms, max_age_ms=max_age_ms,
+                                          persisted=persisted)
+        except REDIS_RETRYABLE:
+            raise
+        except redis.ResponseError as exc:  # e.g. not a stream
+            log.warning("%s not trimmed: %s", stream, exc)
             return
-        floor = f"{max(now_ms() - window_ms, 0)}-0"
-        pipe = self.r.pipeline(transaction=False)
-        for symbol in symbols:
-            pipe.xtrim(self.consumer.keys.bars(symbol), minid=floor, approximate=True)
-        for symbol, reply in zip(symbols, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, REDIS_RETRYABLE):
-                raise reply
-            if isinstance(reply, redis.ResponseError):
-                log.warning("bars stream of %s not trimmed: %s", symbol, reply)
+        self.stats.trimmed += removed
+
+    def _upkeep(self) -> None:
+        """Trim and refresh the heartbeat, each when due. Runs from the main
+        loop and from whichever thread waits out a PostgreSQL outage (one at
+        a time; a call while another runs returns at once)."""
+        if not self._upkeep_lock.acquire(blocking=False):
+            return
+        try:
+            now = time.monotonic()
+            if now >= self._next_trim:
+                self._trim()
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + max(self.settings.heartbeat_ttl_s / 3, 1.0)
+                self._heartbeat()
+        finally:
+            self._upkeep_lock.release()
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
         notify.watchdog()
+        self._upkeep()
         if self.final_pass is not None and now >= self._next_final:
             self._run_final_pass()
             # After failures, wait longer (up to a minute): a server that
             # is down must not cost every round a connect timeout.
             self._next_final = time.monotonic() + min(
                 self.settings.bars_final_interval_s * 2 ** min(self._final_failures, 6), 60.0)
-        if now < self._next_heartbeat:
-            return
-        self._next_heartbeat = now + max(self.settings.heartbeat_ttl_s / 3, 1.0)
-        self._heartbeat()
 
     def _run_final_pass(self) -> None:
         """Publish the bars of ended minutes final; a failure is logged and
@@ -561,20 +668,19 @@ class PersistWorker:
         self._final_failures = 0
 
     def _heartbeat(self) -> None:
-        """Heartbeat key with a TTL, holding the worker's counters (``pricepipe status``)."""
+        """Heartbeat key with a TTL, holding the worker's counters (``pricepipe
+        status``). Fails soft: skipped while Redis is unreachable, and while
+        it is full (``SET`` may grow memory: refused, logged once per stretch
+        of refusals, counted); the worker goes on either way."""
         try:
             self.consumer.heartbeat(self.settings.heartbeat_ttl_s,
                                     codec.encode_json(self.stats.as_dict()))
         except REDIS_RETRYABLE as exc:
             log.warning("heartbeat skipped: %s", exc)
-
-
-def _trade_fields(row: TradeRow) -> dict[bytes, bytes]:
-    """Stream fields of a row that was a valid trade (for its dead letter):
-    the entry as the codec writes it, so a replay reads it back."""
-    return {codec.F_TRADE: codec.encode_trade(trade_of(row)).encode()}
-
-
-def _quote_fields(row: QuoteRow) -> dict[bytes, bytes]:
-    """As :func:`_trade_fields`, for a quote."""
-    return {codec.F_QUOTE: codec.encode_quote(quote_of(row)).encode()}
+        except redis.ResponseError as exc:
+            if not is_oom_error(exc):
+                raise
+            self.stats.redis_full_refusals += 1
+            self._heartbeat_refusals.refused(exc)
+        else:
+            self._heartbeat_refusals.accepted()

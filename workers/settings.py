@@ -48,8 +48,16 @@ class WorkerSettings(Settings):
     stream_window_s: int = setting(
         3600, "Acknowledged entries newer than this stay in Redis (live readers), seconds"
     )
+    stream_max_age_s: int | None = setting(
+        86_400, "Hard cap of what a stopped strategy consumer group keeps in Redis: entries it "
+        "has not acknowledged are trimmed once older than this (it is told the range it "
+        "lost), seconds; unset: no cap. The persist group is never capped")
     trim_interval_s: float = setting(10.0, "How often streams are trimmed, seconds")
     heartbeat_ttl_s: int = setting(30, "TTL of the worker's heartbeat key, seconds")
+    partition_lock_timeout_ms: int = setting(
+        200, "Longest wait for the lock that creating a day's partition takes on its table "
+        "(it would queue every read and write behind it); then the batch is retried with "
+        "backoff, ms")
     consumer_expiry_s: int = setting(
         86_400, "Consumers idle this long with nothing pending are removed from the group, "
         "seconds")
@@ -70,6 +78,10 @@ class WorkerSettings(Settings):
             raise ConfigError("PRICEPIPE_WORKER_MAX_DELIVERIES must be at least 1")
         if self.block_ms < 1:
             raise ConfigError("PRICEPIPE_WORKER_BLOCK_MS must be at least 1")
+        if self.stream_max_age_s is not None and self.stream_max_age_s < 0:
+            raise ConfigError("PRICEPIPE_WORKER_STREAM_MAX_AGE_S must be 0 or more (or unset)")
+        if self.partition_lock_timeout_ms < 1:
+            raise ConfigError("PRICEPIPE_WORKER_PARTITION_LOCK_TIMEOUT_MS must be at least 1")
         if self.bars_horizon_s < 60:
             raise ConfigError("PRICEPIPE_WORKER_BARS_HORIZON_S must be at least 60")
 

@@ -44,6 +44,7 @@ from .bars import (
     bar_state,
 )
 from .batch import QuoteRow, TradeRow, days_of, quote_copy_text, trade_copy_text
+from .partitions import LOCK_TIMEOUT_MS, create_partitions
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +197,22 @@ class WriteResult:
         self.bars.extend(other.bars)
 
 
-ErrorKind = Literal["connection", "data", "other"]
+ErrorKind = Literal["busy", "connection", "data", "other"]
 
 
 def classify(exc: BaseException) -> ErrorKind:
     """Decide what a failed write means.
 
+    * ``"busy"``: a lock was not granted within ``lock_timeout`` (a partition
+      to create behind a long read): retry later, on the same connection.
     * ``"connection"``: the server went away, refused us, or rolled us back
       (deadlock, serialization, admin shutdown): reconnect and retry.
     * ``"data"``: PostgreSQL rejected a value (SQLSTATE classes 22 and 23):
       some row of the batch can never be written as is.
     * ``"other"``: a bug or a missing migration: retry with backoff, loudly.
     """
+    if isinstance(exc, psycopg2.errors.LockNotAvailable):
+        return "busy"
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return "connection"
     if isinstance(exc, psycopg2.DataError | psycopg2.IntegrityError):
@@ -227,9 +232,11 @@ class EventSink:
     next :meth:`write` reconnects. Not thread-safe.
     """
 
-    def __init__(self, database_url: str, *, application_name: str = "pricepipe-persist") -> None:
+    def __init__(self, database_url: str, *, application_name: str = "pricepipe-persist",
+                 partition_lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> None:
         self._url = database_url
         self._application_name = application_name
+        self._partition_lock_timeout_ms = partition_lock_timeout_ms
         self._conn: psycopg2.extensions.connection | None = None
         #: (table, day) partitions known to exist.
         self._days: set[tuple[str, int]] = set()
@@ -279,6 +286,11 @@ class EventSink:
         parent table exclusively, and a transaction holding the locks of both
         tables at once could deadlock with a reader of both (an API query);
         the batch transaction itself never holds such a lock.
+
+        The lock is waited for ``partition_lock_timeout_ms`` at most (see
+        :func:`.partitions.create_partitions`): behind a long read it raises
+        ``psycopg2.errors.LockNotAvailable`` (:func:`classify`: ``"busy"``)
+        rather than queue every other reader behind it; the caller retries.
         """
         for key in sorted(set(needed) - self._days):
             table, day = key
@@ -287,7 +299,8 @@ class EventSink:
                 conn = self.connect()
                 try:
                     with conn.cursor() as cur:
-                        cur.execute("SELECT ensure_partitions(%s, %s, %s)", (table, d, d))
+                        create_partitions(cur, table, d, d,
+                                          lock_timeout_ms=self._partition_lock_timeout_ms)
                     conn.commit()
                     break
                 except (psycopg2.errors.DuplicateTable, psycopg2.errors.UniqueViolation):

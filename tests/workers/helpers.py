@@ -9,13 +9,28 @@ from typing import Any
 from psycopg2 import sql
 
 from pricepipe import codec, streams
+from pricepipe.clock import now_us
 from pricepipe.events import Event, Quote, Side, Trade
 from pricepipe.keys import PERSIST_GROUP, PERSISTED, Channel, Keys
 from pricepipe.workers.settings import WorkerSettings
 from tests.helpers import wait_until
 
-#: 2026-01-02T03:04:05Z: a fixed event time, so bars are reproducible.
-BASE_TS_US = 1_767_323_045_000_000
+US_PER_DAY = 86_400_000_000
+
+
+def _base_ts_us() -> int:
+    """03:04:05 UTC yesterday: 21 to 45 hours ago.
+
+    Fixed for the whole run, so bars are reproducible, and recent enough for
+    the persist workers, which dead-letter events older than
+    :data:`~pricepipe.events.MAX_EVENT_AGE_AT_APPEND_US` (7 days) before
+    their entry was appended (and tests publish with ``XADD *``: now). Early
+    enough that five hours of events after it are still in the past."""
+    return (now_us() // US_PER_DAY - 1) * US_PER_DAY + (3 * 3600 + 4 * 60 + 5) * 1_000_000
+
+
+#: A fixed event time (03:04:05 UTC), so bars are reproducible.
+BASE_TS_US = _base_ts_us()
 
 SYMBOLS = ("AAPL", "MSFT", "BTC-USD", "ETH-USD", "SPY")
 
@@ -147,6 +162,25 @@ def entries_added(r: Any, keys: Keys) -> dict[str, int]:
         for channel in PERSISTED:
             info = r.xinfo_stream(keys.stream(symbol, channel))
             out[str(channel)] += int(info["entries-added"])
+    return out
+
+
+def entries_added_per_stream(r: Any, keys: Keys) -> dict[tuple[str, str], int]:
+    """Entries ever appended, per ``(table, symbol)`` of every registered
+    symbol's persisted streams (``XINFO STREAM`` entries-added)."""
+    return {(str(channel), symbol): int(r.xinfo_stream(keys.stream(symbol, channel))
+                                        ["entries-added"])
+            for symbol in registered(r, keys) for channel in PERSISTED}
+
+
+def rows_per_stream(db: Any) -> dict[tuple[str, str], int]:
+    """Rows per ``(table, symbol)``."""
+    out: dict[tuple[str, str], int] = {}
+    with db.cursor() as cur:
+        for table in TABLES:
+            cur.execute(sql.SQL("SELECT symbol, count(*) FROM {} GROUP BY symbol")
+                        .format(sql.Identifier(table)))
+            out.update({(table, symbol): int(n) for symbol, n in cur.fetchall()})
     return out
 
 

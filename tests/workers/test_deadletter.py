@@ -8,16 +8,25 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pricepipe import codec, streams
-from pricepipe.events import Quote, Trade
+from pricepipe.clock import now_ms, us_to_datetime
+from pricepipe.events import MAX_EVENT_AGE_AT_APPEND_US, MAX_EVENT_LEAD_AT_APPEND_US, Quote, Trade
 from pricepipe.keys import PERSIST_GROUP, Channel, Keys
 from pricepipe.workers import deadletter
-from pricepipe.workers.batch import decode_entries
+from pricepipe.workers.batch import append_time_reason, decode_entries, reject_untimely
+from pricepipe.workers.consumer import GroupConsumer
+from pricepipe.workers.partitions import list_partitions
 from pricepipe.workers.persister import PersistWorker
+from pricepipe.workers.sink import EventSink
 
 from .helpers import (
     BASE_TS_US,
+    US_PER_DAY,
+    fast_settings,
     make_events,
     make_quotes,
     make_trades,
@@ -28,6 +37,7 @@ from .helpers import (
 )
 
 TS = str(BASE_TS_US).encode()
+DAY_US = US_PER_DAY
 
 BAD_TRADES: list[tuple[dict[bytes, bytes], str]] = [
     ({b"t": b"yesterday 1.0 1.0 b 7 x "}, "not an unsigned integer"),
@@ -175,3 +185,131 @@ def test_dlq_cli_lists_and_replays_after_a_fix(
     with db.cursor() as cur:
         cur.execute("SELECT symbol, price FROM trades")
         assert cur.fetchall() == [("AAPL", 1500.25)]
+
+
+# --- event time against append time ----------------------------------------------------------
+
+AGE_US, LEAD_US = MAX_EVENT_AGE_AT_APPEND_US, MAX_EVENT_LEAD_AT_APPEND_US
+
+
+@given(st.integers(0, 10**6), st.integers(-2 * AGE_US, 2 * LEAD_US))
+def test_the_append_time_bounds_are_inclusive_and_named(seq: int, offset_us: int) -> None:
+    appended_ms = 1_800_000_000_000  # 2027-01-15
+    ts_us = appended_ms * 1000 + offset_us
+    reason = append_time_reason(ts_us, appended_ms)
+    assert (reason is None) == (-AGE_US <= offset_us <= LEAD_US)
+    if offset_us > LEAD_US:
+        assert reason is not None and reason.startswith("event time too far in the future")
+    elif offset_us < -AGE_US:
+        assert reason is not None and reason.startswith("event time too old")
+    # The batch check agrees, and keeps each remaining row beside its entry.
+    good = Trade("AAPL", appended_ms * 1000, 2.0, None, "x")
+    odd = Trade("AAPL", ts_us, 3.0, None, "x")
+    keys = Keys("pp", 4)
+    batch = decode_entries(keys, keys.trades("AAPL"), [
+        (f"{appended_ms}-{seq + 1}", {b"t": codec.encode_trade(odd).encode()}),
+        (f"{appended_ms}-{seq + 2}", {b"t": codec.encode_trade(good).encode()}),
+    ])
+    assert reject_untimely(batch) == (reason is not None)
+    assert [ref[1] for ref in batch.trade_ids] == (
+        [f"{appended_ms}-{seq + 2}"] if reason else [f"{appended_ms}-{seq + 1}",
+                                                    f"{appended_ms}-{seq + 2}"])
+    assert [row[2] for row in batch.trades] == ([2.0] if reason else [3.0, 2.0])
+    assert [rej.reason for rej in batch.rejects] == ([reason] if reason else [])
+    assert [rej.entry_id for rej in batch.rejects] == ([f"{appended_ms}-{seq + 1}"] if reason
+                                                       else [])
+
+
+def test_events_too_far_from_their_append_time_are_dead_lettered_not_partitioned(
+        r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
+    now = now_ms() * 1000
+    future = Trade("AAPL", now + 30 * DAY_US, 1.0, 1.0, "test", "future")  # no partition ahead
+    old = Quote("AAPL", now - 8 * DAY_US, 1.0, 1.0, 2.0, 1.0, "test")
+    inside = Trade("AAPL", now - 6 * DAY_US, 1.0, 1.0, "test", "six-days")
+    publish(r, keys, [*make_events(30, symbols=("AAPL",)), future, old, inside])
+    worker = run_worker()
+    assert row_counts(db) == {"trades": 6, "quotes": 25}  # 5 + the six-day-old trade
+    assert worker.stats.untimely == 2 == worker.stats.dead_letters
+    reasons = {letter.stream: letter.reason for letter in deadletter.list_dead_letters(r, keys)}
+    assert reasons[keys.trades("AAPL")].startswith("event time too far in the future")
+    assert reasons[keys.quotes("AAPL")].startswith("event time too old")
+    days = {name[-8:] for name in list_partitions(db)}
+    assert days_of_us(inside.ts_us) in days  # six days old: a row, and its partition
+    assert days_of_us(future.ts_us) not in days and days_of_us(old.ts_us) not in days
+    assert pending_count(r, keys, ("AAPL",)) == 0
+
+
+def days_of_us(ts_us: int) -> str:
+    return us_to_datetime(ts_us).strftime("%Y%m%d")
+
+
+# --- replaying never doubles a row -----------------------------------------------------------
+
+
+def test_replay_skips_letters_already_persisted_and_keeps_those_it_cannot_replay(
+        r: Any, keys: Keys, db: Any, database_url: str, pipeline_env: dict[str, str],
+        spawn: Callable[..., subprocess.Popen[bytes]],
+        run_worker: Callable[..., PersistWorker]) -> None:
+    class CrashAfterCommit(EventSink):
+        def write(self, *args: Any, **kwargs: Any) -> Any:
+            super().write(*args, **kwargs)
+            raise SystemExit("crash between COMMIT and XACK")
+
+    committed = Trade("AAPL", BASE_TS_US, 10.0, 1.0, "test")  # no venue id: only the key
+    publish(r, keys, [committed])
+    crashing = PersistWorker(r, CrashAfterCommit(database_url), GroupConsumer(r, keys, "w1"),
+                             fast_settings(), burst=True)
+    with pytest.raises(SystemExit):
+        crashing.run(install_signals=False)
+    assert row_counts(db)["trades"] == 1
+    # Redelivered past the limit: dead-lettered, though its row is committed.
+    with db.cursor() as cur:
+        cur.execute("ALTER TABLE trades ADD CONSTRAINT price_cap CHECK (price < 1000)")
+    refused = Trade("AAPL", BASE_TS_US + 1, 5000.0, 1.0, "test")
+    too_old = Trade("AAPL", now_ms() * 1000 - 8 * DAY_US, 10.0, 1.0, "test")
+    publish(r, keys, [refused, too_old])
+    run_worker("w2", claim_idle_ms=0, max_deliveries=1)
+    reasons = sorted(letter.reason.split(":")[0].split(" (")[0]
+                     for letter in deadletter.list_dead_letters(r, keys))
+    assert reasons == ["delivered 2 times without being persisted", "event time too old",
+                       "refused by postgresql"]
+    with db.cursor() as cur:
+        cur.execute("ALTER TABLE trades DROP CONSTRAINT price_cap")
+    replay = spawn(["dlq", "replay", "--all"], env=pipeline_env)
+    out = replay.communicate(timeout=60)[0].decode()
+    assert replay.returncode == 0, out
+    assert "1 dead letter(s) re-queued, 1 already persisted (deleted), 1 kept" in out, out
+    assert "already persisted" in out and "event time too old" in out
+    run_worker("w3")
+    with db.cursor() as cur:  # each trade once, each counted once in its bar
+        cur.execute("SELECT price FROM trades ORDER BY price")
+        assert cur.fetchall() == [(10.0,), (5000.0,)]
+        cur.execute("SELECT sum(trade_count) FROM bars_1m")
+        assert cur.fetchone() == (2,)
+    (kept,) = deadletter.list_dead_letters(r, keys)
+    assert kept.reason.startswith("event time too old")
+
+
+def test_replay_planning_is_pure_and_checks_by_the_original_entry_id(
+        r: Any, keys: Keys, db: Any, run_worker: Callable[..., PersistWorker]) -> None:
+    trades = make_trades(3, symbols=("AAPL",))
+    ids = publish(r, keys, trades)
+    run_worker()
+    stream = keys.trades("AAPL")
+
+    def letter(entry_id: str, trade: Trade, n: int) -> deadletter.DeadLetter:
+        return deadletter.DeadLetter(f"{n}-0", keys.shard("AAPL"), stream, entry_id,
+                                     "delivered 6 times", 6, 0, "w",
+                                     {b"t": codec.encode_trade(trade).encode()})
+
+    # Same fields, another entry ID (a replay that was itself dead-lettered
+    # before it got its row): not the stored row.
+    letters = [letter(ids[0], trades[0], 1), letter(f"{int(ids[0].split('-')[0]) + 5}-0",
+                                                    trades[0], 2),
+               deadletter.DeadLetter("3-0", keys.shard("AAPL"), stream, "9-9", "bad", 0, 0, "w",
+                                     {b"t": b"garbage"})]
+    found = deadletter.persisted_letters(db, keys, letters)
+    assert found == {"1-0"}
+    plan = deadletter.plan_replay(keys, letters, found, now_ms=now_ms())
+    assert [x.dlq_id for x in plan.persisted] == ["1-0"]
+    assert [x.dlq_id for x in plan.replay] == ["2-0", "3-0"] and plan.kept == []

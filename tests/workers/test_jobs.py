@@ -17,7 +17,7 @@ from psycopg2 import sql
 from rq import Queue, SimpleWorker
 from rq.cron import CronScheduler
 
-from pricepipe.clock import datetime_to_us, utcnow
+from pricepipe.clock import datetime_to_us, format_us, utcnow
 from pricepipe.events import Quote
 from pricepipe.keys import Keys
 from pricepipe.status import job_stats
@@ -238,7 +238,8 @@ def test_bars_verify_and_rebuild_cli(
         run_worker: Callable[..., PersistWorker]) -> None:
     publish(r, keys, make_events(600, step_us=100_000))
     run_worker()
-    span = ["--start", "2026-01-02T03:00:00Z", "--end", "2026-01-02T04:00:00Z"]
+    hour = BASE_TS_US // 3_600_000_000 * 3_600_000_000  # 03:00 of the events' day
+    span = ["--start", format_us(hour), "--end", format_us(hour + 3_600_000_000)]
 
     def bars(*args: str) -> tuple[int, str]:
         proc = spawn(["bars", *args, *span], env=pipeline_env)

@@ -75,10 +75,9 @@ def test_worker_trims_only_what_the_group_acknowledged(
     held = r.xreadgroup(PERSIST_GROUP, "stuck", {stream: ">"}, count=1)[0][1][0][0]
     publish(r, keys, trades[1501:])
     run_worker(stream_window_s=0)  # window 0: trim everything acknowledged
-    length = r.xlen(stream)
-    assert length < 3000  # the acknowledged head is trimmed (whole nodes: approximate)...
-    assert r.xrange(stream, min=held, max=held)  # ...never the pending entry
-    assert length >= 1500  # nor anything after it
+    # The acknowledged head is trimmed (exactly), never the pending entry nor
+    # anything after it.
+    assert r.xrange(stream, count=1)[0][0] == held and r.xlen(stream) == 1500
     assert pending_count(r, keys, ("AAPL",)) == 1
     assert row_counts(db) == {"trades": 2999, "quotes": 0}
 
@@ -112,13 +111,20 @@ def test_consumers_gone_for_good_are_forgotten_but_never_with_pending_entries(
     assert pending_count(r, keys, ("AAPL",)) == 0
 
 
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def jobs_env(request: pytest.FixtureRequest, redis_url: str,
+             pipeline_env: dict[str, str]) -> dict[str, str]:
+    """The pipeline's environment, its Redis URL in either protocol."""
+    return dict(pipeline_env, PRICEPIPE_REDIS_URL=f"{redis_url}?protocol={request.param}")
+
+
 def test_jobs_worker_command_runs_enqueued_jobs(
-        db: Any, pipeline_env: dict[str, str],
+        db: Any, jobs_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    enqueue = spawn(["jobs", "enqueue", "partitions", "days_ahead=12"], env=pipeline_env)
+    enqueue = spawn(["jobs", "enqueue", "partitions", "days_ahead=12"], env=jobs_env)
     out = enqueue.communicate(timeout=60)[0].decode()
     assert enqueue.returncode == 0 and "enqueued partitions" in out, out
-    worker = spawn(["jobs", "worker", "--burst", "--name", "t1"], env=pipeline_env)
+    worker = spawn(["jobs", "worker", "--burst", "--name", "t1"], env=jobs_env)
     out = worker.communicate(timeout=100)[0].decode()
     assert worker.returncode == 0, out
     names = partitions.list_partitions(db)
@@ -127,11 +133,11 @@ def test_jobs_worker_command_runs_enqueued_jobs(
 
 
 def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
-        r: Any, keys: Keys, pipeline_env: dict[str, str],
+        r: Any, keys: Keys, jobs_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
     from rq import Queue
 
-    proc = spawn(["jobs", "scheduler", "--name", "sched-test"], env=pipeline_env)
+    proc = spawn(["jobs", "scheduler", "--name", "sched-test"], env=jobs_env)
     queue = Queue(keys.rq_queue("maintenance"), connection=r)
     wait_until(lambda: queue.count >= 4, proc=proc)
     proc.send_signal(signal.SIGTERM)
