@@ -69,7 +69,7 @@ _SIDE_OF = {b"b": Side.BUY, b"s": Side.SELL}
 #: until the year 2109, and 21 bits allow two million entries per stream per
 #: millisecond; together 63 bits, a PostgreSQL ``bigint``.
 SEQ_BITS = 21
-_SEQ_MAX = (1 << SEQ_BITS) - 1
+SEQ_MAX = (1 << SEQ_BITS) - 1
 _MS_MAX = (1 << (63 - SEQ_BITS)) - 1
 
 
@@ -434,11 +434,11 @@ def pack_entry_id(entry_id: bytes | str) -> int:
     Raises :exc:`DecodeError` when it does not fit (see :data:`SEQ_BITS`).
     """
     ms, seq = parse_entry_id(entry_id)
-    if ms > _MS_MAX or seq > _SEQ_MAX:
+    if ms > _MS_MAX or seq > SEQ_MAX:
         raise DecodeError(f"stream entry id {entry_id!r} does not fit in 63 bits")
     return (ms << SEQ_BITS) | seq
 
 
 def unpack_entry_id(packed: int) -> str:
     """Inverse of :func:`pack_entry_id`."""
-    return f"{packed >> SEQ_BITS}-{packed & _SEQ_MAX}"
+    return f"{packed >> SEQ_BITS}-{packed & SEQ_MAX}"

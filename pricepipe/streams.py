@@ -172,50 +172,10 @@ def next_id(entry_id: str) -> str:
 
 
 def persisted_floor(r: Any, stream: str, group: str = PERSIST_GROUP) -> str | None:
-    """Smallest entry ID the ``group`` may still need, or None if unknown.
-
-    Every entry below it has been delivered *and* acknowledged: it is the
-    oldest pending entry if any, else the one after the last delivered.
-    None when the group does not exist (then nothing is safe to trim).
-    """
-    try:
-        groups = r.xinfo_groups(stream)
-    except redis.ResponseError:
-        return None
-    for info in groups:
-        name = info["name"]
-        if (name.decode() if isinstance(name, bytes) else name) != group:
-            continue
-        if info["pending"]:
-            summary = r.xpending(stream, group)
-            low = summary["min"]
-            if low is not None:
-                return low.decode() if isinstance(low, bytes) else str(low)
-            # Every pending entry was acknowledged between the two calls
-            # (another worker): the last-delivered ID read above is older
-            # than the current one, so the floor below it is still safe.
-        last = info["last-delivered-id"]
-        return next_id(last.decode() if isinstance(last, bytes) else str(last))
-    return None
-
-
-def trim_persisted(
-    r: Any, stream: str, *, window_ms: int, group: str = PERSIST_GROUP
-) -> int:
-    """Trim ``stream`` to entries newer than ``window_ms``, but never past an
-    entry ``group`` has not acknowledged.
-
-    Uses ``XTRIM MINID`` (not ``MAXLEN``: before Redis 8.2 ``MAXLEN`` drops
-    pending entries silently), approximate so Redis frees whole radix-tree
-    nodes only. Returns the number of entries removed.
-    """
-    floor = persisted_floor(r, stream, group)
-    if floor is None:
-        return 0
-    window_floor = f"{max(now_ms() - window_ms, 0)}-0"
-    floor_key = codec.parse_entry_id(floor)
-    minid = floor if floor_key <= codec.parse_entry_id(window_floor) else window_floor
-    return int(r.xtrim(stream, minid=minid, approximate=True))
+    """Smallest entry ID the ``group`` may still need (see
+    :func:`group_floors`), or None when the group or the stream does not
+    exist. Every entry below it has been delivered *and* acknowledged."""
+    return group_floors(r, stream).get(group)
 
 
 def delete_all(r: Any, keys: Keys) -> int:
@@ -325,11 +285,17 @@ return out
 
 
 def prev_id(entry_id: str) -> str:
-    """The largest entry ID smaller than ``entry_id`` (``0-0`` has none: itself)."""
+    """The largest entry ID smaller than ``entry_id`` that pricepipe can
+    store (``0-0`` has none: itself).
+
+    Below ``<ms>-0`` that is ``<ms-1>-SEQ_MAX`` (:data:`pricepipe.codec.SEQ_MAX`),
+    not Redis's ``<ms-1>-18446744073709551615``: no stream holds two million
+    entries in one millisecond, and a gap bound must pack like an entry ID
+    (the history tables, ``after_id`` of the HTTP API)."""
     ms, seq = codec.parse_entry_id(entry_id)
     if seq:
-        return f"{ms}-{seq - 1}"
-    return f"{ms - 1}-{(1 << 64) - 1}" if ms else "0-0"
+        return f"{ms}-{min(seq - 1, codec.SEQ_MAX)}"
+    return f"{ms - 1}-{codec.SEQ_MAX}" if ms else "0-0"
 
 
 def group_floors(r: Any, stream: str) -> dict[str, str]:

@@ -52,8 +52,10 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     params = SoakParams(duration_s=args.minutes * 60, rate=args.rate, symbols=args.symbols,
                         publishers=args.publishers, workers=args.workers,
                         ws_servers=args.ws_servers, clients=args.clients,
+                        strategies=not args.no_strategies,
                         fault_interval_s=args.fault_interval_s, stall_s=args.stall_s,
-                        stream_window_s=args.stream_window_s, seed=args.seed,
+                        stream_window_s=args.stream_window_s, max_age_s=args.max_age_s,
+                        trim_interval_s=args.trim_interval_s, seed=args.seed,
                         faults=fault_kinds(args.faults))
     summary = run_soak(params, json_path=args.json, keep_dir=args.keep)
     return 0 if summary["ok"] else 1
@@ -79,10 +81,12 @@ def register(sub: Any) -> None:
     p.add_argument("--database-url", help="use this PostgreSQL (default: throwaway embedded)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("soak", help="steady load with faults (kills, restarts, stalls), "
-                       "then check nothing was lost or doubled")
+    p = sub.add_parser("soak", help="steady load with faults (kills, restarts, stalls, "
+                       "a failover, a full Redis), then check nothing was lost or doubled "
+                       "and no reader missed anything silently")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the run")
-    p.add_argument("--rate", type=float, default=2000.0, help="ticks per second, all symbols")
+    p.add_argument("--rate", type=float, default=2000.0,
+                   help="events per second, all symbols")
     p.add_argument("--symbols", type=int, default=20, help="number of symbols")
     p.add_argument("--publishers", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
@@ -91,8 +95,14 @@ def register(sub: Any) -> None:
     p.add_argument("--fault-interval-s", type=float, default=15.0,
                    help="one fault every this many seconds")
     p.add_argument("--stall-s", type=float, default=8.0, help="how long a client stalls")
+    p.add_argument("--no-strategies", action="store_true",
+                   help="without the two strategy processes (and stop_strategy)")
     p.add_argument("--stream-window-s", type=int, default=60,
                    help="workers keep acknowledged entries this long in Redis")
+    p.add_argument("--max-age-s", type=int, default=90,
+                   help="hard cap: a stopped strategy group keeps entries this long")
+    p.add_argument("--trim-interval-s", type=float, default=5.0,
+                   help="how often the workers trim")
     p.add_argument("--seed", type=int, default=7, help="seed of the fault schedule")
     p.add_argument("--faults", default=",".join(FAULT_KINDS),
                    help="comma-separated fault kinds to use (default: all)")

@@ -166,7 +166,9 @@ def decode_entry(keys: Keys, stream_key: bytes | str, raw_id: bytes | str,
     deleted while pending (no fields), or unreadable (it stays in the stream
     for the persist workers, which dead-letter it)."""
     entry_id = _text(raw_id)
-    if fields is None:
+    if not fields:
+        # No entry has no fields (XADD takes one at least): deleted. RESP2
+        # gives nil for it, some parsers an empty list or map.
         return None
     try:
         channel, symbol = keys.parse_stream(stream_key)
@@ -437,6 +439,8 @@ class GroupShard(_Shard):
         self._pending: dict[str, str] = dict.fromkeys(self.streams, "0")
         #: Per stream, the newest entry this reader handed out.
         self.handed: dict[str, str] = {}
+        #: Per stream, the end (exclusive) of the newest trimmed gap reported.
+        self.covered: dict[str, str] = {}
         #: Entries up to these (per stream) may have been handed out before.
         self._seen_upto: dict[str, str] = {}
         self._claimed_at = 0.0
@@ -591,8 +595,32 @@ class GroupShard(_Shard):
         reported by this reader only)."""
         fields = tuple(streams.group_gap_field(s, self.group) for s in self.streams)
         reply = yield Script(streams.TAKE_SCRIPT, (self.keys.group_gaps(self.shard),), fields)
-        return [self._gap(stream, after, until, GapReason.TRIMMED)
-                for stream, (after, until) in streams.parse_group_gaps(reply).items()]
+        out = []
+        for stream, (after, until) in streams.parse_group_gaps(reply).items():
+            # A record may overlap what this reader has covered already: the
+            # cap trims on while a reader fills a gap (the group has not read
+            # on meanwhile), and after a failover the promoted replica may
+            # hold a record this reader took. Only the rest is missing.
+            past = self._past(stream)
+            if past is not None and not _after(until, past):
+                log.info("dropping a gap of %s this reader is past: %s..%s", stream, after,
+                         until)
+                continue
+            if past is not None and _after(past, after):
+                after = prev_id(past)
+            self.covered[stream] = until
+            out.append(self._gap(stream, after, until, GapReason.TRIMMED))
+        return out
+
+    def _past(self, stream: str) -> str | None:
+        """The smallest entry ID of ``stream`` this reader has neither handed
+        out nor reported in a gap below (None: nothing yet)."""
+        handed = self.handed.get(stream)
+        covered = self.covered.get(stream)
+        after_handed = None if handed is None else next_id(handed)
+        if after_handed is None or (covered is not None and _after(covered, after_handed)):
+            return covered
+        return after_handed
 
 
 def ack_plan(keys: Keys, group: str, deliveries: Iterable[Delivery]) -> Plan[None]:

@@ -11,8 +11,13 @@ bounds the daily partitions each page looks at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+import psycopg2
 
 from pricepipe import codec
 from pricepipe.clock import datetime_to_us, us_to_datetime
@@ -20,6 +25,8 @@ from pricepipe.events import Quote, Trade, id_range_span_us
 from pricepipe.keys import Channel
 
 from .delivery import Delivery, Gap
+
+log = logging.getLogger(__name__)
 
 #: Rows per query when filling a gap (keyset pagination by entry ID).
 PAGE_ROWS = 5_000
@@ -49,15 +56,46 @@ class HistorySource(Protocol):
 
 class PgHistory:
     """:class:`HistorySource` on a PostgreSQL connection (the caller's; a
-    read-only role suffices). Not thread-safe: give each reader its own."""
+    read-only role suffices). Not thread-safe: give each reader its own.
 
-    def __init__(self, conn: Any, *, page_rows: int = PAGE_ROWS) -> None:
+    With ``connect`` (a function returning a new connection) instead of
+    ``conn``, a page that fails on a lost connection (PostgreSQL restarting)
+    is read again on a new one, with backoff, for up to ``retry_s``; then,
+    or with a plain ``conn``, the error reaches the reader's ``get()``.
+    """
+
+    def __init__(self, conn: Any = None, *, connect: Callable[[], Any] | None = None,
+                 page_rows: int = PAGE_ROWS, retry_s: float = 60.0) -> None:
+        if (conn is None) == (connect is None):
+            raise TypeError("PgHistory takes a connection or a connect function")
         self.conn = conn
+        self._connect = connect
         self.page_rows = page_rows
+        self.retry_s = retry_s
 
     def page(self, symbol: str, channel: Channel, after: str, until: str) -> list[Delivery]:
         if channel not in _SQL:
             return []  # bars are derived: /v1/bars recomputes them from trades
+        if self._connect is None:
+            return self._page(symbol, channel, after, until)
+        deadline = time.monotonic() + self.retry_s
+        delay_s = 0.1
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = self._connect()
+                return self._page(symbol, channel, after, until)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if time.monotonic() + delay_s > deadline:
+                    raise
+                log.warning("history read failed, reconnecting: %s", exc)
+                time.sleep(delay_s * (0.5 + random.random()))
+                delay_s = min(delay_s * 2, 2.0)
+
+    def _page(self, symbol: str, channel: Channel, after: str, until: str) -> list[Delivery]:
         after_ms = codec.parse_entry_id(after)[0]
         until_ms = codec.parse_entry_id(until)[0]
         start_us, end_us = id_range_span_us(after_ms, until_ms)

@@ -1,4 +1,4 @@
-"""The soak's verdicts, the e2e ramp and judge, the probe's bookkeeping: pure code."""
+"""The soak's verdicts, the e2e ramp and judge: pure code."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from pricepipe.bench.e2e import Bounds, judge, ramp, split, symbol_names
 from pricepipe.bench.probe import ProbeState
 from pricepipe.bench.soak import (
     FAULT_KINDS,
-    check_client,
+    LostRange,
+    ReaderLog,
     check_exactly_once,
-    declared_ranges,
+    check_reader,
     fault_plan,
     memory_verdict,
+    probe_log,
+    strategy_log,
 )
 from pricepipe.codec import encode_json, pack_entry_id
 
@@ -26,53 +29,138 @@ def test_fault_plan_is_seeded_spaced_and_covers_every_kind_first() -> None:
     assert fault_plan(10, 10, seed=1) == []
 
 
+def P(text: str) -> int:  # noqa: N802 - reads like the ID it packs
+    return pack_entry_id(text)
+
+
 def test_exactly_once_passes_when_rows_match_the_streams() -> None:
-    verdict = check_exactly_once({"A": 5, "B": 3}, {"A": (5, 5), "B": (3, 3)}, {}, {}, 0)
-    assert verdict["ok"] and verdict["lost"] == 0 and verdict["published"] == 8
+    ids = [P(f"{i}-0") for i in range(1, 6)]
+    verdict = check_exactly_once({"trades:A": 5, "quotes:A": 0}, {"trades:A": ids},
+                                 {"trades:A": ids[2:]}, 0)
+    assert verdict["ok"] and verdict["lost"] == 0 and verdict["published"] == 5
 
 
 def test_exactly_once_counts_loss_duplicates_and_dead_letters() -> None:
+    a = [P(f"{i}-0") for i in range(1, 5)]
     verdict = check_exactly_once(
-        {"A": 5, "B": 3, "C": 2}, {"A": (4, 4), "B": (3, 3), "C": (2, 2)},
-        missing_in_db={"B": 1}, extra_in_db={"C": 1}, dead_letters=2)
+        {"trades:A": 5, "trades:B": 3, "quotes:C": 2},
+        {"trades:A": a, "trades:B": [P("1-0"), P("2-0"), P("3-0"), P("3-0")],
+         "quotes:C": [P("1-0"), P("2-0")]},
+        {"trades:A": a, "quotes:C": [P("1-0"), P("3-0")]}, dead_letters=2)
     assert not verdict["ok"]
-    assert verdict["lost"] == 1 + 1 + 2  # A short by one, B's entry missing, 2 dead letters
-    assert verdict["duplicated"] == 1  # C holds a row its stream lacks
-    assert set(verdict["bad_symbols"]) == {"A", "B", "C"}
+    # A short by one, C's 3-0 still in the stream without its row, 2 dead letters
+    assert verdict["lost"] == 1 + 1 + 2
+    # B's second row of 3-0; C's row 2-0 inside the stream's range the stream lacks
+    assert verdict["duplicated"] == 2
+    assert set(verdict["bad_streams"]) == {"trades:A", "trades:B", "quotes:C"}
 
 
 def test_exactly_once_counts_rows_beyond_what_was_published() -> None:
-    verdict = check_exactly_once({"A": 2}, {"A": (3, 3)}, {}, {}, 0)
+    verdict = check_exactly_once({"trades:A": 2}, {"trades:A": [P("1-0"), P("2-0"), P("3-0")]},
+                                 {}, 0)
     assert verdict["duplicated"] == 1 and not verdict["ok"]
 
 
-def test_client_check_accepts_a_contiguous_tail() -> None:
-    truth = {"A": [1, 2, 3, 4, 5, 6], "B": [10, 20]}
-    result = check_client({"A": [3, 4, 5, 6], "B": [10, 20]}, truth, {"A": 6, "B": 20})
+def test_exactly_once_after_a_failover_reports_what_redis_lost() -> None:
+    # The primary had 1..6; the promoted replica had 1..3, then took 10, 11.
+    # Workers had persisted 4 and 5 from the primary before it died; 6 is gone.
+    lost = {"trades:A": [LostRange(P("3-0"), P("6-0"), 3)]}
+    rows = [P(f"{i}-0") for i in (1, 2, 3, 4, 5, 10, 11)]
+    verdict = check_exactly_once({"trades:A": 5}, {"trades:A": rows},
+                                 {"trades:A": [P("1-0"), P("2-0"), P("3-0"), P("10-0"),
+                                               P("11-0")]}, 0, lost)
+    assert verdict["ok"], verdict
+    assert (verdict["failover_persisted"], verdict["failover_lost"]) == (2, 1)
+    # Without the lost range, the rows 4 and 5 are rows the stream lacks.
+    assert not check_exactly_once({"trades:A": 5}, {"trades:A": rows},
+                                  {"trades:A": [P("1-0"), P("10-0")]}, 0)["ok"]
+
+
+TRUTH = {"trades:A": [P(f"{i}-0") for i in range(1, 7)], "quotes:A": [P("10-0"), P("20-0")]}
+LAST = {"trades:A": P("6-0"), "quotes:A": P("20-0")}
+
+
+def test_reader_check_accepts_a_contiguous_tail() -> None:
+    log = ReaderLog(received={"trades:A": [P(f"{i}-0") for i in (3, 4, 5, 6)],
+                              "quotes:A": [P("10-0"), P("20-0")]})
+    result = check_reader(log, TRUTH, LAST)
     assert result["ok"], result
-    assert result["ticks"] == 6
+    assert (result["expected"], result["received"], result["unexplained"]) == (6, 6, 0)
 
 
-def test_client_check_finds_gaps_duplicates_and_a_missed_end() -> None:
-    truth = {"A": [1, 2, 3, 4, 5, 6]}
-    result = check_client({"A": [1, 2, 4, 4, 5]}, truth, {"A": 6})
+def test_reader_check_finds_silent_gaps_duplicates_and_a_missed_end() -> None:
+    log = ReaderLog(received={"trades:A": [P("1-0"), P("2-0"), P("4-0"), P("4-0"), P("5-0")],
+                              "quotes:A": [P("10-0"), P("20-0")]})
+    result = check_reader(log, TRUTH, LAST)
     assert not result["ok"]
-    assert result["gaps"] == 1  # 3 never arrived
+    assert result["unexplained"] == 2  # 3 and 6 never arrived, nobody said so
     assert result["duplicates"] == 1  # 4 twice
-    assert result["not_at_end"] == ["A"]  # 6 never arrived
-    assert "A: 1 missing from 0-3 to 0-3" in result["examples"]
+    assert result["not_at_end"] == ["trades:A"]
+    assert "trades:A: 1 unexplained from 3-0 to 3-0" in result["examples"]
 
 
-def test_client_check_reports_declared_unrecoverable_ranges_apart() -> None:
-    truth = {"A": [1, 2, 3, 4, 5, 6]}
-    result = check_client({"A": [1, 5, 6]}, truth, {"A": 6}, {"A": [(1, 5)]})
+def test_reader_check_counts_flagged_ranges_and_allowed_repeats() -> None:
+    log = ReaderLog(received={"trades:A": [P("1-0"), P("5-0"), P("4-0"), P("5-0"), P("6-0")],
+                              "quotes:A": [P("10-0"), P("20-0")]},
+                    flagged={"trades:A": [(P("1-0"), P("5-0"))]},
+                    repeat_ok={"trades:A": {P("4-0"), P("5-0")}})
+    result = check_reader(log, TRUTH, LAST)
     assert result["ok"], result
-    assert result["declared_unrecoverable"] == 3
+    assert (result["flagged"], result["duplicates"]) == (2, 0)  # 2 and 3 were announced
 
 
-def test_client_check_flags_a_symbol_never_received() -> None:
-    result = check_client({"A": [1]}, {"A": [1], "B": [2]}, {"A": 1, "B": 2})
-    assert result["never_received"] == ["B"] and not result["ok"]
+def test_reader_check_flags_a_stream_never_received() -> None:
+    result = check_reader(ReaderLog(received={"trades:A": TRUTH["trades:A"]}), TRUTH, LAST)
+    assert result["never_received"] == ["quotes:A"] and not result["ok"]
+
+
+def test_probe_record_flags_unrecoverable_and_allows_an_epoch_restart() -> None:
+    state = ProbeState(["A"], channels=("trades",), record=True)
+    trades = [f"{i}-0" for i in range(1, 7)]
+
+    def frame(kind: str, ids: list[str]) -> bytes:
+        return encode_json({"type": kind, "trades": [
+            {"symbol": "A", "id": i, "ts_us": 1_700_000_000_000_000, "price": 1.0}
+            for i in ids]})
+
+    state.handle(frame("trades", trades[:2]), 1)  # 1, 2
+    state.handle(b'{"type":"unrecoverable","symbol":"A","channel":"trades","after":"2-0",'
+                 b'"reason":"trimmed","first_id":"4-0"}', 1)
+    state.handle(frame("snapshot", ["4-0"]), 1)  # 3 skipped, announced
+    state.handle(frame("trades", ["5-0"]), 1)
+    # A failover: the new Redis holds up to 4 (5 was lost), then takes 6.
+    state.handle(b'{"type":"unrecoverable","symbol":"A","channel":"trades","after":"5-0",'
+                 b'"reason":"epoch"}', 1)
+    state.handle(frame("snapshot", ["4-0"]), 1)
+    state.handle(frame("trades", ["6-0"]), 1)
+    log = probe_log(state.summary())
+    assert log.flagged == {"trades:A": [(P("2-0"), P("4-0")), (P("5-0"), P("6-0"))]}
+    assert log.repeat_ok == {"trades:A": {P("4-0")}}
+    truth = {"trades:A": [P(t) for t in trades]}
+    result = check_reader(log, truth, {"trades:A": P("6-0")})
+    assert result["ok"], result
+    assert (result["received"], result["flagged"], result["duplicates"]) == (5, 1, 0)
+    # Without the epoch message, 4 after 5 is a duplicate.
+    state.unrecoverable.pop()
+    assert check_reader(probe_log(state.summary()), truth,
+                        {"trades:A": P("6-0")})["duplicates"] == 1
+
+
+def test_strategy_lives_become_one_log() -> None:
+    lives = [
+        {"deliveries": [["trades", "A", P("1-0"), False, False]], "gaps": [], "errors": []},
+        {"deliveries": [["trades", "A", P("1-0"), True, False],
+                        ["trades", "A", P("2-0"), False, True],
+                        ["trades", "A", P("6-0"), False, False]],
+         "gaps": [["trades", "A", "2-0", "6-0", "trimmed", True]], "errors": []},
+    ]
+    log = strategy_log(lives)
+    truth = {"trades:A": [P(f"{i}-0") for i in range(1, 7)]}
+    result = check_reader(log, truth, {"trades:A": P("6-0")})
+    assert result["ok"], result
+    assert (result["received"], result["flagged"], result["unexplained"]) == (3, 3, 0)
+    lives[1]["errors"] = ["RedisError: boom"]
+    assert not check_reader(strategy_log(lives), truth, {"trades:A": P("6-0")})["ok"]
 
 
 def test_memory_verdict() -> None:
@@ -98,8 +186,8 @@ def test_ramp_and_split() -> None:
 
 def _step(**overrides: object) -> dict[str, object]:
     step: dict[str, object] = {
-        "target_ticks_per_s": 1000, "published_ticks_per_s": 990.0,
-        "persisted_ticks_per_s": 985.0, "ws_ticks_per_s": 990.0,
+        "target_events_per_s": 1000, "published_events_per_s": 990.0,
+        "persisted_events_per_s": 985.0, "ws_events_per_s": 990.0,
         "persist_lag_p99_ms": 120.0, "persist_lag_last_ms": 30.0, "ws_latency_p99_ms": 12.0}
     step.update(overrides)
     return step
@@ -108,71 +196,9 @@ def _step(**overrides: object) -> dict[str, object]:
 def test_judge_sustained_and_each_reason() -> None:
     bounds = Bounds()
     assert judge(_step(), bounds) == []
-    assert "published" in judge(_step(published_ticks_per_s=500.0), bounds)[0]
-    assert "persisted" in judge(_step(persisted_ticks_per_s=500.0), bounds)[0]
-    assert "websocket probe" in judge(_step(ws_ticks_per_s=10.0), bounds)[0]
+    assert "published" in judge(_step(published_events_per_s=500.0), bounds)[0]
+    assert "persisted" in judge(_step(persisted_events_per_s=500.0), bounds)[0]
+    assert "websocket probe" in judge(_step(ws_events_per_s=10.0), bounds)[0]
     assert "persist lag p99" in judge(_step(persist_lag_p99_ms=5000.0), bounds)[0]
     assert "still" in judge(_step(persist_lag_last_ms=5000.0), bounds)[0]
     assert "websocket p99" in judge(_step(ws_latency_p99_ms=None), bounds)[0]
-
-
-def _frame(kind: str, ids: list[str], **extra: object) -> bytes:
-    ticks = [{"symbol": "A", "id": i, "ts_us": 1_700_000_000_000_000, "price": 1.0}
-             for i in ids]
-    return encode_json({"type": kind, "ticks": ticks, **extra})
-
-
-def test_probe_measures_and_records_ticks() -> None:
-    state = ProbeState(["A", "B"], record=True)
-    now_us = 1_700_000_000_050_000
-    assert state.handle(_frame("snapshot", ["1700000000000-0"]), now_us) is None
-    assert state.handle(_frame("ticks", ["1700000000040-0", "1700000000040-1"]), now_us) is None
-    assert state.received["A"] == [pack_entry_id("1700000000000-0"),
-                                   pack_entry_id("1700000000040-0"),
-                                   pack_entry_id("1700000000040-1")]
-    assert state.cursors == {"A": "1700000000040-1"}
-    report = state.report(123.0)
-    assert report["n"] == 3 and sorted(report["lat_ms"]) == [10.0, 10.0, 50.0]
-    assert report["event_ms"] == [50.0, 50.0, 50.0]
-    assert state.report(124.0)["n"] == 0  # a new window
-    assert b'"resume":{"A":"1700000000040-1"}' in state.subscribe_message()
-
-
-def test_probe_resumes_after_a_conflated_frame_and_keeps_errors() -> None:
-    state = ProbeState(["A"], record=True)
-    assert state.handle(_frame("ticks", ["5-0"], conflated=True), 10_000) == "reconnect"
-    assert state.received == {} and state.conflated_frames == 1
-    state.handle(b'{"type":"unrecoverable","symbol":"A","after":"1-0","first_id":"3-0"}', 1)
-    state.handle(b'{"type":"error","code":"bad_json","message":"x"}', 1)
-    state.handle(b"not json", 1)
-    assert len(state.unrecoverable) == 1 and len(state.errors) == 2
-    # Redis dropped mid-subscribe: the documented answer is to send it again.
-    assert state.handle(b'{"type":"error","code":"unavailable","message":"x"}', 1) \
-        == "resubscribe"
-    assert state.resubscribes == 1
-    # Without recording, a conflated frame is just measured.
-    assert ProbeState(["A"]).handle(_frame("ticks", ["5-0"], conflated=True), 10_000) is None
-
-
-def test_probe_subsamples_big_windows() -> None:
-    state = ProbeState(["A"], max_samples=10)
-    state.handle(_frame("ticks", [f"1700000000000-{i}" for i in range(100)]),
-                 1_700_000_000_001_000)
-    report = state.report(1.0)
-    assert report["n"] == 100 and len(report["lat_ms"]) == 10
-
-
-def test_declared_ranges_run_from_after_to_the_next_recorded_tick() -> None:
-    state = ProbeState(["A"], record=True)
-    state.handle(_frame("ticks", ["1-0", "2-0"]), 1)
-    state.handle(b'{"type":"unrecoverable","symbol":"A","after":"2-0","reason":"trimmed",'
-                 b'"first_id":"4-0"}', 1)
-    state.handle(_frame("snapshot", ["7-0"]), 1)
-    ranges = declared_ranges(state.unrecoverable, state.received)
-    assert ranges == {"A": [(pack_entry_id("2-0"), pack_entry_id("7-0"))]}
-    truth = {"A": [pack_entry_id(f"{i}-0") for i in range(1, 8)]}
-    result = check_client(state.received, truth, {"A": pack_entry_id("7-0")}, ranges)
-    assert result["ok"] and result["declared_unrecoverable"] == 4
-    # No tick after the message: everything after "after" is declared.
-    assert declared_ranges([{"symbol": "B", "after": "1-0"}], {}) == {
-        "B": [(pack_entry_id("1-0"), 2**63)]}

@@ -7,7 +7,7 @@ from typing import Any
 import redis
 
 from pricepipe.keys import PERSIST_GROUP, Keys
-from pricepipe.streams import persisted_floor, register_symbols, trim_persisted
+from pricepipe.streams import persisted_floor, register_symbols, trim_stream
 
 
 class _StaleGroups:
@@ -29,9 +29,9 @@ def test_floor_survives_pending_acknowledged_between_calls(r: redis.Redis, keys:
     # other worker acknowledged it, XPENDING then had no "min", and the
     # floor came back as the text "None": trimming crashed the worker.
     register_symbols(r, keys, ["AAA"])
-    stream = keys.stream("AAA")
+    stream = keys.trades("AAA")
     client: Any = r  # redis-py's sync/async union return types
-    first = client.xadd(stream, {b"x": b"1"}).decode()
+    first = client.xadd(stream, {b"t": b"1"}).decode()
     client.xreadgroup(PERSIST_GROUP, "w1", {stream: ">"})
     stale = client.xinfo_groups(stream)
     assert stale[0]["pending"] == 1
@@ -39,4 +39,5 @@ def test_floor_survives_pending_acknowledged_between_calls(r: redis.Redis, keys:
     stale_client = _StaleGroups(r, stale)
     floor = persisted_floor(stale_client, stream)
     assert floor == f"{first.split('-')[0]}-{int(first.split('-')[1]) + 1}"
-    assert trim_persisted(stale_client, stream, window_ms=0) >= 0
+    assert trim_stream(stale_client, keys, stream, window_ms=0, max_age_ms=None,
+                       persisted=True) >= 0

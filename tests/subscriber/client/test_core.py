@@ -179,6 +179,28 @@ def test_a_group_gap_is_reported_and_covers_its_deleted_pending_entries() -> Non
     assert got == [Gap("AAPL", Channel.TRADES, "100-5", "102-0", GapReason.TRIMMED)]
 
 
+def test_a_group_gap_the_reader_is_past_is_dropped_or_shortened() -> None:
+    # After a failover the promoted replica may still hold a gap record this
+    # reader took (and filled) before: reporting it again would double it.
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="$",
+                       settings=SETTINGS)
+    drive(shard.read(), Server([]))
+    drive(shard.read(), Server([(STREAM.encode(), [entry(5)])]))
+    assert shard.handed == {STREAM: "105-0"}
+    field = streams.group_gap_field(STREAM, "g").encode()
+    assert drive(shard.read(), Server([(STREAM.encode(), [])],
+                                      group_gaps=[field, b"101-0 104-0"])) == []
+    got = drive(shard.read(), Server([(STREAM.encode(), [])],
+                                     group_gaps=[field, b"101-0 108-0"]))
+    assert got == [Gap("AAPL", Channel.TRADES, "105-0", "108-0", GapReason.TRIMMED)]
+    # The cap trimmed on while the reader filled that gap: the group had not
+    # read on, so the next record starts where the last began.
+    got = drive(shard.read(), Server([(STREAM.encode(), [])],
+                                     group_gaps=[field, b"105-1 110-0"]))
+    assert got == [Gap("AAPL", Channel.TRADES, streams.prev_id("108-0"), "110-0",
+                       GapReason.TRIMMED)]
+
+
 def test_after_a_lost_reply_the_group_reader_rereads_its_own_pending_entries() -> None:
     shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="$",
                        settings=SETTINGS)

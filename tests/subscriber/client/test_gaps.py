@@ -6,17 +6,19 @@ from PostgreSQL, in stream order, exactly once, and carries on live."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
+import pytest
 import redis
 
 from pricepipe import streams
-from pricepipe.embedded import RedisServer
+from pricepipe.bench.proxy import TcpProxy
+from pricepipe.embedded import PostgresServer, RedisServer
 from pricepipe.keys import PERSIST_GROUP, Channel, Keys
 from pricepipe.subscriber.client import (
     Delivery,
@@ -26,7 +28,7 @@ from pricepipe.subscriber.client import (
     PgHistory,
     StreamReader,
 )
-from tests.helpers import TcpProxy, wait_until
+from tests.helpers import wait_until
 
 from .helpers import FAST, insert_events, take, trade
 
@@ -80,6 +82,36 @@ def test_a_plain_reader_behind_the_trimming_gets_the_gap_or_the_range_filled(
         assert got[5] == Gap("AAPL", Channel.TRADES, first[-1], newest[0], GapReason.TRIMMED,
                              filled=True)
         assert [(d.entry_id, d.filled) for d in got[6:]] == [(i, False) for i in newest]
+
+
+def test_a_fill_rides_through_a_postgres_restart_when_it_may_reconnect(
+        r: redis.Redis, keys: Keys, make_pg_server: Callable[..., PostgresServer]) -> None:
+    server = make_pg_server()
+    db = psycopg2.connect(server.url)
+    try:
+        first = publish(r, keys, "AAPL", 0, 1)
+        later = publish(r, keys, "AAPL", 10, 4)
+        persist_all(r, keys, db, "AAPL")
+    finally:
+        db.close()
+    trim(r, keys, "AAPL")
+    newest = publish(r, keys, "AAPL", 20, 1)
+    server.stop()  # down when the reader finds the gap; back a moment later
+    restart = threading.Timer(1.0, server.start)
+    restart.start()
+    history = PgHistory(connect=lambda: psycopg2.connect(server.url, connect_timeout=2))
+    try:
+        with StreamReader(r, keys, ["AAPL"], channels=TRADES,
+                          start={"AAPL": {"trades": first[-1]}}, settings=FAST,
+                          fill_gaps=history) as reader:
+            got = take(reader, len(later) + 2, timeout_s=30)
+    finally:
+        restart.join()
+    assert [d.entry_id for d in got[:4]] == later and all(d.filled for d in got[:4])
+    assert isinstance(got[4], Gap) and got[4].filled
+    assert got[5].entry_id == newest[0]
+    with pytest.raises(TypeError):
+        PgHistory()
 
 
 def test_a_group_stopped_past_the_cap_catches_up_with_every_event_in_order(
@@ -138,31 +170,29 @@ def test_a_restart_from_an_older_aof_is_an_epoch_gap(
 def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
         make_redis_server: Callable[..., RedisServer], keys: Keys) -> None:
     primary = make_redis_server()
-    replica = make_redis_server(extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    link = TcpProxy(primary.port)  # the replication link, paused to make the replica lag
+    replica = make_redis_server(extra_args=("--replicaof", "127.0.0.1", str(link.port)))
     proxy = TcpProxy(primary.port)
     to_primary = redis.Redis.from_url(primary.url)
+    to_replica = redis.Redis.from_url(replica.url)
     through = redis.Redis.from_url(proxy.url, socket_timeout=2)
     try:
-        status: Any = lambda: redis.Redis.from_url(replica.url).info("replication")  # noqa: E731
-        wait_until(lambda: status()["master_link_status"] == "up", timeout_s=30)
-        synced = publish(to_primary, keys, "AAPL", 0, 3)
-        wait_until(lambda: redis.Redis.from_url(replica.url).xlen(keys.trades("AAPL")) == 3,
+        wait_until(lambda: to_replica.info("replication")["master_link_status"] == "up",
                    timeout_s=30)
+        synced = publish(to_primary, keys, "AAPL", 0, 3)
+        wait_until(lambda: to_replica.xlen(keys.trades("AAPL")) == 3, timeout_s=30)
         with StreamReader(through, keys, ["AAPL"], channels=TRADES, start="0",
                           settings=FAST) as reader:
             assert [d.entry_id for d in take(reader, 3)] == synced
-            assert replica.proc is not None
-            os.kill(replica.proc.pid, signal.SIGSTOP)  # the replica falls behind...
+            link.pause()  # the replica falls behind...
             unreplicated = publish(to_primary, keys, "AAPL", 10, 2)
             assert [d.entry_id for d in take(reader, 2)] == unreplicated
             primary.kill()  # ...and the primary dies with what it had not sent
-            os.kill(replica.proc.pid, signal.SIGCONT)
-            promoted = redis.Redis.from_url(replica.url)
-            promoted.replicaof("NO", "ONE")
-            promoted.close()
+            link.close()
+            to_replica.replicaof("NO", "ONE")
+            assert to_replica.xlen(keys.trades("AAPL")) == 3  # really lost
             proxy.retarget(replica.port)
-            time.sleep(0.2)
-            after = publish(redis.Redis.from_url(replica.url), keys, "AAPL", 20, 2)
+            after = publish(to_replica, keys, "AAPL", 20, 2)
             gap, *rest = take(reader, 3, timeout_s=30)
             # After what the reader had; up to the first entry it reads next
             # (or, when it reconnected before that was appended, the time then).
@@ -173,4 +203,6 @@ def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
     finally:
         through.close()
         to_primary.close()
+        to_replica.close()
         proxy.close()
+        link.close()
