@@ -33,7 +33,15 @@ pricepipe encodes each entry once too, and puts a flush's entries into one
 frame per channel per client, written together (see docs/subscriber.md),
 which is where it saves work.
 
-Run the helpers directly: ``python -m pricepipe.bench.ws clients ...`` and
+``--abuse`` (``python -m pricepipe.bench.ws abuse``, or ``run(abuse=True)``)
+measures something else: the same clients against pricepipe's server twice,
+alone and then while :data:`ABUSERS` connections keep asking for
+:data:`MADE_UP_SYMBOLS` symbols that nobody publishes (what issue 13 saw turn
+into 10,000 phantom XREAD keys); it reports the normal clients' p99 with and
+without them and the ratio (the goal: within 2x).
+
+Run the helpers directly: ``python -m pricepipe.bench.ws clients ...``,
+``python -m pricepipe.bench.ws abusers ...`` and
 ``python -m pricepipe.bench.ws baseline-server ...``.
 """
 
@@ -63,6 +71,10 @@ QUOTES_PER_TRADE = 5
 #: One data frame in this many per connection is parsed for latency.
 SAMPLE_EVERY = 10
 _READ_BYTES = 262_144
+#: The abuse scenario: this many connections...
+ABUSERS = 20
+#: ...each asking, as fast as the server answers, for this many made-up symbols.
+MADE_UP_SYMBOLS = 500
 
 
 # --- client process --------------------------------------------------------------------------
@@ -263,6 +275,53 @@ def _clients_main(url: str, clients: int, symbols: int, per_client: int,
     }
 
 
+# --- abusers --------------------------------------------------------------------------------
+
+
+async def _abusers_main(url: str, connections: int, symbols: int) -> dict[str, Any]:
+    """``connections`` clients, each sending subscribe requests of ``symbols``
+    made-up symbols (20 different ones in turn) until SIGTERM, one at a time
+    (the next once the answer came); the answers' codes, counted."""
+    import signal
+
+    from websockets.asyncio.client import connect
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    codes: dict[str, int] = {}
+    requests = 0
+
+    async def one(n: int) -> None:
+        nonlocal requests
+        # Encoded once: the abusers share the machine with what they measure.
+        messages = [codec.encode_json({
+            "op": "subscribe", "symbols": [f"ZZ{n}X{round_}X{i}" for i in range(symbols)],
+            "channels": ["trades", "quotes", "bars.1m"]}).decode() for round_ in range(20)]
+        async with connect(url, max_size=None, ping_interval=None) as ws:
+            await ws.recv()  # hello
+            round_ = 0
+            while not stop.is_set():
+                await ws.send(messages[round_ % len(messages)])
+                round_ += 1
+                while True:
+                    msg = codec.decode_json(await ws.recv())
+                    if msg.get("type") in ("error", "subscribed"):
+                        break
+                code = str(msg.get("code", msg["type"]))
+                codes[code] = codes.get(code, 0) + 1
+                requests += 1
+
+    tasks = [asyncio.create_task(one(n)) for n in range(connections)]
+    await asyncio.sleep(0.5)
+    print("READY", flush=True)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"requests": requests, "codes": codes}
+
+
 # --- baseline server -------------------------------------------------------------------------
 
 
@@ -390,17 +449,27 @@ def _publish(r: Any, keys: Any, names: list[str], rate: float, duration_s: float
 
 def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redis_url: str,
                clients: int, symbols: int, per_client: int, rate: float, duration_s: float,
-               r: Any, keys: Any, names: list[str], env: dict[str, str]) -> dict[str, Any]:
+               r: Any, keys: Any, names: list[str], env: dict[str, str],
+               abusers: int = 0) -> dict[str, Any]:
     port = int(server_cmd[server_cmd.index("--port") + 1])
     server = subprocess.Popen(server_cmd, env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)
     client_proc: subprocess.Popen[str] | None = None
+    abuse_proc: subprocess.Popen[str] | None = None
+    abused: dict[str, Any] | None = None
     try:
         kind, what = ready
         if kind == "http":
             _wait_http(f"http://127.0.0.1:{port}{what}", 30)
         else:
             _wait_line(server, what, 30)
+        if abusers:
+            abuse_proc = subprocess.Popen(
+                [sys.executable, "-m", "pricepipe.bench.ws", "abusers", "--url",
+                 f"ws://127.0.0.1:{port}/ws", "--connections", str(abusers),
+                 "--symbols", str(MADE_UP_SYMBOLS)],
+                env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            _wait_line(abuse_proc, "READY", 60)
         client_proc = subprocess.Popen(
             [sys.executable, "-m", "pricepipe.bench.ws", "clients", "--url",
              f"ws://127.0.0.1:{port}/ws", "--clients", str(clients), "--symbols", str(symbols),
@@ -413,6 +482,10 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
         wall = time.monotonic() - started
         cpu_after = (_cpu_s(server.pid), _cpu_s(client_proc.pid))
         out, _ = client_proc.communicate(timeout=duration_s + 120)
+        if abuse_proc is not None:
+            abuse_proc.terminate()
+            abuse_out, _ = abuse_proc.communicate(timeout=30)
+            abused = codec.decode_json(abuse_out.strip().splitlines()[-1])
         result = codec.decode_json(out.strip().splitlines()[-1])
         result["server_cpu_pct"] = 100 * (cpu_after[0] - cpu_before[0]) / wall
         result["clients_cpu_pct"] = 100 * (cpu_after[1] - cpu_before[1]) / wall
@@ -420,7 +493,7 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
         result["server_cpu_us_per_delivery"] = (
             1e6 * (cpu_after[0] - cpu_before[0]) / max(result["deliveries"], 1))
     finally:
-        for proc in (client_proc, server):
+        for proc in (abuse_proc, client_proc, server):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
@@ -431,6 +504,8 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
             if proc is not None and proc.stdout:
                 proc.stdout.close()
     expected = published * clients * per_client / symbols
+    if abused is not None:
+        result["abusers"] = abused
     result["published"] = published
     result["expected_deliveries"] = expected
     result["deliveries_per_s"] = result["deliveries"] / result["elapsed_s"]
@@ -441,11 +516,13 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
     return dict(result)
 
 
-def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str, Any]:
+def run(*, redis_url: str, database_url: str, n: int | None = None,
+        abuse: bool = False) -> dict[str, Any]:
     """Benchmark ``n`` clients (default 1,000), each subscribed to the trades
     and quotes of 10 of 100 symbols, at 1,000 events/s in total (5 quotes per
     trade); pricepipe's server, then the ``websockets.broadcast`` baseline.
-    ``database_url`` is not used."""
+    With ``abuse``: pricepipe's server alone, then with :data:`ABUSERS`
+    abusers (see the module's docstring). ``database_url`` is not used."""
     import redis
 
     from pricepipe.keys import Keys
@@ -460,10 +537,16 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
     env = {**os.environ, "PRICEPIPE_REDIS_URL": redis_url,
            "PRICEPIPE_REDIS_PREFIX": BENCH_PREFIX, "PRICEPIPE_REDIS_SHARDS": str(BENCH_SHARDS),
            "PRICEPIPE_WS_MAX_CONNECTIONS": str(clients + 100),
-           "PRICEPIPE_WS_MAX_SYMBOLS": str(symbols), "PRICEPIPE_LOG_LEVEL": "WARNING"}
-    params = {"clients": clients, "symbols": symbols, "symbols_per_client": per_client,
-              "events_per_s": rate, "quotes_per_trade": QUOTES_PER_TRADE,
-              "duration_s": duration_s}
+           # Every client connects from 127.0.0.1.
+           "PRICEPIPE_WS_MAX_CONNECTIONS_PER_ADDRESS": str(clients + 100),
+           # The abusers ask for as many symbols as a client may.
+           "PRICEPIPE_WS_MAX_SYMBOLS": str(MADE_UP_SYMBOLS if abuse else symbols),
+           "PRICEPIPE_LOG_LEVEL": "WARNING"}
+    params: dict[str, Any] = {
+        "clients": clients, "symbols": symbols, "symbols_per_client": per_client,
+        "events_per_s": rate, "quotes_per_trade": QUOTES_PER_TRADE, "duration_s": duration_s}
+    if abuse:
+        params.update(abusers=ABUSERS, made_up_symbols_per_request=MADE_UP_SYMBOLS)
     expected_rate = rate * per_client / symbols * clients
     print(f"ws bench: {clients} clients x {per_client} of {symbols} symbols (trades and "
           f"quotes), {rate:,.0f} events/s ({QUOTES_PER_TRADE} quotes per trade) for "
@@ -476,10 +559,17 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
             "redis_url": redis_url, "clients": clients, "symbols": symbols,
             "per_client": per_client, "rate": rate, "duration_s": duration_s, "r": r,
             "keys": keys, "names": names, "env": env}
-        port = free_port()
-        ours = _contender("pricepipe", [sys.executable, "-m", "pricepipe", "ws", "--host",
-                                        "127.0.0.1", "--port", str(port)],
-                          ("http", "/healthz"), **common)
+
+        def pricepipe_ws() -> list[str]:
+            return [sys.executable, "-m", "pricepipe", "ws", "--host", "127.0.0.1",
+                    "--port", str(free_port())]
+
+        if abuse:
+            alone = _contender("alone", pricepipe_ws(), ("http", "/healthz"), **common)
+            abused = _contender("abused", pricepipe_ws(), ("http", "/healthz"), **common,
+                                abusers=ABUSERS)
+            return _abuse_report(alone, abused, params)
+        ours = _contender("pricepipe", pricepipe_ws(), ("http", "/healthz"), **common)
         port = free_port()
         base = _contender("broadcast", [sys.executable, "-m", "pricepipe.bench.ws",
                                         "baseline-server", "--port", str(port),
@@ -521,6 +611,55 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
             "params": params}
 
 
+def _figures(result: dict[str, Any]) -> dict[str, Any]:
+    return {"deliveries_per_s": result["deliveries_per_s"], "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "max_ms": result["max_ms"],
+            "delivered_fraction": result["deliveries"] / max(result["expected_deliveries"], 1),
+            "server_cpu_pct": result["server_cpu_pct"],
+            "server_cpu_us_per_delivery": result["server_cpu_us_per_delivery"],
+            "conflated_frames": result["conflated_frames"]}
+
+
+def _abuse_report(alone: dict[str, Any], abused: dict[str, Any],
+                  params: dict[str, Any]) -> dict[str, Any]:
+    """The normal clients with the abusers (figures) and without (baselines)."""
+    figures, baselines = _figures(abused), _figures(alone)
+    attacks = abused.get("abusers", {})
+    figures["abuser_requests"] = attacks.get("requests", 0)
+    ratios = {
+        "p99_ms": figures["p99_ms"] / max(baselines["p99_ms"], 1e-9),
+        "deliveries_per_s": figures["deliveries_per_s"] / max(baselines["deliveries_per_s"], 1e-9),
+        "server_cpu_us_per_delivery": figures["server_cpu_us_per_delivery"]
+        / max(baselines["server_cpu_us_per_delivery"], 1e-9),
+    }
+    print(f"abused/alone: p99 x{ratios['p99_ms']:.2f} (goal: within 2x), deliveries "
+          f"x{ratios['deliveries_per_s']:.2f}; the {params['abusers']} abusers sent "
+          f"{figures['abuser_requests']:,} requests of {params['made_up_symbols_per_request']} "
+          f"made-up symbols, answered {attacks.get('codes', {})}", flush=True)
+    return {"target": "ws-abuse", "figures": figures, "baselines": baselines,
+            "ratios": ratios, "params": params}
+
+
+def _run_abuse(redis_url: str | None, n: int | None) -> dict[str, Any]:
+    """``run(abuse=True)`` on ``redis_url``, or on a throwaway embedded Redis."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pricepipe.embedded import RedisServer
+
+    if redis_url:
+        return run(redis_url=redis_url, database_url="", n=n, abuse=True)
+    tmp = Path(tempfile.mkdtemp(prefix="pricepipe-bench-"))
+    server = RedisServer(tmp / "redis")
+    server.start()
+    try:
+        return run(redis_url=server.url, database_url="", n=n, abuse=True)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pricepipe.bench.ws")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -533,6 +672,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=7)
     c.add_argument("--sample-every", type=int, default=SAMPLE_EVERY,
                    help="parse one data frame in this many per connection for latency")
+    a = sub.add_parser("abusers", help="connections asking for made-up symbols until SIGTERM; "
+                       "prints READY, then JSON")
+    a.add_argument("--url", required=True)
+    a.add_argument("--connections", type=int, default=ABUSERS)
+    a.add_argument("--symbols", type=int, default=MADE_UP_SYMBOLS)
+    s = sub.add_parser("abuse", help="the --abuse scenario: the clients' p99 alone and with "
+                       "abusers; prints the report as JSON")
+    s.add_argument("--redis-url", help="use this Redis (default: a throwaway embedded one)")
+    s.add_argument("--n", type=int, default=None, help="normal clients (default 1,000)")
     b = sub.add_parser("baseline-server", help="the bare websockets.broadcast fan-out")
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--redis-url", required=True)
@@ -541,6 +689,11 @@ def main(argv: list[str] | None = None) -> int:
         result = _clients_main(args.url, args.clients, args.symbols, args.per_client,
                                args.duration, args.seed, max(args.sample_every, 1))
         print(codec.encode_json(result).decode(), flush=True)
+    elif args.what == "abusers":
+        print(codec.encode_json(asyncio.run(_abusers_main(args.url, args.connections,
+                                                          args.symbols))).decode(), flush=True)
+    elif args.what == "abuse":
+        print(codec.encode_json(_run_abuse(args.redis_url, args.n)).decode(), flush=True)
     else:
         asyncio.run(_baseline_main(args.port, args.redis_url))
     return 0

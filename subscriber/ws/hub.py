@@ -28,6 +28,21 @@ split into a flush now and the rest an interval later. Once ``count``
 entries have been read since the last flush it is not put off any longer,
 which keeps a flush to about ``count`` entries at any rate. 0 flushes on
 every event-loop turn, without pacing the reads.
+
+Epochs. Entry IDs only compare within one run of the Redis server holding
+them (:func:`pricepipe.streams.epoch_of`): a restart from an older file or a
+failover to a replica that was behind may have lost entries that readers
+already got, and a stream then goes on from an older ID. Each shard's
+reader therefore reads on a connection of its own (with no silent retries:
+redis-py would reconnect to whatever server answers now) and reads the
+epoch on it first, and again after every connection error, before it reads
+any entry. When the epoch changed, every stream of the shard is reset: its
+cursor is read afresh from the new server and every subscriber is told
+(``epoch_changed``), so a session can say ``unrecoverable`` and start the
+pair again from a snapshot. Reads elsewhere (the cursor initialisation
+here, the sessions' snapshots and replays) run on the shared pool and
+carry an epoch probe (``INFO server`` in the same pipeline), which must
+match the shard's epoch for the read to be used.
 """
 
 from __future__ import annotations
@@ -39,12 +54,13 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from pricepipe.codec import entry_to_json
-from pricepipe.connections import raw_replies
 from pricepipe.keys import Channel, Keys
-from pricepipe.streams import reply_streams
+from pricepipe.streams import async_epoch, epoch_of, reply_streams
 
 from .protocol import CHANNELS, Pair, id_key
 
@@ -90,6 +106,11 @@ class Subscriber(Protocol):
 
     def flush(self) -> None: ...
 
+    def epoch_changed(self, pair: Pair, last: str | None, epoch: str) -> None:
+        """The stream's server changed (it may have lost entries): ``last`` is
+        the last entry ID the hub read of it before (None: not read yet); no
+        entry is fed until the stream is ready again (:meth:`Hub.ready`)."""
+
 
 class _Stream:
     """One subscribed stream: its subscribers and the hub's cursor in it."""
@@ -109,21 +130,34 @@ class _Stream:
         self.ready = ready
 
 
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response
+
+
 class Hub:
     """Shared stream reader of one websocket process.
 
     ``add`` returns an awaitable that completes once the hub holds a cursor
-    for the stream: every entry after that cursor will be fed to the
-    subscriber, so a subscriber that registers, waits, then reads the stream
-    itself (snapshot or resume) can stitch the two without a gap.
+    for the stream (and knows the epoch of its shard): every entry after that
+    cursor will be fed to the subscriber, so a subscriber that registers,
+    waits, then reads the stream itself (snapshot or resume) can stitch the
+    two without a gap, provided its read was in the same epoch
+    (:meth:`probe` and :meth:`epoch`).
     """
 
     def __init__(self, r: Any, keys: Keys, *, block_ms: int = 100, count: int = 1000,
                  flush_interval_ms: float = 0, linger_ms: float = 1.0) -> None:
         self._r = r
-        # XREAD replies unparsed: entries go straight to JSON (no dict each).
-        self._reader = raw_replies(r, "XREAD")
         self._keys = keys
+        # A cluster client routes each command itself and keeps its replies
+        # parsed; its epochs are read per shard after connection errors, and
+        # reads on the shared pool carry no probe (INFO has no key to route by).
+        self._cluster = isinstance(r, redis.asyncio.RedisCluster | redis.RedisCluster)
+        self._reader_pool: Any = None if self._cluster else _private_pool(r)
+        self._shard_clients: dict[int, Any] = {}
+        #: Per shard, the epoch of the server its reader is connected to.
+        self._epochs: dict[int, str] = {}
+        self._epoch_signal: asyncio.Future[None] | None = None
         self._block_ms = block_ms
         self._count = count
         self._streams: dict[Pair, _Stream] = {}
@@ -157,6 +191,10 @@ class Hub:
         #: Entries read from Redis (each fanned out to many connections).
         self.entries_read = 0
         self.bad_entries = 0
+        #: Shards whose epoch changed (each reset every stream of the shard).
+        self.epoch_changes = 0
+        #: Unexpected errors a reader survived (each also made it unhealthy).
+        self.reader_errors = 0
 
     # --- subscriptions ---------------------------------------------------------------------
 
@@ -197,6 +235,61 @@ class Hub:
         stream = self._streams.get((symbol, channel))
         return 0 if stream is None else len(stream.subs)
 
+    def ready(self, symbol: str, channel: Channel) -> Awaitable[None]:
+        """Until the stream has a cursor again (after an epoch change); the
+        stream must have been added."""
+        return asyncio.shield(self._streams[(symbol, channel)].ready)
+
+    def shard(self, symbol: str) -> int:
+        return self._keys.shard(symbol)
+
+    def epoch(self, shard: int) -> str | None:
+        """The epoch of the server the shard's reader reads (None: not read yet)."""
+        return self._epochs.get(shard)
+
+    @property
+    def probes(self) -> bool:
+        """Whether reads on the shared pool can carry an epoch probe (:meth:`probe`)."""
+        return not self._cluster
+
+    def probe(self, pipe: Any) -> bool:
+        """Queue an epoch probe as the first command of ``pipe``; read its reply
+        with :func:`pricepipe.streams.epoch_of`. False (nothing queued) on a cluster."""
+        if self._cluster:
+            return False
+        pipe.info("server")
+        return True
+
+    async def wait_epoch(self, shard: int, want: str | None = None, *,
+                         timeout_s: float) -> bool:
+        """Until the shard's epoch is known (and is ``want``, when given);
+        False after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            epoch = self._epochs.get(shard)
+            if epoch is not None and (want is None or epoch == want):
+                return True
+            left = deadline - loop.time()
+            if left <= 0 or self._closed:
+                return False
+            if self._epoch_signal is None or self._epoch_signal.done():
+                self._epoch_signal = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._epoch_signal), left)
+            except TimeoutError:
+                return False
+
+    @property
+    def alive(self) -> bool:
+        """Every shard with subscribed streams has its reader running."""
+        for shard, streams in self._by_shard.items():
+            if streams and not self._closed:
+                task = self._readers.get(shard)
+                if task is None or task.done():
+                    return False
+        return True
+
     @property
     def symbols(self) -> list[str]:
         """Every symbol with at least one subscribed stream."""
@@ -216,87 +309,155 @@ class Hub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for client in self._shard_clients.values():
+            if client is not self._r:
+                await client.aclose()
+        if self._reader_pool is not None:
+            await self._reader_pool.disconnect()
 
     # --- reading ---------------------------------------------------------------------------
 
     async def _init_cursors(self) -> None:
         """Give every new stream its first cursor: the stream's last entry
         (``XREVRANGE ... COUNT 1``), pipelined for all the streams added in
-        the meantime, so a subscribe to 500 symbols costs a few round trips."""
+        the meantime, so a subscribe to 500 symbols costs a few round trips.
+        A stream is initialised only from a read in its shard's epoch. Never
+        raises (subscribers wait on it): failures are retried with backoff."""
         failures = 0
         try:
-            while True:
+            while not self._closed:
                 # A removed stream's future is cancelled: nothing to read for it.
                 self._to_init = [s for s in self._to_init if not s.ready.done()]
                 if not self._to_init:
                     break
-                wanted = list(self._to_init)
-                pipe = self._r.pipeline(transaction=False)
-                for stream in wanted:
-                    pipe.xrevrange(stream.key, count=1)
                 try:
-                    replies = await pipe.execute(raise_on_error=False)
-                except RETRYABLE as exc:
-                    failures += 1
+                    done = await self._init_some()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not isinstance(exc, RETRYABLE):
+                        self.reader_errors += 1
+                        log.exception("initialising stream cursors failed")
                     self._unhealthy(exc)
+                    done = None
+                if done is None:
+                    failures += 1
                     await asyncio.sleep(self._backoff.compute(failures))
-                    continue
-                failures = 0
-                done = set(wanted)
-                self._to_init = [s for s in self._to_init if s not in done]
-                for stream, rows in zip(wanted, replies, strict=True):
-                    if stream.ready.done():
-                        continue  # removed meanwhile
-                    if isinstance(rows, Exception):
-                        # Not a stream (WRONGTYPE): its reads will fail and say
-                        # so; the subscriber must not wait forever meanwhile.
-                        log.error("cannot read %s: %s", stream.key, rows)
-                        rows = []
-                    stream.cursor = rows[0][0].decode() if rows else "0-0"
-                    stream.ready.set_result(None)
+                else:
+                    failures = 0
         finally:
             self._init_task = None
+
+    async def _init_some(self) -> bool | None:
+        """One pipelined read of the waiting streams whose shard epoch is known;
+        None when some could not be initialised (the server changed under the
+        reader, which will notice): then the caller backs off."""
+        shard_of = self._keys.shard
+        wanted = [s for s in self._to_init if shard_of(s.symbol) in self._epochs]
+        if not wanted:
+            # The readers read the epochs first: wait for one.
+            await self.wait_epoch(shard_of(self._to_init[0].symbol),
+                                  timeout_s=self._block_ms / 1000)
+            return True
+        pipe = self._r.pipeline(transaction=False)
+        probed = self.probe(pipe)
+        for stream in wanted:
+            pipe.xrevrange(stream.key, count=1)
+        replies = list(await pipe.execute(raise_on_error=False))
+        epoch = probed_epoch(replies) if probed else None
+        done: set[_Stream] = set()
+        stale = False
+        for stream, rows in zip(wanted, replies, strict=True):
+            if stream.ready.done():
+                continue  # removed meanwhile
+            if epoch is not None and epoch != self._epochs.get(shard_of(stream.symbol)):
+                stale = True  # read from another server than the reader's: again
+                continue
+            if isinstance(rows, Exception):
+                # Not a stream (WRONGTYPE): its reads will fail and say
+                # so; the subscriber must not wait forever meanwhile.
+                log.error("cannot read %s: %s", stream.key, rows)
+                rows = []
+            stream.cursor = rows[0][0].decode() if rows else "0-0"
+            stream.ready.set_result(None)
+            done.add(stream)
+        self._to_init = [s for s in self._to_init if s not in done]
+        return None if stale else True
 
     def _ensure_reader(self, shard: int) -> None:
         task = self._readers.get(shard)
         if (task is None or task.done()) and not self._closed:
             self._readers[shard] = asyncio.create_task(self._read_shard(shard))
 
+    def _client_for(self, shard: int) -> Any:
+        """The shard reader's own client: one connection, no silent retries,
+        XREAD replies unparsed (entries go straight to JSON, no dict each)."""
+        client = self._shard_clients.get(shard)
+        if client is None:
+            if self._reader_pool is None:
+                client = self._r
+            else:
+                client = redis.asyncio.Redis(connection_pool=self._reader_pool,
+                                             single_connection_client=True)
+                client.set_response_callback("XREAD", _unparsed)
+            self._shard_clients[shard] = client
+        return client
+
     async def _read_shard(self, shard: int) -> None:
+        """Read the shard's streams until none is subscribed. Never raises:
+        every failure is retried with backoff, and reported by :attr:`healthy`."""
+        client = self._client_for(shard)
         failures = 0
         in_round = False  # the pending flush waits for this read
+        checked = False  # the epoch was read on the current connection
         while not self._closed:
             reply = None
             try:
                 wanted = self._by_shard.get(shard)
                 if not wanted:
                     return  # restarted by the next add() on this shard
+                if not checked:
+                    # Before any entry from this connection: which server is it?
+                    self._set_epoch(shard, await async_epoch(client, self._keys.symbols(shard)))
+                    checked = True
                 streams = {s.key: s.cursor for s in wanted if s.cursor is not None}
                 if not streams:
                     # Cursors still initialising: read as soon as one is ready.
                     await asyncio.wait([s.ready for s in wanted], timeout=self._block_ms / 1000)
                     continue
-                try:
-                    # In a round the flush is waiting: take what is there, do not block.
-                    reply = await self._reader.xread(streams, count=self._count,
-                                                     block=None if in_round else self._block_ms)
-                except RETRYABLE as exc:
-                    failures += 1
-                    self._unhealthy(exc)
-                    await asyncio.sleep(self._backoff.compute(failures))
-                    continue
-                except redis.ResponseError as exc:
-                    # e.g. a stream deleted under a blocked read; the reader must
-                    # not die with it (every client of the shard would go quiet).
-                    failures += 1
-                    log.error("XREAD on shard %d failed: %s", shard, exc)
-                    await asyncio.sleep(self._backoff.compute(failures))
-                    continue
+                # In a round the flush is waiting: take what is there, do not block.
+                reply = await client.xread(streams, count=self._count,
+                                           block=None if in_round else self._block_ms)
                 failures = 0
                 self.healthy = True
                 self.last_ok = time.monotonic()
                 if reply:
                     self._dispatch(reply)
+            except asyncio.CancelledError:
+                raise
+            except RETRYABLE as exc:
+                # The next connection may reach another server: read its epoch first.
+                checked = False
+                failures += 1
+                self._unhealthy(exc)
+                await asyncio.sleep(self._backoff.compute(failures))
+                continue
+            except redis.ResponseError as exc:
+                # e.g. a stream deleted under a blocked read; the reader must
+                # not die with it (every client of the shard would go quiet).
+                failures += 1
+                self._unhealthy(exc, f"XREAD on shard {shard} failed")
+                await asyncio.sleep(self._backoff.compute(failures))
+                continue
+            except Exception as exc:
+                # A bug or a reply of an unexpected shape: the same, loudly.
+                checked = False
+                failures += 1
+                self.reader_errors += 1
+                log.exception("reader of shard %d failed", shard)
+                self._unhealthy(exc, f"reader of shard {shard} failed")
+                await asyncio.sleep(self._backoff.compute(failures))
+                continue
             finally:
                 if in_round:
                     in_round = False
@@ -304,6 +465,34 @@ class Hub:
             if reply and self._flush_interval_s and not self._full(reply):
                 await self._park()
                 in_round = True
+
+    def _set_epoch(self, shard: int, epoch: str) -> None:
+        old = self._epochs.get(shard)
+        self._epochs[shard] = epoch
+        if old is not None and old != epoch:
+            self._reset_shard(shard, old, epoch)
+        if self._epoch_signal is not None and not self._epoch_signal.done():
+            self._epoch_signal.set_result(None)
+
+    def _reset_shard(self, shard: int, old: str, epoch: str) -> None:
+        """The shard's server changed: read every stream's cursor again from
+        it, and tell every subscriber (before anything of the new epoch)."""
+        streams = list(self._by_shard.get(shard, ()))
+        log.warning("redis epoch of shard %d changed (%s -> %s): it may have lost entries; "
+                    "%d streams start again", shard, old, epoch, len(streams))
+        self.epoch_changes += 1
+        loop = asyncio.get_running_loop()
+        waiting = set(self._to_init)
+        for stream in streams:
+            last, stream.cursor = stream.cursor, None
+            if stream.ready.done():
+                stream.ready = loop.create_future()
+            if stream not in waiting:
+                self._to_init.append(stream)
+            for sub in list(stream.subs):
+                sub.epoch_changed((stream.symbol, stream.channel), last, epoch)
+        if self._to_init and self._init_task is None and not self._closed:
+            self._init_task = asyncio.create_task(self._init_cursors())
 
     def _full(self, reply: Any) -> bool:
         """Whether a stream had more than one read could take: read on at once."""
@@ -319,9 +508,10 @@ class Hub:
             self._schedule_round(loop)
         return await future
 
-    def _unhealthy(self, exc: BaseException) -> None:
+    def _unhealthy(self, exc: BaseException,
+                   what: str = "redis unreachable") -> None:
         if self.healthy:
-            log.warning("redis unreachable, retrying with backoff: %s", exc)
+            log.warning("%s, retrying with backoff: %s", what, exc)
         self.healthy = False
 
     def _dispatch(self, reply: Any) -> None:
@@ -431,3 +621,24 @@ class Hub:
         if self._parked and not self._closed:
             # Readers that got entries in this interval read at the next flush.
             self._schedule_round(loop)
+
+
+def _private_pool(r: Any) -> Any:
+    """A pool to ``r``'s server with ``r``'s options but no retries: a
+    reader must see every connection error, since the connection made after
+    one may reach another server (after a failover) whose epoch it must read."""
+    pool = r.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs["retry_on_error"] = []
+    kwargs.pop("retry_on_timeout", None)
+    return redis.asyncio.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+
+
+def probed_epoch(replies: list[Any]) -> str:
+    """Pop the epoch probe's reply (queued first by :meth:`Hub.probe`) off a
+    pipeline's replies; its epoch. Raises the probe's error, if it failed."""
+    info = replies.pop(0)
+    if isinstance(info, Exception):
+        raise info
+    return epoch_of(info)

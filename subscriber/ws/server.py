@@ -1,10 +1,19 @@
 """The websocket server process: HTTP routing of the opening handshake
-(``/ws`` and ``/``, ``/healthz``, ``/metrics``), access checks, one
+(``/ws`` and ``/``, ``/healthz``, ``/metrics``), access checks (origin,
+token, connections per client address), one
 :class:`~pricepipe.subscriber.ws.session.Session` per connection, one shared
-:class:`~pricepipe.subscriber.ws.hub.Hub`, heartbeat and systemd notifications.
+:class:`~pricepipe.subscriber.ws.hub.Hub` and
+:class:`~pricepipe.subscriber.ws.registry.SymbolRegistry`, heartbeat and
+systemd notifications.
 
 Several processes can serve behind nginx with no coordination: each reads
 Redis for its own clients only.
+
+A full Redis (``maxmemory`` with ``noeviction``) refuses writes but still
+serves reads: the heartbeat, the only thing this process writes, then
+fails soft (logged once per episode, counted, ``/healthz`` says
+``"redis_writable": false``) while clients keep receiving everything and
+the systemd watchdog keeps being fed.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 from limits import parse as parse_rate
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -30,7 +40,9 @@ from pricepipe.config import RedisSettings
 from pricepipe.connections import async_redis_client
 
 from . import protocol as p
+from .address import AddressLimit, TrustedProxies, client_address
 from .hub import RETRYABLE, Hub
+from .registry import SymbolRegistry
 from .session import Session, Stats, token_ok
 from .settings import WsSettings
 
@@ -83,8 +95,14 @@ class WsServer:
         self._rate = parse_rate(settings.subscribe_rate)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_ok = True
+        #: The kind of refusal of the current episode of failed heartbeat
+        #: writes (e.g. "OutOfMemoryError"), None while they succeed.
+        self._write_refusal: str | None = None
         self._gate = asyncio.Semaphore(settings.redis_concurrency)
         self._name = f"{socket.gethostname()}-{os.getpid()}"
+        self._trusted = TrustedProxies(settings.trusted_proxies)
+        self.addresses = AddressLimit(settings.max_connections_per_address)
+        self.registry: SymbolRegistry | None = None
 
     @property
     def port(self) -> int:
@@ -97,6 +115,7 @@ class WsServer:
             self._r = async_redis_client(self._redis_settings)
         self.hub = Hub(self._r, self.keys, block_ms=s.read_block_ms, count=s.read_count,
                        flush_interval_ms=s.flush_interval_ms)
+        self.registry = SymbolRegistry(self._r, self.keys, refresh_s=s.registry_refresh_s)
         self._server = await serve(
             self._handler, s.host, s.port,
             process_request=self._process_request,
@@ -123,11 +142,17 @@ class WsServer:
             await self._r.aclose()
 
     def health(self) -> dict[str, Any]:
+        """``redis``: the hub reads (every shard's reader runs and its last
+        read succeeded) and Redis is reachable; ``redis_writable``: the last
+        heartbeat write was accepted (false while Redis is full). The status
+        is ``ok`` only with both."""
         hub = self.hub
-        redis_ok = bool(hub is not None and hub.healthy and self._heartbeat_ok)
+        redis_ok = bool(hub is not None and hub.healthy and hub.alive and self._heartbeat_ok)
+        writable = redis_ok and self._write_refusal is None
         return {
-            "status": "ok" if redis_ok else "degraded",
+            "status": "ok" if redis_ok and writable else "degraded",
             "redis": redis_ok,
+            "redis_writable": writable,
             "connections": self.stats.connections,
             "symbols": len(hub.symbols) if hub is not None else 0,
             "streams": len(hub.streams) if hub is not None else 0,
@@ -153,6 +178,17 @@ class WsServer:
         token = request_token(request)
         if s.tokens and token is not None and not token_ok(token, s.tokens):
             return connection.respond(401, "invalid token\n")
+        remote = connection.remote_address
+        address = client_address(remote[0] if remote else None,
+                                 request.headers.get_all("X-Forwarded-For"), self._trusted)
+        if address is not None:
+            if not self.addresses.acquire(address):
+                self.stats.address_refusals += 1
+                return connection.respond(429, "too many connections from your address\n")
+            # Counted until the TCP connection is gone, whether or not the
+            # handshake completes.
+            connection.connection_lost_waiter.add_done_callback(
+                lambda _: self.addresses.release(address))
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
@@ -166,10 +202,11 @@ class WsServer:
         token = request_token(ws.request)
         authenticated = not self.settings.tokens or (
             token is not None and token_ok(token, self.settings.tokens))
+        assert self.registry is not None
         session = Session(
             ws, hub=self.hub, r=self._r, keys=self.keys, settings=self.settings,
             limiter=self._limiter, rate=self._rate, stats=self.stats,
-            authenticated=authenticated, gate=self._gate,
+            authenticated=authenticated, gate=self._gate, registry=self.registry,
         )
         self.stats.connections += 1
         self.sessions.add(session)
@@ -185,22 +222,50 @@ class WsServer:
         """A heartbeat key with a TTL, and systemd's watchdog from this loop.
 
         The watchdog proves the event loop runs; it is not withheld while
-        Redis is down, because a restart would not bring Redis back but would
-        drop every client. Redis trouble shows in /healthz (503) and STATUS.
+        Redis is down or full, because a restart would not bring Redis back
+        (or free it) but would drop every client. Redis trouble shows in
+        /healthz and STATUS. Nothing ends this loop but cancellation.
         """
         interval = self.settings.heartbeat_interval_s
         key = self.keys.heartbeat("ws", self._name)
         while True:
             notify.watchdog()
             try:
-                await self._r.set(key, codec.encode_json({**self.health(), "pid": os.getpid()}),
-                                  ex=max(int(interval * 3), 1))
-                self._heartbeat_ok = True
-            except RETRYABLE:
-                self._heartbeat_ok = False
-            redis_state = "" if self.health()["redis"] else ", redis unreachable"
+                await self._beat(key, interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop the watchdog (and kill every client)
+                log.exception("heartbeat failed")
+            health = self.health()
+            redis_state = ("" if health["redis_writable"] else ", redis full (writes refused)"
+                           if health["redis"] else ", redis unreachable")
             notify.status(f"{self.stats.connections} connections{redis_state}")
             await asyncio.sleep(interval)
+
+    async def _beat(self, key: str, interval: float) -> None:
+        """One heartbeat write; a refusal (``OutOfMemoryError`` from a full
+        Redis, ``READONLY`` from a replica, ...) is logged once per episode
+        and counted, never raised."""
+        try:
+            await self._r.set(key, codec.encode_json({**self.health(), "pid": os.getpid()}),
+                              ex=max(int(interval * 3), 1))
+        except RETRYABLE:
+            self.stats.redis_write_errors += 1
+            self._heartbeat_ok = False  # the hub logs the outage
+            return
+        except redis.RedisError as exc:
+            self.stats.redis_write_errors += 1
+            self._heartbeat_ok = True
+            if self._write_refusal is None:
+                log.warning("redis refuses the heartbeat write (%s: %s); serving on, "
+                            "reads still work", type(exc).__name__, exc)
+            self._write_refusal = type(exc).__name__
+            return
+        if self._write_refusal is not None:
+            log.warning("redis accepts the heartbeat write again (after %s)",
+                        self._write_refusal)
+            self._write_refusal = None
+        self._heartbeat_ok = True
 
     def _metrics(self) -> str:
         st = self.stats
@@ -230,7 +295,22 @@ class WsServer:
             ("pricepipe_ws_streams", "gauge", "Streams read (subscribed symbol and channel pairs)",
              len(hub.streams) if hub else 0),
             ("pricepipe_ws_redis_up", "gauge", "1 while Redis reads succeed",
-             int(bool(hub and hub.healthy))),
+             int(bool(hub and hub.healthy and hub.alive))),
+            ("pricepipe_ws_redis_write_errors_total", "counter",
+             "Heartbeat writes Redis refused (full, read-only) or could not take",
+             st.redis_write_errors),
+            ("pricepipe_ws_unknown_symbol_requests_total", "counter",
+             "Subscribe requests refused for symbols that are not registered",
+             st.unknown_symbol_requests),
+            ("pricepipe_ws_address_refusals_total", "counter",
+             "Connections refused for the per-address limit", st.address_refusals),
+            ("pricepipe_ws_epoch_changes_total", "counter",
+             "Shards whose Redis epoch changed (a restart or failover: may have lost entries)",
+             hub.epoch_changes if hub else 0),
+            ("pricepipe_ws_epoch_resets_total", "counter",
+             "Pairs (symbol, channel) started again after an epoch change", st.epoch_resets),
+            ("pricepipe_ws_reader_errors_total", "counter",
+             "Unexpected errors the stream readers survived", hub.reader_errors if hub else 0),
         ]
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         from prometheus_client.exposition import generate_latest

@@ -20,6 +20,21 @@ buffered entries newer than what it sent into the live path. The buffer is
 bounded: when it overflows it is dropped and the session reads the stream
 again from its cursor instead.
 
+A resume is checked before it is served, for every pair of the request in
+one pipeline per shard (``XINFO STREAM``, the shard's trimmed record and
+the first page of entries after each cursor, see :mod:`.resume`): the
+cursor's epoch must be the stream's, trimming must not have passed it, and
+the replay must fit the pair's limit and the request's budget; otherwise
+the pair gets ``unrecoverable`` and a snapshot.
+
+Epochs (see :mod:`pricepipe.subscriber.ws.hub`): every read a session makes
+carries an epoch probe, and nothing read is sent unless it came from the
+epoch of what the client already has of that pair. When the hub finds its
+shard's server changed, or a read finds it first, the pair starts again:
+``unrecoverable`` (``epoch``) after the last entry the client has, then a
+snapshot and live entries of the new epoch. A client that is behind gets
+its conflated frames (of the old epoch) first.
+
 Live frames are framed once by websockets' own :class:`~websockets.frames.Frame`
 and written straight to the transport (what ``broadcast`` does, without its
 per-call overhead): a server's frames are unmasked and the server negotiates
@@ -50,11 +65,13 @@ import contextlib
 import hmac
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from limits import RateLimitItem
 from limits.strategies import RateLimiter
+from redis.backoff import ExponentialWithJitterBackoff
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
@@ -65,14 +82,30 @@ from pricepipe.exceptions import ProtocolError
 from pricepipe.keys import Channel, Keys
 
 from . import protocol as p
-from .hub import QUOTES, RETRYABLE, TRADES, Batch, Entry, Hub
+from .hub import QUOTES, RETRYABLE, TRADES, Batch, Entry, Hub, probed_epoch
 from .protocol import CHANNELS, FRAME_END, LIVE_HEADS, Pair
+from .registry import SymbolRegistry
+from .resume import verdict
 from .settings import WsSettings
 
 log = logging.getLogger(__name__)
 
 _DRAIN_POLL_S = 0.02
+#: The ops the subscribe rate limits.
+_RATED_OPS = ("subscribe", "unsubscribe")
+#: How long a connection is not read after a request refused for the rate
+#: or for unknown symbols: a client flooding such requests is slowed down by
+#: TCP instead of costing an answer each.
+_REFUSAL_PAUSE_S = 0.1
 _REPLAY_PAGE = 500
+#: Resume checks of at most this many pairs share a pipeline...
+_CHECK_CHUNK = 128
+#: ...which also reads this many entries after each cursor (most resumes
+#: after a reconnect miss fewer, and need no other read).
+_FIRST_PAGE = 64
+#: Longest a pair waits for the hub to read the server a read of it came
+#: from, before trying again.
+_SETTLE_S = 10.0
 _BUCKET_KEY = b'"bucket_us":'
 
 
@@ -90,10 +123,70 @@ class Stats:
     resumes: int = 0
     unrecoverable: int = 0
     catchup_overflows: int = 0
+    #: Subscribe requests refused for naming symbols that are not registered.
+    unknown_symbol_requests: int = 0
+    #: Pairs started again because their server's epoch changed.
+    epoch_resets: int = 0
+    #: Heartbeat writes Redis refused or could not take.
+    redis_write_errors: int = 0
+    #: Handshakes refused for the per-address connection limit.
+    address_refusals: int = 0
 
 
 class _TooFarBehind(Exception):
     pass
+
+
+class _EpochMoved(Exception):
+    """A read came from another epoch than the data of a pair it was for:
+    ``epoch`` (of shard ``shard``) is the one it came from."""
+
+    def __init__(self, shard: int, epoch: str) -> None:
+        super().__init__(shard, epoch)
+        self.shard = shard
+        self.epoch = epoch
+
+
+class _Catch:
+    """A pair catching up: its live entries held back while its snapshot or
+    replay is read and sent. A pair started again gets a new one, so that
+    work begun for the old one sees it is no longer its own."""
+
+    __slots__ = ("buffer", "overflowed", "sent", "epoch", "snapshot", "replayed")
+
+    def __init__(self, *, sent: str | None = None, snapshot: bool = True) -> None:
+        self.buffer: list[Entry] = []
+        #: The buffer overflowed and was dropped: read the stream again.
+        self.overflowed = False
+        #: The last entry ID of the pair the client has (its resume cursor, a
+        #: replayed or snapshot entry), where a gap would start; None: nothing.
+        self.sent = sent
+        #: The epoch of the client's data, which every read for the pair must
+        #: come from (None: not known, as on a cluster).
+        self.epoch: str | None = None
+        #: Whether a snapshot is wanted when the pair starts fresh.
+        self.snapshot = snapshot
+        self.replayed = 0
+
+
+class _Budget:
+    """Entries one subscribe request may still replay (None: no limit)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int | None) -> None:
+        self.left = left
+
+    def spend(self, count: int) -> bool:
+        """Take ``count``; False when they do not fit, and nothing is left
+        from then on (every later resume of the request is too far behind)."""
+        if self.left is None:
+            return True
+        if count > self.left:
+            self.left = 0
+            return False
+        self.left -= count
+        return True
 
 
 class _HeldTrades:
@@ -120,10 +213,11 @@ class Session:
     def __init__(
         self, ws: ServerConnection, *, hub: Hub, r: Any, keys: Keys, settings: WsSettings,
         limiter: RateLimiter, rate: RateLimitItem, stats: Stats, authenticated: bool,
-        gate: asyncio.Semaphore,
+        gate: asyncio.Semaphore, registry: SymbolRegistry,
     ) -> None:
         self.ws = ws
         self._hub = hub
+        self._registry = registry
         self._r = r
         self._keys = keys
         self._settings = settings
@@ -137,8 +231,14 @@ class Session:
         self.authenticated = authenticated
         #: Every subscribed pair, live or catching up, as symbol -> channels.
         self.subscribed: dict[str, set[Channel]] = {}
-        self._catching: dict[Pair, list[Entry]] = {}
-        self._overflowed: set[Pair] = set()
+        #: The pairs catching up (snapshot, replay, or starting again).
+        self._catching: dict[Pair, _Catch] = {}
+        #: Pairs to start again (an epoch change), by the reset task.
+        self._resets: dict[Pair, bool] = {}
+        #: Per shard, the epoch a read saw that the hub does not read yet.
+        self._reset_waits: dict[int, str] = {}
+        self._reset_task: asyncio.Task[None] | None = None
+        self._backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
         self._floors: dict[Pair, tuple[int, int]] = {}
         self._buffered = 0
         #: Live batches for the next flush.
@@ -167,6 +267,8 @@ class Session:
                 "max_symbols": self._settings.max_symbols,
                 "max_message_bytes": self._settings.max_message_bytes,
                 "subscribe_rate": self._settings.subscribe_rate,
+                "max_replay_entries": self._settings.max_replay_entries,
+                "max_replay_entries_per_request": self._settings.max_replay_entries_per_request,
             }))
             if not self.authenticated and not await self._authenticate():
                 return
@@ -203,12 +305,8 @@ class Session:
 
     async def _handle(self, message: str | bytes) -> None:
         try:
-            cmd = p.parse_message(message, max_symbols=self._settings.max_symbols)
-            if isinstance(cmd, p.Subscribe | p.Unsubscribe) and not self._limiter.hit(
-                self._rate, self._rate_key
-            ):
-                raise ProtocolError(p.RATE_LIMITED, f"more than {self._settings.subscribe_rate} "
-                                    "subscribe/unsubscribe requests", req=cmd.req)
+            cmd = p.parse_message(message, max_symbols=self._settings.max_symbols,
+                                  admit=self._admit)
             if isinstance(cmd, p.Ping):
                 await self._send(p.pong(cmd.req))
             elif isinstance(cmd, p.Auth):
@@ -223,6 +321,14 @@ class Session:
         except ProtocolError as exc:
             self._stats.protocol_errors += 1
             await self._send(p.error(exc.code, str(exc), exc.req))
+            if exc.code == p.RATE_LIMITED:
+                await asyncio.sleep(_REFUSAL_PAUSE_S)
+
+    def _admit(self, op: str, req: Any) -> None:
+        """The subscribe rate, checked before a request's symbols are looked at."""
+        if op in _RATED_OPS and not self._limiter.hit(self._rate, self._rate_key):
+            raise ProtocolError(p.RATE_LIMITED, f"more than {self._settings.subscribe_rate} "
+                                "subscribe/unsubscribe requests", req=req)
 
     async def _unsubscribe(self, cmd: p.Unsubscribe) -> None:
         gone: list[str] = []
@@ -242,144 +348,267 @@ class Session:
 
     async def _subscribe(self, cmd: p.Subscribe) -> None:
         subscribed = self.subscribed
-        new = [(s, c) for s, c in cmd.pairs if c not in subscribed.get(s, ())]
-        symbols = len(subscribed) + len({s for s, _ in new if s not in subscribed})
+        # Symbols of no pair yet (any other was checked when it was added).
+        fresh = [symbol for symbol in cmd.symbols if symbol not in subscribed]
+        symbols = len(subscribed) + len(fresh)
         if symbols > self._settings.max_symbols:
             raise ProtocolError(
                 p.TOO_MANY_SYMBOLS, f"would hold {symbols} symbols; "
                 f"the limit is {self._settings.max_symbols}", req=cmd.req,
             )
-        for pair in new:
-            subscribed.setdefault(pair[0], set()).add(pair[1])
-            self._catching[pair] = []
-        await self._send(p.subscribed(cmd.symbols, cmd.channels, cmd.req))
-        if not new:
-            return
+        new: list[Pair] = []
         try:
-            await self._catch_up_new(cmd, new)
+            # Before anything of the request takes effect (and cheaply: a
+            # refusal must cost less than a hostile client can send): symbols
+            # nobody publishes never become hub state or keys of a read.
+            unknown = await self._registry.unknown(fresh) if fresh else []
+            if unknown:
+                self._stats.protocol_errors += 1
+                self._stats.unknown_symbol_requests += 1
+                shown = ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+                await self._send(p.error(
+                    p.UNKNOWN_SYMBOL, f"not registered, so nothing was subscribed: {shown}",
+                    cmd.req, symbols=unknown))
+                await asyncio.sleep(_REFUSAL_PAUSE_S)
+                return
+            new = [(s, c) for s, c in cmd.pairs if c not in subscribed.get(s, ())]
+            for pair in new:
+                subscribed.setdefault(pair[0], set()).add(pair[1])
+                self._catching[pair] = _Catch(snapshot=pair in cmd.resume or cmd.snapshot)
+            if new:
+                await asyncio.gather(*(self._hub.add(self, symbol, channel)
+                                       for symbol, channel in new))
+            await self._send(p.subscribed(cmd.symbols, cmd.channels, cmd.req,
+                                          epochs=self._epochs_of(cmd.symbols)))
+            if new:
+                await self._catch_up_new(cmd, new)
         except RETRYABLE as exc:
             # Redis went away mid-way: undo what did not go live, so that
             # repeating the request (which the error asks for) starts clean.
             failed = [pair for pair in new if pair in self._catching]
             for pair in failed:
                 self._drop(pair)
-            names = ", ".join(f"{symbol} {channel}" for symbol, channel in failed)
+            names = ", ".join(f"{symbol} {channel}" for symbol, channel in failed) or \
+                ", ".join(cmd.symbols)
             raise ProtocolError(
                 p.UNAVAILABLE, f"redis is unreachable ({exc}); subscribe again to {names}",
                 req=cmd.req) from exc
 
-    async def _catch_up_new(self, cmd: p.Subscribe, new: list[Pair]) -> None:
-        await asyncio.gather(*(self._hub.add(self, symbol, channel) for symbol, channel in new))
-        fresh = [pair for pair in new if pair not in cmd.resume]
-        if fresh:
-            await self._start_fresh(fresh, send_snapshot=cmd.snapshot)
-        for pair in new:
-            if pair in cmd.resume and pair in self._catching:
-                self._stats.resumes += 1
-                await self._resume(pair, cmd.resume[pair])
+    def _epochs_of(self, symbols: Iterable[str]) -> dict[str, str]:
+        hub = self._hub
+        out: dict[str, str] = {}
+        for symbol in symbols:
+            epoch = hub.epoch(hub.shard(symbol))
+            if epoch is not None:
+                out[symbol] = epoch
+        return out
 
-    async def _start_fresh(self, pairs: list[Pair], *, send_snapshot: bool) -> None:
-        """Snapshot (the latest entry of each pair), then live from there."""
+    async def _catch_up_new(self, cmd: p.Subscribe, new: list[Pair]) -> None:
+        """Bring the request's new pairs live: resume checks first (pipelined
+        per shard), then the ``unrecoverable`` messages and one snapshot for
+        the pairs without a usable cursor, then each resumed pair's replay,
+        within the request's replay budget."""
+        hub = self._hub
+        resumed: list[Pair] = []
+        unrec: dict[Pair, tuple[str, str | None]] = {}
+        for pair in new:
+            catch = self._catching.get(pair)
+            if catch is None:
+                continue
+            # What every read for the pair must come from.
+            catch.epoch = hub.epoch(hub.shard(pair[0]))
+            if pair in cmd.resume:
+                resumed.append(pair)
+                catch.sent = cmd.resume[pair]
+                given = cmd.epochs.get(pair[0])
+                if given is not None and catch.epoch is not None and given != catch.epoch:
+                    unrec[pair] = (p.GAP_EPOCH, None)
+        self._stats.resumes += len(resumed)
+        try:
+            checked = await self._check_resumes(
+                {pair: cmd.resume[pair] for pair in resumed if pair not in unrec})
+            for pair, (reason, first_id, _rows, _page) in checked.items():
+                if reason is not None:
+                    unrec[pair] = (reason, first_id)
+            fresh = {pair for pair in new if pair not in cmd.resume}
+            await self._start_fresh(
+                self._owned(pair for pair in new if pair in fresh or pair in unrec),
+                snapshot_for=(fresh if cmd.snapshot else set()) | set(unrec),
+                unrecoverable=unrec)
+            budget = _Budget(self._settings.max_replay_entries_per_request)
+            behind: dict[Pair, tuple[str, str | None]] = {}
+            for pair in resumed:
+                catch = self._catching.get(pair)
+                if pair in unrec or catch is None or pair in self._resets:
+                    continue
+                _reason, first_id, rows, page = checked[pair]
+                try:
+                    await self._go_live(pair, cmd.resume[pair], catch, replay=True, rows=rows,
+                                        page=page, budget=budget)
+                except _TooFarBehind:
+                    behind[pair] = (p.GAP_TOO_FAR_BEHIND, first_id)
+            if behind:
+                await self._start_fresh(self._owned(behind), snapshot_for=set(behind),
+                                        unrecoverable=behind)
+        except _EpochMoved as moved:
+            # Redis changed under the catch-up: what is not live yet starts
+            # again once the hub reads the new server (unrecoverable first
+            # where the client already has entries).
+            self._restart(new, moved)
+
+    def _owned(self, pairs: Iterable[Pair]) -> dict[Pair, _Catch]:
+        """The pairs still catching up, with their catch-up state, in order."""
+        out: dict[Pair, _Catch] = {}
+        for pair in pairs:
+            catch = self._catching.get(pair)
+            if catch is not None and pair not in self._resets:
+                out[pair] = catch
+        return out
+
+    def _verify(self, owned: Mapping[Pair, _Catch], epoch: str | None) -> None:
+        """Raise :exc:`_EpochMoved` unless a read (whose probe gave ``epoch``)
+        came from the epoch of every pair it is for."""
+        if epoch is None:
+            return
+        for pair, catch in owned.items():
+            if catch.epoch is not None and catch.epoch != epoch:
+                raise _EpochMoved(self._hub.shard(pair[0]), epoch)
+
+    async def _check_resumes(self, cursors: dict[Pair, str]
+                             ) -> dict[Pair, tuple[str | None, str | None, Any, int]]:
+        """Per pair ``(reason, first_id, first_page, page_size)``: whether its
+        cursor can be served (:func:`.resume.verdict`) and the first entries
+        after it. One pipeline per shard (per :data:`_CHECK_CHUNK` pairs),
+        so a resume of 500 symbols on 3 channels is a few round trips."""
+        out: dict[Pair, tuple[str | None, str | None, Any, int]] = {}
+        by_shard: dict[int, list[Pair]] = {}
+        for pair in cursors:
+            by_shard.setdefault(self._hub.shard(pair[0]), []).append(pair)
+        for shard, group in by_shard.items():
+            for start in range(0, len(group), _CHECK_CHUNK):
+                owned = self._owned(group[start:start + _CHECK_CHUNK])
+                if not owned:
+                    continue
+                keys = [self._keys.stream(*pair) for pair in owned]
+                pipe = self._r.pipeline(transaction=False)
+                probed = self._hub.probe(pipe)
+                pipe.hmget(self._keys.trimmed(shard), keys)
+                for key in keys:
+                    pipe.xinfo_stream(key)
+                for pair, key in zip(owned, keys, strict=True):
+                    pipe.xrange(key, min=f"({cursors[pair]}", max="+", count=_FIRST_PAGE)
+                async with self._gate:
+                    replies = list(await pipe.execute(raise_on_error=False))
+                self._verify(owned, probed_epoch(replies) if probed else None)
+                records = replies[0]
+                if isinstance(records, Exception):
+                    raise records
+                n = len(keys)
+                infos, pages = replies[1:1 + n], replies[1 + n:]
+                for i, pair in enumerate(owned):
+                    # An error is no stream (or not a stream): nothing to replay.
+                    info = None if isinstance(infos[i], Exception) else infos[i]
+                    rows = [] if isinstance(pages[i], Exception) else pages[i]
+                    reason, first_id = verdict(cursors[pair], info, records[i])
+                    out[pair] = (reason, first_id, rows, _FIRST_PAGE)
+        return out
+
+    async def _start_fresh(self, owned: dict[Pair, _Catch], *, snapshot_for: set[Pair],
+                           unrecoverable: Mapping[Pair, tuple[str, str | None]]) -> None:
+        """For each pair: ``unrecoverable`` first where given, then a snapshot
+        (the latest entry of each pair of ``snapshot_for``, one frame, with
+        the epoch of each of their symbols; sent when it has an entry, and
+        always after an ``unrecoverable``: it tells the epoch of what
+        follows), then live from there."""
+        if not owned:
+            return
+        order = list(owned)
+        firsts = [pair for pair in order if pair in unrecoverable
+                  and unrecoverable[pair][1] is None]
         pipe = self._r.pipeline(transaction=False)
-        for symbol, channel in pairs:
+        probed = self._hub.probe(pipe)
+        for symbol, channel in order:
             pipe.xrevrange(self._keys.stream(symbol, channel), count=1)
+        for symbol, channel in firsts:
+            pipe.xrange(self._keys.stream(symbol, channel), count=1)
         async with self._gate:
-            replies = await pipe.execute()
-        wanted = {channel for _, channel in pairs}
+            replies = list(await pipe.execute())
+        self._verify(owned, probed_epoch(replies) if probed else None)
+        lasts, first_rows = replies[:len(order)], replies[len(order):]
+        first_ids = {pair: rows[0][0].decode() for pair, rows in zip(firsts, first_rows,
+                                                                     strict=True) if rows}
+        told = False
+        for pair in order:
+            catch = owned[pair]
+            if pair in unrecoverable and self._catching.get(pair) is catch:
+                told = True
+                reason, first_id = unrecoverable[pair]
+                self._stats.unrecoverable += 1
+                await self._send(p.unrecoverable(
+                    *pair, catch.sent or "0-0", reason, epoch=catch.epoch,
+                    first_id=first_id if first_id is not None else first_ids.get(pair)))
+        wanted = {pair[1] for pair in order if pair in snapshot_for}
         parts: dict[Channel, list[bytes]] = {c: [] for c in CHANNELS if c in wanted}
+        epochs: dict[str, str] = {}
         cursors: dict[Pair, str] = {}
-        for (symbol, channel), rows in zip(pairs, replies, strict=True):
+        for pair, rows in zip(order, lasts, strict=True):
+            catch = owned[pair]
+            if self._catching.get(pair) is not catch:
+                continue  # dropped, or started again, meanwhile
+            symbol, channel = pair
             if not rows:
-                cursors[(symbol, channel)] = "0-0"
+                cursors[pair] = "0-0"
+                if pair in snapshot_for and catch.epoch is not None:
+                    epochs[symbol] = catch.epoch
                 continue
             entry_id, fields = rows[0][0].decode(), rows[0][1]
-            cursors[(symbol, channel)] = entry_id
+            cursors[pair] = entry_id
+            if pair not in snapshot_for:
+                continue
+            if catch.epoch is not None:
+                epochs[symbol] = catch.epoch
             try:
                 parts[channel].append(codec.entry_to_json(channel, symbol, fields, entry_id))
             except ValueError as exc:
                 log.warning("bad entry %s of %s %s left out of a snapshot: %s", entry_id,
                             symbol, channel, exc)
-        if send_snapshot and any(parts.values()):
-            await self._send(p.snapshot_frame(parts))
-        for pair in pairs:
-            if pair in self._catching:
-                await self._go_live(pair, cursors[pair])
+                continue
+            catch.sent = entry_id
+        if any(parts.values()) or told:
+            await self._send(p.snapshot_frame(parts, epochs=epochs))
+        for pair, cursor in cursors.items():
+            await self._go_live(pair, cursor, owned[pair])
 
-    async def _resume(self, pair: Pair, cursor: str) -> None:
-        """Replay what the client missed after ``cursor``, or say it can't."""
-        reason, first_id = await self._check_resumable(pair, cursor)
-        if reason is None:
-            try:
-                await self._go_live(pair, cursor, replay_first=True)
-                return
-            except _TooFarBehind:
-                reason = p.GAP_TOO_FAR_BEHIND
-        self._stats.unrecoverable += 1
-        await self._send(p.unrecoverable(*pair, cursor, reason, first_id=first_id))
-        if pair in self._catching:
-            self._buffered -= len(self._catching[pair])
-            self._catching[pair] = []
-            self._overflowed.discard(pair)
-            await self._start_fresh([pair], send_snapshot=True)
-
-    async def _check_resumable(self, pair: Pair, cursor: str) -> tuple[str | None, str | None]:
-        """``(reason, first_id)``: reason None when every entry after ``cursor``
-        is certainly still in the stream.
-
-        From ``XINFO STREAM`` (Redis 7): nothing was ever removed when
-        ``entries-added`` equals ``length``; an ``XDEL`` after the cursor shows
-        in ``max-deleted-entry-id``; trimming (which Redis 7.0 does not record
-        there) removes from the front, so a cursor before the first retained
-        entry may have missed trimmed entries. That last case is ambiguous
-        (the client may have seen the very last trimmed entry) and is reported
-        as not recoverable: a needless HTTP fetch beats a silent gap.
-        """
-        try:
-            async with self._gate:
-                info = await self._r.xinfo_stream(self._keys.stream(*pair))
-        except RETRYABLE:
-            raise
-        except Exception:  # no such key: the client saw entries this Redis never had
-            return (None if p.id_key(cursor) == (0, 0) else p.GAP_CURSOR_AHEAD), None
-        first = info.get("first-entry")
-        first_id = first[0].decode() if first else None
-        key = p.id_key(cursor)
-        last_generated = info.get("last-generated-id")
-        if last_generated is not None and key > p.id_key(last_generated):
-            return p.GAP_CURSOR_AHEAD, first_id
-        max_deleted = info.get("max-deleted-entry-id")
-        if max_deleted is not None and key < p.id_key(max_deleted):
-            return p.GAP_TRIMMED, first_id
-        added = info.get("entries-added")
-        if added is not None and int(added) == int(info["length"]):
-            return None, first_id
-        if first_id is None:  # emptied: fine only if the client had seen the end
-            caught_up = last_generated is not None and key >= p.id_key(last_generated)
-            return (None if caught_up else p.GAP_TRIMMED), None
-        if key < p.id_key(first_id):
-            return p.GAP_TRIMMED, first_id
-        return None, first_id
-
-    async def _go_live(self, pair: Pair, cursor: str, *, replay_first: bool = False) -> None:
-        """Send what follows ``cursor`` up to the live edge, then switch to live."""
-        replayed = 0
-        need_read = replay_first
-        while pair in self._catching:
+    async def _go_live(self, pair: Pair, cursor: str, catch: _Catch, *, replay: bool = False,
+                       rows: Any = None, page: int = _REPLAY_PAGE,
+                       budget: _Budget | None = None) -> None:
+        """Send what follows ``cursor`` up to the live edge (``replay``: read
+        it, the first page being ``rows`` when already read), then switch to
+        live. Returns without switching when the pair was dropped or started
+        again meanwhile (its ``catch`` replaced)."""
+        need_read = replay
+        while self._catching.get(pair) is catch and pair not in self._resets:
             if need_read:
-                cursor, replayed = await self._replay(pair, cursor, replayed)
-                if pair not in self._catching:
-                    return  # the connection went away meanwhile
-            if pair in self._overflowed:
+                cursor = await self._replay(pair, cursor, catch, rows, page, budget)
+                rows, need_read = None, False
+                continue
+            if catch.overflowed:
                 # Live entries were dropped from the buffer: they are still in
                 # the stream, so read again from the cursor.
-                self._overflowed.discard(pair)
-                self._buffered -= len(self._catching[pair])
-                self._catching[pair] = []
+                catch.overflowed = False
+                self._buffered -= len(catch.buffer)
+                catch.buffer = []
                 need_read = True
                 continue
             # No await from here on: nothing may be fed in between.
-            buffer = self._catching.pop(pair)
-            self._buffered -= len(buffer)
+            hub_epoch = self._hub.epoch(self._hub.shard(pair[0]))
+            if catch.epoch is not None and hub_epoch != catch.epoch:
+                # The hub reads another server than this pair was read from
+                # (and will reset the stream): start the pair again.
+                self._restart([pair], _EpochMoved(self._hub.shard(pair[0]), hub_epoch or ""))
+                return
+            del self._catching[pair]
+            self._buffered -= len(catch.buffer)
             floor = p.id_key(cursor)
             if pair[1] is Channel.TRADES:
                 self._last_trade[pair[0]] = cursor  # what the client has
@@ -387,24 +616,34 @@ class Session:
             # with entries we just sent: feed() drops those until it passes
             # the floor.
             self._floors[pair] = floor
-            pending = [entry for entry in buffer if entry[0] > floor]
+            pending = [entry for entry in catch.buffer if entry[0] > floor]
             if pending:
                 self.feed(Batch(pair[0], pair[1], pending))
                 self.flush()
             return
 
-    async def _replay(self, pair: Pair, cursor: str, replayed: int) -> tuple[str, int]:
+    async def _replay(self, pair: Pair, cursor: str, catch: _Catch, rows: Any, page: int,
+                      budget: _Budget | None) -> str:
+        """Send the entries after ``cursor`` as ``replay`` frames, page by
+        page; the last one sent. Raises :exc:`_TooFarBehind` past the pair's
+        limit or the request's budget."""
         symbol, channel = pair
         stream = self._keys.stream(symbol, channel)
         limit = self._settings.max_replay_entries
         while True:
-            async with self._gate:
-                rows = await self._r.xrange(stream, min=f"({cursor}", max="+",
-                                            count=_REPLAY_PAGE)
-            if not rows:
-                return cursor, replayed
-            replayed += len(rows)
-            if limit is not None and replayed > limit:
+            if rows is None:
+                pipe = self._r.pipeline(transaction=False)
+                probed = self._hub.probe(pipe)
+                pipe.xrange(stream, min=f"({cursor}", max="+", count=_REPLAY_PAGE)
+                async with self._gate:
+                    replies = list(await pipe.execute())
+                self._verify({pair: catch}, probed_epoch(replies) if probed else None)
+                rows, page = replies[0], _REPLAY_PAGE
+            if not rows or self._catching.get(pair) is not catch or pair in self._resets:
+                return cursor
+            catch.replayed += len(rows)
+            if ((limit is not None and catch.replayed > limit)
+                    or (budget is not None and not budget.spend(len(rows)))):
                 raise _TooFarBehind
             parts = []
             for raw_id, fields in rows:
@@ -414,11 +653,121 @@ class Session:
                 except ValueError as exc:
                     log.warning("bad entry %s of %s %s left out of a replay: %s", cursor,
                                 symbol, channel, exc)
+            catch.sent = cursor
             if parts:
                 await self._send(p.data_frame(channel, parts, replay=True))
                 self._stats.deliveries += len(parts)
-            if len(rows) < _REPLAY_PAGE:
-                return cursor, replayed
+            if len(rows) < page:
+                return cursor
+            rows = None
+
+    # --- epochs: starting pairs again ------------------------------------------------------
+
+    def epoch_changed(self, pair: Pair, last: str | None, epoch: str) -> None:
+        """Called by the hub: the stream's server changed. The pair starts
+        again (``unrecoverable`` with reason ``epoch`` after the last entry
+        the client has, then a snapshot and live) once the hub has its new
+        cursor; live entries are held back until then."""
+        if self._closing or pair[1] not in self.subscribed.get(pair[0], ()):
+            return
+        catch = self._catching.get(pair)
+        if catch is not None:
+            self._buffered -= len(catch.buffer)
+            self._catching[pair] = _Catch(sent=catch.sent, snapshot=catch.snapshot)
+        else:
+            # Live: what was read before the change leaves first.
+            self.flush()
+            after = last
+            floor = self._floors.pop(pair, None)
+            if floor is not None and (after is None or floor > p.id_key(after)):
+                after = f"{floor[0]}-{floor[1]}"
+            self._catching[pair] = _Catch(sent=after, snapshot=True)
+        self._resets[pair] = True
+        self._stats.epoch_resets += 1
+        self._ensure_resets()
+
+    def _restart(self, pairs: Iterable[Pair], moved: _EpochMoved) -> None:
+        """Start ``pairs`` (those still catching up) again after ``moved``."""
+        for pair in pairs:
+            catch = self._catching.get(pair)
+            if catch is None or pair in self._resets:
+                continue
+            self._buffered -= len(catch.buffer)
+            self._catching[pair] = _Catch(sent=catch.sent, snapshot=catch.snapshot)
+            self._resets[pair] = True
+        if moved.epoch:
+            self._reset_waits[moved.shard] = moved.epoch
+        self._ensure_resets()
+
+    def _ensure_resets(self) -> None:
+        if self._reset_task is None and self._resets and not self._closing:
+            self._reset_task = asyncio.create_task(self._run_resets())
+
+    async def _run_resets(self) -> None:
+        """Start the pairs of :attr:`_resets` again, until there are none."""
+        failures = 0
+        try:
+            while self._resets and not self._closing:
+                if self.behind:
+                    # The entries it holds are of the old epoch: they leave
+                    # first (conflated), then the unrecoverable after them.
+                    await asyncio.sleep(_DRAIN_POLL_S)
+                    continue
+                waits, self._reset_waits = self._reset_waits, {}
+                for shard, epoch in waits.items():
+                    # A read saw another server: until the hub reads it too.
+                    await self._hub.wait_epoch(shard, epoch, timeout_s=_SETTLE_S)
+                batch = self._owned_resets()
+                if not batch:
+                    continue
+                try:
+                    # A pair unsubscribed meanwhile cancels its wait, not the others'.
+                    await asyncio.gather(*(self._hub.ready(*pair) for pair in batch),
+                                         return_exceptions=True)
+                    for pair, catch in list(batch.items()):
+                        if self._catching.get(pair) is not catch:
+                            del batch[pair]
+                            continue
+                        catch.epoch = self._hub.epoch(self._hub.shard(pair[0]))
+                        # Whatever was held back predates the new cursor.
+                        self._buffered -= len(catch.buffer)
+                        catch.buffer, catch.overflowed = [], False
+                    await self._start_fresh(
+                        batch,
+                        snapshot_for={pair for pair, c in batch.items()
+                                      if c.snapshot or c.sent is not None},
+                        unrecoverable={pair: (p.GAP_EPOCH, None) for pair, c in batch.items()
+                                       if c.sent is not None})
+                    failures = 0
+                except _EpochMoved as moved:
+                    self._requeue(batch)
+                    self._reset_waits[moved.shard] = moved.epoch
+                except RETRYABLE as exc:
+                    self._requeue(batch)
+                    failures += 1
+                    log.warning("cannot start %d pairs again yet: %s", len(batch), exc)
+                    await asyncio.sleep(self._backoff.compute(failures))
+                except ConnectionClosed:
+                    raise
+                except Exception:
+                    self._requeue(batch)
+                    failures += 1
+                    log.exception("starting %d pairs again failed", len(batch))
+                    await asyncio.sleep(self._backoff.compute(failures))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._reset_task = None
+
+    def _owned_resets(self) -> dict[Pair, _Catch]:
+        """Take the pairs to start again that are still catching up."""
+        resets, self._resets = self._resets, {}
+        return {pair: self._catching[pair] for pair in resets if pair in self._catching}
+
+    def _requeue(self, batch: Mapping[Pair, _Catch]) -> None:
+        for pair, catch in batch.items():
+            if self._catching.get(pair) is catch:
+                self._resets[pair] = True
 
     def _drop(self, pair: Pair) -> None:
         symbol, channel = pair
@@ -428,10 +777,10 @@ class Session:
             if not channels:
                 del self.subscribed[symbol]
         self._hub.remove(self, symbol, channel)
-        buffer = self._catching.pop(pair, None)
-        if buffer is not None:
-            self._buffered -= len(buffer)
-        self._overflowed.discard(pair)
+        catch = self._catching.pop(pair, None)
+        if catch is not None:
+            self._buffered -= len(catch.buffer)
+        self._resets.pop(pair, None)
         self._floors.pop(pair, None)
         if channel is Channel.TRADES:
             self._last_trade.pop(symbol, None)
@@ -450,6 +799,8 @@ class Session:
         self._pending = []
         if self._drain_task is not None:
             self._drain_task.cancel()
+        if self._reset_task is not None:
+            self._reset_task.cancel()
         with contextlib.suppress(Exception):
             self._limiter.clear(self._rate, self._rate_key)
 
@@ -465,16 +816,16 @@ class Session:
 
     def _feed_held(self, batch: Batch) -> None:
         pair = batch.pair
-        buffer = self._catching.get(pair)
-        if buffer is not None:
-            if pair in self._overflowed:
+        catch = self._catching.get(pair)
+        if catch is not None:
+            if catch.overflowed:
                 return
-            buffer.extend(batch.entries)
+            catch.buffer.extend(batch.entries)
             self._buffered += len(batch.entries)
             if self._buffered > self._settings.catchup_buffer_max:
-                for name, held in self._catching.items():
-                    held.clear()
-                    self._overflowed.add(name)
+                for held in self._catching.values():
+                    held.buffer = []
+                    held.overflowed = True
                 self._buffered = 0
                 self._stats.catchup_overflows += 1
             return

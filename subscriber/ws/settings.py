@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,9 +32,19 @@ class WsSettings(Settings):
         "empty: any origin. Clients that send no Origin (non-browsers) are always allowed"
     )
     auth_timeout_s: float = setting(5.0, "Time a client has to send its auth message, seconds")
+    trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1", "::1"),
+        "Peers (addresses or CIDR networks) whose X-Forwarded-For is believed for the client "
+        "address, as PRICEPIPE_API_TRUSTED_PROXIES (list nginx's address when it runs on "
+        "another host, or every client counts as nginx)"
+    )
 
     # Limits
     max_connections: int | None = setting(10_000, "Most concurrent connections per process")
+    max_connections_per_address: int | None = setting(
+        100, "Most concurrent connections per client address and process (more are refused "
+        "with HTTP 429); unset: no limit"
+    )
     max_symbols: int = setting(
         500, "Most symbols one connection may subscribe to (each on any of the channels)"
     )
@@ -46,6 +57,14 @@ class WsSettings(Settings):
     max_replay_entries: int | None = setting(
         100_000, "Most entries replayed to one resuming symbol and channel before it is "
         "declared not recoverable"
+    )
+    max_replay_entries_per_request: int | None = setting(
+        250_000, "Most entries one subscribe request replays over all its resumes; the resume "
+        "that reaches it and every later one of the request are declared not recoverable"
+    )
+    registry_refresh_s: float = setting(
+        1.0, "Subscribing to a symbol that is not registered is refused; a symbol not in the "
+        "cached registry is looked up again at most this often, seconds"
     )
 
     # Slow consumers
@@ -103,6 +122,18 @@ class WsSettings(Settings):
             raise ConfigError("PRICEPIPE_WS_READ_BLOCK_MS and _READ_COUNT must be positive")
         if self.flush_interval_ms < 0:
             raise ConfigError("PRICEPIPE_WS_FLUSH_INTERVAL_MS must not be negative")
+        if self.registry_refresh_s < 0:
+            raise ConfigError("PRICEPIPE_WS_REGISTRY_REFRESH_S must not be negative")
+        for name in ("max_connections_per_address", "max_replay_entries_per_request"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{self.env_name(name)} must be at least 1 (or unset)")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{self.env_name('trusted_proxies')}: {proxy!r} is not an "
+                                  "address or network") from exc
         try:
             from limits import parse
 

@@ -32,6 +32,17 @@ def test_bench_smoke(redis_url: str) -> None:
     assert set(report["ratios"]) == {"deliveries_per_s", "p99_ms", "server_cpu_us_per_delivery"}
 
 
+def test_bench_abuse_smoke(redis_url: str) -> None:
+    """The --abuse scenario: the normal clients alone, then beside abusers
+    asking for made-up symbols, whose every request was refused."""
+    report = bench.run(redis_url=redis_url, database_url="", n=4, abuse=True)
+    assert report["target"] == "ws-abuse" and report["params"]["abusers"] == bench.ABUSERS
+    for section in ("figures", "baselines"):
+        assert report[section]["deliveries_per_s"] > 0 and report[section]["p99_ms"] > 0
+    assert report["figures"]["abuser_requests"] > 0
+    assert set(report["ratios"]) == {"deliveries_per_s", "p99_ms", "server_cpu_us_per_delivery"}
+
+
 # --- the probe -------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import pytest
 from psycopg2 import sql
 from websockets.sync.client import connect
 
+from pricepipe import streams
 from pricepipe.embedded import free_port
 from pricepipe.keys import Channel, Keys
 from tests.helpers import wait_http
@@ -41,6 +42,9 @@ def test_n_published_n_persisted_n_served_n_pushed(
     wait_http(f"http://127.0.0.1:{ws_port}/healthz", ws_proc)
     wait_http(f"http://127.0.0.1:{api_port}/healthz", api_proc)
 
+    # The websocket server refuses symbols nobody registered (unknown_symbol);
+    # the publisher registers its own, but this client subscribes before it runs.
+    streams.register_symbols(r, keys, SYMBOLS)
     received: dict[str, list[dict[str, Any]]] = {c: [] for c in CHANNELS}
     subscribed = threading.Event()
     done = threading.Event()

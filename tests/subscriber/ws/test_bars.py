@@ -11,7 +11,7 @@ import json
 import redis
 from websockets.asyncio.client import connect
 
-from pricepipe import codec
+from pricepipe import codec, streams
 from pricepipe.config import RedisSettings
 from pricepipe.events import BarState
 from pricepipe.keys import Channel, Keys
@@ -42,11 +42,13 @@ def test_bars_snapshot_then_every_change_of_each_bar(
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             await recv_json(ws)
             await ws.send(subscribe_message(["AAPL"], ["bars.1m", "trades"], req=1))
+            epoch = streams.epoch(r, keys.bars("AAPL"))
             assert await recv_json(ws) == {"type": "subscribed", "symbols": ["AAPL"],
-                                           "channels": ["bars.1m", "trades"], "req": 1}
+                                           "channels": ["bars.1m", "trades"], "req": 1,
+                                           "epochs": {"AAPL": epoch}}
             snapshot = await recv_json(ws)
             # The current bar (the latest entry of the bars stream); no trade yet.
-            assert snapshot == {"type": "snapshot", "trades": [],
+            assert snapshot == {"type": "snapshot", "trades": [], "epochs": {"AAPL": epoch},
                                 "bars": [codec.event_to_dict(bar("AAPL", 0, 2), history[-1])]}
             await live(server)
             changes = [bar("AAPL", 0, 3), bar("AAPL", 0, 3, state=BarState.FINAL),

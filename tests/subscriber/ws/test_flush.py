@@ -60,6 +60,9 @@ class Recorder:
         self.flushes.append(self.fed)
         self.fed = []
 
+    def epoch_changed(self, pair: tuple[str, Channel], last: str | None, epoch: str) -> None:
+        raise AssertionError("the test's Redis does not change")
+
 
 def test_hub_reads_each_subscribed_stream_and_feeds_it_apart(
     redis_url: str, r: redis.Redis, keys: Keys

@@ -179,6 +179,8 @@ def test_reader_stalled_too_long_is_closed_4008_others_carry_on(
 def test_dead_connection_is_closed_by_keepalive_and_freed(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    streams.register_symbols(r, keys, ["DEAD", "AAPL"])
+
     async def scenario() -> None:
         async with running_server(redis_settings, ping_interval_s=0.2, ping_timeout_s=0.2,
                                   close_timeout_s=0.5) as server:
@@ -205,6 +207,7 @@ def test_oversized_and_huge_messages_close_or_error_while_others_carry_on(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
     huge = json.dumps({"op": "subscribe", "symbols": [f"S{i}" for i in range(100_000)]})
+    streams.register_symbols(r, keys, ["AAPL", "A", "B", "C", "D"])
 
     async def scenario() -> None:
         async with running_server(redis_settings) as server:
@@ -247,7 +250,10 @@ def test_oversized_and_huge_messages_close_or_error_while_others_carry_on(
     asyncio.run(scenario())
 
 
-def test_subscribe_rate_and_connection_limits(redis_settings: RedisSettings) -> None:
+def test_subscribe_rate_and_connection_limits(redis_settings: RedisSettings, r: redis.Redis,
+                                              keys: Keys) -> None:
+    streams.register_symbols(r, keys, ["A", "B", "C", "D", "E"])
+
     async def scenario() -> None:
         async with running_server(redis_settings, subscribe_rate="3/minute",
                                   max_connections=2) as server:
@@ -272,6 +278,8 @@ def test_subscribe_rate_and_connection_limits(redis_settings: RedisSettings) -> 
 
 
 def test_token_auth(redis_settings: RedisSettings, r: redis.Redis, keys: Keys) -> None:
+    streams.register_symbols(r, keys, ["AAPL"])
+
     async def close_code(ws: ClientConnection) -> int | None:
         return (await drain_until_closed(ws))[1]
 

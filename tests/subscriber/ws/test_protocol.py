@@ -1,6 +1,7 @@
 """The pure protocol: parsing client frames into commands or coded errors,
-server frames built from shared, already encoded entries, and the README
-section a client in another language is written from."""
+server frames built from shared, already encoded entries, the verdict on a
+resume cursor, and the README section a client in another language is
+written from."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pricepipe.events import Event
 from pricepipe.exceptions import ProtocolError
 from pricepipe.keys import Channel
 from pricepipe.subscriber.ws import protocol as p
+from pricepipe.subscriber.ws.resume import verdict
 from pricepipe.subscriber.ws.session import bar_bucket
 
 from .helpers import bar, quote, trade
@@ -170,3 +172,62 @@ def test_readme_documents_every_message_channel_and_flag() -> None:
             assert f"`{value}`" in PROTOCOL, name
         if name.startswith("CLOSE_"):
             assert f"| {value} |" in PROTOCOL, name
+
+
+def test_resume_parses_the_epoch_beside_the_cursors() -> None:
+    cmd = p.parse_message('{"op":"subscribe","symbols":["A","B"],"resume":{"A":{"trades":"5-1",'
+                          '"epoch":"9f1c2a"},"B":{"epoch":"9f1c2a"}}}', max_symbols=2)
+    assert isinstance(cmd, p.Subscribe)
+    assert cmd.resume == {("A", T): "5-1"} and cmd.epochs == {"A": "9f1c2a", "B": "9f1c2a"}
+    for bad in ('""', "7", '"not an epoch"', '"' + "a" * 65 + '"'):
+        with pytest.raises(ProtocolError) as info:
+            p.parse_message('{"op":"subscribe","symbols":["A"],"resume":{"A":{"epoch":' + bad
+                            + "}}}", max_symbols=1)
+        assert info.value.code == p.INVALID_CURSOR
+
+
+def test_epochs_in_server_messages() -> None:
+    assert codec.decode_json(p.subscribed(["A"], [T], epochs={"A": "e1"}))["epochs"] == \
+        {"A": "e1"}
+    assert codec.decode_json(p.snapshot_frame({T: []}, epochs={"A": "e1"})) == {
+        "type": "snapshot", "epochs": {"A": "e1"}, "trades": []}
+    assert codec.decode_json(p.unrecoverable("A", T, "1-0", p.GAP_EPOCH, first_id="2-0",
+                                             epoch="e2")) == {
+        "type": "unrecoverable", "symbol": "A", "channel": "trades", "after": "1-0",
+        "reason": "epoch", "first_id": "2-0", "epoch": "e2"}
+    assert codec.decode_json(p.error(p.UNKNOWN_SYMBOL, "x", 1, symbols=["Q"])) == {
+        "type": "error", "code": "unknown_symbol", "message": "x", "req": 1, "symbols": ["Q"]}
+
+
+def _info(first: str | None, last: str, *, length: int, added: int,
+          deleted: str = "0-0") -> dict[str, object]:
+    return {"first-entry": (first.encode(), {}) if first else None,
+            "last-generated-id": last.encode(), "length": length, "entries-added": added,
+            "max-deleted-entry-id": deleted.encode()}
+
+
+@pytest.mark.parametrize(("cursor", "info", "trimmed", "want"), [
+    # Nothing ever removed: any cursor up to the last entry resumes.
+    ("5-0", _info("1-0", "9-0", length=9, added=9), None, (None, "1-0")),
+    ("0-0", _info("1-0", "9-0", length=9, added=9), None, (None, "1-0")),
+    ("10-0", _info("1-0", "9-0", length=9, added=9), None, ("cursor_ahead", "1-0")),
+    # Trimmed with a record: exact. At the record (the last entry removed):
+    # nothing missed, although the cursor is older than the first entry left.
+    ("4-0", _info("5-0", "9-0", length=5, added=9), b"4-0", (None, "5-0")),
+    ("3-0", _info("5-0", "9-0", length=5, added=9), b"4-0", ("trimmed", "5-0")),
+    ("7-0", _info("5-0", "9-0", length=5, added=9), b"4-0", (None, "5-0")),
+    ("3-0", _info(None, "9-0", length=0, added=9), b"9-0", ("trimmed", None)),
+    ("9-0", _info(None, "9-0", length=0, added=9), b"9-0", (None, None)),
+    # Without a record (a trim that keeps none): conservative.
+    ("4-0", _info("5-0", "9-0", length=5, added=9), None, ("trimmed", "5-0")),
+    ("5-0", _info("5-0", "9-0", length=5, added=9), None, (None, "5-0")),
+    ("3-0", _info(None, "9-0", length=0, added=9), None, ("trimmed", None)),
+    # An XDEL after the cursor, whatever the record says.
+    ("5-0", _info("1-0", "9-0", length=8, added=9, deleted="6-0"), b"0-5", ("trimmed", "1-0")),
+    # No stream: fine for "0-0" only (trimming leaves an empty stream, not none).
+    ("0-0", None, None, (None, None)),
+    ("3-0", None, None, ("cursor_ahead", None)),
+])
+def test_resume_verdict(cursor: str, info: dict[str, object] | None, trimmed: bytes | None,
+                        want: tuple[str | None, str | None]) -> None:
+    assert verdict(cursor, info, trimmed) == want

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,10 +23,12 @@ from pricepipe.config import RedisSettings
 from pricepipe.events import Event, Trade
 from pricepipe.keys import Channel, Keys
 
+from . import helpers
 from .helpers import (
     collect,
     entries_of,
     ids,
+    live,
     publish,
     quote,
     recv_json,
@@ -174,7 +177,11 @@ def test_resume_of_trimmed_history_is_unrecoverable_per_channel(
 ) -> None:
     trades = publish(r, keys, "AAPL", 10)
     quotes = publish(r, keys, "AAPL", 4, channel=Q)
-    r.xtrim(keys.trades("AAPL"), minid=trades[5], approximate=False)  # trades 0..4 are gone
+    streams.register_symbols(r, keys, ["MSFT"])  # registered, nothing published yet
+    # Trades 0..4 are gone, by a trim that keeps no record (not the workers'):
+    # the server can only tell from the first entry left.
+    r.xtrim(keys.trades("AAPL"), minid=trades[5], approximate=False)
+    epoch = streams.epoch(r, keys.trades("AAPL"))
 
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
@@ -198,10 +205,12 @@ def test_resume_of_trimmed_history_is_unrecoverable_per_channel(
                 got[msg["type"]] = got.get(msg["type"], []) + [msg]
             (gap,) = got["unrecoverable"]
             assert gap == {"type": "unrecoverable", "symbol": "AAPL", "channel": "trades",
-                           "after": trades[2], "reason": "trimmed", "first_id": trades[5]}
+                           "after": trades[2], "reason": "trimmed", "first_id": trades[5],
+                           "epoch": epoch}
             # ... then a snapshot of that channel only ...
             (snapshot,) = got["snapshot"]
-            assert snapshot == {"type": "snapshot", "trades": [snapshot["trades"][0]]}
+            assert snapshot == {"type": "snapshot", "trades": [snapshot["trades"][0]],
+                                "epochs": {"AAPL": epoch}}
             assert snapshot["trades"][0]["id"] == trades[-1]
             (replay,) = got["quotes"]
             assert replay["replay"] is True and [q["id"] for q in replay["quotes"]] == quotes[2:]
@@ -214,6 +223,9 @@ def test_resume_of_trimmed_history_is_unrecoverable_per_channel(
             gap = await recv_json(ws)
             assert gap["type"] == "unrecoverable" and gap["reason"] == "cursor_ahead"
             assert gap["channel"] == "quotes"
+            # A snapshot follows even with nothing in it: it names the epoch.
+            assert await recv_json(ws) == {"type": "snapshot", "epochs": {"MSFT": epoch},
+                                           "quotes": []}
             assert server.stats.unrecoverable == 2
 
     asyncio.run(scenario())
@@ -224,6 +236,8 @@ def test_resume_some_channels_snapshot_the_others(
 ) -> None:
     trades = publish(r, keys, "AAPL", 6)
     quotes = publish(r, keys, "AAPL", 3, channel=Q)
+    streams.register_symbols(r, keys, ["MSFT"])
+    epoch = streams.epoch(r, keys.trades("AAPL"))
 
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
@@ -233,7 +247,8 @@ def test_resume_some_channels_snapshot_the_others(
             await recv_type(ws, "subscribed")
             # Quotes have no cursor: their snapshot; trades: the replay.
             snapshot = await recv_json(ws)
-            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]]}
+            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]],
+                                "epochs": {"AAPL": epoch}}
             assert snapshot["quotes"][0]["id"] == quotes[-1]
             replay = await recv_json(ws)
             assert replay["type"] == "trades" and replay["replay"] is True
@@ -264,5 +279,143 @@ def test_replay_limit_is_unrecoverable_too(
             assert gap["channel"] == "quotes"
             snapshot = await recv_json(ws)
             assert snapshot["type"] == "snapshot" and snapshot["quotes"][0]["id"] == quotes[-1]
+
+    asyncio.run(scenario())
+
+
+def trim_all(r: redis.Redis, keys: Keys, symbol: str, channel: Channel) -> int:
+    """What the persist workers do once everything is persisted and older
+    than the window: trim the stream (recording the trim) and acknowledge
+    nothing more. Here the window is 0 and no group holds anything back."""
+    stream = keys.stream(symbol, channel)
+    r.xgroup_destroy(stream, "persist")  # a stream without a group: nothing to wait for
+    time.sleep(0.005)  # a window of 0 ms keeps what was appended this millisecond
+    return streams.trim_stream(r, keys, stream, window_ms=0, max_age_ms=None, persisted=False)
+
+
+def test_trimmed_is_exact_from_the_trimmed_record(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    """A cursor at the last trimmed entry missed nothing (the old check,
+    "older than the first entry left", called it trimmed); one before it
+    did. Bars streams are trimmed the same way, without a group."""
+    first = publish(r, keys, "AAPL", 4)
+    assert trim_all(r, keys, "AAPL", T) == 4
+    assert r.hget(keys.trimmed(keys.shard("AAPL")), keys.trades("AAPL")) == first[-1].encode()
+    kept = publish(r, keys, "AAPL", 3, start=10)
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send(resume_request("AAPL", {"trades": first[-1]}, channels=["trades"]))
+            await recv_type(ws, "subscribed")
+            replay = await recv_json(ws)
+            assert replay["type"] == "trades" and replay["replay"] is True
+            assert [t["id"] for t in replay["trades"]] == kept
+            await ws.send('{"op":"unsubscribe","symbols":["AAPL"]}')
+            await recv_type(ws, "unsubscribed")
+            await ws.send(resume_request("AAPL", {"trades": first[-2]}, channels=["trades"]))
+            await recv_type(ws, "subscribed")
+            gap = await recv_json(ws)
+            assert (gap["type"], gap["reason"], gap["after"], gap["first_id"]) == (
+                "unrecoverable", "trimmed", first[-2], kept[0])
+            snapshot = await recv_json(ws)
+            assert [t["id"] for t in snapshot["trades"]] == kept[-1:]
+            assert server.stats.unrecoverable == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_big_resume_is_a_few_round_trips(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 symbols x 3 channels, each a few entries behind: the checks and
+    the first page of every replay share one pipeline per shard (per 128
+    pairs), not 600 sequential round trips of each kind."""
+    symbols = [f"R{i:03d}" for i in range(200)]
+    streams.register_symbols(r, keys, symbols)
+    seen_trades = streams.append_events(r, keys, [trade(s, 0) for s in symbols])
+    seen_quotes = streams.append_events(r, keys, [quote(s, 0) for s in symbols])
+    cursors = {s: {"trades": t.decode(), "quotes": q.decode(), "bars.1m": "0-0"}
+               for s, t, q in zip(symbols, seen_trades, seen_quotes, strict=True)}
+    # Missed: a trade, a quote and a bar of each symbol.
+    missed: list[Event] = [*(trade(s, 1) for s in symbols), *(quote(s, 1) for s in symbols)]
+    streams.append_events(r, keys, [*missed, *(helpers.bar(s, 0, 1) for s in symbols)])
+    rounds = {"n": 0}
+
+    def count_round_trips(client: Any) -> None:
+        """Every command and every pipeline sent by ``client``: its round trips."""
+        real_command, real_pipeline = client.execute_command, client.pipeline
+
+        async def command(*args: Any, **kwargs: Any) -> Any:
+            rounds["n"] += 1
+            return await real_command(*args, **kwargs)
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+
+            async def execute(*a: Any, **k: Any) -> Any:
+                rounds["n"] += 1
+                return await real_execute(*a, **k)
+
+            pipe.execute = execute
+            return pipe
+
+        monkeypatch.setattr(client, "execute_command", command)
+        monkeypatch.setattr(client, "pipeline", pipeline)
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as ws:
+            await recv_json(ws)
+            # The sessions' and the hub's shared client (the hub's readers
+            # have their own connections, and read on whatever happens).
+            count_round_trips(server._r)
+            await ws.send(json.dumps({"op": "subscribe", "symbols": symbols,
+                                      "channels": ["trades", "quotes", "bars.1m"],
+                                      "resume": cursors}))
+            await recv_type(ws, "subscribed")
+            # One entry after each trades and quotes cursor, the one bar after "0-0".
+            got = await collect(ws, 600)
+            assert all(ids(got, s, c) for s in symbols[:3] for c in (T, Q, Channel.BARS_1M))
+            assert len(got) == 600 and server.stats.unrecoverable == 0
+            # Registry, cursors of the hub, checks per shard and chunk: a few.
+            print("round trips:", rounds["n"])
+            assert rounds["n"] <= 3 * keys.shards, rounds
+
+    asyncio.run(scenario())
+
+
+def test_replay_budget_per_request(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    """Each pair is within its own limit, the request is not: the resume that
+    reaches the budget and every later one are too far behind."""
+    missed = {s: publish(r, keys, s, 6) for s in ("A1", "A2", "A3")}
+
+    async def scenario() -> None:
+        async with running_server(redis_settings, max_replay_entries_per_request=8) as server, \
+                connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps({
+                "op": "subscribe", "symbols": ["A1", "A2", "A3"], "channels": ["trades"],
+                "resume": {s: {"trades": "0-0"} for s in missed}}))
+            await recv_type(ws, "subscribed")
+            got: dict[str, list[dict[str, Any]]] = {}
+            while len(got.get("unrecoverable", ())) < 2 or "snapshot" not in got:
+                msg = await recv_json(ws)
+                got.setdefault(msg["type"], []).append(msg)
+            (replay,) = got["trades"]
+            assert [t["id"] for t in replay["trades"]] == missed["A1"]
+            assert sorted((g["symbol"], g["reason"]) for g in got["unrecoverable"]) == [
+                ("A2", "too_far_behind"), ("A3", "too_far_behind")]
+            (snapshot,) = got["snapshot"]
+            assert sorted(t["id"] for t in snapshot["trades"]) == sorted(
+                [missed["A2"][-1], missed["A3"][-1]])
+            await live(server)
+            new = await asyncio.to_thread(publish, r, keys, "A3", 1, start=9)
+            assert ids(await collect(ws, 1), "A3", T) == new
 
     asyncio.run(scenario())

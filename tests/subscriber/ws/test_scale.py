@@ -35,7 +35,8 @@ def test_thousand_clients_with_one_stalled_reader(
     streams.register_symbols(r, keys, [*symbols, "HOT"])
 
     async def scenario() -> None:
-        async with running_server(redis_settings, slow_timeout_s=60, **SLOW) as server:
+        async with running_server(redis_settings, slow_timeout_s=60,
+                                  max_connections_per_address=None, **SLOW) as server:
             stalled = await subscribed(server.port, ["HOT", *symbols], small_window=True)
             assert stalled.transport is not None
             stalled.transport.pause_reading()

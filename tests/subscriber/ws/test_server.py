@@ -16,7 +16,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from pricepipe import codec
+from pricepipe import codec, streams
 from pricepipe.config import RedisSettings
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import Channel, Keys
@@ -53,12 +53,16 @@ def test_subscribe_gets_ack_snapshot_per_channel_then_live_entries_with_ids(
             assert hello["version"] == 2 and hello["channels"] == ["trades", "quotes", "bars.1m"]
             await ws.send('{"op": "subscribe", "symbols": ["AAPL", "MSFT"], "req": 7}')
             ack = await recv_json(ws)
-            # Without channels: trades and quotes.
+            # Without channels: trades and quotes; the epoch of each symbol's
+            # streams (here one Redis: the same for both).
+            epoch = streams.epoch(r, keys.trades("AAPL"))
             assert ack == {"type": "subscribed", "symbols": ["AAPL", "MSFT"],
-                           "channels": ["trades", "quotes"], "req": 7}
+                           "channels": ["trades", "quotes"], "req": 7,
+                           "epochs": {"AAPL": epoch, "MSFT": epoch}}
             snapshot = await recv_type(ws, "snapshot")
             # The latest entry of each pair that has one, a list per channel.
-            assert set(snapshot) == {"type", "trades", "quotes"}
+            assert set(snapshot) == {"type", "trades", "quotes", "epochs"}
+            assert snapshot["epochs"] == {"AAPL": epoch, "MSFT": epoch}
             assert [(t["symbol"], t["id"]) for t in snapshot["trades"]] == \
                 [("AAPL", old_trades[-1])]
             assert sorted((q["symbol"], q["id"]) for q in snapshot["quotes"]) == \
@@ -91,7 +95,8 @@ def test_channels_are_subscribed_and_unsubscribed_apart(
             await ws.send(subscribe_message(["AAPL"], ["quotes"], req=1))
             assert (await recv_json(ws))["channels"] == ["quotes"]
             snapshot = await recv_json(ws)  # only the quotes key
-            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]]}
+            assert snapshot == {"type": "snapshot", "quotes": [snapshot["quotes"][0]],
+                                "epochs": {"AAPL": streams.epoch(r, keys.quotes("AAPL"))}}
             assert snapshot["quotes"][0]["id"] == last_quote
             await live(server)
             # A trade is not sent: trades are not subscribed.
@@ -128,6 +133,8 @@ def test_channels_are_subscribed_and_unsubscribed_apart(
 def test_bad_frames_get_errors_and_the_connection_stays_usable(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    streams.register_symbols(r, keys, ["IBM"])
+
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/") as ws:
@@ -142,12 +149,18 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(
                  "unknown_channel"),
                 ('{"op": "subscribe", "symbols": ["A"], "resume": {"A": {"trades": "x-y"}}}',
                  "invalid_cursor"),
+                ('{"op": "subscribe", "symbols": ["IBM"], "resume": {"IBM": {"epoch": 7}}}',
+                 "invalid_cursor"),
+                # Registered or not, only IBM is: nothing of the request is subscribed.
+                ('{"op": "subscribe", "symbols": ["IBM", "NOPE", "ZZZ"]}', "unknown_symbol"),
             ]
             for frame, code in cases:
                 await ws.send(frame)
                 msg = await recv_json(ws)
                 assert msg["type"] == "error" and msg["code"] == code, (frame, msg)
                 assert msg["message"]
+                if code == "unknown_symbol":
+                    assert msg["symbols"] == ["NOPE", "ZZZ"]
             assert server.stats.protocol_errors == len(cases)
             assert server.hub is not None and server.hub.streams == []  # nothing subscribed
             await ws.send('{"op": "ping", "req": "p1"}')
@@ -212,6 +225,7 @@ def test_ws_command_serves_and_sigterm_closes_with_1001(
     spawn: Callable[..., subprocess.Popen[bytes]], pipeline_env: dict[str, str],
     r: redis.Redis, keys: Keys,
 ) -> None:
+    streams.register_symbols(r, keys, ["AAPL"])
     port = free_port()
     proc = spawn(["ws", "--host", "127.0.0.1", "--port", str(port)], env=pipeline_env)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
@@ -242,6 +256,7 @@ def test_server_rides_out_a_redis_restart_without_gaps(
     redis_server = make_redis_server()
     settings = RedisSettings(url=redis_server.url, prefix="pp", shards=4, socket_timeout_s=2)
     r = redis.Redis.from_url(redis_server.url)
+    streams.register_symbols(r, keys, ["AAPL"])
 
     async def scenario() -> None:
         async with running_server(settings) as server, \
@@ -259,13 +274,26 @@ def test_server_rides_out_a_redis_restart_without_gaps(
                     break
                 await asyncio.sleep(0.02)
             assert await asyncio.to_thread(_status, health) == 503
+            old_epoch = server.hub.epoch(keys.shard("AAPL")) if server.hub else None
             await asyncio.to_thread(redis_server.start)  # AOF kept the stream
+            # The hub reconnects. A restarted Redis is a new epoch (a restart
+            # may lose the last writes): each pair says so, after the last
+            # entry the client has, then starts again from a snapshot.
+            gaps = [await recv_type(ws, "unrecoverable", timeout_s=30) for _ in range(2)]
+            epoch = streams.epoch(r, keys.trades("AAPL"))
+            assert epoch != old_epoch
+            assert sorted((g["channel"], g["after"], g["reason"], g["epoch"]) for g in gaps) == [
+                ("quotes", "0-0", "epoch", epoch), ("trades", before[-1], "epoch", epoch)]
+            snapshot = await recv_type(ws, "snapshot")
+            assert [t["id"] for t in snapshot["trades"]] == before[-1:]  # nothing was lost
+            assert snapshot["quotes"] == [] and snapshot["epochs"] == {"AAPL": epoch}
+            await live(server)
             trades = await asyncio.to_thread(publish, r, keys, "AAPL", 3, start=10)
             quotes = await asyncio.to_thread(publish, r, keys, "AAPL", 2, start=20, channel=Q)
-            # The hub reconnects and carries on from each stream's cursor.
             got = await collect(ws, 5, timeout_s=30)
             assert ids(got, "AAPL", T) == trades and ids(got, "AAPL", Q) == quotes
             assert server.health()["redis"] is True
+            assert server.hub is not None and server.hub.epoch_changes == 1
 
     try:
         asyncio.run(scenario())
@@ -276,6 +304,8 @@ def test_server_rides_out_a_redis_restart_without_gaps(
 def test_two_server_processes_serve_their_own_clients(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    streams.register_symbols(r, keys, ["AAPL"])
+
     async def scenario() -> None:
         async with running_server(redis_settings) as one, running_server(redis_settings) as two:
             clients = []
@@ -297,6 +327,8 @@ def test_two_server_processes_serve_their_own_clients(
 def test_server_survives_its_streams_being_deleted(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    streams.register_symbols(r, keys, ["AAPL"])
+
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
@@ -315,6 +347,8 @@ def test_server_survives_its_streams_being_deleted(
 def test_a_bad_stream_entry_is_skipped_and_the_rest_flows(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
+    streams.register_symbols(r, keys, ["AAPL"])
+
     async def scenario() -> None:
         async with running_server(redis_settings) as server, \
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
