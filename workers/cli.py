@@ -234,6 +234,7 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
     from pricepipe.connections import redis_client
     from pricepipe.flags import redis_settings
 
+    from .jobrunner import run_worker
     from .jobs import QUEUES
 
     class NotifyingWorker(Worker):
@@ -249,17 +250,20 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
     r = redis_client(rs)
     try:
         queues = [keys.rq_queue(q) for q in (args.queue or QUEUES)]
-        # rq heartbeats every worker_ttl - 15 s while idle (405 s by default) and every
-        # job_monitoring_interval s (30) while a job runs: both must stay well under the
-        # unit's WatchdogSec=30, or systemd kills a healthy idle worker.
-        worker = NotifyingWorker(queues, connection=r, name=args.name,
-                                 worker_ttl=WATCHDOG_WORKER_TTL_S,
-                                 job_monitoring_interval=WATCHDOG_PING_S)
+
+        def make_worker() -> Worker:
+            # rq heartbeats every worker_ttl - 15 s while idle (405 s by default) and
+            # every job_monitoring_interval s (30) while a job runs: both must stay well
+            # under the unit's WatchdogSec=30, or systemd kills a healthy idle worker.
+            return NotifyingWorker(queues, connection=r, name=args.name,
+                                   worker_ttl=WATCHDOG_WORKER_TTL_S,
+                                   job_monitoring_interval=WATCHDOG_PING_S)
+
         notify.ready(f"rq worker on {', '.join(queues)}")
         # with_scheduler: moves jobs waiting for a Retry interval back to their queue.
-        worker.work(burst=args.burst, with_scheduler=True,
-                    logging_level=logging.getLevelName(logging.getLogger().level or logging.INFO))
-        return 0
+        level = logging.getLevelName(logging.getLogger().level or logging.INFO)
+        return run_worker(make_worker, burst=args.burst, on_wait=notify.watchdog,
+                          work_options={"with_scheduler": True, "logging_level": level})
     finally:
         r.close()
 

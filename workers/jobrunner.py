@@ -1,0 +1,103 @@
+"""Keeps an rq worker working through Redis faults: ``pricepipe jobs worker``.
+
+rq's ``Worker.work`` ends its loop on any error it does not expect, a
+refused write of a full Redis or a lost connection included, and returns
+as if asked to stop; an error while it registers (its ``MULTI`` is refused
+by a full Redis) or deregisters escapes it. Under systemd the first is an
+exit 0 that ``Restart=on-failure`` does not restart, the second a crash
+loop that hits the start limit while Redis stays full. Here either is
+logged, and a new worker starts after a backoff (the watchdog pinged
+meanwhile), until a stop is requested.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+#: Backoff between two starts of the rq worker, seconds.
+RESTART_BASE_S = 0.5
+RESTART_CAP_S = 15.0
+
+
+def run_worker(make_worker: Callable[[], Any], *, burst: bool,
+               work_options: dict[str, Any], on_wait: Callable[[], object] = lambda: None,
+               stop: threading.Event | None = None) -> int:
+    """Run rq workers made by ``make_worker`` until one ends on request (a
+    signal, or its burst done); returns the exit code (0).
+
+    ``on_wait`` runs every second while waiting to start again (the
+    systemd watchdog ping); ``stop`` ends the waiting early (set by
+    SIGTERM/SIGINT while waiting, when not given)."""
+    stop = stop or threading.Event()
+    delay_s = RESTART_BASE_S
+    while True:
+        worker = make_worker()
+        failure: str
+        try:
+            worker.work(burst=burst, **work_options)
+        except redis.RedisError as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if burst or _stop_was_requested(worker):
+                return 0
+            failure = "its work loop quit on an error (logged above)"
+        _forget(worker)
+        wait_s = delay_s * (0.75 + random.random() / 2)
+        log.warning("rq worker %s stopped: %s; starting again in %.1fs", worker.name,
+                    failure, wait_s)
+        if _wait(wait_s, on_wait, stop):
+            return 0
+        delay_s = min(delay_s * 2, RESTART_CAP_S)
+
+
+def _stop_was_requested(worker: Any) -> bool:
+    """Whether a signal asked ``worker`` to stop. rq has no public flag: a
+    warm shutdown sets the request date (and, during a job, the flag)."""
+    return bool(getattr(worker, "_stop_requested", False)
+                or getattr(worker, "_shutdown_requested_date", None) is not None)
+
+
+def _forget(worker: Any) -> None:
+    """Remove a worker's registration that its own teardown could not end
+    (a full Redis refuses rq's ``MULTI``): else the next worker of the same
+    name refuses to start ("There exists an active worker"). ``DEL`` and
+    ``SREM`` are allowed on a full Redis: they free memory."""
+    from rq import worker_registration
+
+    try:
+        worker.connection.delete(worker.key)
+        worker_registration.unregister(worker)
+    except redis.RedisError as exc:
+        log.info("could not clear the registration of %s yet: %s", worker.name, exc)
+
+
+def _wait(seconds: float, on_wait: Callable[[], object], stop: threading.Event) -> bool:
+    """Sleep ``seconds`` in steps of a second; True when stopped meanwhile."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        for signum in previous:
+            signal.signal(signum, lambda *_: stop.set())
+    try:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            on_wait()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            stop.wait(min(left, 1.0))
+        return True
+    finally:
+        if in_main:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
