@@ -10,6 +10,8 @@
           ``code`` is the stable error code sent back.
     * :exc:`UpstreamError` - an upstream price API failed or answered garbage.
         * :exc:`BadResponseError` - the answer could not be parsed into quotes.
+        * :exc:`BudgetExhaustedError` - the request budget would not grant a
+          request in time (or a stop came first).
     * :exc:`BackpressureError` - Redis is near its memory limit and the
       publisher's policy is to refuse rather than block.
     * :exc:`EmbeddedServerError` - an embedded redis-server or PostgreSQL
@@ -71,6 +73,10 @@ class BadResponseError(UpstreamError):
     def __init__(self, message: str, *, reason: str = "malformed") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class BudgetExhaustedError(UpstreamError):
+    """The request budget would not grant a request within the time allowed."""
 
 
 class BackpressureError(PricepipeError):

@@ -17,11 +17,21 @@ Layout (``pp`` is the configurable prefix, ``N`` the shard of a symbol)::
     pp:{sN}:symbols          set, registry of the symbols of shard N
     pp:{sN}:dlq              stream, dead letters of shard N (entries that could not be persisted)
     pp:hb:<role>:<name>      string with TTL, a process's heartbeat
+    pp:{feeds}:status        stream, the status events of every upstream feed (one field
+                             ``s``: JSON, see :mod:`pricepipe.feedstatus`), capped in length
+    pp:{feeds}:state         hash, feed name -> its current state (JSON, see
+                             :mod:`pricepipe.feedstatus`): connection, last message, counts
+    pp:sources               hash, symbol -> the source it was first published from (see
+                             :mod:`pricepipe.sources`): a publisher of another source is
+                             refused unless forced
     pp:rq                    prefix of rq queues (see :meth:`Keys.rq_queue`)
     pp:ratelimit             prefix of the HTTP API's rate-limit counters (the ``limits`` library)
 
 A symbol's streams share its shard's tag, so a strategy that wants only
 quotes reads only the quotes stream and never decodes a trade.
+
+The two feed keys share the ``{feeds}`` hash tag, so a feed writes a status
+event and its new state in one ``MULTI``, on Redis Cluster too.
 
 Redis Cluster: the ``{sN}`` hash tag puts every key of a shard in one hash
 slot, so a multi-key command (``XREADGROUP`` over several streams, a
@@ -117,6 +127,18 @@ class Keys:
 
     def heartbeat_pattern(self, role: str = "*") -> str:
         return f"{self.prefix}:hb:{role}:*"
+
+    def feed_status(self) -> str:
+        """Stream of every feed's status events."""
+        return f"{self.prefix}:{{feeds}}:status"
+
+    def feed_states(self) -> str:
+        """Hash: feed name -> its current state."""
+        return f"{self.prefix}:{{feeds}}:state"
+
+    def sources(self) -> str:
+        """Hash: symbol -> the source it was first published from."""
+        return f"{self.prefix}:sources"
 
     def all_pattern(self) -> str:
         """``SCAN`` pattern of every key above (not rq's, which rq names)."""

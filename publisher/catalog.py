@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from pricepipe.events import validate_symbol
 from pricepipe.exceptions import ConfigError
+from pricepipe.venues import resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +56,36 @@ def demo_symbols(count: int) -> list[SymbolSpec]:
     return specs
 
 
-def parse_symbols(text: str) -> list[SymbolSpec]:
+def parse_symbols(text: str, *, venue: str | None = None) -> list[SymbolSpec]:
     """``"10"`` (demo symbols) or ``"AAPL,MSFT,BTC-USD=BTCUSDT"``.
 
     ``LOCAL=UPSTREAM`` publishes under ``LOCAL`` what the upstream calls
-    ``UPSTREAM``. Known demo names keep their demo parameters. Raises
-    :exc:`ConfigError` for an empty list, a duplicate or an invalid symbol.
+    ``UPSTREAM``. Known demo names keep their demo parameters. With a
+    ``venue`` (a source that reads one), a plain name is venue-qualified:
+    ``BTCUSDT`` is published as ``BINANCE:BTCUSDT`` (see
+    :func:`pricepipe.venues.resolve`). Raises :exc:`ConfigError` for an
+    empty list, a duplicate or an invalid symbol.
     """
     text = text.strip()
     if text.isdigit():
+        if venue is not None:
+            raise ConfigError(f"--symbols: name the {venue} symbols (a number picks demo ones)")
         return demo_symbols(int(text))
     specs: list[SymbolSpec] = []
     seen: set[str] = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
+            continue
+        if venue is not None:
+            try:
+                local, upstream = resolve(venue, part)
+            except ConfigError as exc:
+                raise ConfigError(f"--symbols: {exc}") from exc
+            if local in seen:
+                raise ConfigError(f"--symbols: {local} given twice")
+            seen.add(local)
+            specs.append(SymbolSpec(local, upstream=upstream))
             continue
         local, sep, upstream = part.partition("=")
         local = local.strip().upper()

@@ -6,21 +6,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-SOURCES = ("gbm", "binance", "coinbase", "finnhub", "generic")
+SOURCES = ("gbm", "binance", "coinbase", "finnhub", "generic", "binance-ws", "coinbase-ws")
+#: The websocket feeds (the other sources but gbm are pollers).
+FEEDS = ("binance-ws", "coinbase-ws")
 
 
 def register(subparsers: Any) -> None:
     from pricepipe.flags import add_server_flags
 
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "publish", help="publish trades and quotes: simulated (GBM) or polled from an "
-        "upstream API",
+        "publish", help="publish trades and quotes: simulated (GBM), polled from an "
+        "upstream API or streamed from a venue's websocket",
         description="Append trades and quotes to the Redis streams. Flags override "
                     "PRICEPIPE_PUBLISHER_* settings (see `pricepipe config`).")
     add_server_flags(p, database=False)
     p.add_argument("--source", choices=SOURCES, help="where prices come from (default gbm)")
     p.add_argument("--symbols",
-                   help="a number N (first N demo symbols) or AAPL,MSFT,LOCAL=UPSTREAM")
+                   help="a number N (first N demo symbols) or AAPL,MSFT,LOCAL=UPSTREAM; a "
+                        "venue's symbols become VENUE:SYMBOL (BTCUSDT: BINANCE:BTCUSDT)")
+    p.add_argument("--force-source", action="store_true", default=None,
+                   help="publish even to symbols the source registry records with another "
+                        "source")
     p.add_argument("--count", type=int,
                    help="bulk mode: publish N events (trades and quotes) in total, then exit")
     g = p.add_argument_group("GBM")
@@ -40,6 +46,10 @@ def register(subparsers: Any) -> None:
     g.add_argument("--base-url",
                    help="provider base URL, or the generic poller's URL template "
                         "(a fake upstream, a mirror)")
+    g = p.add_argument_group("websocket feeds")
+    g.add_argument("--ws-url", help="venue websocket base URL (a fake venue, a mirror); "
+                                    "--base-url sets the REST one used for repairs")
+    g.add_argument("--feed-name", help="name in the feed status (default: the source)")
     g = p.add_argument_group("backpressure")
     g.add_argument("--backpressure", choices=("block", "drop"),
                    help="policy when Redis memory is above the high-water mark")
@@ -60,10 +70,20 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         params=",".join(args.params) if args.params else None, dt_years=args.dt_years,
         correlation=args.correlation, spread_bps=args.spread_bps,
         quotes_per_trade=args.quotes_per_trade, batch_size=args.batch_size,
-        backpressure=args.backpressure, metrics_port=args.metrics_port)
+        backpressure=args.backpressure, metrics_port=args.metrics_port,
+        force_source=args.force_source)
     provider = None
-    if settings.source != "gbm":
+    adapter = None
+    feed_settings = None
+    if settings.source in FEEDS:
+        from .feeds.adapters import make_adapter
+        from .settings import FeedSettings
+
+        adapter = make_adapter(settings.source, env, base_url=args.base_url, ws_url=args.ws_url)
+        feed_settings = FeedSettings.from_env(env, name=args.feed_name)
+    elif settings.source != "gbm":
         provider = make_provider(settings.source, env, base_url=args.base_url)
     return run(settings, flags.redis_settings(args),
                poller_settings=PollerSettings.from_env(env, interval_s=args.interval),
-               provider=provider, count=args.count, rounds=args.rounds)
+               provider=provider, adapter=adapter, feed_settings=feed_settings,
+               count=args.count, rounds=args.rounds)

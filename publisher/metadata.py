@@ -180,16 +180,16 @@ def fetch_finnhub(specs: Sequence[SymbolSpec], *, base_url: str | None = None,
                   ) -> tuple[dict[str, Instrument], dict[str, str]]:
     """Profiles and 52-week ranges from Finnhub: ``(instruments, errors)``
     keyed by local symbol."""
-    from .budget import Budget
-    from .providers import make_provider
+    from pricepipe.budget import Budget
+
+    from .providers import make_provider, make_upstream
     from .providers.finnhub import FinnhubProvider
     from .settings import PollerSettings
-    from .upstream import Upstream
 
     provider = make_provider("finnhub", base_url=base_url)
     assert isinstance(provider, FinnhubProvider)
     settings = PollerSettings.from_env()
-    upstream = Upstream(provider, settings, pool_size=1)
+    upstream = make_upstream(provider, settings.http_options(), pool_size=1)
     budget = Budget(provider.rate_limit, name="finnhub-metadata")
     found: dict[str, Instrument] = {}
     errors: dict[str, str] = {}

@@ -45,6 +45,39 @@ class PublisherMetrics:
         self.stale_polls = Counter("pricepipe_publisher_polls_dropped",
                                    "Polls dropped: the upstream was slower than the schedule",
                                    ["provider"], registry=r)
+        # Websocket feeds
+        self.feed_messages = Counter("pricepipe_feed_messages",
+                                     "Websocket messages received, by feed and kind (trade, "
+                                     "quote, heartbeat, control, unknown, malformed)",
+                                     ["feed", "kind"], registry=r)
+        self.feed_connections = Gauge("pricepipe_feed_connections",
+                                      "Websocket connections open, by feed", ["feed"],
+                                      registry=r)
+        self.feed_reconnects = Counter("pricepipe_feed_reconnects",
+                                       "Connections opened after the first, by feed", ["feed"],
+                                       registry=r)
+        self.feed_disconnects = Counter("pricepipe_feed_disconnects",
+                                        "Connections lost or closed, by feed and reason "
+                                        "(closed, error, silent, lifetime, shutdown, refused)",
+                                        ["feed", "reason"], registry=r)
+        self.feed_last_message = Gauge("pricepipe_feed_last_message_timestamp_seconds",
+                                       "Wall-clock time of the last message, by feed", ["feed"],
+                                       registry=r)
+        self.feed_duplicates = Counter("pricepipe_feed_duplicates",
+                                       "Trades and quotes received again and dropped, by feed",
+                                       ["feed"], registry=r)
+        self.feed_gaps = Counter("pricepipe_feed_gaps",
+                                 "Trade-id gaps, by feed and outcome (detected, repaired, "
+                                 "unrepairable)", ["feed", "outcome"], registry=r)
+        self.feed_trades_repaired = Counter("pricepipe_feed_trades_repaired",
+                                            "Trades recovered by REST repairs, by feed",
+                                            ["feed"], registry=r)
+        self.feed_trades_lost = Counter("pricepipe_feed_trades_unrepairable",
+                                        "Trade ids lost for good (reported), by feed and reason",
+                                        ["feed", "reason"], registry=r)
+        self.feed_repair_requests = Counter("pricepipe_feed_repair_requests",
+                                            "REST requests of gap repairs, by feed and outcome",
+                                            ["feed", "outcome"], registry=r)
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (``name`` without ``_total``), 0 if never set."""

@@ -7,8 +7,8 @@ worker threads. A request whose previous poll is still queued or running
 (the upstream is slower than the schedule) is not queued again: the stale
 poll is dropped and counted (``pricepipe_publisher_polls_dropped``).
 
-A worker waits for the provider's :class:`~pricepipe.publisher.budget.Budget`, sends
-the request through :class:`~pricepipe.publisher.upstream.Upstream` (retries and
+A worker waits for the provider's :class:`~pricepipe.budget.Budget`, sends
+the request through :class:`~pricepipe.upstream.Upstream` (retries and
 backoff happen there), then parses, validates and de-duplicates:
 
 * no answer, an error status, an HTML page, malformed JSON: logged, counted
@@ -42,17 +42,19 @@ from collections.abc import Callable, Sequence
 import requests
 
 from pricepipe import notify
+from pricepipe.budget import Budget
 from pricepipe.clock import now_us
 from pricepipe.codec import decode_json
 from pricepipe.events import Event, Trade
 from pricepipe.exceptions import BadResponseError, DecodeError, InvalidEventError
 from pricepipe.keys import Channel
 from pricepipe.stop import StopRequest
+from pricepipe.upstream import Upstream
 
-from .budget import Budget
 from .catalog import SymbolSpec
 from .freshness import Freshness, numeric_id
 from .metrics import PublisherMetrics
+from .providers import make_upstream
 from .providers.base import (
     Parsed,
     Provider,
@@ -65,7 +67,6 @@ from .providers.base import (
 )
 from .settings import PollerSettings
 from .sink import StreamSink
-from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Poller:
         self.settings = settings
         self.stop = stop
         self.metrics = metrics
-        self.upstream = upstream or Upstream(provider, settings)
+        self.upstream = upstream or make_upstream(provider, settings.http_options())
         self.budget = budget or Budget(provider.rate_limit, name=provider.name)
         self.checks = TimeChecks(max_future_s=settings.max_future_s,
                                  max_age_s=settings.max_age_s)

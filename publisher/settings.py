@@ -9,6 +9,8 @@ from typing import ClassVar
 from pricepipe.backpressure import Policy
 from pricepipe.config import Settings, setting
 from pricepipe.exceptions import ConfigError
+from pricepipe.upstream import HttpOptions
+from pricepipe.venues.settings import BinanceSettings, CoinbaseSettings
 
 from .generator import TRADING_MINUTE_YEARS
 
@@ -19,10 +21,16 @@ class PublisherSettings(Settings):
 
     env_prefix: ClassVar[str] = "PRICEPIPE_PUBLISHER_"
 
-    source: str = setting("gbm", "gbm, binance, coinbase, finnhub or generic")
+    source: str = setting(
+        "gbm", "gbm, binance, coinbase, finnhub or generic (pollers), binance-ws or coinbase-ws "
+        "(websocket feeds)")
     symbols: str | None = setting(
         None, "Symbols: a number N (the first N demo symbols) or a list AAPL,MSFT,"
-        "LOCAL=UPSTREAM,...; unset: 10 demo symbols (gbm) or the provider's examples")
+        "LOCAL=UPSTREAM,...; a venue's symbols are named VENUE:SYMBOL unless mapped "
+        "(BTCUSDT is BINANCE:BTCUSDT); unset: 10 demo symbols (gbm) or the provider's examples")
+    force_source: bool = setting(
+        False, "Publish even symbols the source registry records with another source "
+        "(and record this one)")
     # GBM
     rate: float = setting(
         5.0, "GBM real-time mode: events (trades and quotes) per second per symbol")
@@ -115,29 +123,77 @@ class PollerSettings(Settings):
         if self.concurrency < 1 or self.queue_max < 1:
             raise ConfigError("PRICEPIPE_POLL_CONCURRENCY and QUEUE_MAX must be at least 1")
 
-
-@dataclass(frozen=True, kw_only=True, repr=False)
-class BinanceSettings(Settings):
-    """Binance spot public market data (no key needed)."""
-
-    env_prefix: ClassVar[str] = "PRICEPIPE_BINANCE_"
-
-    base_url: str = setting("https://api.binance.com", "Base URL (point at a fake upstream)")
-    rate_limit: str = setting(
-        "5000/minute", "Request-weight budget (documented limit: 6000/minute per IP; "
-        "bookTicker weighs 2-4 per request, trades 25 per symbol)")
-    trades_limit: int = setting(
-        500, "Trades asked per symbol and poll (`/api/v3/trades` limit, 1-1000; same weight)")
+    def http_options(self) -> HttpOptions:
+        """The HTTP client options these settings give (one connection per worker)."""
+        return HttpOptions(
+            connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
+            retries=self.retries, backoff_factor_s=self.backoff_factor_s,
+            backoff_jitter_s=self.backoff_jitter_s, backoff_max_s=self.backoff_max_s,
+            retry_after_max_s=self.retry_after_max_s, proxy=self.proxy,
+            pool_size=self.concurrency)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
-class CoinbaseSettings(Settings):
-    """Coinbase Exchange public market data (no key needed)."""
+class FeedSettings(Settings):
+    """How the websocket feeds (``binance-ws``, ``coinbase-ws``) keep their
+    connections and repair gaps; REST repairs use the ``PRICEPIPE_POLL_*``
+    timeouts and retries and the venue's request budget."""
 
-    env_prefix: ClassVar[str] = "PRICEPIPE_COINBASE_"
+    env_prefix: ClassVar[str] = "PRICEPIPE_FEED_"
 
-    base_url: str = setting("https://api.exchange.coinbase.com", "Base URL")
-    rate_limit: str = setting("10/second", "Request budget (documented: 10/second per IP)")
+    name: str | None = setting(
+        None, "Feed name in the status stream and state hash (unset: the source); give each "
+        "process of one source its own")
+    # Connections
+    connect_timeout_s: float = setting(10.0, "Websocket opening handshake timeout, seconds")
+    reconnect_base_s: float = setting(
+        0.5, "First reconnect delay, seconds; doubles per failed attempt, jittered")
+    reconnect_cap_s: float = setting(60.0, "Longest reconnect delay, seconds")
+    silence_timeout_s: float = setting(
+        30.0, "A connection whose liveness channel (Binance quotes, Coinbase heartbeats) "
+        "sends nothing this long is stale: reconnected, seconds")
+    trades_silence_timeout_s: float | None = setting(
+        None, "Also reconnect when no trade came this long, seconds (unset: trades may pause)")
+    ping_interval_s: float = setting(20.0, "Websocket ping interval, seconds")
+    ping_timeout_s: float = setting(20.0, "A ping unanswered this long closes the connection")
+    lifetime_s: float | None = setting(
+        None, "Reconnect after this long, seconds (unset: the venue's limit, Binance 23.5 h)")
+    symbols_per_connection: int | None = setting(
+        None, "Most symbols per connection (unset: the venue's limit)")
+    # Repairs
+    max_repair_trades: int = setting(
+        50_000, "Most trades one gap repair fetches; the rest of the gap is reported lost "
+        "(reason budget: load it with pricepipe backfill)")
+    repair_max_wait_s: float = setting(
+        60.0, "Longest one repair request waits for the request budget (or a 429's "
+        "Retry-After), seconds; then the rest of the gap is reported lost (reason budget)")
+    max_waiting: int = setting(
+        100_000, "Most live trades of a symbol waiting behind a gap being repaired; beyond, "
+        "the gap is given up (reason overflow)")
+    # Output
+    queue_max: int = setting(10_000, "Most events waiting to be appended to Redis")
+    batch_max: int = setting(1_000, "Most events per append round trip")
+    status_maxlen: int = setting(
+        10_000, "The status stream keeps about this many events (all feeds together)")
+    state_interval_s: float = setting(
+        1.0, "How often the feed state hash is refreshed (last message time, counts), seconds")
+    # Events
+    max_future_s: float = setting(
+        300.0, "Reject events stamped further in the future than this, seconds")
+    max_age_s: float = setting(
+        7 * 86_400.0, "Reject trades older than this (a repair reaching further back), seconds")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reconnect_base_s <= self.reconnect_cap_s:
+            raise ConfigError("want 0 < PRICEPIPE_FEED_RECONNECT_BASE_S <= RECONNECT_CAP_S")
+        if not self.silence_timeout_s > 0:
+            raise ConfigError("PRICEPIPE_FEED_SILENCE_TIMEOUT_S must be > 0")
+        if self.max_repair_trades < 1 or self.max_waiting < 1 or self.queue_max < 1 \
+                or self.batch_max < 1:
+            raise ConfigError("PRICEPIPE_FEED_MAX_REPAIR_TRADES, MAX_WAITING, QUEUE_MAX and "
+                              "BATCH_MAX must be at least 1")
+        if self.symbols_per_connection is not None and self.symbols_per_connection < 1:
+            raise ConfigError("PRICEPIPE_FEED_SYMBOLS_PER_CONNECTION must be at least 1")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -190,6 +246,6 @@ class MetadataSettings(Settings):
 
 
 SETTINGS: tuple[type[Settings], ...] = (
-    PublisherSettings, PollerSettings, BinanceSettings, CoinbaseSettings, FinnhubSettings,
-    GenericSettings, MetadataSettings,
+    PublisherSettings, PollerSettings, FeedSettings, BinanceSettings, CoinbaseSettings,
+    FinnhubSettings, GenericSettings, MetadataSettings,
 )

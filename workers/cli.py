@@ -347,8 +347,16 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     from pricepipe.flags import database_settings, redis_settings
 
     _check_range(args)
-    kwargs = {"symbol": args.symbol, "start_us": args.start, "end_us": args.end,
-              "interval_s": args.interval_s, "seed": args.seed}
+    kwargs: dict[str, Any] = {"symbol": args.symbol, "start_us": args.start,
+                              "end_us": args.end, "interval_s": args.interval_s,
+                              "seed": args.seed}
+    if args.source != "gbm":
+        from .backfill import resolve_symbol
+
+        local, upstream = resolve_symbol(args.source, args.symbol, args.upstream)
+        kwargs = {"symbol": local, "start_us": args.start, "end_us": args.end,
+                  "source": args.source, "upstream": upstream, "candles": not args.no_candles,
+                  "force_source": args.force_source}
     if args.enqueue:
         from pricepipe.connections import redis_client
 
@@ -361,10 +369,38 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
                           "pricepipe.workers.jobs.backfill_history", kwargs=kwargs)
         finally:
             r.close()
-        print(f"enqueued backfill of {args.symbol} as job {job.id}")
+        print(f"enqueued backfill of {kwargs['symbol']} as job {job.id}")
         return 0
 
     from tqdm import tqdm
+
+    if args.source != "gbm":
+        from pricepipe.connections import redis_client
+
+        from .backfill import run_venue_backfill
+
+        rs = redis_settings(args)
+        r = redis_client(rs) if rs.url else None
+        try:
+            with tqdm(unit="trade", desc=kwargs["symbol"], disable=args.quiet) as bar:
+                def set_total(n: int) -> None:
+                    bar.total = n
+                    bar.refresh()
+
+                done = run_venue_backfill(
+                    database_settings(args).require_url(), args.source, kwargs["symbol"],
+                    kwargs["upstream"], args.start, args.end,
+                    redis=(r, rs.keys) if r is not None else None, candles=kwargs["candles"],
+                    force_source=args.force_source, base_url=args.base_url,
+                    progress=bar.update, total=set_total)
+        finally:
+            if r is not None:
+                r.close()
+        print(f"backfilled {done.symbol}: {done.trades} trade(s) from {done.source}, "
+              f"{done.inserted} new, {done.candle_bars} bar(s) from candles"
+              + (f", resumed after trade {done.resumed_at}" if done.resumed_at is not None
+                 else "") + f" ({done.requests} request(s))")
+        return 0
 
     from .backfill import backfill
     from .history import GBMHistory
@@ -504,12 +540,25 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=_cmd_jobs_enqueue)
 
     p = subparsers.add_parser(
-        "backfill", help="write a symbol's trade history into PostgreSQL (simulated GBM source)")
+        "backfill", help="write a symbol's trade history into PostgreSQL: a venue's real "
+        "trades (binance, coinbase) or simulated ones (gbm)")
     add_server_flags(p)
-    p.add_argument("symbol", type=_symbol)
+    p.add_argument("symbol", type=_symbol,
+                   help="the symbol; a venue's is venue-qualified (BTCUSDT: BINANCE:BTCUSDT) "
+                        "unless --upstream names it")
     _range_flags(p)
-    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between trades")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated history")
+    p.add_argument("--source", choices=("gbm", "binance", "coinbase"), default="gbm",
+                   help="where the history comes from (default gbm, simulated)")
+    p.add_argument("--upstream", help="the venue's symbol, when SYMBOL is a local name")
+    p.add_argument("--base-url", help="the venue's REST base URL (a fake venue, a mirror); "
+                                      "a job uses the worker's PRICEPIPE_<VENUE>_BASE_URL")
+    p.add_argument("--no-candles", action="store_true",
+                   help="no bars from the venue's candles for minutes whose trades it no "
+                        "longer serves")
+    p.add_argument("--force-source", action="store_true",
+                   help="backfill even if the source registry records other trade ids")
+    p.add_argument("--interval-s", type=float, default=1.0, help="gbm: seconds between trades")
+    p.add_argument("--seed", type=int, default=0, help="gbm: seed of the simulated history")
     p.add_argument("--enqueue", action="store_true", help="run as an rq job instead of here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_backfill)

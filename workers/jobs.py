@@ -51,7 +51,8 @@ JOBS: dict[str, JobSpec] = {
     "bars-rebuild": JobSpec("pricepipe.workers.jobs.rebuild_bars", BULK,
                             "rebuild the bars of a range (start_us, end_us[, symbol])"),
     "backfill": JobSpec("pricepipe.workers.jobs.backfill_history", BULK,
-                        "backfill trades (symbol, start_us, end_us[, interval_s, seed])"),
+                        "backfill trades (symbol, start_us, end_us[, source, upstream, "
+                        "candles, force_source; gbm: interval_s, seed])"),
     "export": JobSpec("pricepipe.workers.jobs.export_events", BULK,
                       "write a CSV of trades or quotes (symbol, start_us, end_us, path"
                       "[, channel])"),
@@ -142,14 +143,38 @@ def rebuild_bars(start_us: int, end_us: int, symbol: str | None = None) -> dict[
 
 
 def backfill_history(symbol: str, start_us: int, end_us: int, interval_s: float = 1.0,
-                     seed: int = 0) -> dict[str, Any]:
-    """Backfill ``symbol``'s trades from the built-in simulated history source."""
+                     seed: int = 0, source: str = "gbm", upstream: str | None = None,
+                     candles: bool = True, force_source: bool = False) -> dict[str, Any]:
+    """Backfill ``symbol``'s trades: from a venue's REST history (``source``
+    ``binance`` or ``coinbase``; ``upstream`` the venue's symbol, default the
+    symbol's venue-qualified name's; resumable and idempotent, see
+    :mod:`.backfill`), or from the built-in simulated history (``gbm``)."""
     from pricepipe.events import validate_symbol
 
     from .backfill import backfill
     from .history import GBMHistory
     from .sink import EventSink
 
+    if source != "gbm":
+        from pricepipe.config import RedisSettings
+        from pricepipe.connections import redis_client
+
+        from .backfill import resolve_symbol, run_venue_backfill
+
+        local, venue_symbol = resolve_symbol(source, symbol, upstream)
+        rs = RedisSettings.from_env()
+        r = redis_client(rs) if rs.url else None
+        try:
+            done = run_venue_backfill(
+                DatabaseSettings.from_env().require_url(), source, local, venue_symbol,
+                start_us, end_us, redis=(r, rs.keys) if r is not None else None,
+                candles=candles, force_source=force_source)
+        finally:
+            if r is not None:
+                r.close()
+        return {"symbol": local, "source": done.source, "trades": done.trades,
+                "inserted": done.inserted, "candle_bars": done.candle_bars,
+                "resumed_at": done.resumed_at}
     validate_symbol(symbol)
     with EventSink(DatabaseSettings.from_env().require_url(),
                    application_name="pricepipe-job-backfill") as sink:

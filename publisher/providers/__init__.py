@@ -2,7 +2,8 @@
 
 :func:`make_provider` builds one from its settings class
 (``PRICEPIPE_<PROVIDER>_*``); ``base_url`` overrides the configured base URL
-(a fake upstream in tests and demos).
+(a fake upstream in tests and demos). :func:`make_upstream` gives a
+provider its HTTP client (the core's :class:`~pricepipe.upstream.Upstream`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pricepipe.exceptions import ConfigError
+from pricepipe.upstream import HttpOptions, Upstream
+from pricepipe.venues.settings import BinanceSettings, CoinbaseSettings
 
-from ..settings import BinanceSettings, CoinbaseSettings, FinnhubSettings, GenericSettings
+from ..settings import FinnhubSettings, GenericSettings
 from .base import Provider
 from .binance import BinanceProvider
 from .coinbase import CoinbaseProvider
@@ -57,4 +60,12 @@ def make_provider(name: str, environ: Mapping[str, str] | None = None, *,
     raise ConfigError(f"unknown provider {name!r}: want one of {sorted(PROVIDERS)}")
 
 
-__all__ = ["PROVIDERS", "Provider", "make_provider"]
+def make_upstream(provider: Provider, options: HttpOptions, *,
+                  pool_size: int | None = None) -> Upstream:
+    """The HTTP client of ``provider``: its base URL, headers, secrets (masked
+    in urllib3's logs) and signing hook."""
+    return Upstream(provider.base_url, options, headers=provider.headers(),
+                    secrets=provider.secrets(), sign=provider.sign, pool_size=pool_size)
+
+
+__all__ = ["PROVIDERS", "Provider", "make_provider", "make_upstream"]

@@ -4,40 +4,32 @@ before it becomes a :class:`~pricepipe.events.Trade` or
 :class:`~pricepipe.events.Quote`.
 
 Everything here is pure code. A provider turns symbols into
-:class:`Request` objects and a decoded JSON answer into
+:class:`~pricepipe.upstream.Request` objects and a decoded JSON answer into
 :class:`TradeReport` and :class:`QuoteReport` objects (plus a
-:class:`Rejection` per item it could not read); the
-:class:`~pricepipe.publisher.upstream.Upstream` client does the HTTP and the
-:class:`~pricepipe.publisher.poller.Poller` the scheduling.
+:class:`Rejection` per item it could not read); the core's
+:class:`~pricepipe.upstream.Upstream` client does the HTTP and the
+:class:`~pricepipe.publisher.poller.Poller` the scheduling. The field
+readers (:func:`require`, :func:`number`, ...) are the core's
+(:mod:`pricepipe.venues.fields`), shared with the venue parsers.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pricepipe.clock import US_PER_S, parse_time_us
+from pricepipe.clock import US_PER_S
 from pricepipe.events import Quote, Side, Trade, check_ts
 from pricepipe.exceptions import BadResponseError
+from pricepipe.upstream import Request
+from pricepipe.venues.fields import epoch_us, number, optional_number, require, trade_id
 
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One HTTP GET: ``path`` under the provider's base URL, query ``params``,
-    and the upstream symbols it asks for. ``weight`` is its cost in the
-    provider's rate-limit budget (Binance counts request weight)."""
-
-    path: str
-    params: tuple[tuple[str, str], ...] = ()
-    symbols: tuple[str, ...] = ()
-    weight: int = 1
-
-    @property
-    def key(self) -> str:
-        """Identity for scheduling: at most one poll of a request in flight."""
-        return self.path + "?" + "&".join(f"{k}={v}" for k, v in self.params)
+__all__ = [
+    "Parsed", "Provider", "QuoteReport", "Rejection", "Report", "Request", "TimeChecks",
+    "TradeReport", "epoch_us", "number", "optional_number", "require", "to_quote", "to_trade",
+    "trade_id",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,72 +135,6 @@ class Provider:
         become rejections and do not spoil the others.
         """
         raise NotImplementedError
-
-
-# --- parsing helpers --------------------------------------------------------------------------
-
-
-def require(obj: Any, name: str) -> Any:
-    """``obj[name]``; raises :exc:`BadResponseError` (reason ``missing_field``)."""
-    if not isinstance(obj, Mapping):
-        raise BadResponseError(f"expected a JSON object, got {type(obj).__name__}",
-                               reason="malformed")
-    if name not in obj or obj[name] is None:
-        raise BadResponseError(f"missing field {name!r}", reason="missing_field")
-    return obj[name]
-
-
-def number(value: Any, name: str) -> float:
-    """A JSON number or numeric string as a float. Rejects booleans and
-    non-numeric text (reason ``not_numeric``); NaN and infinities are
-    returned as they are, for the event to refuse (``not_finite``)."""
-    if isinstance(value, bool):
-        raise BadResponseError(f"{name} is a boolean", reason="not_numeric")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError as exc:
-            raise BadResponseError(f"{name}={value!r} is not a number",
-                                   reason="not_numeric") from exc
-    raise BadResponseError(f"{name}={value!r} is not a number", reason="not_numeric")
-
-
-def optional_number(obj: Mapping[str, Any], name: str) -> float | None:
-    """``number(obj[name])``, or None when the field is absent or null."""
-    value = obj.get(name)
-    return None if value is None else number(value, name)
-
-
-def trade_id(value: Any, name: str) -> str:
-    """An upstream trade id (an integer or a string) as text; raises
-    :exc:`BadResponseError` (``bad_trade_id``) for anything else."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise BadResponseError(f"{name}={value!r} is not a trade id", reason="bad_trade_id")
-    return str(value)
-
-
-def epoch_us(value: Any, name: str, unit: str) -> int:
-    """An upstream timestamp in microseconds. ``unit`` is ``s``, ``ms``, ``us``,
-    ``iso`` (ISO-8601 text) or ``auto`` (ISO text, or a number whose
-    magnitude tells its unit). Raises :exc:`BadResponseError` (``bad_timestamp``)."""
-    try:
-        if unit == "iso" or (unit == "auto" and isinstance(value, str)):
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return parse_time_us(value)
-        number_value = number(value, name)
-        if not math.isfinite(number_value):
-            raise ValueError(value)
-        if unit == "auto":
-            return parse_time_us(repr(number_value) if number_value % 1 else
-                                 str(int(number_value)))
-        scale = {"s": US_PER_S, "ms": 1_000, "us": 1}[unit]
-        return round(number_value * scale)
-    except (ValueError, KeyError, OverflowError, BadResponseError) as exc:
-        raise BadResponseError(f"{name}={value!r} is not a {unit} timestamp",
-                               reason="bad_timestamp") from exc
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """A fake upstream: a real HTTP server on a free port, in a thread, speaking
-the documented JSON of Binance (``ticker/bookTicker``, ``trades``), Coinbase
-Exchange (``products/{id}/ticker``), Finnhub (``quote``, ``stock/profile2``,
+the documented JSON of Binance (``ticker/bookTicker``, ``trades``,
+``aggTrades``, ``klines``), Coinbase Exchange (``products/{id}/ticker``,
+``/trades``, ``/candles``), Finnhub (``quote``, ``stock/profile2``,
 ``stock/metric``) and a generic API, and misbehaving on cue.
+
+The history endpoints (``aggTrades``, Coinbase ``trades``) serve the tape
+from :attr:`FakeUpstream.horizon` on (a symbol's older trades are "no
+longer served"); the candles (``klines``, Coinbase ``candles``) are built
+from the whole tape, so they cover minutes whose trades are not served.
 
 The market it serves is set by the test: :meth:`FakeUpstream.add_trade`
 appends a trade to a symbol's tape (ids count up per symbol, as Binance's
@@ -37,6 +43,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from pricepipe.clock import parse_time_us
+
+
+def iso_ms(ts_ms: int) -> str:
+    """Coinbase's time format (microseconds) of a millisecond time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + \
+        f".{ts_ms % 1000:03d}000Z"
+
 
 @dataclass(frozen=True)
 class FakeTrade:
@@ -57,6 +71,8 @@ class FakeUpstream:
         self.trades: dict[str, list[FakeTrade]] = {}
         #: symbol -> (bid, bid quantity, ask, ask quantity)
         self.books: dict[str, tuple[float, float, float, float]] = {}
+        #: symbol -> the oldest trade id the history endpoints still serve
+        self.horizon: dict[str, int] = {}
         #: (monotonic time, path with query, headers) of every request
         self.log: list[tuple[float, str, dict[str, str]]] = []
         self.closing = threading.Event()
@@ -131,16 +147,23 @@ class FakeUpstream:
                           "quoteQty": f"{t.price * t.qty:.8f}", "time": t.ts_ms,
                           "isBuyerMaker": t.buyer_maker, "isBestMatch": True}
                          for t in self.trades[symbol][-limit:]]
+        if path == "/api/v3/aggTrades":
+            return self._binance_agg_trades(query)
+        if path == "/api/v3/klines":
+            return self._binance_klines(query)
+        if path.startswith("/products/") and path.endswith("/trades"):
+            return self._coinbase_trades(unquote(path.split("/")[2]), query)
+        if path.startswith("/products/") and path.endswith("/candles"):
+            return self._coinbase_candles(unquote(path.split("/")[2]), query)
         if path.startswith("/products/") and path.endswith("/ticker"):
             product = unquote(path.split("/")[2])
             if product not in self.trades:
                 return 404, {"message": "NotFound"}
             last = self.trades[product][-1]
             bid, _, ask, _ = self.books.get(product, (last.price, 0, last.price, 0))
-            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last.ts_ms / 1000))
             return 200, {"ask": repr(ask), "bid": repr(bid), "volume": "53602.03940154",
                          "trade_id": last.trade_id, "price": repr(last.price),
-                         "size": repr(last.qty), "time": f"{iso}.{last.ts_ms % 1000:03d}000Z"}
+                         "size": repr(last.qty), "time": iso_ms(last.ts_ms)}
         if path in ("/quote", "/stock/profile2", "/stock/metric"):
             if headers.get("x-finnhub-token") != "test-key":
                 return 401, {"error": "Invalid API key"}
@@ -171,6 +194,85 @@ class FakeUpstream:
                          "size": str(last.qty)},
                 "book": {"bid": bid, "bidSize": bid_qty, "ask": ask, "askSize": ask_qty}}}
         return 404, {"error": "not found"}
+
+    def served(self, symbol: str) -> list[FakeTrade]:
+        """The tape the history endpoints serve (from the horizon on)."""
+        horizon = self.horizon.get(symbol, 0)
+        return [t for t in self.trades.get(symbol, []) if t.trade_id >= horizon]
+
+    def _binance_agg_trades(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        symbol = query["symbol"][0]
+        if symbol not in self.trades:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        limit = min(int(query.get("limit", ["500"])[0]), 1000)
+        tape = self.served(symbol)
+        if "fromId" in query:
+            start = int(query["fromId"][0])
+            chosen = [t for t in tape if t.trade_id >= start]
+        elif "startTime" in query or "endTime" in query:
+            lo = int(query.get("startTime", ["0"])[0])
+            hi = int(query.get("endTime", [str(2**62)])[0])
+            if "startTime" in query and "endTime" in query and hi - lo >= 3_600_000:
+                return 400, {"code": -1127, "msg": "More than 1 hours between startTime and "
+                                                   "endTime."}
+            chosen = [t for t in tape if lo <= t.ts_ms <= hi]
+        else:
+            chosen = tape[-limit:]
+        return 200, [{"a": t.trade_id, "p": f"{t.price:.8f}", "q": f"{t.qty:.8f}",
+                      "f": t.trade_id * 10, "l": t.trade_id * 10, "T": t.ts_ms,
+                      "m": t.buyer_maker, "M": True} for t in chosen[:limit]]
+
+    def _minutes(self, symbol: str, lo_ms: int, hi_ms: int) -> list[list[FakeTrade]]:
+        """The whole tape's trades in [lo_ms, hi_ms], by minute, oldest first."""
+        by_minute: dict[int, list[FakeTrade]] = {}
+        for t in self.trades.get(symbol, []):
+            if lo_ms <= t.ts_ms - t.ts_ms % 60_000 <= hi_ms:
+                by_minute.setdefault(t.ts_ms - t.ts_ms % 60_000, []).append(t)
+        return [by_minute[m] for m in sorted(by_minute)]
+
+    def _binance_klines(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        symbol = query["symbol"][0]
+        if symbol not in self.trades:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        limit = min(int(query.get("limit", ["500"])[0]), 1000)
+        out = []
+        for group in self._minutes(symbol, int(query["startTime"][0]),
+                                   int(query["endTime"][0]))[:limit]:
+            open_ms = group[0].ts_ms - group[0].ts_ms % 60_000
+            prices = [t.price for t in group]
+            volume = sum(t.qty for t in group)
+            out.append([open_ms, f"{prices[0]:.8f}", f"{max(prices):.8f}", f"{min(prices):.8f}",
+                        f"{prices[-1]:.8f}", f"{volume:.8f}", open_ms + 59_999,
+                        f"{sum(t.qty * t.price for t in group):.8f}", len(group), "0", "0",
+                        "0"])
+        return 200, out
+
+    def _coinbase_trades(self, product: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if product not in self.trades:
+            return 404, {"message": "NotFound"}
+        limit = min(int(query.get("limit", ["1000"])[0]), 1000)
+        tape = self.served(product)
+        if "after" in query:
+            after = int(query["after"][0])
+            tape = [t for t in tape if t.trade_id < after]
+        newest_first = list(reversed(tape))[:limit]
+        return 200, [{"time": iso_ms(t.ts_ms), "trade_id": t.trade_id,
+                      "price": repr(t.price), "size": repr(t.qty),
+                      "side": "buy" if t.buyer_maker else "sell"} for t in newest_first]
+
+    def _coinbase_candles(self, product: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if product not in self.trades:
+            return 404, {"message": "NotFound"}
+        lo_ms = parse_time_us(query["start"][0]) // 1000
+        hi_ms = parse_time_us(query["end"][0]) // 1000
+        if (hi_ms - lo_ms) // 60_000 > 300:
+            return 400, {"message": "granularity too small for the requested time range"}
+        out = []
+        for group in reversed(self._minutes(product, lo_ms, hi_ms)):
+            prices = [t.price for t in group]
+            out.append([(group[0].ts_ms - group[0].ts_ms % 60_000) // 1000, min(prices),
+                        max(prices), prices[0], prices[-1], sum(t.qty for t in group)])
+        return 200, out
 
     def _binance_book(self, symbol: str) -> dict[str, Any]:
         bid, bid_qty, ask, ask_qty = self.books[symbol]

@@ -39,13 +39,14 @@ def test_coinbase_poll_reaches_postgres(spawn: Spawn, pipeline_env: dict[str, st
         trades = cur.fetchall()
         cur.execute("SELECT symbol, bid, ask, source, ts = recv_ts FROM quotes ORDER BY symbol")
         quotes = cur.fetchall()
+    # A venue's symbols are venue-qualified by default.
     assert [(s, p, size, tid, src, round(float(t)), has_recv)
             for s, p, size, tid, src, t, has_recv in trades] == [
-        ("BTC-USD", 64000.5, 0.5, "1000", "coinbase", ts_ms, True),
-        ("ETH-USD", 3100.25, 0.5, "1000", "coinbase", ts_ms, True),
+        ("COINBASE:BTC-USD", 64000.5, 0.5, "1000", "coinbase", ts_ms, True),
+        ("COINBASE:ETH-USD", 3100.25, 0.5, "1000", "coinbase", ts_ms, True),
     ]
-    assert quotes == [("BTC-USD", 64000.49, 64000.51, "coinbase", True),
-                      ("ETH-USD", 3100.24, 3100.26, "coinbase", True)]
+    assert quotes == [("COINBASE:BTC-USD", 64000.49, 64000.51, "coinbase", True),
+                      ("COINBASE:ETH-USD", 3100.24, 3100.26, "coinbase", True)]
 
 
 def test_correlated_symbols_from_the_cli(spawn: Spawn, pipeline_env: dict[str, str], r: Any,

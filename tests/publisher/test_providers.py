@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from pricepipe.budget import Budget
 from pricepipe.events import Quote, Side, Trade
 from pricepipe.exceptions import BadResponseError, ConfigError, InvalidEventError
 from pricepipe.keys import Channel
-from pricepipe.publisher.budget import Budget
 from pricepipe.publisher.freshness import Freshness
 from pricepipe.publisher.providers import make_provider
 from pricepipe.publisher.providers.base import (

@@ -1,4 +1,8 @@
-"""The request budget: a provider's documented rate limit, never exceeded.
+"""The request budget: an upstream's documented rate limit, never exceeded.
+
+Shared by every role that calls a venue's REST API: the publisher's pollers
+and feed repairs, the workers' backfills (each process counts its own
+requests; give each a share of the venue's limit when several run at once).
 
 The counting is the ``limits`` library's moving window (in-memory storage):
 at no instant do the requests of the last window exceed the limit, which is
@@ -22,7 +26,7 @@ from pricepipe.exceptions import ConfigError
 
 
 class Budget:
-    """Rate limit(s) shared by every poll of one provider; thread-safe.
+    """Rate limit(s) shared by every request to one upstream; thread-safe.
 
     ``rate_limit`` uses the ``limits`` notation: ``"60/minute;30/second"``
     (every limit applies). A request's ``cost`` is its weight.
@@ -61,15 +65,22 @@ class Budget:
                 self.limiter.hit(item, self.name, cost=cost)
             return 0.0
 
-    def acquire(self, cost: int = 1, *, wait: Callable[[float], bool]) -> bool:
+    def acquire(self, cost: int = 1, *, wait: Callable[[float], bool],
+                max_wait_s: float | None = None) -> bool:
         """Block until ``cost`` is available and take it; ``wait(seconds)``
-        sleeps and returns True to abandon (a stop). Returns False if abandoned."""
+        sleeps and returns True to abandon (a stop). Returns False if
+        abandoned, or when the budget would not grant ``cost`` within
+        ``max_wait_s`` (None: wait as long as it takes); then nothing is taken."""
+        waited_s = 0.0
         while True:
             delay_s = self.try_acquire(cost)
             if delay_s <= 0:
                 return True
+            if max_wait_s is not None and waited_s + delay_s > max_wait_s:
+                return False
             if wait(delay_s):
                 return False
+            waited_s += delay_s
 
     def pause(self, seconds: float) -> None:
         """No request for ``seconds`` (a 429's ``Retry-After``)."""
