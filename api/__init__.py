@@ -4,6 +4,7 @@
 * :mod:`pricepipe.api.routes` - the ``/v1`` endpoints, ``/healthz`` and ``/metrics``.
 * :mod:`pricepipe.api.params` - pure parsing of request parameters.
 * :mod:`pricepipe.api.queries` - the SQL; JSON and CSV encoded by PostgreSQL.
+* :mod:`pricepipe.api.arrow` - Parquet and Arrow IPC downloads (needs pyarrow).
 * :mod:`pricepipe.api.pool` - the read-only PostgreSQL connection pool.
 * :mod:`pricepipe.api.ratelimit` - per-client limits in Redis, API keys.
 * :mod:`pricepipe.api.metrics` - Prometheus metrics per route template.

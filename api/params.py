@@ -16,18 +16,10 @@ from pricepipe import codec
 from pricepipe.clock import US_PER_S, parse_time_us
 from pricepipe.events import MAX_TS_US, MIN_TS_US, SYMBOL_RE, id_range_span_us
 from pricepipe.exceptions import DecodeError, InvalidParameterError
+from pricepipe.historysql import INTERVALS_US
 
 US_PER_DAY = 86_400 * US_PER_S
 
-#: Bar widths the API serves, in microseconds. Buckets are aligned to the
-#: Unix epoch in UTC (a 1d bar runs from midnight UTC to midnight UTC).
-INTERVALS_US: dict[str, int] = {
-    "1m": 60 * US_PER_S,
-    "5m": 300 * US_PER_S,
-    "15m": 900 * US_PER_S,
-    "1h": 3600 * US_PER_S,
-    "1d": US_PER_DAY,
-}
 
 #: ``<ts_us>_<entry_id>``; the entry ID is negative for backfilled rows.
 _CURSOR_RE = re.compile(r"(\d{1,19})_(-?\d{1,19})")
@@ -262,18 +254,45 @@ def check_bar_count(span: TimeRange, width_us: int, most: int) -> None:
         )
 
 
+#: The media type of each format of the history routes (``format=`` names
+#: the key; ``Accept`` the value).
+MEDIA_TYPES: dict[str, str] = {
+    "json": "application/json",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
+#: The formats encoded by pyarrow, an optional dependency of the server.
+BINARY_FORMATS = ("parquet", "arrow")
+
+
+def response_format(format_param: str | None, accept: str | None, *,
+                    offered: tuple[str, ...] = tuple(MEDIA_TYPES)) -> str:
+    """The format of a history response: ``format`` when given (any of
+    :data:`MEDIA_TYPES`: whether the server can make it is the caller's
+    question), else the one of ``offered`` the ``Accept`` header gives a
+    higher quality than JSON, the best first (ties: the order of
+    ``offered``), else JSON."""
+    if format_param is not None:
+        if format_param not in MEDIA_TYPES:
+            raise InvalidParameterError(
+                f"format: {format_param[:16]!r} is not one of {', '.join(MEDIA_TYPES)}",
+                param="format")
+        return format_param
+    if not accept:
+        return "json"
+    best, best_quality = "json", _accept_quality(accept, MEDIA_TYPES["json"])
+    for name in offered:
+        quality = _accept_quality(accept, MEDIA_TYPES[name])
+        if quality > best_quality:
+            best, best_quality = name, quality
+    return best
+
+
 def wants_csv(format_param: str | None, accept: str | None) -> bool:
     """CSV when ``format=csv``, or when ``format`` is absent and the client
     prefers ``text/csv`` over JSON in its ``Accept`` header."""
-    if format_param is not None:
-        if format_param not in ("json", "csv"):
-            raise InvalidParameterError(
-                f"format: {format_param[:16]!r} is not json or csv", param="format"
-            )
-        return format_param == "csv"
-    if not accept:
-        return False
-    return _accept_quality(accept, "text/csv") > _accept_quality(accept, "application/json")
+    return response_format(format_param, accept, offered=("json", "csv")) == "csv"
 
 
 def _accept_quality(accept: str, media_type: str) -> float:

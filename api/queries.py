@@ -25,7 +25,7 @@ in a stream (its synthetic entry ID is negative).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +37,7 @@ from psycopg2 import sql
 from pricepipe import codec
 from pricepipe.clock import us_to_datetime
 from pricepipe.events import US_PER_MINUTE
+from pricepipe.historysql import ISO_PATTERN, bars_query, epoch_us
 from pricepipe.keys import Channel
 
 from .params import Cursor, IdRange, TimeRange
@@ -45,21 +46,6 @@ from .params import Cursor, IdRange, TimeRange
 #: entry-ID range in stream order.
 Span = TimeRange | IdRange
 
-#: ``to_char`` pattern of :func:`pricepipe.clock.format_us`.
-_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
-
-
-def _epoch_us(column: str) -> str:
-    """Epoch microseconds of a timestamptz column, exact, in float8.
-
-    ``date_part('epoch', ts)`` is ``(µs since 2000 - offset) / 1e6`` in float8:
-    one rounding of at most half an ulp, 2.4e-7 s below 2^32 s (year 2106).
-    Times 1e6 adds at most half an ulp of the product, 0.25 µs; the sum stays
-    under 0.5 µs, so ``round`` recovers the exact integer for every time an
-    event may carry (before 2100). Twice as fast as ``extract(epoch ...)``,
-    which is ``numeric`` since PostgreSQL 14.
-    """
-    return f"round(date_part('epoch', {column}) * 1000000)::bigint"
 
 
 _ID_PARAMS = {"seq_bits": codec.SEQ_BITS, "seq_mask": (1 << codec.SEQ_BITS) - 1}
@@ -119,10 +105,10 @@ EVENT_TABLES = {table.channel: table for table in (TRADES, QUOTES)}
 # (WHERE sees only the table's columns.)
 _SELECT = f"""
     SELECT symbol,
-           to_char(ts AT TIME ZONE 'UTC', {_ISO}) AS ts,
-           {_epoch_us("ts")} AS ts_us,
+           to_char(ts AT TIME ZONE 'UTC', {ISO_PATTERN}) AS ts,
+           {epoch_us("ts")} AS ts_us,
            {{values}}, source,
-           {_epoch_us("recv_ts")} AS recv_ts_us,
+           {epoch_us("recv_ts")} AS recv_ts_us,
            CASE WHEN entry_id >= 0 THEN (entry_id >> %(seq_bits)s)::text || '-'
                 || (entry_id & %(seq_mask)s)::text END AS id,
            entry_id
@@ -214,67 +200,17 @@ _JSON = """
 
 _CSV = sql.SQL("SELECT {columns} FROM ({select}) AS t")
 
-# One-minute bars: the stored rollups where the persist workers wrote them,
-# computed from raw trades before the first and after the last stored minute
-# of the range (data persisted before rollups existed, or not yet rolled up).
-# Inside that span a minute without a stored bar had no trades: the workers
-# write a trade and its bar in one transaction. The trade ranges are scalar
-# subqueries so PostgreSQL prunes partitions and uses the primary key.
-# volume and notional count only trades with a size; vwap = notional / volume.
-_MINUTES = f"""
-    WITH stored AS (
-        SELECT bucket, open, high, low, close, volume, notional, trade_count,
-               open_ts, open_entry, close_ts, close_entry
-          FROM bars_1m
-         WHERE symbol = %(symbol)s AND bucket >= %(start)s AND bucket < %(end)s
-    ), covered AS (
-        SELECT coalesce(min(bucket), %(end)s) AS first_bucket,
-               coalesce(max(bucket) + interval '1 minute', %(end)s) AS after_bucket
-          FROM stored
-    ), raw AS (
-        SELECT ts, entry_id, price, size FROM trades
-         WHERE symbol = %(symbol)s AND ts >= %(start)s
-           AND ts < (SELECT first_bucket FROM covered)
-        UNION ALL
-        SELECT ts, entry_id, price, size FROM trades
-         WHERE symbol = %(symbol)s AND ts >= (SELECT after_bucket FROM covered)
-           AND ts < %(end)s
-    ), computed AS (
-        SELECT date_trunc('minute', ts) AS bucket,
-               (array_agg(price ORDER BY ts, entry_id))[1] AS open,
-               max(price) AS high, min(price) AS low,
-               (array_agg(price ORDER BY ts DESC, entry_id DESC))[1] AS close,
-               coalesce(sum(size), 0) AS volume, coalesce(sum(price * size), 0) AS notional,
-               count(*) AS trade_count,
-               min(ts) AS open_ts, (array_agg(entry_id ORDER BY ts, entry_id))[1] AS open_entry,
-               max(ts) AS close_ts,
-               (array_agg(entry_id ORDER BY ts DESC, entry_id DESC))[1] AS close_entry
-          FROM raw GROUP BY 1
-    ), minutes AS (
-        SELECT * FROM stored UNION ALL SELECT * FROM computed
-    ), bars AS ({{regroup}})
-    SELECT to_char(bucket AT TIME ZONE 'UTC', {_ISO}) AS bucket,
-           {_epoch_us("bucket")} AS bucket_us,
+# Bars of any width by the rule of pricepipe.historysql (shared with the
+# client library's DataFrames), formatted and ordered for the API.
+_BARS = f"""
+    SELECT to_char(bucket AT TIME ZONE 'UTC', {ISO_PATTERN}) AS bucket,
+           {epoch_us("bucket")} AS bucket_us,
            open, high, low, close, volume,
            CASE WHEN volume > 0 THEN notional / volume END AS vwap,
            trade_count AS trades
-      FROM bars
+      FROM ({{bars}}) AS bars
      ORDER BY bars.bucket
 """
-
-# Wider bars regroup the minutes: open of the earliest, close of the latest.
-_REGROUP = """
-        SELECT date_bin(%(width)s, bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
-               (array_agg(open ORDER BY open_ts, open_entry))[1] AS open,
-               max(high) AS high, min(low) AS low,
-               (array_agg(close ORDER BY close_ts DESC, close_entry DESC))[1] AS close,
-               sum(volume) AS volume, sum(notional) AS notional,
-               sum(trade_count)::bigint AS trade_count
-          FROM minutes GROUP BY 1
-"""
-
-_AS_IS = ("SELECT bucket, open, high, low, close, volume, notional, trade_count"
-          "  FROM minutes")
 
 BAR_CSV_COLUMNS = ("bucket", "bucket_us", "open", "high", "low", "close", "volume", "vwap",
                    "trades")
@@ -530,13 +466,16 @@ def _split_rows(conn: psycopg2.extensions.connection, spare: psycopg2.extensions
 
 
 def event_csv_sql(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
-                  span: Span, cursor: Cursor | None, limit: int | None) -> bytes:
+                  span: Span, cursor: Cursor | None, limit: int | None, *,
+                  columns: Sequence[str] | None = None) -> bytes:
     """The bound ``SELECT`` of a CSV download of ``table``, in the order of
     ``span``'s kind (see :func:`event_page`), for
-    :class:`~pricepipe.api.copystream.CopyStream`."""
+    :class:`~pricepipe.api.copystream.CopyStream`: ``columns`` (default
+    ``table.csv_columns``; a Parquet or Arrow download reads times as
+    ``ts_us`` only, and PostgreSQL then leaves the unread ones uncomputed)."""
     order = _order_of(span)
     query = _CSV.format(
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in table.csv_columns),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns or table.csv_columns),
         select=_select(table, order, limit, *_after(order, cursor)),
     )
     with conn.cursor() as cur:
@@ -555,9 +494,7 @@ def _bar_params(symbol: str, span: TimeRange, width_us: int) -> dict[str, Any]:
 
 
 def _bar_select(width_us: int) -> sql.Composed:
-    # {regroup} in _MINUTES: one-minute bars are the minutes themselves.
-    regroup = _AS_IS if width_us == US_PER_MINUTE else _REGROUP
-    return sql.SQL(_MINUTES).format(regroup=sql.SQL(regroup))
+    return sql.SQL(_BARS).format(bars=sql.SQL(bars_query(width_us)))
 
 
 def bars(conn: psycopg2.extensions.connection, symbol: str, span: TimeRange,
@@ -600,7 +537,7 @@ def last_prices(conn: psycopg2.extensions.connection,
     with conn.cursor() as cur:
         cur.execute(
             f"""
-            SELECT s.symbol, {_epoch_us("t.ts")}, t.price
+            SELECT s.symbol, {epoch_us("t.ts")}, t.price
               FROM unnest(%(symbols)s::text[]) AS s(symbol)
              CROSS JOIN LATERAL (
                    SELECT ts, price FROM trades WHERE trades.symbol = s.symbol

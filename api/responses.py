@@ -70,3 +70,10 @@ class CsvResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+class BinaryResponse(CsvResponse):
+    """A streamed Parquet file or Arrow IPC stream (give ``media_type``),
+    closed as :class:`CsvResponse` is: ``on_close`` always runs."""
+
+    media_type = "application/octet-stream"

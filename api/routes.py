@@ -12,16 +12,20 @@ reach SQL only through :mod:`pricepipe.api.queries`.
 # No ``from __future__ import annotations``: FastAPI reads the parameter
 # annotations at run time, and they refer to the local ``settings``.
 import contextlib
+import functools
+import importlib
 import itertools
 import logging
 import secrets
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import psycopg2
 import redis
 from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from pricepipe import codec, streams
@@ -34,7 +38,7 @@ from . import coverage, latest, params, queries
 from .copystream import CopyStream
 from .errors import ERROR_RESPONSES, ErrorBody
 from .metrics import Metrics
-from .responses import CsvResponse, JsonArrayResponse, JsonResponse
+from .responses import BinaryResponse, CsvResponse, JsonArrayResponse, JsonResponse
 from .services import Services, get_services
 from .settings import ApiSettings
 
@@ -45,8 +49,11 @@ SYMBOL_PATH = Path(description="Instrument symbol, e.g. AAPL (case-insensitive)"
 TIME_HELP = ("ISO-8601 (2026-01-02T03:04:05Z; no offset means UTC) "
              "or epoch seconds, milliseconds or microseconds")
 FormatParam = Annotated[
-    Literal["json", "csv"] | None,
-    Query(alias="format", description="json (default) or csv; `Accept: text/csv` also works"),
+    Literal["json", "csv", "parquet", "arrow"] | None,
+    Query(alias="format", description=(
+        "json (default), csv, parquet or arrow (an Arrow IPC stream); the `Accept` header "
+        "also works (`text/csv`, `application/vnd.apache.parquet`, "
+        "`application/vnd.apache.arrow.stream`)")),
 ]
 AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -219,6 +226,56 @@ def _csv(stream: CopyStream, filename: str, headers: dict[str, str] | None = Non
     )
 
 
+#: File name extension of each binary format (`.arrows`: IANA's for the IPC stream).
+_EXTENSIONS = {"parquet": "parquet", "arrow": "arrows"}
+
+
+@functools.cache
+def _arrow_module() -> ModuleType | None:
+    """:mod:`pricepipe.api.arrow`, or None when pyarrow (the ``research``
+    extra) is not installed: imported on first use, so the API runs without
+    it (and a failed import is not retried on every request)."""
+    try:
+        return importlib.import_module("pricepipe.api.arrow")
+    except ImportError:
+        return None
+
+
+def _offered() -> tuple[str, ...]:
+    """The formats ``Accept`` may pick: the binary ones only with pyarrow."""
+    if _arrow_module() is None:
+        return ("json", "csv")
+    return tuple(params.MEDIA_TYPES)
+
+
+def _require_arrow(fmt: str) -> ModuleType:
+    module = _arrow_module()
+    if module is None:
+        raise HTTPException(406, (
+            f"format={fmt} needs pyarrow on the server, which is not installed "
+            "(pip install 'pricepipe[research]'); json and csv work"))
+    return module
+
+
+def _binary(arrow: ModuleType, fmt: str, layout: Any, symbol: str, stream: CopyStream,
+            filename: str, headers: dict[str, str] | None = None) -> Response:
+    """A Parquet or Arrow download (``fmt``) of ``stream``'s rows, read
+    as ``layout`` of :mod:`pricepipe.api.arrow` (the module, ``arrow``)."""
+    # As _csv: the first chunk (the header, sent once rows or the end came)
+    # here, so a failing query is an error status, not a cut-off body.
+    chunks = iter(stream)
+    try:
+        first = next(chunks)
+    except BaseException:
+        stream.abort()
+        raise
+    body = arrow.encode(itertools.chain([first], chunks), layout, symbol, fmt)
+    return BinaryResponse(
+        body, on_close=stream.abort, media_type=params.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition":
+                 f'attachment; filename="{filename}.{_EXTENSIONS[fmt]}"', **(headers or {})})
+
+
 def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> APIRouter:
     """The ``/v1`` routes, their bounds taken from ``settings``.
 
@@ -266,8 +323,9 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                 end: str | None, after_id: str | None, until_id: str | None,
                 limit: int | None, cursor: str | None, fmt: str | None,
                 accept: str | None) -> Response:
-        """A page (JSON) or the whole range (CSV) of one history table: of a
-        time range in event-time order, or of an entry-ID range in stream order."""
+        """A page (JSON) or the whole range (CSV, Parquet, Arrow) of one
+        history table: of a time range in event-time order, or of an
+        entry-ID range in stream order."""
         sym = params.parse_symbol(symbol)
         span: queries.Span | None = params.parse_id_range(after_id, until_id,
                                                           max_span_us=max_span_us)
@@ -281,21 +339,30 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                                       default_span_us=params.US_PER_DAY,
                                       max_span_us=max_span_us)
         after = params.parse_cursor(cursor, stream_order=isinstance(span, params.IdRange))
-        csv_wanted = params.wants_csv(fmt, accept)
+        fmt_name = params.response_format(fmt, accept, offered=_offered())
         # Before the rows are read (see pricepipe.api.coverage).
         complete = (coverage.range_complete(svc.redis, svc.keys, sym, table.channel,
                                             codec.unpack_entry_id(span.until))
                     if isinstance(span, params.IdRange) else None)
-        if csv_wanted:
+        headers = None
+        if isinstance(span, params.IdRange):
+            headers = {COMPLETE_HEADER: "unknown" if complete is None
+                       else "true" if complete else "false"}
+        if fmt_name == "csv":
             stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit),
                 header=table.csv_columns, chunk_bytes=settings.csv_chunk_bytes)
-            headers = None
-            if isinstance(span, params.IdRange):
-                headers = {COMPLETE_HEADER: "unknown" if complete is None
-                           else "true" if complete else "false"}
             return _csv(stream, f"{sym}-{table.name}.csv", headers)
+        if fmt_name in params.BINARY_FORMATS:
+            arrow = _require_arrow(fmt_name)
+            layout = arrow.LAYOUTS[table.name]
+            stream = CopyStream(
+                svc.pool.connection,
+                lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit,
+                                                   columns=layout.sources),
+                header=layout.sources, chunk_bytes=settings.csv_chunk_bytes)
+            return _binary(arrow, fmt_name, layout, sym, stream, f"{sym}-{table.name}", headers)
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn, (
                 svc.pool.spare_connection() if rows >= queries.SPLIT_PAGE_ROWS
@@ -338,10 +405,16 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         description="Until (exclusive): " + id_help.format(other="after_id"),
         examples=["1767571260000-3"])]
     Limit = Annotated[int | None, Query(ge=1, le=settings.max_page_rows, description=(
-        f"Rows per page (JSON: default {settings.default_page_rows}; CSV: default all)"))]
+        f"Rows per page (JSON: default {settings.default_page_rows}; CSV, Parquet, Arrow: "
+        "rows of the download, default all)"))]
     CursorParam = Annotated[str | None, Query(max_length=64, description=(
         "`next_cursor` of the previous page"))]
-    csv_200: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {}}}}
+    csv_200: dict[int | str, dict[str, Any]] = {
+        200: {"content": {params.MEDIA_TYPES[name]: {}
+                          for name in ("csv", *params.BINARY_FORMATS)}},
+        406: {"model": ErrorBody, "description": "Parquet or Arrow asked for, and the server "
+              "has no pyarrow"},
+    }
 
     @router.get("/trades/{symbol}", response_model=TradePageOut, responses=csv_200,
                 summary="Trades of a symbol in a time range")
@@ -357,8 +430,8 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         reached the history when it was read (the CSV's
         `Pricepipe-Range-Complete` header: true, false or unknown). JSON
         pages carry `next_cursor` (null on the last page): pass it as
-        `cursor` with the same range for the next page. CSV streams the
-        whole range."""
+        `cursor` with the same range for the next page. CSV, Parquet and
+        Arrow (IPC stream) downloads stream the whole range."""
         return history(svc, queries.TRADES, symbol, start, end, after_id, until_id, limit,
                        cursor, fmt, accept)
 
@@ -399,12 +472,21 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                                   max_span_us=max_span_us)
         span = params.TimeRange(params.align_down(span.start_us, width_us), span.end_us)
         params.check_bar_count(span, width_us, settings.max_bars)
-        if params.wants_csv(fmt, accept):
+        fmt_name = params.response_format(fmt, accept, offered=_offered())
+        if fmt_name == "csv":
             stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.bar_csv_sql(conn, sym, span, width_us),
                 header=queries.BAR_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
             return _csv(stream, f"{sym}-bars-{interval}.csv")
+        if fmt_name in params.BINARY_FORMATS:
+            arrow = _require_arrow(fmt_name)
+            # The bars' CSV as it is: the layout reads bucket_us, not the text.
+            stream = CopyStream(
+                svc.pool.connection,
+                lambda conn: queries.bar_csv_sql(conn, sym, span, width_us),
+                header=queries.BAR_CSV_COLUMNS, chunk_bytes=settings.csv_chunk_bytes)
+            return _binary(arrow, fmt_name, arrow.BARS, sym, stream, f"{sym}-bars-{interval}")
         with svc.pool.connection() as conn:
             rows = queries.bars(conn, sym, span, width_us)
         head = {"symbol": sym, "interval": interval, "start": format_us(span.start_us),

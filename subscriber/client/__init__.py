@@ -29,6 +29,12 @@ first delivers the range from PostgreSQL (marked ``filled``), in stream
 order, and carries on live: a strategy down for a day catches up with every
 event, in order, exactly once.
 
+For research, :mod:`.frames` gives history as pandas DataFrames
+(:func:`trades_frame`, :func:`quotes_frame`, :func:`bars_frame`; several
+symbols at once, UTC time index) from PostgreSQL or over HTTP
+(:class:`HttpHistory`); pandas and pyarrow, the ``research`` extra, are
+imported only when a frame is asked for.
+
 Every reader: ``get(timeout_s)`` returns the next :class:`Delivery` (or
 :class:`Gap`) or None,
 iteration yields deliveries (forever for stream readers, until the end for
@@ -39,6 +45,7 @@ async readers have the same methods as coroutines (``aclose()``, ``async for``,
 
 from .aio import AsyncGroupReader, AsyncStreamReader
 from .delivery import Delivery, Gap, GapReason
+from .frames import HttpHistory, bars_frame, quotes_frame, trades_frame
 from .history import HistorySource, PgHistory
 from .replay import AsyncReplayReader, ReplayReader
 from .settings import ClientSettings
@@ -46,6 +53,6 @@ from .sync import GroupReader, StreamReader
 
 __all__ = [
     "AsyncGroupReader", "AsyncReplayReader", "AsyncStreamReader", "ClientSettings", "Delivery",
-    "Gap", "GapReason", "GroupReader", "HistorySource", "PgHistory", "ReplayReader",
-    "StreamReader",
+    "Gap", "GapReason", "GroupReader", "HistorySource", "HttpHistory", "PgHistory",
+    "ReplayReader", "StreamReader", "bars_frame", "quotes_frame", "trades_frame",
 ]

@@ -10,6 +10,8 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -133,8 +135,9 @@ def _id_queries(draw: Any) -> dict[str, str]:
     query = {"after_id": _id_text(draw), "until_id": _id_text(draw)}
     if draw(st.booleans()):
         query["limit"] = str(draw(st.integers(1, 50)))
-    if draw(st.booleans()):
-        query["format"] = "csv"
+    fmt = draw(st.sampled_from([None, "csv", "parquet", "arrow"]))
+    if fmt is not None:
+        query["format"] = fmt
     return query
 
 
@@ -171,6 +174,10 @@ def test_generated_entry_id_ranges_answer_exactly_or_refuse(client: TestClient,
         want = want[:int(query.get("limit", 1000))]
         if query.get("format") == "csv":
             got = [row["id"] for row in csv.DictReader(io.StringIO(response.text))]
+        elif query.get("format") == "parquet":
+            got = pq.read_table(io.BytesIO(response.content)).column("id").to_pylist()
+        elif query.get("format") == "arrow":
+            got = pa.ipc.open_stream(response.content).read_all().column("id").to_pylist()
         else:
             got = [row["id"] for row in response.json()["trades"]]
         assert got == want, query
