@@ -32,6 +32,5 @@ def test_every_code_and_message_type_is_documented() -> None:
     for name, value in vars(p).items():
         if name.startswith("CLOSE_"):
             assert f"| {value} |" in PROTOCOL, name
-    for kind in ("hello", "auth_ok", "subscribed", "unsubscribed", "snapshot", "ticks",
-                 "unrecoverable", "pong", "error"):
+    for kind in p.MESSAGE_TYPES:
         assert f'"type": "{kind}"' in PROTOCOL, kind
