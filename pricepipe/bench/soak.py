@@ -270,16 +270,16 @@ def check_reader(log: ReaderLog, truth: dict[str, list[int]],
         window = history[bisect.bisect_left(history, min(starts)):
                          bisect.bisect_right(history, last)]
         run: list[int] = []
-        for entry in [*window, None]:
-            if entry is not None:
+        for item in [*window, None]:  # None ends the last run
+            if item is not None:
                 totals["expected"] += 1
-                if entry in seen:
+                if item in seen:
                     totals["received"] += 1
-                elif any(after < entry < until for after, until in flagged):
+                elif any(after < item < until for after, until in flagged):
                     totals["flagged"] += 1
                 else:
                     totals["unexplained"] += 1
-                    run.append(entry)
+                    run.append(item)
                     continue
             if run and len(examples) < 5:
                 examples.append(f"{stream}: {len(run)} unexplained from "

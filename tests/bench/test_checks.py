@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pricepipe.bench.e2e import Bounds, judge, ramp, split, symbol_names
 from pricepipe.bench.probe import ProbeState
 from pricepipe.bench.soak import (
@@ -147,7 +149,7 @@ def test_probe_record_flags_unrecoverable_and_allows_an_epoch_restart() -> None:
 
 
 def test_strategy_lives_become_one_log() -> None:
-    lives = [
+    lives: list[dict[str, Any]] = [
         {"deliveries": [["trades", "A", P("1-0"), False, False]], "gaps": [], "errors": []},
         {"deliveries": [["trades", "A", P("1-0"), True, False],
                         ["trades", "A", P("2-0"), False, True],

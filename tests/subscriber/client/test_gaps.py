@@ -174,7 +174,7 @@ def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
     replica = make_redis_server(extra_args=("--replicaof", "127.0.0.1", str(link.port)))
     proxy = TcpProxy(primary.port)
     to_primary = redis.Redis.from_url(primary.url)
-    to_replica = redis.Redis.from_url(replica.url)
+    to_replica: Any = redis.Redis.from_url(replica.url)  # redis-py's sync/async union types
     through = redis.Redis.from_url(proxy.url, socket_timeout=2)
     try:
         wait_until(lambda: to_replica.info("replication")["master_link_status"] == "up",
