@@ -1,7 +1,9 @@
 """The end-to-end promise on separate role processes, per event type: N
 events published (trades and quotes) are exactly N rows, the HTTP API
-returns every one of them, and a websocket client subscribed beforehand
-receives every one live, each under its stream entry ID, in stream order."""
+returns every one of them, a websocket client subscribed beforehand
+receives every one live, and the client library's readers read every one,
+each under its stream entry ID, in stream order. Every role speaks RESP2
+and RESP3 (``?protocol=3`` on the Redis URL): the test runs in both."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import httpx2 as httpx
 import orjson
 import psycopg2
 import pytest
+import redis
 from psycopg2 import sql
 from websockets.sync.client import connect
 
 from pricepipe import streams
 from pricepipe.embedded import free_port
 from pricepipe.keys import Channel, Keys
+from pricepipe.subscriber.client import Delivery, GroupReader, StreamReader
 from tests.helpers import wait_http
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,9 +37,13 @@ def _finish(proc: Any, timeout_s: float = 120) -> None:
     assert code == 0, proc.stdout.read().decode(errors="replace")
 
 
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 def test_n_published_n_persisted_n_served_n_pushed(
     spawn: Any, pipeline_env: dict[str, str], r: Any, database_url: str, keys: Keys,
+    redis_url: str, protocol: int,
 ) -> None:
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}protocol={protocol}"
+    pipeline_env = dict(pipeline_env, PRICEPIPE_REDIS_URL=url)
     ws_port, api_port = free_port(), free_port()
     ws_proc = spawn(["ws", "--port", str(ws_port)], env=pipeline_env)
     api_proc = spawn(["api", "--port", str(api_port)], env=pipeline_env)
@@ -106,8 +114,38 @@ def test_n_published_n_persisted_n_served_n_pushed(
             if not cursor:
                 break
         assert len(served) == len(ids) and set(served) == set(ids), (symbol, channel)
+        # The same by entry-ID range, in stream order, and complete up to just
+        # after the last entry: the API reads the persist group's floor from
+        # Redis (in this test's protocol); later IDs may still be appended.
+        response = httpx.get(f"{api}/v1/{channel}/{symbol}", timeout=10, params={
+            "after_id": f"{int(ids[0].split('-')[0]) - 1}-0",
+            "until_id": streams.next_id(ids[-1]),
+            "limit": 10_000})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [e["id"] for e in body[channel]] == ids and body["complete"] is True
 
     assert done.wait(100), f"websocket got {sum(map(len, received.values()))} of {N} events"
     for (symbol, channel), ids in stream_ids.items():
         pushed = [e["id"] for e in received[channel] if e["symbol"] == symbol]
         assert pushed == ids  # every one, in order, no duplicate
+
+    # The client library, on a client of the same protocol: a plain reader and
+    # a consumer group each read every entry of every stream, in order.
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.connection_pool.connection_kwargs.get("protocol") in (protocol,
+                                                                           str(protocol))
+        for reader in (StreamReader(client, keys, SYMBOLS, start="0"),
+                       GroupReader(client, keys, SYMBOLS, group="e2e", consumer="c",
+                                   start="0")):
+            got: dict[tuple[str, str], list[str]] = {key: [] for key in stream_ids}
+            with reader:
+                for _ in range(N):
+                    item = reader.get(timeout_s=30)
+                    assert isinstance(item, Delivery), item
+                    got[item.symbol, str(item.channel)].append(item.entry_id)
+                    reader.ack(item)
+            assert got == stream_ids, type(reader).__name__
+    finally:
+        client.close()
