@@ -40,10 +40,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     (out_dir / f"bench-{name}.json").write_bytes(
         encode_json({"machine": machine, "reports": reports}))
     table = markdown(reports, machine)
+    chart = _ramp_chart(reports, machine, out_dir / f"bench-{name}-ramp.png")
+    if chart is not None:
+        table += f"\n![e2e ramp: throughput and p99 against the offered rate]({chart.name})\n"
     (out_dir / f"bench-{name}.md").write_text(table)
     print(table)
-    print(f"report written to {out_dir}/bench-{name}.json and .md")
+    print(f"report written to {out_dir}/bench-{name}.json and .md"
+          + (f", chart {chart}" if chart is not None else ""))
     return 0
+
+
+def _ramp_chart(reports: list[dict[str, Any]], machine: dict[str, Any],
+                path: Path) -> Path | None:
+    """The e2e ramp's chart at ``path``, when an e2e report is among
+    ``reports`` and matplotlib is installed (the ``research`` extra)."""
+    from .chart import ramp_chart
+    from .e2e import GOAL_EVENTS_PER_S, GOAL_PERSIST_LAG_P99_MS, GOAL_WS_P99_MS
+
+    e2e = next((r for r in reports if r.get("target") == "e2e"), None)
+    if e2e is None:
+        return None
+    title = (f"pricepipe bench e2e on {machine['cpus']} CPU(s), {machine['cpu_model']}; "
+             f"highest sustained {e2e['figures'].get('max_sustained_events_per_s', 0):,}/s")
+    if not ramp_chart(e2e.get("steps", []), path, title=title,
+                      goal_events_per_s=GOAL_EVENTS_PER_S,
+                      goal_lag_ms=GOAL_PERSIST_LAG_P99_MS, goal_ws_ms=GOAL_WS_P99_MS):
+        print("no ramp chart: matplotlib is missing (pip install 'pricepipe[research]')")
+        return None
+    return path
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
