@@ -7,6 +7,11 @@
 # the code and units and keeps the generated passwords. --dry-run prints the
 # actions without changing anything (and works without root).
 #
+# Offline (--offline --wheelhouse DIR, for machines without internet access):
+# the Debian packages must already be installed (they are verified, not
+# installed) and Python packages come only from DIR (pip --no-index
+# --find-links DIR); deploy/README.md says how to build DIR elsewhere.
+#
 # Usage: sudo deploy/install.sh [options]      (deploy/README.md explains each one)
 set -euo pipefail
 
@@ -40,6 +45,8 @@ TLS_KEY=""
 RENDER_NGINX=0
 RENDER_WRAPPER=0
 START=1
+OFFLINE=0
+WHEELHOUSE=""
 
 usage() {
     cat <<EOF
@@ -60,6 +67,11 @@ usage: $0 [options]
   --render-nginx          print the nginx site this would install, then exit
   --render-wrapper        print the operator's /usr/local/sbin/pricepipe, then exit
   --no-start              install and enable, but do not (re)start pricepipe.target
+  --offline               no network: verify the Debian packages instead of installing
+                          them, and take Python packages from --wheelhouse only
+  --wheelhouse DIR        directory of wheels pip looks in first: pricepipe's dependencies
+                          and its build backend (\`pip wheel -w DIR . 'setuptools>=68'\`,
+                          with the VM's Python version)
 EOF
 }
 
@@ -80,6 +92,8 @@ while [ $# -gt 0 ]; do
         --render-nginx) RENDER_NGINX=1 ;;
         --render-wrapper) RENDER_WRAPPER=1 ;;
         --no-start) START=0 ;;
+        --offline) OFFLINE=1 ;;
+        --wheelhouse) WHEELHOUSE=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -115,6 +129,17 @@ if [ -n "$TLS_CERT" ] || [ -n "$TLS_KEY" ]; then
         die "--tls-cert and --tls-key go together"
     fi
 fi
+if [ "$OFFLINE" = 1 ] && [ -z "$WHEELHOUSE" ]; then
+    die "--offline needs --wheelhouse DIR (pip has no index to download from)"
+fi
+if [ -n "$WHEELHOUSE" ]; then
+    [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE is not a directory"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+fi
+# pip's package sources: the wheelhouse first, and nothing else when offline.
+pip_sources=()
+[ -n "$WHEELHOUSE" ] && pip_sources+=(--find-links "$WHEELHOUSE")
+[ "$OFFLINE" = 1 ] && pip_sources+=(--no-index)
 
 # --- action helpers: every change goes through run() or put_file() ----------------------
 
@@ -214,9 +239,23 @@ packages=(python3 python3-venv python3-pip nginx)
 if [ "$LOCAL_SERVERS" = 1 ]; then
     packages+=(redis-server postgresql postgresql-client)
 fi
-say "packages: ${packages[*]}"
-run apt-get update -qq
-run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+if [ "$OFFLINE" = 1 ]; then
+    # No mirror to install from: what is missing must be installed beforehand.
+    say "packages (offline: verifying, not installing): ${packages[*]}"
+    missing=()
+    for package in "${packages[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+        [ "$status" = installed ] || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$DRY_RUN" = 1 ] || die "--offline: not installed: ${missing[*]} (apt-get install them first)"
+        say "dry run: not installed: ${missing[*]}"
+    fi
+else
+    say "packages: ${packages[*]}"
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+fi
 
 # --- system user ------------------------------------------------------------------------
 
@@ -233,6 +272,7 @@ fi
 run install -d -m 0755 -o root -g root "$ETC_DIR"
 WRITER_PASSWORD=""
 API_PASSWORD=""
+PG_PORT=""
 if [ "$LOCAL_SERVERS" = 0 ]; then
     # Another machine holds the database: its URLs must already be in the env file.
     [ -e "$ENV_FILE" ] || [ "$DRY_RUN" = 1 ] \
@@ -260,13 +300,21 @@ if [ "$LOCAL_SERVERS" = 1 ]; then
     # auto-aof-rewrite-min-size: trimmed streams keep the rewritten AOF small,
     # so at the default 64mb a busy pipeline forks a rewrite every few
     # seconds (each fork stalls Redis for a moment).
+    redis_conf_was=$(cksum <"$REDIS_CONF" 2>/dev/null || true)
     for kv in "appendonly yes" "appendfsync everysec" "auto-aof-rewrite-min-size 1gb" \
               "maxmemory $REDIS_MAXMEMORY" "maxmemory-policy noeviction" \
               "bind 127.0.0.1 -::1" "protected-mode yes"; do
         set_conf "${kv%% *}" "${kv#* }" "$REDIS_CONF"
     done
     run systemctl enable redis-server.service
-    run systemctl restart redis-server.service
+    # Restart only for a changed configuration: an upgrade that leaves redis.conf as
+    # it was must not pull Redis from under the running pipeline.
+    if [ "$DRY_RUN" = 1 ] || [ "$(cksum <"$REDIS_CONF" 2>/dev/null || true)" != "$redis_conf_was" ]; then
+        run systemctl restart redis-server.service
+    else
+        say "redis: configuration unchanged, keeping it running"
+        run systemctl start redis-server.service
+    fi
 fi
 
 # --- PostgreSQL -------------------------------------------------------------------------
@@ -274,7 +322,8 @@ fi
 if [ "$LOCAL_SERVERS" = 1 ]; then
     say "postgresql: database $DB_NAME, roles $DB_WRITER (writer), $DB_READER (read-only) with login $DB_API"
     run systemctl enable --now postgresql.service
-    # Passwords go through stdin, never the command line (visible in ps).
+    # Passwords go through stdin, never the command line (visible in ps). From /:
+    # postgres may not enter the directory the installer was started in.
     if [ "$DRY_RUN" = 1 ]; then
         echo "+ runuser -u postgres -- psql -X -q -v dbname=$DB_NAME -v writer=$DB_WRITER" \
              "-v reader=$DB_READER -v api=$DB_API < (passwords) + $DEPLOY_DIR/sql/roles.sql"
@@ -282,11 +331,15 @@ if [ "$LOCAL_SERVERS" = 1 ]; then
         { printf '\\set writer_password %s\n\\set api_password %s\n' \
               "$WRITER_PASSWORD" "$API_PASSWORD"
           cat "$DEPLOY_DIR/sql/roles.sql"; } \
-            | runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres \
+            | (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres \
                   -v dbname="$DB_NAME" -v writer="$DB_WRITER" -v reader="$DB_READER" \
-                  -v api="$DB_API"
+                  -v api="$DB_API")
+        # The cluster's real port (Debian's first cluster takes the first free port
+        # from 5432), for the URLs below; Debian's psql finds the cluster itself.
+        PG_PORT=$(cd / && runuser -u postgres -- psql -X -A -t -q -c 'SHOW port' </dev/null)
     fi
 fi
+[[ $PG_PORT =~ ^[0-9]+$ ]] || PG_PORT=5432
 
 # --- environment file -------------------------------------------------------------------
 
@@ -294,8 +347,8 @@ if [ -e "$ENV_FILE" ]; then
     say "keeping $ENV_FILE (edit it by hand; see pricepipe.env.example)"
 else
     say "writing $ENV_FILE"
-    sed -e "s|pricepipe_writer:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_WRITER:$WRITER_PASSWORD@127.0.0.1:5432/$DB_NAME|" \
-        -e "s|pricepipe_api:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_API:$API_PASSWORD@127.0.0.1:5432/$DB_NAME|" \
+    sed -e "s|pricepipe_writer:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_WRITER:$WRITER_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME|" \
+        -e "s|pricepipe_api:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_API:$API_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME|" \
         "$DEPLOY_DIR/pricepipe.env.example" | put_file 0600 root:root "$ENV_FILE"
 fi
 
@@ -306,9 +359,9 @@ run install -d -m 0755 -o root -g root "$PREFIX"
 if [ ! -x "$VENV/bin/python" ]; then
     run python3 -m venv "$VENV"
 fi
-run "$VENV/bin/pip" install --quiet --upgrade pip
+run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade pip
 # Not editable: the installed code is a copy owned by root, read-only for the services.
-run "$VENV/bin/pip" install --quiet --upgrade "$SRC_DIR"
+run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade "$SRC_DIR"
 run rm -rf "$PREFIX/deploy"
 run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
 

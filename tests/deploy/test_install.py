@@ -1,6 +1,7 @@
 """deploy/install.sh: shellcheck-clean, a dry run that lists the right actions
-and changes nothing, refused bad options, and the nginx site it renders
-(checked by ``nginx -t`` when an nginx binary is available)."""
+and changes nothing (online, and offline from a wheelhouse), refused bad
+options, and the nginx site it renders (checked by ``nginx -t`` when an nginx
+binary is available)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,37 @@ def test_dry_run_lists_actions_and_changes_nothing(tmp_path: Path) -> None:
     assert out.index("restart pricepipe-migrate") < out.index("restart pricepipe.target")
 
 
+def test_offline_dry_run_verifies_packages_and_installs_from_the_wheelhouse(
+        tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    prefix = tmp_path / "opt"
+    result = install("--dry-run", "--offline", "--wheelhouse", str(wheels), "--prefix",
+                     str(prefix))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "apt-get" not in out  # nothing to download from
+    verify = next(line for line in out.splitlines() if "offline: verifying" in line)
+    for package in ("redis-server", "postgresql", "nginx", "python3-venv"):
+        assert package in verify
+    pips = [line for line in out.splitlines() if f"{prefix}/venv/bin/pip install" in line]
+    assert len(pips) == 2, out  # pip itself, then the checkout
+    for line in pips:
+        assert f"--find-links {wheels} --no-index" in line
+    assert not prefix.exists()
+
+
+def test_wheelhouse_online_is_looked_in_first(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    result = install("--dry-run", "--wheelhouse", str(wheels), "--prefix", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert "apt-get install" in result.stdout
+    pips = [line for line in result.stdout.splitlines() if "/venv/bin/pip install" in line]
+    assert pips and all(f"--find-links {wheels}" in line and "--no-index" not in line
+                        for line in pips)
+
+
 def test_dry_run_without_local_servers_skips_them(tmp_path: Path) -> None:
     result = install("--dry-run", "--no-local-servers", "--prefix", str(tmp_path / "opt"))
     assert result.returncode == 0, result.stderr
@@ -73,6 +105,8 @@ def test_dry_run_without_local_servers_skips_them(tmp_path: Path) -> None:
     (["--publishers", "gbm;rm"], "publisher source"),
     (["--db-name", "x'y"], "--db-name"),
     (["--tls-cert", "/c.pem"], "go together"),
+    (["--offline"], "--offline needs --wheelhouse"),
+    (["--offline", "--wheelhouse", "/nonexistent/wheels"], "is not a directory"),
     (["--bogus"], "unknown option"),
 ])
 def test_bad_options_are_refused(args: list[str], message: str) -> None:

@@ -27,6 +27,11 @@ LOGGING_SHIM = """#!/bin/sh
 
 SHIMS = {
     "apt-get": LOGGING_SHIM,
+    # Every package installed, but those listed in $SHIM_DIR/missing.
+    "dpkg-query": LOGGING_SHIM + """for p in "$@"; do :; done
+if grep -qx "$p" "$SHIM_DIR/missing" 2>/dev/null; then exit 1; fi
+printf installed
+""",
     "nginx": LOGGING_SHIM,
     "useradd": LOGGING_SHIM + 'touch "$SHIM_DIR/user-created"\n',
     # psql runs through runuser: keep what it was fed (the passwords, then roles.sql).
@@ -79,12 +84,12 @@ class Scratch:
             PRICEPIPE_REDIS_CONF=str(self.redis_conf),
         )
 
-    def install(self, *args: str) -> str:
+    def install(self, *args: str, ok: bool = True) -> str:
         result = subprocess.run(
             ["bash", str(DEPLOY / "install.sh"), "--prefix", str(self.prefix), *args],
             capture_output=True, text=True, timeout=120, env=self.env())
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        assert (result.returncode == 0) == ok, result.stdout + result.stderr
+        return result.stdout + result.stderr
 
     def calls(self) -> list[str]:
         log = self.shims / "calls.log"
@@ -166,6 +171,7 @@ def test_install_twice_keeps_secrets_and_reconciles(scratch: Scratch) -> None:
     assert calls.index("systemctl restart pricepipe-migrate.service") < calls.index(
         "systemctl restart pricepipe.target")
     assert sum(c.startswith("useradd") for c in calls) == 1
+    assert "systemctl restart redis-server.service" in calls  # its configuration changed
 
     # The operator edits the environment file; then an upgrade with one worker fewer.
     env_file.write_text(env_text + "PRICEPIPE_WORKER_BATCH_SIZE=2000\n")
@@ -181,6 +187,26 @@ def test_install_twice_keeps_secrets_and_reconciles(scratch: Scratch) -> None:
     assert fed_twice == fed + fed  # the same passwords again: nothing rotated
     assert "systemctl disable --now pricepipe-persist@2.service" in second
     assert not any(c.startswith("useradd") for c in second)
+    # redis.conf unchanged: Redis keeps running under the pipeline.
+    assert "systemctl restart redis-server.service" not in second
+    assert "systemctl start redis-server.service" in second
     wants = sorted(p.name for p in (scratch.systemd / "pricepipe.target.wants").iterdir())
     assert "pricepipe-persist@2.service" not in wants
     assert "pricepipe-persist@1.service" in wants
+
+
+def test_offline_install_checks_packages_and_uses_only_the_wheelhouse(scratch: Scratch) -> None:
+    wheels = scratch.root / "wheels"
+    wheels.mkdir()
+    (scratch.shims / "missing").write_text("nginx\npostgresql-client\n")
+    out = scratch.install("--offline", "--wheelhouse", str(wheels), ok=False)
+    assert "not installed: nginx postgresql-client" in out
+    assert not (scratch.etc / "db-passwords").exists()  # refused before changing anything
+
+    (scratch.shims / "missing").unlink()
+    scratch.install("--offline", "--wheelhouse", str(wheels))
+    calls = scratch.calls()
+    assert not any(c.startswith("apt-get") for c in calls)
+    pips = [c for c in calls if c.startswith("pip install")]
+    assert len(pips) == 2
+    assert all(f"--find-links {wheels} --no-index" in c for c in pips), pips

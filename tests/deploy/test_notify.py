@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 
+from pricepipe import notify
 from pricepipe.embedded import free_port
 
 from . import unitfile
@@ -213,3 +215,87 @@ def test_migrate_unit_runs_once(pipeline_env: dict[str, str], database_url: str,
                             text=True, timeout=min(timeout_s, 100))
     assert result.returncode == 0, result.stderr
     assert "applied 0 migration(s)" in result.stdout  # the test database is already migrated
+
+
+def finished_jobs(redis_url: str, prefix: str) -> tuple[int, int]:
+    """(finished, failed) jobs over pricepipe's rq queues."""
+    from rq import Queue
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        queues = [q for q in Queue.all(connection=client) if q.name.startswith(f"{prefix}-")]
+        return (sum(q.finished_job_registry.count for q in queues),
+                sum(q.failed_job_registry.count for q in queues))
+    finally:
+        client.close()
+
+
+def test_jobs_worker_children_never_notify(
+    pipeline_env: dict[str, str], database_url: str, tmp_path: Path,
+    notify_socket: NotifySocket,
+) -> None:
+    """rq runs each job in a forked work horse, which heartbeats too. With
+    NotifyAccess=main systemd logs "Got notification message from PID ..., but
+    reception only permitted for main PID" for every message of a child, so
+    only the main process may send any."""
+    name, instance = "pricepipe-jobs-worker@.service", "pricepipe-jobs-worker@1.service"
+    launch = prepare(name, instance, pipeline_env=pipeline_env, database_url=database_url,
+                     state_dir=tmp_path, notify_path=notify_socket.path)
+    proc = subprocess.Popen(launch.argv, env=launch.env, cwd=launch.cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        notify_socket.wait_for("READY", proc, READY_TIMEOUT_S)
+        jobs = [str(VENV_BIN / "pricepipe"), "jobs", "enqueue", "partitions"]
+        env = {k: v for k, v in launch.env.items() if k != "NOTIFY_SOCKET"}
+        for _ in range(2):  # two jobs: two work horses
+            done = subprocess.run(jobs, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+        redis_url, prefix = launch.env["PRICEPIPE_REDIS_URL"], launch.env["PRICEPIPE_REDIS_PREFIX"]
+        deadline = time.monotonic() + 60
+        while finished_jobs(redis_url, prefix) != (2, 0):
+            assert time.monotonic() < deadline, f"jobs not done: {output_of(proc)}"
+            assert proc.poll() is None, output_of(proc)
+            notify_socket.receive(0.2)
+        # The horses heartbeat before their job runs, so whatever they sent is queued by
+        # now: read the socket empty (datagrams stay in order).
+        while notify_socket.receive(0.5) is not None:
+            pass
+        senders = {pid for pid, _ in notify_socket.messages}
+        assert senders == {proc.pid}, (f"notifications from {senders - {proc.pid}} besides the "
+                                       f"main pid {proc.pid}: {notify_socket.messages}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_forked_children_do_not_notify(notify_socket: NotifySocket,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """pricepipe.notify in-process: the parent notifies, a forked child does not,
+    and the programs a child runs do not inherit the socket."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
+    assert notify.status("parent")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        try:
+            sent = notify.status("child")
+            inherited = "NOTIFY_SOCKET" in os.environ
+            os.write(write, f"{int(sent)}{int(inherited)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == "00", "the child notified" if child[:1] == "1" else "the child kept the socket"
+    got = notify_socket.receive(1.0)
+    assert got is not None and got == (os.getpid(), {"STATUS": "parent"})
+    assert notify_socket.receive(0.2) is None  # nothing from the child
+    assert os.environ["NOTIFY_SOCKET"] == notify_socket.path  # the parent keeps it
