@@ -1,6 +1,7 @@
 """The nginx site install.sh renders, run for real in front of two websocket
-processes and the API: websocket upgrade on ``/ws`` spread by ``least_conn``,
-API and dashboard on ``/``, ``/metrics`` not public.
+processes and the API: websocket upgrade on ``/ws`` spread by ``least_conn``
+and limited per client address, API and dashboard on ``/``, ``/metrics`` not
+public.
 
 Needs an nginx binary (``nginx`` on PATH, ``/usr/sbin/nginx`` or
 ``PRICEPIPE_TEST_NGINX``); without one the test is skipped and only the
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
@@ -29,6 +31,8 @@ from .helpers import DEPLOY, install, nginx_binary
 Spawn = Callable[..., subprocess.Popen[bytes]]
 WAIT_S = 60.0
 CLIENTS = 4
+#: deploy/nginx's limit_conn on /ws.
+NGINX_WS_CONNECTIONS = 100
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -63,10 +67,16 @@ def test_site_proxies_websockets_and_api(tmp_path: Path, pipeline_env: dict[str,
                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (tmp_path / "nginx.conf").write_text(
         f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log stderr warn;\nevents {{ worker_connections 256; }}\n"
+        f"error_log stderr warn;\nevents {{ worker_connections 512; }}\n"
         f"http {{ access_log off; {temp_paths}include {tmp_path}/site.conf; }}\n")
 
-    servers = [spawn(["ws", "--host", "127.0.0.1", "--port", str(p)], env=pipeline_env)
+    # The websocket server subscribes only to registered symbols: publish AAPL once.
+    first = spawn(["publish", "--source", "gbm", "--symbols", "AAPL", "--count", "10"],
+                  env=pipeline_env)
+    assert first.wait(WAIT_S) == 0
+    # The processes' own per-address limit above nginx's, so that nginx's is seen.
+    ws_env = dict(pipeline_env, PRICEPIPE_WS_MAX_CONNECTIONS_PER_ADDRESS="1000")
+    servers = [spawn(["ws", "--host", "127.0.0.1", "--port", str(p)], env=ws_env)
                for p in ws_ports]
     api = spawn(["api", "--host", "127.0.0.1", "--port", str(api_port)], env=pipeline_env)
     for port, proc in zip(ws_ports, servers, strict=True):
@@ -97,6 +107,13 @@ def test_site_proxies_websockets_and_api(tmp_path: Path, pipeline_env: dict[str,
                       for p in ws_ports]
             # least_conn spreads the long-lived connections over both processes.
             assert sum(counts) == CLIENTS and min(counts) >= 1, counts
+            # limit_conn: a hundred websocket connections per client address.
+            for _ in range(NGINX_WS_CONNECTIONS - CLIENTS):
+                stack.enter_context(connect(f"ws://127.0.0.1:{public_port}/ws",
+                                            open_timeout=10))
+            with pytest.raises(InvalidStatus) as refused:
+                connect(f"ws://127.0.0.1:{public_port}/ws", open_timeout=10)
+            assert refused.value.response.status_code == 429
     finally:
         proxy.terminate()
         proxy.wait(30)
