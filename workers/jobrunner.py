@@ -7,7 +7,10 @@ by a full Redis) or deregisters escapes it. Under systemd the first is an
 exit 0 that ``Restart=on-failure`` does not restart, the second a crash
 loop that hits the start limit while Redis stays full. Here either is
 logged, and a new worker starts after a backoff (the watchdog pinged
-meanwhile), until a stop is requested.
+meanwhile), until a stop is requested. A registration under the worker's
+own name left by a previous life (SIGKILL, the watchdog) is cleared first:
+rq would refuse to start ("There exists an active worker named ...") for up
+to ``worker_ttl`` + 60 s, and systemd would give up meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 #: Backoff between two starts of the rq worker, seconds.
 RESTART_BASE_S = 0.5
 RESTART_CAP_S = 15.0
+#: How often rq's maintenance runs (cleans registries, restarts a dead
+#: scheduler child), seconds.
+MAINTENANCE_INTERVAL_S = 30
 
 
 def run_worker(make_worker: Callable[[], Any], *, burst: bool,
@@ -40,8 +46,19 @@ def run_worker(make_worker: Callable[[], Any], *, burst: bool,
     SIGTERM/SIGINT while waiting, when not given)."""
     stop = stop or threading.Event()
     delay_s = RESTART_BASE_S
+    first = True
     while True:
         worker = make_worker()
+        # rq's maintenance also restarts a scheduler child that died (a Redis
+        # restart kills it): every 10 min by default, which stalls retries.
+        worker.maintenance_interval = MAINTENANCE_INTERVAL_S
+        if first and _registered_alive(worker):
+            # Under systemd a unit's previous life is gone when it starts again
+            # (SIGKILL, the watchdog): its registration outlives it by up to
+            # worker_ttl + 60 s, and rq refuses to start under the same name.
+            log.warning("clearing the registration %s left by a previous life", worker.key)
+            _forget(worker)
+        first = False
         failure: str
         try:
             worker.work(burst=burst, **work_options)
@@ -65,6 +82,15 @@ def _stop_was_requested(worker: Any) -> bool:
     warm shutdown sets the request date (and, during a job, the flag)."""
     return bool(getattr(worker, "_stop_requested", False)
                 or getattr(worker, "_shutdown_requested_date", None) is not None)
+
+
+def _registered_alive(worker: Any) -> bool:
+    """Whether a registration under ``worker``'s name says it is alive."""
+    try:
+        return bool(worker.connection.exists(worker.key)
+                    and not worker.connection.hexists(worker.key, "death"))
+    except redis.RedisError:
+        return False  # work() will meet the same error and be retried
 
 
 def _forget(worker: Any) -> None:

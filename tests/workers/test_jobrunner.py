@@ -68,6 +68,27 @@ def test_the_jobs_worker_waits_out_a_full_redis_and_a_restart(
         admin.close()
 
 
+def test_a_registration_left_by_a_killed_life_does_not_block_the_next(
+        pipeline_env: dict[str, str], redis_url: str, r: Any,
+        spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        first = spawn(["jobs", "worker", "--name", "killed-1"], env=pipeline_env,
+                      stdout=log_file)
+    wait_until(lambda: r.exists("rq:worker:killed-1"), proc=first, timeout_s=60)
+    first.kill()  # SIGKILL: no deregistration
+    first.wait()
+    assert r.exists("rq:worker:killed-1") and not r.hexists("rq:worker:killed-1", "death")
+    with log_path.open("ab") as log_file:
+        second = spawn(["jobs", "worker", "--name", "killed-1"], env=pipeline_env,
+                       stdout=log_file)
+    wait_until(lambda: "previous life" in log_path.read_text(), proc=second, timeout_s=60)
+    wait_until(lambda: "Listening on" in log_path.read_text().split("previous life", 1)[1],
+               proc=second, timeout_s=60)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+
+
 class _Worker:
     """Stands in for rq's Worker: ``outcomes`` say how each ``work`` ends."""
 
@@ -87,6 +108,9 @@ class _Worker:
 
     def delete(self, key: str) -> int:
         return 1
+
+    def exists(self, key: str) -> int:
+        return 0
 
     def srem(self, *_: Any) -> int:
         return 1
