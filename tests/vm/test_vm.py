@@ -90,6 +90,15 @@ EXPLAINED: dict[str, list[str]] = {
         r'"level":"ERROR","logger":"rq\.scheduler","msg":"Scheduler \[PID \d+\] raised an '
         r'exception.*redis\.exceptions\.(ConnectionError|BusyLoadingError)',
     ],
+    "jobs sigkill": [
+        r"^pricepipe-jobs-worker@1\.service: .*(Main process exited, code=killed, "
+        r"status=9/KILL|Failed with result 'signal')",
+        # The new life clears the registration the killed one left (workers.jobrunner).
+        r'"logger":"pricepipe\.workers\.jobrunner","msg":"clearing the registration '
+        r'[^"]* left by a previous life"',
+        # rq's scheduler child, orphaned by the kill, is stopped with the unit's cgroup.
+        r"^pricepipe-jobs-worker@1\.service: .*(Killing process|left-over process)",
+    ],
     "reboot": [],
     "drain": [],
 }
@@ -102,7 +111,8 @@ for _fault in ("sigkill", "redis restart", "reboot"):
     EXPLAINED[_fault].append(FELL_BEHIND)
 #: Restarts each fault explains; any other restart of a service is unexplained (with
 #: Restart=always a role that ends by itself is restarted, so only the count tells).
-RESTARTS = {"sigkill": {"pricepipe-persist@1.service": 1}}
+RESTARTS = {"sigkill": {"pricepipe-persist@1.service": 1},
+            "jobs sigkill": {"pricepipe-jobs-worker@1.service": 1}}
 
 
 @dataclass
@@ -312,12 +322,13 @@ def bulk_publish(name: str) -> str:
             f"--count {events} --seed {seed}")
 
 
-def wait_job_done(vm: Machine, function: str, *, timeout_s: float = 60.0) -> None:
-    """Until the jobs worker logged a job of ``function`` as done (rq's "Job OK")."""
+def wait_job_done(vm: Machine, call: str, *, timeout_s: float = 60.0) -> None:
+    """Until the jobs worker logged a job ``call`` (``function(args)`` as rq
+    logs it) as done (rq's "Job OK")."""
     deadline = time.monotonic() + timeout_s
     while True:
         lines = [message(e) for e in vm.journal("-u", "pricepipe-jobs-worker@1.service")]
-        ran = [i for i, line in enumerate(lines) if f"{function}()" in line]
+        ran = [i for i, line in enumerate(lines) if call in line]
         if ran and any("Job OK" in line for line in lines[ran[-1]:]):
             return
         assert time.monotonic() < deadline, "the job did not finish:\n" + "\n".join(lines[-20:])
@@ -370,7 +381,7 @@ def test_install_run_break_reboot_and_nothing_lost(machine: Machine, run: Run) -
         run.log("pricepipe status:\n" + status.stdout[-1500:])
         # A job, so that rq forks a work horse under systemd.
         vm.run(["pricepipe", "jobs", "enqueue", "partitions"], cwd="/root")
-        wait_job_done(vm, "maintain_partitions")
+        wait_job_done(vm, "maintain_partitions()")
     journal_window(vm, run, "steady")
 
     with run.phase("bulk publish, SIGKILL a persist worker meanwhile"):
@@ -388,6 +399,22 @@ def test_install_run_break_reboot_and_nothing_lost(machine: Machine, run: Run) -
         wait_active(vm, run)
         time.sleep(5)
     journal_window(vm, run, "sigkill")
+
+    with run.phase("SIGKILL the jobs worker"):
+        unit = "pricepipe-jobs-worker@1.service"
+        restarts = int(units_state(vm, [unit])[unit]["NRestarts"])
+        vm.run(["systemctl", "kill", "-s", "KILL", unit])
+        deadline = time.monotonic() + 60
+        while int(units_state(vm, [unit])[unit]["NRestarts"]) <= restarts:
+            assert time.monotonic() < deadline, "systemd did not restart the jobs worker"
+            time.sleep(0.5)
+        wait_active(vm, run)
+        # Its registration outlived it; the new life starts anyway and runs jobs.
+        vm.run(["pricepipe", "jobs", "enqueue", "partitions", "days_ahead=9"], cwd="/root")
+        wait_job_done(vm, "maintain_partitions(days_ahead=9)")
+        lines = [message(e) for e in vm.journal("-u", unit)]
+        assert any("left by a previous life" in line for line in lines), lines[-20:]
+    journal_window(vm, run, "jobs sigkill")
 
     with run.phase("restart Redis"):
         vm.run(["systemctl", "restart", "redis-server"])
