@@ -42,10 +42,12 @@ def setting(default: Any, help: str, *, secret: bool = False) -> Any:  # noqa: A
 
 
 def mask_url(url: str | None) -> str | None:
-    """Hide the password of ``scheme://user:password@host`` as ``****``."""
+    """Hide the password of ``scheme://user:password@host`` as ``****``, and
+    a ``password=`` query parameter (libpq and redis-py accept both)."""
     if url is None:
         return None
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1****@", url)
+    url = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1****@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1****", url)
 
 
 def _coerce(name: str, hint: Any, raw: str) -> Any:

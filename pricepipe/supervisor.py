@@ -9,9 +9,17 @@ restarting any that dies (as systemd would in production). It prints the
 URLs and a live one-line status; Ctrl-C (or SIGTERM) stops the children
 gracefully, then the servers.
 
-While it runs, ``<data_dir>/embedded.env`` holds the servers' URLs so that
-other ``pricepipe`` commands in another terminal (``status``, ``tail``) find
-them without configuration.
+While it runs, ``<data_dir>/embedded.env`` (mode 0600) holds the servers'
+admin URLs, passwords included, so that other ``pricepipe`` commands in
+another terminal (``status``, ``tail``) find them without configuration.
+
+The embedded servers require passwords, generated on the first run and kept
+in ``<data_dir>/secrets/`` (0700): Redis has one ACL user per role
+(:mod:`pricepipe.acl`) and each child connects as its own (the publisher as
+``pp-publisher``, the worker as ``pp-persist`` ...); PostgreSQL authenticates with
+SCRAM, and the API reads through a read-only login in ``pricepipe_reader``.
+Only migrations, the persist worker and this process's status line use the
+superuser: ``up`` keeps no separate writer role (deploy/sql/roles.sql does).
 """
 
 from __future__ import annotations
@@ -30,14 +38,14 @@ from typing import Any
 
 import redis
 
-from .config import EMBEDDED_ENV_FILE, DatabaseSettings, RedisSettings, RuntimeSettings
-from .keys import PERSIST_GROUP, PERSISTED, Keys
+from .acl import Role, acl_file, role_urls, user_name
+from .backlog import persisted_streams, read_backlog
+from .config import EMBEDDED_ENV_FILE, DatabaseSettings, RedisSettings, RuntimeSettings, mask_url
+from .keys import Keys
 
 log = logging.getLogger("pricepipe.up")
 
 DEFAULT_API_PORT = 8000
-#: Most entries counted one by one when Redis cannot tell a group's lag.
-LAG_SCAN_MAX = 100_000
 DEFAULT_WS_PORT = 8765
 
 
@@ -113,33 +121,13 @@ def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, i
     and quotes) from the groups' bookkeeping (Redis >= 7: ``entries-added``,
     ``entries-read``, ``lag``), so the status line costs no database query."""
     published = persisted = lag = 0
-    streams = [keys.stream(symbol, channel) for symbol in symbols for channel in PERSISTED]
-    pipe = r.pipeline(transaction=False)
-    for stream in streams:
-        pipe.xinfo_stream(stream)
-        pipe.xinfo_groups(stream)
-    replies = pipe.execute(raise_on_error=False)
-    for stream, info, groups in zip(streams, replies[::2], replies[1::2], strict=True):
-        if isinstance(info, Exception) or isinstance(groups, Exception):
-            continue
-        added = int(info.get("entries-added") or info.get("length") or 0)
-        published += added
-        for group in groups:
-            name = group["name"]
-            if (name.decode() if isinstance(name, bytes) else name) != PERSIST_GROUP:
-                continue
-            pending = int(group["pending"])
-            behind = group.get("lag")
-            if behind is None:
-                # Redis 7.0 forgets entries-read (so lag) when it reloads its
-                # AOF: count what follows the last delivered entry instead.
-                last = group["last-delivered-id"]
-                last = last.decode() if isinstance(last, bytes) else str(last)
-                behind = len(r.xrange(stream, min=f"({last}",
-                                      count=LAG_SCAN_MAX))
-            behind = int(behind)
-            persisted += max(added - behind - pending, 0)
-            lag += behind + pending
+    # Redis 7.0 forgets a group's lag when it reloads its AOF: the backlog
+    # reader then counts the entries after the last delivered one.
+    for stream in read_backlog(r, persisted_streams(keys, symbols), ages=False):
+        published += stream.added
+        if stream.grouped:
+            persisted += stream.acknowledged
+            lag += stream.waiting
     return published, persisted, lag
 
 
@@ -187,6 +175,39 @@ def postgres_dir(data_dir: Path) -> Path:
     return wanted
 
 
+#: Under ``<data_dir>``: the generated passwords (see :mod:`pricepipe.passwords`).
+SECRETS_DIR = "secrets"
+#: The read-only login the API uses under ``up``, in the group role of migration 0500.
+API_LOGIN = "pricepipe_api"
+READER_GROUP = "pricepipe_reader"
+
+#: The Redis user each child of ``up`` connects as.
+CHILD_ROLES = {"publisher": Role.PUBLISHER, "worker": Role.PERSIST, "ws": Role.WS,
+               "api": Role.API}
+
+
+def ensure_reader_login(conn: Any, login: str, password: str) -> None:
+    """Create (or update the password of) ``login``, a member of the
+    read-only group role, whose sessions are read-only by default too (as
+    deploy/sql/roles.sql makes the API's login). The server gets the SCRAM
+    verifier, never the password."""
+    from psycopg2 import sql
+
+    from .passwords import scram_verifier
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                            "PASSWORD %s").format(sql.Identifier(login)),
+                    (scram_verifier(password),))
+        cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READER_GROUP),
+                                                      sql.Identifier(login)))
+        cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+            sql.Identifier(login)))
+    conn.commit()
+
+
 @dataclass(frozen=True)
 class UpOptions:
     """What ``pricepipe up`` runs: servers (URLs unset: embedded ones) and the demo."""
@@ -212,6 +233,7 @@ class _Stop:
 
 
 def run_up(options: UpOptions) -> int:
+    from . import passwords
     from .connections import pg_connect, redis_client
     from .embedded import PostgresServer, RedisServer
     from .migrate import migrate
@@ -224,35 +246,64 @@ def run_up(options: UpOptions) -> int:
     logs_dir.mkdir(exist_ok=True)
     env_file = data_dir / EMBEDDED_ENV_FILE
 
+    secrets_dir = data_dir / SECRETS_DIR
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    secrets_dir.chmod(0o700)  # an older or hand-made one too
     servers: list[Any] = []
     children: list[Child] = []
+    #: Per child name, what its environment gets beside the shared one.
+    own_env: dict[str, dict[str, str]] = {name: {} for name in CHILD_ROLES}
     stop = _Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if not rs.url:
-            server = RedisServer(data_dir / "redis")
+            layout = rs.keys
+            redis_passwords = {Role(name): pw for name, pw in passwords.ensure(
+                secrets_dir / "redis", [role.value for role in Role]).items()}
+            server = RedisServer(
+                data_dir / "redis",
+                auth=(user_name(Role.ADMIN, layout), redis_passwords[Role.ADMIN]),
+                acl=acl_file(redis_passwords, layout))
             server.start()
             servers.append(server)
             rs = RedisSettings.from_env(url=server.url)
-            print(f"embedded redis-server  {server.url}  (data: {server.data_dir})")
+            urls = role_urls(server.url, redis_passwords, layout)
+            for name, role in CHILD_ROLES.items():
+                own_env[name]["PRICEPIPE_REDIS_URL"] = urls[role]
+            print(f"embedded redis-server  {mask_url(server.url)}  (data: {server.data_dir}; "
+                  f"a user per role, passwords in {secrets_dir / 'redis'})")
+        read_url: str | None = None
+        pg_passwords: dict[str, str] = {}
         if not ds.url:
-            pg = PostgresServer(postgres_dir(data_dir), database="pricepipe")
+            pg_passwords = passwords.ensure(secrets_dir / "postgres", ["postgres", "api"])
+            pg = PostgresServer(postgres_dir(data_dir), database="pricepipe",
+                                password=pg_passwords["postgres"])
             pg.start()
             servers.append(pg)
             ds = DatabaseSettings.from_env(url=pg.url)
-            print(f"embedded PostgreSQL    {pg.url}  (data: {pg.pgdata})")
+            read_url = pg.url_for("pricepipe", API_LOGIN, pg_passwords["api"])
+            print(f"embedded PostgreSQL    {mask_url(pg.url)}  (data: {pg.pgdata}; "
+                  f"passwords in {secrets_dir / 'postgres'})")
         redis_url, database_url = rs.require_url(), ds.require_url()
         if servers:
-            env_file.write_text(
-                f"PRICEPIPE_REDIS_URL={redis_url}\nPRICEPIPE_DATABASE_URL={database_url}\n")
+            lines = [f"PRICEPIPE_REDIS_URL={redis_url}", f"PRICEPIPE_DATABASE_URL={database_url}"]
+            passwords.write_private(env_file, "\n".join(lines) + "\n")
+            print(f"admin URLs             {env_file}  (passwords included, readable by you only)")
 
         conn = pg_connect(database_url, application_name="pricepipe-up")
         try:
             applied = migrate(conn)
+            if read_url is not None:
+                ensure_reader_login(conn, API_LOGIN, pg_passwords["api"])
         finally:
             conn.close()
         if applied:
             print(f"applied migrations {applied}")
+        if read_url is not None:
+            own_env["api"]["PRICEPIPE_DATABASE_READ_URL"] = read_url
+            # Empty means unset, and wins over embedded.env: no writer URL.
+            for name in ("publisher", "ws", "api"):
+                own_env[name]["PRICEPIPE_DATABASE_URL"] = ""
 
         api_port = pick_port(options.api_port, DEFAULT_API_PORT)
         ws_port = pick_port(options.ws_port, DEFAULT_WS_PORT)
@@ -274,7 +325,7 @@ def run_up(options: UpOptions) -> int:
             ("api", ["api", "--host", "127.0.0.1", "--port", str(api_port)]),
         ]
         for name, role_args in roles:
-            child = Child(name, role_args, env, logs_dir / f"{name}.log")
+            child = Child(name, role_args, {**env, **own_env[name]}, logs_dir / f"{name}.log")
             child.start()
             children.append(child)
 

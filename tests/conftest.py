@@ -11,6 +11,14 @@
   need their own (chaos, cluster), stopped at the end of the test.
 * ``spawn``: start a ``pricepipe`` subprocess; killed at the end of the test.
 * ``redis_cluster``: three Redis Cluster masters of private servers.
+* ``redis_role_urls``: the session Redis's URL for each role's ACL user.
+
+Every server requires a password, as a deployment's do: the session Redis
+has the ACL users of every role (:mod:`pricepipe.acl`) and its URLs are the
+admin's; private Redis servers have the same admin user and password (so one
+replicates from another as it is), PostgreSQL servers a SCRAM password for
+``postgres``. URLs carry the passwords, so tests use them as they are. (The
+cluster's nodes are the exception: see ``redis_cluster``.)
 
 Helpers that are not fixtures live in ``tests/helpers.py`` and each
 package's ``helpers.py``.
@@ -19,6 +27,7 @@ package's ``helpers.py``.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +42,7 @@ import pytest
 import redis
 from psycopg2 import sql
 
+from pricepipe.acl import Role, acl_file, role_urls, user_name
 from pricepipe.config import DatabaseSettings, RedisSettings
 from pricepipe.embedded import PostgresServer, RedisServer
 from pricepipe.keys import Keys
@@ -55,6 +65,12 @@ TEST_DB = "pricepipe_test"
 TEST_SHARDS = 4
 TEST_PREFIX = "pp"
 
+#: This run's passwords: one per Redis role (ADMIN's is every test Redis's
+#: admin password) and PostgreSQL's superuser's.
+REDIS_PASSWORDS = {role: secrets.token_urlsafe(16) for role in Role}
+REDIS_ADMIN = (user_name(Role.ADMIN, Keys(TEST_PREFIX)), REDIS_PASSWORDS[Role.ADMIN])
+PG_PASSWORD = secrets.token_urlsafe(16)
+
 
 def _reachable_tempdir(prefix: str) -> Path:
     # mkdtemp makes 0700 directories; PostgreSQL may run as another user
@@ -73,7 +89,8 @@ def servers_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(servers_dir / "redis")
+    server = RedisServer(servers_dir / "redis", auth=REDIS_ADMIN,
+                         acl=acl_file(REDIS_PASSWORDS, Keys(TEST_PREFIX)))
     server.start()
     yield server
     server.stop()
@@ -81,7 +98,8 @@ def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def pg_server(servers_dir: Path) -> Iterator[PostgresServer]:
-    server = PostgresServer(servers_dir / "pg", database=TEMPLATE_DB, fsync=False)
+    server = PostgresServer(servers_dir / "pg", database=TEMPLATE_DB, fsync=False,
+                            password=PG_PASSWORD)
     server.start()
     conn = psycopg2.connect(server.url_for(TEMPLATE_DB))
     try:
@@ -121,6 +139,20 @@ def database_url(pg_server: PostgresServer) -> str:
     if not pg_server.running:
         pg_server.start()
     return recreate_database(pg_server, TEST_DB)
+
+
+@pytest.fixture
+def redis_passwords() -> dict[Role, str]:
+    """This run's password of each role's Redis user (the admin's is every
+    test Redis's admin password): for a private server with every user,
+    ``make_redis_server(acl=acl_file(redis_passwords, keys))``."""
+    return dict(REDIS_PASSWORDS)
+
+
+@pytest.fixture
+def redis_role_urls(redis_url: str) -> dict[Role, str]:
+    """The (flushed) session Redis's URL for each role's user."""
+    return role_urls(redis_url, REDIS_PASSWORDS, Keys(TEST_PREFIX))
 
 
 @pytest.fixture
@@ -172,6 +204,7 @@ def make_redis_server() -> Iterator[Callable[..., RedisServer]]:
     started: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
+        kwargs.setdefault("auth", REDIS_ADMIN)
         server = RedisServer(_reachable_tempdir("pricepipe-redis-"), **kwargs)
         server.start()
         started.append(server)
@@ -189,6 +222,7 @@ def make_pg_server() -> Iterator[Callable[..., PostgresServer]]:
 
     def make(**kwargs: Any) -> PostgresServer:
         kwargs.setdefault("fsync", False)
+        kwargs.setdefault("password", PG_PASSWORD)
         server = PostgresServer(_reachable_tempdir("pricepipe-pg-"), **kwargs)
         server.start()
         conn = psycopg2.connect(server.url)
@@ -228,7 +262,10 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
 @pytest.fixture
 def redis_cluster(make_redis_server: Callable[..., RedisServer]) -> list[RedisServer]:
-    """Three Redis Cluster masters on loopback, slots spread by ``redis-cli --cluster create``."""
+    """Three Redis Cluster masters on loopback, slots spread by ``redis-cli --cluster create``.
+
+    Without authentication, unlike every other test server: the cluster
+    tests connect with ``redis.RedisCluster(host=..., port=...)``."""
     if shutil.which("redis-cli") is None:
         pytest.fail("redis-cli is needed to create the cluster (Debian package redis-tools)")
     taken: set[int] = set()
@@ -236,7 +273,7 @@ def redis_cluster(make_redis_server: Callable[..., RedisServer]) -> list[RedisSe
     for _ in range(3):
         port = cluster_port(taken)
         taken |= {port, port + CLUSTER_BUS_OFFSET}
-        nodes.append(make_redis_server(port=port, extra_args=(
+        nodes.append(make_redis_server(port=port, auth=None, extra_args=(
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",  # relative to the node's --dir
             "--cluster-node-timeout", "5000",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg2 import sql
 
+from pricepipe.acl import with_credentials
 from pricepipe.config import DatabaseSettings
 from pricepipe.events import Trade
 from tests.api.helpers import DAY0_US, insert_trades
 
 LOGIN = "pp_api_test_reader"
+PASSWORD = secrets.token_urlsafe(16)
 
 
 @pytest.fixture
@@ -26,7 +29,10 @@ def reader_url(database_url: str, db: Any) -> str:
         if cur.fetchone() is None:
             cur.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE pricepipe_reader").format(
                 sql.Identifier(LOGIN)))
-    return database_url.replace("postgres@", f"{LOGIN}@", 1)
+        # The test servers require passwords (SCRAM), as deployments do.
+        cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(LOGIN)),
+                    (PASSWORD,))
+    return with_credentials(database_url, LOGIN, PASSWORD)
 
 
 def test_reader_role_is_nologin_and_reads_but_cannot_write(db: Any, reader_url: str) -> None:

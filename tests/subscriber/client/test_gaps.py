@@ -175,7 +175,7 @@ def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
     proxy = TcpProxy(primary.port)
     to_primary = redis.Redis.from_url(primary.url)
     to_replica: Any = redis.Redis.from_url(replica.url)  # redis-py's sync/async union types
-    through = redis.Redis.from_url(proxy.url, socket_timeout=2)
+    through = redis.Redis.from_url(primary.url_at(proxy.port), socket_timeout=2)
     try:
         wait_until(lambda: to_replica.info("replication")["master_link_status"] == "up",
                    timeout_s=30)

@@ -59,7 +59,8 @@ def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
     link = TcpProxy(primary.port)  # the replication link, paused to make the replica lag
     replica = make_redis_server(extra_args=("--replicaof", "127.0.0.1", str(link.port)))
     proxy = TcpProxy(primary.port)  # the address the websocket server knows
-    settings = RedisSettings(url=proxy.url, prefix="pp", shards=4, socket_timeout_s=2)
+    settings = RedisSettings(url=primary.url_at(proxy.port), prefix="pp", shards=4,
+                             socket_timeout_s=2)
     to_primary = redis.Redis.from_url(primary.url)
     to_replica = redis.Redis.from_url(replica.url)
     try:
