@@ -3,7 +3,8 @@
 
 The client is its address as the proxy-headers middleware resolved it
 (``X-Forwarded-For`` believed only from ``PRICEPIPE_API_TRUSTED_PROXIES``),
-or its API key when it sends a valid ``X-API-Key``. Refusals are 429 with
+or its API key when it sends a valid ``X-API-Key``; a wrong key counts
+against its address, then is refused with 401. Refusals are 429 with
 ``Retry-After`` in whole seconds.
 
 When Redis cannot count, requests are let through (fail open) and counted
@@ -77,6 +78,11 @@ class RateLimiter:
         # Compare against every key, in constant time for each.
         return any([hmac.compare_digest(candidate, k) for k in self._keys])
 
+    @staticmethod
+    def address_identity(request: Request) -> str:
+        """What a request without a valid key is counted under: its address."""
+        return f"ip:{request.client.host if request.client else 'unknown'}"
+
     def identity(self, request: Request) -> tuple[str, list[RateLimitItem]]:
         """``(who, limits)`` of a request; raises 401 for a bad or missing key."""
         presented = request.headers.get(API_KEY_HEADER)
@@ -86,16 +92,28 @@ class RateLimiter:
             return f"key:{key_id(presented)}", self._per_key
         if self._key_required:
             raise HTTPException(401, f"this API needs an {API_KEY_HEADER} header")
-        address = request.client.host if request.client else "unknown"
-        return f"ip:{address}", self._per_address
+        return self.address_identity(request), self._per_address
 
     def check(self, request: Request) -> None:
         """Count the request; raise :class:`HTTPException` 401 or 429.
 
+        A request refused for its key (wrong or missing) counts against its
+        address's limit first, like any request without a valid key: guessing
+        keys is limited here too, not only by nginx, and once over the limit
+        the answer is 429 whether or not the key was right.
+
         Blocking (one Redis round trip per limit): call it from a thread,
         as FastAPI does for a sync dependency.
         """
-        who, items = self.identity(request)
+        try:
+            who, items = self.identity(request)
+        except HTTPException:
+            self._count(self.address_identity(request), self._per_address)
+            raise
+        self._count(who, items)
+
+    def _count(self, who: str, items: list[RateLimitItem]) -> None:
+        """Hit every limit of ``who``; raise 429 at the first one exceeded."""
         if self._limiter is None:
             return
         for item in items:

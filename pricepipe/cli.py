@@ -22,18 +22,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from .config import Settings, environment
 from .exceptions import PricepipeError
 from .flags import add_server_flags, database_settings, redis_settings, runtime_settings
-from .logs import setup_logging
+from .logs import configured_secrets, setup_logging
 
 log = logging.getLogger("pricepipe")
 
 #: Packages adding subcommands, each through its ``cli.py`` (imported lazily,
-#: when the parser is built): the four roles, then the benchmarks.
+#: when the parser is built): the four roles, the core's ``redis-acl``, then
+#: the benchmarks.
 COMMAND_MODULES = (
     "pricepipe.publisher.cli", "pricepipe.workers.cli", "pricepipe.subscriber.cli",
-    "pricepipe.api.cli", "pricepipe.bench.cli",
+    "pricepipe.api.cli", "pricepipe.aclcli", "pricepipe.bench.cli",
 )
 
 #: Modules with a ``SETTINGS`` tuple, listed by ``pricepipe config`` in this order.
@@ -169,7 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     runtime = runtime_settings(args)
-    setup_logging(runtime.log_level, json=runtime.log_json)
+    # Every configured secret, masked in every log line (pricepipe.logs).
+    setup_logging(runtime.log_level, json=runtime.log_json, secrets=configured_secrets(
+        environment(data_dir=args.data_dir), all_settings(),
+        values=[v for v in vars(args).values() if isinstance(v, str)]))
     try:
         code: Any = args.func(args)
     except PricepipeError as exc:

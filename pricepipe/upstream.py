@@ -38,6 +38,7 @@ from urllib3.util.retry import Retry
 from .budget import Budget
 from .codec import decode_json
 from .exceptions import BadResponseError, BudgetExhaustedError, DecodeError, UpstreamError
+from .logs import register_secrets
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -131,6 +132,8 @@ class Upstream:
         self.session.headers.update({"Accept": "application/json", **(headers or {})})
         self._redactor: RedactingFilter | None = None
         if any(secrets):
+            # Masked in every log line (pricepipe.logs), not only urllib3's below.
+            register_secrets(secrets)
             self._redactor = RedactingFilter(secrets)
             for name in URL_LOGGERS:
                 logging.getLogger(name).addFilter(self._redactor)

@@ -2,7 +2,8 @@
 so that tests and several publishers in one process do not mix counts.
 
 ``pricepipe publish --metrics-port P`` serves them in the Prometheus text
-format; the periodic log line reports the main ones.
+format, on 127.0.0.1 unless ``PRICEPIPE_PUBLISHER_METRICS_HOST`` says
+otherwise; the periodic log line reports the main ones.
 """
 
 from __future__ import annotations

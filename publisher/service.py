@@ -46,7 +46,8 @@ def run(settings: PublisherSettings, redis_settings: RedisSettings, *,
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, registry=metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host,
+                          registry=metrics.registry)
     stop = StopRequest().install()
     r = redis_client(redis_settings)
     try:

@@ -68,6 +68,9 @@ class PublisherSettings(Settings):
     # Observability
     log_interval_s: float = setting(10.0, "Seconds between progress log lines")
     metrics_port: int | None = setting(None, "Serve Prometheus metrics on this port")
+    metrics_host: str = setting(
+        "127.0.0.1", "Address the metrics port listens on (loopback: Prometheus scrapes it "
+        "locally; 0.0.0.0 or :: exposes the counters to the network)")
 
     def __post_init__(self) -> None:
         Policy.parse(self.backpressure)

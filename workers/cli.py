@@ -68,7 +68,8 @@ def _cmd_persist(args: argparse.Namespace) -> int:
     from .sink import EventSink
 
     settings = WorkerSettings.from_env(batch_size=args.batch_size,
-                                       claim_idle_ms=args.claim_idle_ms)
+                                       claim_idle_ms=args.claim_idle_ms,
+                                       metrics_port=args.metrics_port)
     rs = redis_settings(args)
     database_url = database_settings(args).require_url()
     r = redis_client(rs)
@@ -84,6 +85,10 @@ def _cmd_persist(args: argparse.Namespace) -> int:
                          partition_lock_timeout_ms=settings.partition_lock_timeout_ms),
             GroupConsumer(r, keys, name), settings, burst=args.burst, stop=stop,
             final_pass=final_pass)
+        if settings.metrics_port is not None:
+            from .metrics import serve_metrics
+
+            serve_metrics(worker, host=settings.metrics_host, port=settings.metrics_port)
         code = worker.run(install_signals=False)
         if args.burst:
             stats = worker.stats
@@ -234,6 +239,7 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
     from pricepipe.connections import redis_client
     from pricepipe.flags import redis_settings
 
+    from .jobqueue import WORKER_OPTIONS
     from .jobrunner import run_worker
     from .jobs import QUEUES
 
@@ -255,9 +261,10 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
             # rq heartbeats every worker_ttl - 15 s while idle (405 s by default) and
             # every job_monitoring_interval s (30) while a job runs: both must stay well
             # under the unit's WatchdogSec=30, or systemd kills a healthy idle worker.
+            # WORKER_OPTIONS: JSON jobs, and only pricepipe's job functions run.
             return NotifyingWorker(queues, connection=r, name=args.name,
                                    worker_ttl=WATCHDOG_WORKER_TTL_S,
-                                   job_monitoring_interval=WATCHDOG_PING_S)
+                                   job_monitoring_interval=WATCHDOG_PING_S, **WORKER_OPTIONS)
 
         notify.ready(f"rq worker on {', '.join(queues)}")
         # with_scheduler: moves jobs waiting for a Retry interval back to their queue.
@@ -269,15 +276,14 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
-    from rq.cron import CronScheduler
-
     from pricepipe import notify
     from pricepipe.connections import redis_client
     from pricepipe.flags import redis_settings
 
+    from .jobqueue import JsonCronScheduler
     from .schedule import install
 
-    class NotifyingScheduler(CronScheduler):
+    class NotifyingScheduler(JsonCronScheduler):
         def heartbeat(self) -> None:
             notify.watchdog()
             super().heartbeat()
@@ -498,6 +504,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--claim-idle-ms", type=int, default=None,
                    help="claim other consumers' entries pending this long "
                         "(env PRICEPIPE_WORKER_CLAIM_IDLE_MS)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port, on loopback "
+                        "(env PRICEPIPE_WORKER_METRICS_PORT, _METRICS_HOST)")
     p.set_defaults(func=_cmd_persist)
 
     p = subparsers.add_parser("dlq", help="dead letters: entries that could not be persisted")

@@ -6,6 +6,9 @@ process (``pricepipe jobs worker``) and read their connection settings from
 its environment (``PRICEPIPE_DATABASE_URL`` ...), never from the job's
 arguments, so no password is ever stored in Redis.
 
+Jobs are JSON, and workers run only the functions named here and in the
+schedule (:mod:`.jobqueue`): no pickle, so writing to Redis is not running code.
+
 Failures are retried with rq's :class:`rq.Retry` (``PRICEPIPE_JOBS_RETRY_*``)
 and, once retries are exhausted, stay in the queue's failed-job registry,
 which ``pricepipe status`` counts.
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rq.serializers import JSONSerializer
+
 from pricepipe.clock import now_us
 from pricepipe.config import DatabaseSettings
 from pricepipe.connections import pg_connect
@@ -25,6 +30,10 @@ from pricepipe.connections import pg_connect
 from .settings import JobsSettings
 
 log = logging.getLogger(__name__)
+
+#: The serializer of every pricepipe rq queue, worker and scheduler: rq's JSON
+#: one, never its default pickle (see :mod:`.jobqueue` for what workers run).
+SERIALIZER = JSONSerializer
 
 #: Short queue names; the Redis name is ``keys.rq_queue(name)``.
 MAINTENANCE = "maintenance"
@@ -221,12 +230,16 @@ def retry_policy(settings: JobsSettings | None = None) -> Any:
 
 def enqueue(r: Any, queue_name: str, func: str, *, kwargs: dict[str, Any] | None = None,
             settings: JobsSettings | None = None) -> Any:
-    """Enqueue ``func`` (dotted path) on the rq queue ``queue_name`` with the
-    retry policy and timeout of the settings. Returns the rq job."""
+    """Enqueue ``func`` (dotted path, one of pricepipe's jobs: a worker refuses
+    any other) on the rq queue ``queue_name`` with the retry policy and timeout
+    of the settings. Returns the rq job.
+
+    The job is JSON (:data:`SERIALIZER`): ``kwargs`` must be JSON values, else
+    ``TypeError``."""
     from rq import Queue
 
     s = settings or JobsSettings.from_env()
-    return Queue(queue_name, connection=r).enqueue(
+    return Queue(queue_name, connection=r, serializer=SERIALIZER).enqueue(
         func, kwargs=kwargs or {}, retry=retry_policy(s), job_timeout=s.job_timeout_s,
         failure_ttl=7 * 86_400)
 

@@ -180,6 +180,12 @@ class PersistWorker:
         self._writer_error: BaseException | None = None
         self._abandoned = False
 
+    def refusal_episodes(self) -> dict[str, Episode]:
+        """The kinds of write a full Redis may refuse this worker, by name
+        (``heartbeat``, ``dead_letters``, ``bars``), for its metrics."""
+        return {"heartbeat": self._heartbeat_refusals, "dead_letters": self._letter_refusals,
+                "bars": self.feed.refusals}
+
     # Life cycle
 
     def run(self, *, install_signals: bool = True) -> int:

@@ -1,5 +1,6 @@
 """The cron schedule of pricepipe's rq jobs, run by ``pricepipe jobs scheduler``
-(rq's :class:`rq.cron.CronScheduler`).
+(rq's :class:`rq.cron.CronScheduler` as
+:class:`~pricepipe.workers.jobqueue.JsonCronScheduler`, which enqueues JSON jobs).
 
 Each entry names a job function by its dotted path (so a role can schedule
 its own job here without this package importing that role) and its queue
@@ -46,7 +47,9 @@ SCHEDULE: tuple[Scheduled, ...] = (
 
 
 def install(scheduler: Any, keys: Keys, schedule: tuple[Scheduled, ...] = SCHEDULE) -> list[Any]:
-    """Register ``schedule`` on an rq ``CronScheduler``; returns its cron jobs."""
+    """Register ``schedule`` on a :class:`~pricepipe.workers.jobqueue.JsonCronScheduler`
+    (a plain rq ``CronScheduler`` would enqueue pickles, which the workers
+    refuse); returns its cron jobs. Every ``kwargs`` must be JSON values."""
     from .jobs import run_with_retry
 
     out = []

@@ -61,6 +61,10 @@ class WorkerSettings(Settings):
     consumer_expiry_s: int = setting(
         86_400, "Consumers idle this long with nothing pending are removed from the group, "
         "seconds")
+    # Observability
+    metrics_port: int | None = setting(
+        None, "Serve the worker's Prometheus metrics on this port (one per worker); unset: none")
+    metrics_host: str = setting("127.0.0.1", "Address the worker's metrics endpoint listens on")
     # The bars stream
     bars_final_grace_ms: int = setting(
         2000, "A minute's bar is published final this long after the minute ended "

@@ -24,3 +24,10 @@ def install(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def nginx_binary() -> str | None:
     return os.environ.get("PRICEPIPE_TEST_NGINX") or shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+def locations_snippet(access_log: Path) -> str:
+    """deploy/nginx/pricepipe-locations.conf with its access log at ``access_log``
+    (the installed path, /var/log/nginx, is not writable in a test)."""
+    return ((DEPLOY / "nginx" / "pricepipe-locations.conf").read_text()
+            .replace("/var/log/nginx/access.log", str(access_log)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import DEPLOY, INSTALL, install, nginx_binary
+from .helpers import DEPLOY, INSTALL, install, locations_snippet, nginx_binary
 
 
 def test_shellcheck_clean() -> None:
@@ -173,7 +173,8 @@ def test_nginx_site(tmp_path: Path, tls: bool) -> None:
     if nginx is None:
         return  # the rendering is checked above; `nginx -t` needs the binary
     (tmp_path / "snippets").mkdir()
-    shutil.copy(DEPLOY / "nginx" / "pricepipe-locations.conf", tmp_path / "snippets")
+    (tmp_path / "snippets" / "pricepipe-locations.conf").write_text(
+        locations_snippet(tmp_path / "access.log"))
     (tmp_path / "site.conf").write_text(site)
     if tls:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 from pricepipe.embedded import free_port
 from tests.helpers import wait_http
 
-from .helpers import DEPLOY, install, nginx_binary
+from .helpers import install, locations_snippet, nginx_binary
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 WAIT_S = 60.0
@@ -60,8 +60,9 @@ def test_site_proxies_websockets_and_api(tmp_path: Path, pipeline_env: dict[str,
     site = re.sub(r"listen \[::\]:80 default_server;\n", "", site)
     site = site.replace("listen 80 default_server;", f"listen 127.0.0.1:{public_port};")
     (tmp_path / "snippets").mkdir()
+    access_log = tmp_path / "access.log"
     (tmp_path / "snippets" / "pricepipe-locations.conf").write_text(
-        (DEPLOY / "nginx" / "pricepipe-locations.conf").read_text())
+        locations_snippet(access_log))
     (tmp_path / "site.conf").write_text(site)
     temp_paths = "".join(f"{kind}_temp_path {tmp_path}/{kind}; " for kind in
                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -114,6 +115,12 @@ def test_site_proxies_websockets_and_api(tmp_path: Path, pipeline_env: dict[str,
             with pytest.raises(InvalidStatus) as refused:
                 connect(f"ws://127.0.0.1:{public_port}/ws", open_timeout=10)
             assert refused.value.response.status_code == 429
+        # A token in the URL is refused by the servers, and never logged by nginx.
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{public_port}/ws?token=s3cr3t-in-url", open_timeout=10)
+        assert refused.value.response.status_code == 400
+        logged = access_log.read_text()
+        assert '"GET /ws HTTP/1.1" 400' in logged and "s3cr3t" not in logged, logged[-500:]
     finally:
         proxy.terminate()
         proxy.wait(30)

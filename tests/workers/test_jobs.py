@@ -14,14 +14,13 @@ from typing import Any
 import orjson
 import pytest
 from psycopg2 import sql
-from rq import Queue, SimpleWorker
-from rq.cron import CronScheduler
+from rq import SimpleWorker
 
 from pricepipe.clock import datetime_to_us, format_us, utcnow
 from pricepipe.events import Quote
 from pricepipe.keys import Keys
 from pricepipe.status import job_stats
-from pricepipe.workers import jobs, partitions, rollup, schedule
+from pricepipe.workers import jobqueue, jobs, partitions, rollup, schedule
 from pricepipe.workers.backfill import entry_id_for, rows_of
 from pricepipe.workers.history import GBMHistory
 from pricepipe.workers.persister import PersistWorker
@@ -103,8 +102,8 @@ def job_env(monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str) 
 
 
 def _work(r: Any, keys: Keys) -> None:
-    queues = [Queue(keys.rq_queue(q), connection=r) for q in jobs.QUEUES]
-    SimpleWorker(queues, connection=r).work(burst=True)
+    queues = [jobqueue.queue(keys.rq_queue(q), r) for q in jobs.QUEUES]
+    SimpleWorker(queues, connection=r, **jobqueue.WORKER_OPTIONS).work(burst=True)
 
 
 def test_scheduled_jobs_run_through_rq(job_env: None, r: Any, keys: Keys, db: Any,
@@ -120,7 +119,7 @@ def test_scheduled_jobs_run_through_rq(job_env: None, r: Any, keys: Keys, db: An
     run_worker()
     with db.cursor() as cur:
         cur.execute("UPDATE bars_1m SET high = high + 1")
-    scheduler = CronScheduler(connection=r)
+    scheduler = jobqueue.JsonCronScheduler(connection=r)
     cron_jobs = schedule.install(scheduler, keys)
     assert {j.name for j in cron_jobs} == {"partitions", "retention", "bars-verify",
                                            "instruments"}

@@ -135,10 +135,10 @@ def test_jobs_worker_command_runs_enqueued_jobs(
 def test_jobs_scheduler_enqueues_the_schedule_and_stops_on_sigterm(
         r: Any, keys: Keys, jobs_env: dict[str, str],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    from rq import Queue
+    from pricepipe.workers.jobqueue import queue as job_queue
 
     proc = spawn(["jobs", "scheduler", "--name", "sched-test"], env=jobs_env)
-    queue = Queue(keys.rq_queue("maintenance"), connection=r)
+    queue = job_queue(keys.rq_queue("maintenance"), r)  # reads JSON jobs only
     wait_until(lambda: queue.count >= 4, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0].decode()

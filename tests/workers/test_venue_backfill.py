@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from pricepipe import sources
 from pricepipe.clock import format_us, now_us
 from pricepipe.exceptions import UpstreamError
 from pricepipe.keys import Keys
 from pricepipe.upstream import HttpOptions
-from pricepipe.workers import jobs
+from pricepipe.workers import jobqueue, jobs
 from pricepipe.workers.backfill import CANDLE_ENTRY, run_venue_backfill
 from tests.publisher.fake_upstream import FakeUpstream
 
@@ -194,9 +194,9 @@ def test_a_venue_backfill_runs_as_an_rq_job(
                         ("PRICEPIPE_REDIS_URL", redis_url),
                         ("PRICEPIPE_COINBASE_BASE_URL", venue_rest.url)):
         monkeypatch.setenv(name, value)
-    queue = Queue(keys.rq_queue(jobs.BULK), connection=r)
+    queue = jobqueue.queue(keys.rq_queue(jobs.BULK), r)
     (job,) = queue.jobs
-    SimpleWorker([queue], connection=r).work(burst=True)
+    SimpleWorker([queue], connection=r, **jobqueue.WORKER_OPTIONS).work(burst=True)
     job.refresh()
     result = job.latest_result()
     assert job.is_finished, result.exc_string if result is not None else job

@@ -293,12 +293,14 @@ def test_token_auth(redis_settings: RedisSettings, r: redis.Redis, keys: Keys) -
                 assert await recv_json(ws) == {"type": "auth_ok", "req": 1}
                 await ws.send('{"op":"subscribe","symbols":["AAPL"]}')
                 await recv_type(ws, "subscribed")
-            async with connect(url + "?token=other") as ws:  # token in the URL
-                assert (await recv_json(ws))["auth_required"] is False
+            # A token in the URL is refused, right or wrong (test_access.py).
+            with pytest.raises(InvalidStatus) as info:
+                await connect(url + "?token=other")
+            assert info.value.response.status_code == 400
             async with connect(url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
                 assert (await recv_json(ws))["auth_required"] is False
             with pytest.raises(InvalidStatus) as info:
-                await connect(url + "?token=wrong")
+                await connect(url, additional_headers={"Authorization": "Bearer wrong"})
             assert info.value.response.status_code == 401
             async with connect(url) as ws:  # wrong token
                 await recv_json(ws)
