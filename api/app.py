@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from pricepipe.config import DatabaseSettings, RedisSettings
 
-from . import dashboard, errors, routes
+from . import dashboard, errors, feeds, routes
 from .metrics import Metrics, MetricsMiddleware
 from .pool import ReadPool
 from .ratelimit import RateLimiter, redis_storage
@@ -65,9 +65,11 @@ def create_app(
             on_refused=metrics.rate_limited.inc, on_error=metrics.rate_limit_errors.inc,
         )
         app.state.services = Services(settings, keys, r, pool, limiter, metrics)
+        metrics.watch_pipeline(r, keys)
         try:
             yield
         finally:
+            metrics.unwatch_pipeline()
             app.state.services = None
             pool.close()
             r.close()
@@ -83,6 +85,7 @@ def create_app(
     )
     errors.install(app)
     app.include_router(routes.build_router(settings, [Depends(_rate_limit)]))
+    app.include_router(feeds.build_router(settings, [Depends(_rate_limit)]))
     app.include_router(routes.build_ops_router(metrics))
     dashboard.install(app, settings)
     # Outermost first: the client address is resolved before anything counts it.

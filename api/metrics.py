@@ -5,6 +5,11 @@ not the concrete path) so that the number of series stays bounded whatever
 clients send; requests that match no route share the label ``unmatched``.
 Each app has its own registry, so several apps in one process (tests) do
 not collide.
+
+Once the app has its Redis client, :meth:`Metrics.watch_pipeline` adds the
+pipeline's Redis-side state (persist backlog, dead letters, heartbeats,
+Redis memory, feed states: :mod:`pricepipe.pipelinemetrics`) to the same
+``/metrics``: the API runs on every VM, so these outlive any other role.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+
+from pricepipe.keys import Keys
+from pricepipe.pipelinemetrics import PipelineCollector
 
 #: Seconds; from a cached quote (ms) to a year of CSV (minutes).
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -42,6 +50,20 @@ class Metrics:
         self.rate_limit_errors = Counter(
             "pricepipe_api_rate_limit_errors",
             "Requests let through unchecked because Redis failed", registry=self.registry)
+        self._pipeline: PipelineCollector | None = None
+
+    def watch_pipeline(self, r: Any, keys: Keys) -> None:
+        """Export the pipeline's state read from ``r`` at each scrape (see
+        :class:`~pricepipe.pipelinemetrics.PipelineCollector`); reads nothing now."""
+        self.unwatch_pipeline()
+        self._pipeline = PipelineCollector(r, keys)
+        self.registry.register(self._pipeline)
+
+    def unwatch_pipeline(self) -> None:
+        """Stop exporting the pipeline's state (before its Redis client closes)."""
+        if self._pipeline is not None:
+            self.registry.unregister(self._pipeline)
+            self._pipeline = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -554,22 +554,39 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
 def build_ops_router(metrics: Metrics) -> APIRouter:
     """``/healthz`` and ``/metrics``: not rate limited, not versioned."""
     router = APIRouter()
+    # The last failure logged per server: each outage (or change of error) is
+    # logged once, not on every probe.
+    logged: dict[str, str | None] = {"redis": None, "database": None}
+
+    def down(report: dict[str, str], server: str, exc: BaseException) -> None:
+        # A fixed reason in the answer: the driver's text (host names, ports,
+        # user names, configuration hints) is for the log, not for any caller.
+        report[server] = "unreachable"
+        detail = f"{type(exc).__name__}: {str(exc).strip()}"
+        if logged[server] != detail:
+            log.warning("healthz: %s unreachable: %s", server, detail)
+            logged[server] = detail
 
     @router.get("/healthz", response_model=HealthOut,
                 responses={503: {"model": HealthOut, "description": "A dependency is down"}},
                 summary="Liveness of the API and its servers")
     def healthz(svc: ServicesDep) -> Response:
-        """200 when Redis and PostgreSQL answer, else 503 naming the failure."""
+        """200 when Redis and PostgreSQL answer, else 503 with ``"unreachable"``
+        for the one that does not (the error itself is logged)."""
         report = {"status": "ok", "redis": "ok", "database": "ok"}
         try:
             svc.redis.ping()
         except (redis.RedisError, OSError) as exc:
-            report["redis"] = f"unreachable: {exc}"
+            down(report, "redis", exc)
         try:
             with svc.pool.connection() as conn:
                 queries.ping(conn)
         except (psycopg2.Error, PricepipeError) as exc:
-            report["database"] = f"unreachable: {str(exc).strip()}"
+            down(report, "database", exc)
+        for server in logged:
+            if report[server] == "ok" and logged[server] is not None:
+                log.info("healthz: %s reachable again", server)
+                logged[server] = None
         healthy = report["redis"] == "ok" and report["database"] == "ok"
         if not healthy:
             report["status"] = "unavailable"

@@ -15,6 +15,7 @@ from limits import parse_many
 
 from pricepipe.config import Settings, setting
 from pricepipe.exceptions import ConfigError
+from pricepipe.feedstatus import STALE_AFTER_S
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -54,6 +55,9 @@ class ApiSettings(Settings):
     max_bars: int = setting(100_000, "Most bars one query may return")
     max_quote_symbols: int = setting(100, "Most symbols in one /v1/quotes request")
     max_gbm_periods: int = setting(100_000, "Most periods of /v1/simulate/gbm")
+    feed_stale_after_s: float = setting(
+        STALE_AFTER_S, "/v1/feeds shows a feed stale when it has not rewritten its state for "
+        "this long (its process is gone, hung or cut off from Redis), seconds")
 
     # Timeouts
     pool_wait_s: float = setting(5.0, "How long a request waits for a free database connection")
@@ -76,6 +80,8 @@ class ApiSettings(Settings):
                 ) from exc
         if not 1 <= self.default_page_rows <= self.max_page_rows:
             raise ConfigError("PRICEPIPE_API_DEFAULT_PAGE_ROWS must be 1..MAX_PAGE_ROWS")
+        if not self.feed_stale_after_s > 0:
+            raise ConfigError(f"{self.env_name('feed_stale_after_s')} must be positive")
         for name in ("max_range_days", "max_bars", "max_quote_symbols", "max_gbm_periods",
                      "csv_chunk_bytes"):
             if getattr(self, name) < 1:

@@ -39,7 +39,7 @@ since the feed started.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -217,3 +217,127 @@ def decode_state(value: bytes | str) -> dict[str, Any]:
     if not isinstance(counts, dict):
         raise DecodeError("feed state without counts")
     return obj
+
+
+# --- what readers show (the HTTP API's /v1/feeds, the websocket's status snapshot) -----------
+
+#: A feed whose state was last rewritten longer ago than this is shown
+#: ``stale`` by readers (:func:`feed_views`): its process stopped writing
+#: (killed, hung, or cut off from Redis), so what the state says is no longer
+#: known to be true. A running feed rewrites its state on every change and
+#: every ``PRICEPIPE_FEED_STATE_INTERVAL_S`` (1 s by default) besides.
+STALE_AFTER_S = 10.0
+
+#: Readers look for a feed's open gaps (:func:`open_gaps`) among this many
+#: newest status events: a feed repairs a gap in seconds, writing a handful
+#: of events meanwhile, so a gap detected before them is closed or stuck.
+OPEN_GAP_WINDOW = 1000
+
+#: ``stale_reason`` of a feed shown stale: it said so itself (a connection
+#: fell silent and is being replaced)...
+STALE_REPORTED = "reported"
+#: ...or it has not rewritten its state for ``stale_after_s``.
+STALE_NO_UPDATE = "no_update"
+
+
+def open_gaps(events: Iterable[tuple[str, FeedStatus]]) -> dict[str, list[dict[str, Any]]]:
+    """Per feed, the gaps detected and not closed yet among ``events``
+    (``(entry_id, status)``, oldest first), in the order detected: each
+    ``{"symbol", "first_id", "last_id", "since_us", "since", "id"}``.
+
+    A feed repairs one gap per symbol at a time and closes every gap it
+    detects with ``gap_repaired``, ``gap_unrepairable`` or both (a partial
+    repair), so a symbol has an open gap exactly when its last gap event is
+    ``gap_detected``. A feed's ``disconnected`` with reason ``stop`` closes
+    its open gaps too: a stop drops the repairs in flight, and the next start
+    repairs from the stream's last trade (and reports what it finds). Only
+    what ``events`` hold is seen: a gap detected before the oldest of them
+    and still open is missed."""
+    last: dict[tuple[str, str | None], tuple[str, FeedStatus] | None] = {}
+    for entry_id, status in events:
+        kind = status.kind
+        if kind is FeedEvent.GAP_DETECTED:
+            last.pop((status.feed, status.symbol), None)  # re-inserted: detection order
+            last[(status.feed, status.symbol)] = (entry_id, status)
+        elif kind is FeedEvent.GAP_REPAIRED or kind is FeedEvent.GAP_UNREPAIRABLE:
+            last[(status.feed, status.symbol)] = None
+        elif kind is FeedEvent.DISCONNECTED and status.reason == "stop":
+            for key in [key for key in last if key[0] == status.feed]:
+                last[key] = None
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (feed, symbol), found in last.items():
+        if found is not None:
+            entry_id, status = found
+            out.setdefault(feed, []).append({
+                "symbol": symbol, "first_id": status.first_id, "last_id": status.last_id,
+                "since_us": status.ts_us, "since": format_us(status.ts_us), "id": entry_id})
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _iso(value: Any) -> str | None:
+    return format_us(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def feed_view(state: Mapping[str, Any], *, now_us: int, stale_after_s: float = STALE_AFTER_S,
+              gaps: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """A feed's state (:func:`decode_state`'s) as readers show it: every key
+    of the state, ``state`` being what the feed is *shown* as, plus
+    ``reported_state`` (as the feed last wrote it), ``stale_reason`` (None,
+    :data:`STALE_REPORTED` or :data:`STALE_NO_UPDATE`), ``age_s`` (seconds
+    since the feed last rewrote it, None if it never said), ``since``,
+    ``last_message`` and ``updated`` (the ``*_us`` times as ISO-8601, or
+    None) and ``open_gaps`` (``gaps``, see :func:`open_gaps`).
+
+    The rule: a feed that is not ``stopped`` and has not rewritten its state
+    for more than ``stale_after_s`` (or never said when) is shown ``stale``,
+    whatever it last said; a ``stopped`` feed stays ``stopped`` (it is not
+    expected to write)."""
+    reported = str(state["state"])
+    updated_us = state.get("updated_us")
+    age_s = (max(now_us - updated_us, 0) / 1e6
+             if isinstance(updated_us, int) and not isinstance(updated_us, bool) else None)
+    shown, why = reported, None
+    if reported == FeedState.STALE:
+        why = STALE_REPORTED
+    elif reported != FeedState.STOPPED and (age_s is None or age_s > stale_after_s):
+        shown, why = str(FeedState.STALE), STALE_NO_UPDATE
+    view = dict(state)
+    view.update(state=shown, reported_state=reported, stale_reason=why, age_s=age_s,
+                since=_iso(state.get("since_us")), last_message=_iso(state.get("last_message_us")),
+                updated=_iso(updated_us), open_gaps=[dict(gap) for gap in gaps])
+    return view
+
+
+def feed_views(states: Mapping[Any, Any], recent: Iterable[tuple[Any, Any]], *, now_us: int,
+               stale_after_s: float = STALE_AFTER_S
+               ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every feed as readers show it (:func:`feed_view`), sorted by name,
+    from Redis's replies: ``states`` the state hash (``HGETALL``), ``recent``
+    status entries ``(entry_id, fields)`` oldest first (an ``XRANGE``, or an
+    ``XREVRANGE`` reversed) for :func:`open_gaps`. Also ``errors``: feed
+    name -> why its state could not be read (it is left out); unreadable
+    status entries are skipped."""
+    events: list[tuple[str, FeedStatus]] = []
+    for entry_id, fields in recent:
+        try:
+            events.append((_text(entry_id), decode_status(fields)))
+        except DecodeError:
+            continue
+    gaps = open_gaps(events)
+    views: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for raw_name, value in states.items():
+        name = _text(raw_name)
+        try:
+            state = decode_state(value)
+        except DecodeError as exc:
+            errors[name] = str(exc)
+            continue
+        views.append(feed_view(state, now_us=now_us, stale_after_s=stale_after_s,
+                               gaps=gaps.get(state["feed"], ())))
+    views.sort(key=lambda view: str(view["feed"]))
+    return views, errors

@@ -7,6 +7,13 @@
 //
 // Websocket URL, first match wins: ?ws=<url> in the page address, the API's
 // PRICEPIPE_API_WS_URL (served as /config.js), ws(s)://<this host>/ws.
+//
+// A websocket token never travels in a URL (nginx, proxies and browser
+// history record URLs; a page address also leaks through Referer): when the
+// server's hello says auth_required, the page asks for the token once per tab,
+// keeps it in sessionStorage (gone with the tab) and sends it in the protocol's
+// {"op": "auth"} message before subscribing. A ?token= in the page address
+// (an old link) is removed from the address and not used.
 "use strict";
 
 (function () {
@@ -25,14 +32,62 @@
   let socket = null;
   let reconnectDelayMs = 500;
   let nextReq = 1;
+  let wsReady = false;               // hello seen and, if asked, auth_ok: may subscribe
+  let tokenRefused = false;          // no token given: stop reconnecting until a reload
   const received = { trades: 0, quotes: 0 };
 
   function wsUrl() {
-    let url = params.get("ws") || config.wsUrl ||
+    return params.get("ws") || config.wsUrl ||
       `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-    const token = params.get("token");
-    if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-    return url;
+  }
+
+  // --- websocket auth (the token in the auth message, never in a URL) -------------------------
+
+  const TOKEN_KEY = "pricepipe.wsToken";
+
+  function storedToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+  }
+
+  function storeToken(token) {
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch { /* storage disabled: asked again on the next connection */ }
+  }
+
+  function dropTokenFromAddress() {
+    if (!params.has("token")) return;
+    params.delete("token");
+    const url = new URL(location.href);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url);
+    showMessage("a token in the page address is not used (addresses get logged): " +
+                "enter it when the page asks for it");
+  }
+
+  // Answers the server's hello: the auth message when a token is required.
+  // Returns whether the connection may subscribe now.
+  function answerHello(hello) {
+    if (!hello.auth_required) return true;
+    let token = storedToken();
+    if (!token) token = (window.prompt("This websocket server needs a token:") || "").trim();
+    if (!token) {
+      tokenRefused = true;
+      showMessage("the websocket server needs a token: reload the page to enter it");
+      socket.close();
+      return false;
+    }
+    storeToken(token);
+    socket.send(JSON.stringify({ op: "auth", token, req: nextReq++ }));
+    return false;                    // subscribe on auth_ok
+  }
+
+  function onReady() {
+    wsReady = true;
+    // Panels still loading history subscribe when it is in (see show()),
+    // resuming after its last entries.
+    subscribe([...panels.values()].filter((p) => p.ready).map((p) => p.info.symbol));
+    subscribeFeeds();
   }
 
   function setStatus(state, text) {
@@ -250,7 +305,7 @@
   // --- websocket (protocol v2) ----------------------------------------------------------------
 
   function subscribe(symbols) {
-    if (!socket || socket.readyState !== WebSocket.OPEN || !symbols.length) return;
+    if (!socket || socket.readyState !== WebSocket.OPEN || !wsReady || !symbols.length) return;
     // Resume each (symbol, channel) after the last entry it has; without
     // one the server sends a snapshot of the latest event instead.
     const resume = {};
@@ -286,7 +341,15 @@
   function onFrame(event) {
     let msg;
     try { msg = JSON.parse(event.data); } catch { return; }
-    if (msg.type === "trades" || msg.type === "quotes" || msg.type === "snapshot") {
+    onFeedFrame(msg);                // the feed indicator's part of any frame
+    if (msg.type === "hello") {
+      if (answerHello(msg)) onReady();
+    } else if (msg.type === "auth_ok") {
+      if (!wsReady) onReady();
+    } else if (msg.type === "error" && msg.code === "auth_failed") {
+      storeToken(null);              // asked again on the next connection
+      showMessage("the websocket server refused the token");
+    } else if (msg.type === "trades" || msg.type === "quotes" || msg.type === "snapshot") {
       // A conflated trades frame skipped some trades (msg.gaps names them):
       // a chart can do without them, its line joins the trades it has.
       if (msg.trades) deliver("trades", msg.trades);
@@ -305,19 +368,222 @@
 
   function connect() {
     setStatus("connecting", "connecting…");
+    wsReady = false;
     socket = new WebSocket(wsUrl());
-    socket.onopen = () => {
-      reconnectDelayMs = 500;
-      // Panels still loading history subscribe when it is in (see show()),
-      // resuming after its last entries.
-      subscribe([...panels.values()].filter((p) => p.ready).map((p) => p.info.symbol));
-    };
+    // Subscriptions wait for the server's hello (and auth_ok when it asks for a token).
+    socket.onopen = () => { reconnectDelayMs = 500; };
     socket.onmessage = onFrame;
     socket.onclose = () => {
+      wsReady = false;
+      if (tokenRefused) { setStatus("down", "no token"); return; }
       setStatus("down", `disconnected; retrying in ${(reconnectDelayMs / 1000).toFixed(1)} s`);
       setTimeout(connect, reconnectDelayMs);
       reconnectDelayMs = Math.min(reconnectDelayMs * 2, 15000);
     };
+  }
+
+  // --- feed indicator: the upstream feeds' status -----------------------------------------------
+  //
+  // Each feed's state as GET /v1/feeds shows it (polled every ?feedpoll=
+  // seconds, default 5, which also applies the staleness-by-age rule), kept
+  // current between polls by the websocket's "status" channel: its snapshot
+  // holds every feed's state, then each status event (connected,
+  // disconnected, stale, gaps) updates the indicator at once and is listed in
+  // the feed log. A stale or disconnected feed is drawn in colour AND says so
+  // in words; a change of state is announced to screen readers (#feed-alert).
+
+  const FEED_POLL_MS = Math.max(Number(params.get("feedpoll")) || 5, 0.5) * 1000;
+  const FEED_LOG_MAX = 50;
+  const FEED_WORDS = {
+    connecting: "connecting", connected: "connected", partial: "partly connected",
+    disconnected: "disconnected", stale: "stale", stopped: "stopped",
+  };
+  const feeds = new Map();           // feed name -> its state, as /v1/feeds shows it
+  const feedEventTs = new Map();     // feed name -> ts_us of the last status event applied
+  const shownStates = new Map();     // feed name -> the state last drawn (for announcements)
+  let statusCursor = null;           // the last status event id: where a resume starts
+  let statusEpoch = null;
+  let statusEvents = 0;
+  let feedsRefetch = null;
+
+  function subscribeFeeds() {
+    if (!socket || socket.readyState !== WebSocket.OPEN || !wsReady) return;
+    // No symbols: the status channel is one stream; its cursor goes under "feeds".
+    const msg = { op: "subscribe", channels: ["status"], req: nextReq++ };
+    if (statusCursor) {
+      msg.resume = { feeds: statusEpoch ? { status: statusCursor, epoch: statusEpoch }
+        : { status: statusCursor } };
+    }
+    socket.send(JSON.stringify(msg));
+  }
+
+  function refetchFeeds() {
+    if (feedsRefetch) return;
+    feedsRefetch = setTimeout(() => { feedsRefetch = null; pollFeeds(); }, 200);
+  }
+
+  async function pollFeeds() {
+    try {
+      const body = await getJson("/v1/feeds");
+      $("feeds").dataset.error = "";
+      setFeeds(body.feeds, true);
+    } catch (err) {
+      $("feeds").dataset.error = err.message;   // the last states stay shown
+    }
+  }
+
+  function setFeeds(list, polled) {
+    const seen = new Set();
+    for (const f of list || []) {
+      seen.add(f.feed);
+      const mine = feeds.get(f.feed);
+      // A poll answered before a status event already applied would undo
+      // it: a feed writes its state with each event, never older than it.
+      const older = polled && mine && (f.updated_us || 0) < (feedEventTs.get(f.feed) || 0);
+      if (older && f.stale_reason !== "no_update") {
+        mine.counts = f.counts;
+        continue;
+      }
+      if (mine && mine.state === f.state && f.lastReason === undefined) f.lastReason = mine.lastReason;
+      feeds.set(f.feed, f);
+    }
+    for (const name of [...feeds.keys()]) if (!seen.has(name)) feeds.delete(name);
+    renderFeeds();
+  }
+
+  function applyStatus(e) {
+    statusCursor = e.id;
+    statusEvents += 1;
+    logFeedEvent(e);
+    const f = feeds.get(e.feed);
+    if (!f) { refetchFeeds(); return; }   // a feed started after the snapshot
+    feedEventTs.set(e.feed, e.ts_us);
+    f.updated_us = Math.max(f.updated_us || 0, e.ts_us);
+    const total = f.connections || 1;
+    const gaps = (f.open_gaps || []).filter((g) => g.symbol !== e.symbol);
+    if (e.kind === "connected") {
+      f.connected = Math.min((f.connected || 0) + 1, total);
+      f.state = f.connected >= total ? "connected" : "partial";
+      f.stale_reason = null; f.lastReason = null;
+    } else if (e.kind === "disconnected") {
+      f.connected = Math.max((f.connected || 0) - 1, 0);
+      f.state = f.connected ? "partial" : e.reason === "stop" ? "stopped" : "disconnected";
+      f.stale_reason = null; f.lastReason = e.reason;
+      if (e.reason === "stop") f.open_gaps = [];
+    } else if (e.kind === "stale") {
+      f.state = "stale"; f.stale_reason = "reported"; f.lastReason = e.reason;
+    } else if (e.kind === "gap_detected") {
+      gaps.push({ symbol: e.symbol, first_id: e.first_id, last_id: e.last_id, id: e.id });
+      f.open_gaps = gaps;
+    } else if (e.kind === "gap_repaired" || e.kind === "gap_unrepairable") {
+      f.open_gaps = gaps;
+      if (e.kind === "gap_unrepairable" && f.counts) {
+        f.counts.gaps_unrepairable = (f.counts.gaps_unrepairable || 0) + 1;
+      }
+    }
+  }
+
+  function eventText(e) {
+    const range = e.first_id == null ? "" : ` ${e.first_id}…${e.last_id == null ? "" : e.last_id}`;
+    const what = {
+      gap_detected: `gap detected in ${e.symbol}:${range}`,
+      gap_repaired: `gap repaired in ${e.symbol}:${range} (${e.trades} trades)`,
+      gap_unrepairable: `trades lost in ${e.symbol}:${range} (${e.reason})`,
+    }[e.kind] || (e.reason ? `${e.kind.replace("_", " ")} (${e.reason})` : e.kind.replace("_", " "));
+    return `${(e.ts || "").slice(11, 19)} ${e.feed}: ${what}`;
+  }
+
+  function logFeedEvent(e) {
+    const log = $("feed-log");
+    const li = document.createElement("li");
+    li.dataset.kind = e.kind;
+    li.dataset.feed = e.feed;
+    li.textContent = eventText(e);
+    log.prepend(li);
+    while (log.children.length > FEED_LOG_MAX) log.lastElementChild.remove();
+    const count = $("status-count");
+    count.textContent = String(statusEvents);
+    count.dataset.count = String(statusEvents);
+  }
+
+  function feedDetail(f) {
+    const gaps = (f.open_gaps || []).length;
+    const parts = [];
+    if (f.state === "stale" && f.stale_reason === "no_update") {
+      parts.push(`no update for ${Math.round(f.age_s || 0)} s`);
+      if (f.reported_state) parts.push(`last said ${FEED_WORDS[f.reported_state] || f.reported_state}`);
+    } else if ((f.state === "stale" || f.state === "disconnected") && f.lastReason) {
+      parts.push(f.state === "stale" ? `no ${f.lastReason}` : f.lastReason);
+    }
+    if (gaps) parts.push(`${gaps} gap${gaps > 1 ? "s" : ""} open`);
+    return parts.join(", ");
+  }
+
+  function renderFeeds() {
+    const box = $("feeds");
+    const list = $("feed-list");
+    box.hidden = feeds.size === 0;
+    // Each feed keeps its element (a tooltip being read stays put); gone feeds go.
+    const items = new Map([...list.children].map((li) => [li.dataset.feed, li]));
+    for (const [name, li] of items) if (!feeds.has(name)) li.remove();
+    const alerts = [];
+    for (const f of [...feeds.values()].sort((a, b) => a.feed.localeCompare(b.feed))) {
+      const li = items.get(f.feed) || document.createElement("li");
+      li.replaceChildren();
+      li.className = "feed";
+      li.dataset.feed = f.feed;
+      li.dataset.state = f.state;
+      li.dataset.reason = f.stale_reason || f.lastReason || "";
+      const detail = feedDetail(f);
+      const name = document.createElement("span");
+      name.className = "feed-name";
+      name.textContent = f.feed;
+      const state = document.createElement("span");
+      state.className = "feed-state";
+      state.textContent = FEED_WORDS[f.state] || f.state;
+      li.append(name, " ", state);
+      if (detail) {
+        const more = document.createElement("span");
+        more.className = "feed-detail";
+        more.textContent = `(${detail})`;
+        li.append(" ", more);
+      }
+      const c = f.counts || {};
+      li.title = `${f.feed} (${f.venue}): ${FEED_WORDS[f.state] || f.state}` +
+        `${f.reported_state && f.reported_state !== f.state ? `, last reported ${f.reported_state}` : ""}` +
+        `; last message ${f.last_message || "never"}; ${c.trades || 0} trades, ` +
+        `${c.quotes || 0} quotes, ${c.reconnects || 0} reconnects, gaps ${c.gaps_detected || 0} ` +
+        `detected / ${c.gaps_repaired || 0} repaired / ${c.gaps_unrepairable || 0} unrepairable`;
+      list.appendChild(li);          // (re)appended: kept in name order
+      const before = shownStates.get(f.feed);
+      if (before !== undefined && before !== f.state) {
+        alerts.push(`feed ${f.feed} is ${FEED_WORDS[f.state] || f.state}${detail ? `: ${detail}` : ""}`);
+      }
+      shownStates.set(f.feed, f.state);
+    }
+    if (alerts.length) $("feed-alert").textContent = alerts.join("; ");
+  }
+
+  function onFeedFrame(msg) {
+    if (msg.type === "subscribed" && (msg.channels || []).includes("status")) {
+      if (!statusCursor && msg.epochs && msg.epochs.feeds) statusEpoch = msg.epochs.feeds;
+    } else if (msg.type === "snapshot" && (msg.feeds || (msg.epochs && msg.epochs.feeds))) {
+      if (msg.epochs && msg.epochs.feeds) statusEpoch = msg.epochs.feeds;
+      // The newest event is already in the states: it is only the cursor.
+      for (const e of msg.status || []) statusCursor = e.id;
+      if (msg.feeds) setFeeds(msg.feeds, false);
+    } else if (msg.type === "status") {
+      for (const e of msg.status || []) applyStatus(e);
+      if (msg.gaps) refetchFeeds();   // events were skipped: the states say where feeds are
+      renderFeeds();
+    } else if (msg.type === "unrecoverable" && msg.channel === "status") {
+      statusCursor = null;            // a snapshot of every feed follows
+    }
+  }
+
+  function startFeeds() {
+    pollFeeds();
+    setInterval(pollFeeds, FEED_POLL_MS);
   }
 
   // --- symbol picker --------------------------------------------------------------------------
@@ -376,6 +642,7 @@
   }
 
   async function main() {
+    dropTokenFromAddress();
     try {
       allSymbols = (await getJson("/v1/symbols")).symbols;
     } catch (err) {
@@ -389,6 +656,7 @@
     buildPicker(selected);
     if (!selected.length) showMessage("no symbols yet: start a publisher");
     connect();
+    startFeeds();
     await Promise.all(selected.map(show));
     window.addEventListener("resize", () => {
       for (const p of panels.values()) {

@@ -43,6 +43,11 @@ pair again from a snapshot. Reads elsewhere (the cursor initialisation
 here, the sessions' snapshots and replays) run on the shared pool and
 carry an epoch probe (``INFO server`` in the same pipeline), which must
 match the shard's epoch for the read to be used.
+
+The status stream (the ``status`` channel, every feed's status events) is
+one more stream of its own "shard", :data:`FEEDS_SHARD`: its key carries
+the ``{feeds}`` hash tag, not a symbol shard's, so it gets a reader of its
+own (one ``XREAD`` of one key) and an epoch of its own, like any shard.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis
@@ -62,16 +67,27 @@ from pricepipe.codec import entry_to_json
 from pricepipe.keys import Channel, Keys
 from pricepipe.streams import async_epoch, epoch_of, reply_streams
 
-from .protocol import CHANNELS, Pair, id_key
+from .protocol import ALL_CHANNELS, FEEDS, STATUS, Pair, Topic, encode_entry, id_key
 
 log = logging.getLogger(__name__)
 
 #: One delivered entry: (sort key of its id, its id, its JSON bytes).
 Entry = tuple[tuple[int, int], str, bytes]
 
-#: Index of each channel in :data:`~.protocol.CHANNELS` (a batch's ``kind``).
-KIND: dict[Channel, int] = {channel: i for i, channel in enumerate(CHANNELS)}
+#: Index of each channel in :data:`~.protocol.ALL_CHANNELS` (a batch's ``kind``).
+KIND: dict[Topic, int] = {channel: i for i, channel in enumerate(ALL_CHANNELS)}
 TRADES, QUOTES, BARS = (KIND[Channel.TRADES], KIND[Channel.QUOTES], KIND[Channel.BARS_1M])
+STATUS_KIND = KIND[STATUS]
+
+#: The "shard" of the status stream (symbol shards are 0 and up).
+FEEDS_SHARD = -1
+
+
+def stream_key(keys: Keys, symbol: str, channel: Topic) -> str:
+    """The stream of a pair: a symbol's stream of a channel, or the status stream."""
+    if isinstance(channel, Channel):
+        return keys.stream(symbol, channel)
+    return keys.feed_status()
 
 #: Longest a flush waits for the reads it asked for (a slow one joins the next).
 ROUND_TIMEOUT_S = 0.005
@@ -85,10 +101,10 @@ class Batch:
 
     __slots__ = ("symbol", "channel", "kind", "pair", "entries", "joined")
 
-    def __init__(self, symbol: str, channel: Channel, entries: list[Entry]) -> None:
+    def __init__(self, symbol: str, channel: Topic, entries: list[Entry]) -> None:
         self.symbol = symbol
         self.channel = channel
-        #: ``CHANNELS.index(channel)``: sessions sort batches into frames by it.
+        #: ``ALL_CHANNELS.index(channel)``: sessions sort batches into frames by it.
         self.kind = KIND[channel]
         self.pair: Pair = (symbol, channel)
         self.entries = entries
@@ -117,7 +133,7 @@ class _Stream:
 
     __slots__ = ("symbol", "channel", "key", "raw_key", "subs", "cursor", "ready")
 
-    def __init__(self, symbol: str, channel: Channel, key: str,
+    def __init__(self, symbol: str, channel: Topic, key: str,
                  ready: asyncio.Future[None]) -> None:
         self.symbol = symbol
         self.channel = channel
@@ -198,13 +214,13 @@ class Hub:
 
     # --- subscriptions ---------------------------------------------------------------------
 
-    def add(self, sub: Subscriber, symbol: str, channel: Channel) -> Awaitable[None]:
+    def add(self, sub: Subscriber, symbol: str, channel: Topic) -> Awaitable[None]:
         pair = (symbol, channel)
         stream = self._streams.get(pair)
-        shard = self._keys.shard(symbol)
+        shard = self.shard(symbol)
         if stream is None:
             ready = asyncio.get_running_loop().create_future()
-            stream = _Stream(symbol, channel, self._keys.stream(symbol, channel), ready)
+            stream = _Stream(symbol, channel, stream_key(self._keys, symbol, channel), ready)
             self._streams[pair] = stream
             self._by_key[stream.raw_key] = stream
             self._by_shard.setdefault(shard, set()).add(stream)
@@ -216,7 +232,7 @@ class Hub:
         # Shielded: one subscriber giving up must not cancel the others' wait.
         return asyncio.shield(stream.ready)
 
-    def remove(self, sub: Subscriber, symbol: str, channel: Channel) -> None:
+    def remove(self, sub: Subscriber, symbol: str, channel: Topic) -> None:
         pair = (symbol, channel)
         stream = self._streams.get(pair)
         if stream is None:
@@ -227,21 +243,26 @@ class Hub:
             return
         del self._streams[pair]
         del self._by_key[stream.raw_key]
-        self._by_shard[self._keys.shard(symbol)].discard(stream)
+        self._by_shard[self.shard(symbol)].discard(stream)
         if not stream.ready.done():
             stream.ready.cancel()
 
-    def subscriber_count(self, symbol: str, channel: Channel) -> int:
+    def subscriber_count(self, symbol: str, channel: Topic) -> int:
         stream = self._streams.get((symbol, channel))
         return 0 if stream is None else len(stream.subs)
 
-    def ready(self, symbol: str, channel: Channel) -> Awaitable[None]:
+    def ready(self, symbol: str, channel: Topic) -> Awaitable[None]:
         """Until the stream has a cursor again (after an epoch change); the
         stream must have been added."""
         return asyncio.shield(self._streams[(symbol, channel)].ready)
 
     def shard(self, symbol: str) -> int:
-        return self._keys.shard(symbol)
+        """The shard of a symbol's streams; :data:`FEEDS_SHARD` for :data:`~.protocol.FEEDS`."""
+        return FEEDS_SHARD if symbol == FEEDS else self._keys.shard(symbol)
+
+    def _route_key(self, shard: int) -> str:
+        """A key of the shard's hash slot (a cluster client routes by it)."""
+        return self._keys.feed_status() if shard == FEEDS_SHARD else self._keys.symbols(shard)
 
     def epoch(self, shard: int) -> str | None:
         """The epoch of the server the shard's reader reads (None: not read yet)."""
@@ -292,8 +313,8 @@ class Hub:
 
     @property
     def symbols(self) -> list[str]:
-        """Every symbol with at least one subscribed stream."""
-        return sorted({symbol for symbol, _ in self._streams})
+        """Every symbol with at least one subscribed stream (not the status stream's)."""
+        return sorted({symbol for symbol, _ in self._streams if symbol != FEEDS})
 
     @property
     def streams(self) -> list[Pair]:
@@ -352,7 +373,7 @@ class Hub:
         """One pipelined read of the waiting streams whose shard epoch is known;
         None when some could not be initialised (the server changed under the
         reader, which will notice): then the caller backs off."""
-        shard_of = self._keys.shard
+        shard_of = self.shard
         wanted = [s for s in self._to_init if shard_of(s.symbol) in self._epochs]
         if not wanted:
             # The readers read the epochs first: wait for one.
@@ -418,7 +439,7 @@ class Hub:
                     return  # restarted by the next add() on this shard
                 if not checked:
                     # Before any entry from this connection: which server is it?
-                    self._set_epoch(shard, await async_epoch(client, self._keys.symbols(shard)))
+                    self._set_epoch(shard, await async_epoch(client, self._route_key(shard)))
                     checked = True
                 streams = {s.key: s.cursor for s in wanted if s.cursor is not None}
                 if not streams:
@@ -526,6 +547,10 @@ class Hub:
                 continue
             floor = id_key(stream.cursor)
             symbol, channel = stream.symbol, stream.channel
+            # The codec's own function for a symbol's stream: the hot path
+            # stays one call per entry.
+            encode: Callable[[Any, str, Any, str], bytes] = (
+                entry_to_json if isinstance(channel, Channel) else encode_entry)
             batch: list[Entry] = []
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
@@ -533,7 +558,7 @@ class Hub:
                 if key <= floor:
                     continue  # re-subscribed meanwhile: the new cursor is ahead
                 try:
-                    encoded = entry_to_json(channel, symbol, fields, entry_id)
+                    encoded = encode(channel, symbol, fields, entry_id)
                 except ValueError as exc:
                     # The entry stays in Redis; the persist workers dead-letter it.
                     self.bad_entries += 1

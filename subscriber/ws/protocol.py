@@ -5,7 +5,12 @@ README's "Websocket protocol" section documents every message.
 
 A subscription is a ``(symbol, channel)`` pair: a symbol's trades, quotes or
 one-minute bars (:class:`~pricepipe.keys.Channel`), each its own stream with
-its own entry IDs, snapshot, resume cursor and slow-consumer rule.
+its own entry IDs, snapshot, resume cursor and slow-consumer rule. The
+``status`` channel (:class:`Feeds`) has no symbol: it is one stream, every
+upstream feed's status events (:mod:`pricepipe.feedstatus`), subscribed
+without ``symbols``; wherever the protocol keys something by symbol
+(``resume``, ``epochs``, ``unrecoverable``) it goes under the name
+:data:`FEEDS`, which no symbol can have (symbols are upper case).
 
 Client to server (JSON text frames)::
 
@@ -13,13 +18,14 @@ Client to server (JSON text frames)::
     {"op": "subscribe", "symbols": ["AAPL"], "channels": ["trades", "quotes"],
      "resume": {"AAPL": {"trades": "1700000000000-0", "epoch": "5f1e..."}},
      "snapshot": true, "req": 1}
+    {"op": "subscribe", "channels": ["status"], "resume": {"feeds": {"status": "1700-0"}}}
     {"op": "unsubscribe", "symbols": ["AAPL"], "channels": ["quotes"], "req": 2}
     {"op": "ping", "req": 3}
 
 Server to client: objects with a ``type`` (:data:`MESSAGE_TYPES`). Data
 frames carry a list of entries of one channel (``trades``, ``quotes``,
-``bars``) so that several entries share one frame; every entry carries its
-stream entry ID as ``id``.
+``bars``, ``status``) so that several entries share one frame; every entry
+carries its stream entry ID as ``id``.
 
 Epochs: entry IDs are only comparable within one run of the Redis server
 that holds the stream (:func:`pricepipe.streams.epoch_of`). The server names
@@ -33,27 +39,51 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from pricepipe import codec
 from pricepipe.events import SYMBOL_RE, validate_symbol
 from pricepipe.exceptions import DecodeError, InvalidEventError, ProtocolError
+from pricepipe.feedstatus import decode_status, status_dict
 from pricepipe.keys import Channel
 
 #: Protocol version announced in ``hello``; bumped on incompatible changes.
 VERSION = 2
 
-#: Every channel, in the order frames of one flush are written.
+
+
+class Feeds(StrEnum):
+    """The channel of no symbol: every upstream feed's status events, one
+    stream (:meth:`~pricepipe.keys.Keys.feed_status`)."""
+
+    STATUS = "status"
+
+
+#: The status channel.
+STATUS = Feeds.STATUS
+#: Where the status stream goes in what is keyed by symbol (``resume``,
+#: ``epochs``, ``unrecoverable``, a gap): lower case, so never a symbol.
+FEEDS = "feeds"
+#: A channel of a symbol, or the status channel.
+Topic = Channel | Feeds
+
+#: Every channel of a symbol, in the order frames of one flush are written.
 CHANNELS: tuple[Channel, ...] = (Channel.TRADES, Channel.QUOTES, Channel.BARS_1M)
+#: Every channel, the symbols' then ``status``: what ``hello`` lists, and the
+#: order of a flush's frames.
+ALL_CHANNELS: tuple[Topic, ...] = (*CHANNELS, STATUS)
 #: What ``subscribe`` means without ``channels``.
 DEFAULT_CHANNELS: tuple[Channel, ...] = (Channel.TRADES, Channel.QUOTES)
 #: The ``type`` of a channel's data frames, which is also the key of its list.
-FRAME_TYPES: dict[Channel, str] = {Channel.TRADES: "trades", Channel.QUOTES: "quotes",
-                                   Channel.BARS_1M: "bars"}
+FRAME_TYPES: dict[Topic, str] = {Channel.TRADES: "trades", Channel.QUOTES: "quotes",
+                                 Channel.BARS_1M: "bars", STATUS: "status"}
+#: The key of a snapshot's list of feed states (with the ``status`` channel).
+FEEDS_KEY = "feeds"
 
 #: Every ``type`` the server sends.
 MESSAGE_TYPES = ("hello", "auth_ok", "subscribed", "unsubscribed", "snapshot", "trades",
-                 "quotes", "bars", "unrecoverable", "pong", "error")
+                 "quotes", "bars", "status", "unrecoverable", "pong", "error")
 
 # Error codes: stable, documented; clients switch on them.
 BAD_JSON = "bad_json"
@@ -92,8 +122,10 @@ _SYMBOLS_RE = re.compile(f"(?:{SYMBOL_RE.pattern})(?:\0(?:{SYMBOL_RE.pattern}))*
 
 _OPS = ("auth", "subscribe", "unsubscribe", "ping")
 
-#: One subscription.
-Pair = tuple[str, Channel]
+#: One subscription: ``(symbol, channel)``, or ``(FEEDS, STATUS)``.
+Pair = tuple[str, Topic]
+#: The subscription of the status channel.
+STATUS_PAIR: Pair = (FEEDS, STATUS)
 
 
 # --- client messages -------------------------------------------------------------------------
@@ -113,7 +145,7 @@ class Subscribe:
     epoch those cursors were read in, when the client sent it."""
 
     symbols: tuple[str, ...]
-    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    channels: tuple[Topic, ...] = DEFAULT_CHANNELS
     resume: dict[Pair, str] = field(default_factory=dict)
     snapshot: bool = True
     req: Any = None
@@ -121,16 +153,26 @@ class Subscribe:
 
     @property
     def pairs(self) -> list[Pair]:
-        """Every requested pair, symbol by symbol."""
-        return [(symbol, channel) for symbol in self.symbols for channel in self.channels]
+        """Every requested pair, symbol by symbol, then the status pair."""
+        out: list[Pair] = [(symbol, channel) for symbol in self.symbols
+                           for channel in self.channels if channel is not STATUS]
+        if STATUS in self.channels:
+            out.append(STATUS_PAIR)
+        return out
+
+    @property
+    def stream_names(self) -> list[str]:
+        """The symbols, and :data:`FEEDS` with the status channel: the keys
+        of what is per symbol (``epochs``)."""
+        return [*self.symbols, FEEDS] if STATUS in self.channels else list(self.symbols)
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    """``channels`` defaults to every channel."""
+    """``channels`` defaults to every channel of a symbol (not ``status``)."""
 
     symbols: tuple[str, ...]
-    channels: tuple[Channel, ...] = CHANNELS
+    channels: tuple[Topic, ...] = CHANNELS
     req: Any = None
 
 
@@ -178,10 +220,18 @@ def parse_message(data: str | bytes, *, max_symbols: int,
         if not isinstance(token, str) or not token:
             raise ProtocolError(BAD_MESSAGE, "auth needs a non-empty string token", req=req)
         return Auth(token, req)
-    symbols = _symbols(msg.get("symbols"), max_symbols=max_symbols, req=req)
+    raw_symbols = msg.get("symbols")
+    if raw_symbols in (None, []) and _status_only(msg.get("channels")):
+        symbols: tuple[str, ...] = ()
+    else:
+        symbols = _symbols(raw_symbols, max_symbols=max_symbols, req=req)
+    default = CHANNELS if op == "unsubscribe" else DEFAULT_CHANNELS
+    channels = _channels(msg.get("channels"), default, req=req)
+    if symbols and all(channel is STATUS for channel in channels):
+        raise ProtocolError(BAD_MESSAGE, "the status channel has no symbols: leave symbols "
+                            "out, or name a channel of theirs too", req=req)
     if op == "unsubscribe":
-        return Unsubscribe(symbols, _channels(msg.get("channels"), CHANNELS, req=req), req)
-    channels = _channels(msg.get("channels"), DEFAULT_CHANNELS, req=req)
+        return Unsubscribe(symbols, channels, req)
     snapshot = msg.get("snapshot", True)
     if not isinstance(snapshot, bool):
         raise ProtocolError(BAD_MESSAGE, "snapshot must be true or false", req=req)
@@ -211,36 +261,44 @@ def _symbols(raw: Any, *, max_symbols: int, req: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_channel(name: Any, *, req: Any = None) -> Channel:
+def parse_channel(name: Any, *, req: Any = None) -> Topic:
     """The channel called ``name``; raises :exc:`ProtocolError` (``unknown_channel``)."""
     if isinstance(name, str):
+        if name == STATUS:
+            return STATUS
         try:
             return Channel(name)
         except ValueError:
             pass
     raise ProtocolError(UNKNOWN_CHANNEL,
-                        f"unknown channel {name!r}: want one of {', '.join(CHANNELS)}", req=req)
+                        f"unknown channel {name!r}: want one of {', '.join(ALL_CHANNELS)}",
+                        req=req)
 
 
-def _channels(raw: Any, default: tuple[Channel, ...], *, req: Any) -> tuple[Channel, ...]:
+def _status_only(raw: Any) -> bool:
+    """Whether ``channels`` (as sent) names the status channel and no other."""
+    return isinstance(raw, list) and bool(raw) and all(item == STATUS for item in raw)
+
+
+def _channels(raw: Any, default: tuple[Topic, ...], *, req: Any) -> tuple[Topic, ...]:
     if raw is None:
         return default
     if not isinstance(raw, list) or not raw:
         raise ProtocolError(BAD_MESSAGE, "channels must be a non-empty list", req=req)
-    out: dict[Channel, None] = {}
+    out: dict[Topic, None] = {}
     for item in raw:
         out[parse_channel(item, req=req)] = None
     return tuple(out)
 
 
-def _resume(raw: Any, symbols: Sequence[str], channels: Sequence[Channel], *,
+def _resume(raw: Any, symbols: Sequence[str], channels: Sequence[Topic], *,
             req: Any) -> tuple[dict[Pair, str], dict[str, str]]:
     if raw is None:
         return {}, {}
     if not isinstance(raw, dict):
         raise ProtocolError(BAD_MESSAGE, "resume must map symbols to {channel: entry id}",
                             req=req)
-    wanted = set(symbols)
+    wanted = {*symbols, FEEDS} if STATUS in channels else set(symbols)
     out: dict[Pair, str] = {}
     epochs: dict[str, str] = {}
     for symbol, cursors in raw.items():
@@ -255,6 +313,10 @@ def _resume(raw: Any, symbols: Sequence[str], channels: Sequence[Channel], *,
                 epochs[symbol] = _epoch(entry_id, req=req)
                 continue
             channel = parse_channel(name, req=req)
+            if (channel is STATUS) != (symbol == FEEDS):
+                raise ProtocolError(BAD_MESSAGE, f"resume of {symbol!r} names {channel}: the "
+                                    f"status channel's cursor goes under {FEEDS!r}, and only "
+                                    "it", req=req)
             if channel not in channels:
                 raise ProtocolError(BAD_MESSAGE, f"resume names channel {channel} of "
                                     f"{symbol!r}, which is not in channels", req=req)
@@ -299,27 +361,41 @@ def id_key(entry_id: bytes | str) -> tuple[int, int]:
     return codec.parse_entry_id(entry_id)
 
 
+# --- entries -------------------------------------------------------------------------------
+
+
+def encode_entry(channel: Topic, symbol: str, fields: Any, entry_id: str) -> bytes:
+    """An entry's JSON as data frames carry it: a trade's, quote's or bar's
+    (:func:`pricepipe.codec.entry_to_json`) or a status event's
+    (:func:`pricepipe.feedstatus.status_dict` with its ``id``). Raises
+    ``ValueError`` (a :exc:`~pricepipe.exceptions.DecodeError` or
+    :exc:`~pricepipe.exceptions.InvalidEventError`) for an unreadable entry."""
+    if isinstance(channel, Feeds):
+        return codec.encode_json(status_dict(decode_status(fields), entry_id))
+    return codec.entry_to_json(channel, symbol, fields, entry_id)
+
+
 # --- server messages -------------------------------------------------------------------------
 
 #: Frame heads per channel: plain, ``replay`` and ``conflated``. A data frame
 #: is a head, the entries' JSON joined with commas (each encoded once by the
 #: hub and shared by every connection), and :data:`FRAME_END`.
-_HEADS: dict[Channel, tuple[bytes, bytes, bytes]] = {
+_HEADS: dict[Topic, tuple[bytes, bytes, bytes]] = {
     channel: (f'{{"type":"{kind}","{kind}":['.encode(),
               f'{{"type":"{kind}","replay":true,"{kind}":['.encode(),
               f'{{"type":"{kind}","conflated":true,"{kind}":['.encode())
     for channel, kind in FRAME_TYPES.items()
 }
-#: Plain heads by :data:`CHANNELS` index, for the live path.
-LIVE_HEADS: tuple[bytes, ...] = tuple(_HEADS[channel][0] for channel in CHANNELS)
+#: Plain heads by :data:`ALL_CHANNELS` index, for the live path.
+LIVE_HEADS: tuple[bytes, ...] = tuple(_HEADS[channel][0] for channel in ALL_CHANNELS)
 #: What closes a data frame after its entries.
 FRAME_END = b"]}"
 
 
-def data_frame(channel: Channel, parts: Iterable[bytes], *, replay: bool = False,
+def data_frame(channel: Topic, parts: Iterable[bytes], *, replay: bool = False,
                conflated: bool = False) -> bytes:
-    """A ``trades``, ``quotes`` or ``bars`` frame from already encoded entries
-    (joined, never re-encoded).
+    """A ``trades``, ``quotes``, ``bars`` or ``status`` frame from already
+    encoded entries (joined, never re-encoded).
 
     ``replay``: the entries come from a resume catch-up rather than live.
     ``conflated``: entries were skipped; each symbol's latest is here (for
@@ -331,8 +407,8 @@ def data_frame(channel: Channel, parts: Iterable[bytes], *, replay: bool = False
 
 
 def live_frame(index: int, joined: Iterable[bytes]) -> bytes:
-    """The live frame of channel ``CHANNELS[index]`` (the hot path's variant of
-    :func:`data_frame`)."""
+    """The live frame of channel ``ALL_CHANNELS[index]`` (the hot path's
+    variant of :func:`data_frame`)."""
     return LIVE_HEADS[index] + b",".join(joined) + FRAME_END
 
 
@@ -350,23 +426,39 @@ class Gap:
 def conflated_trades_frame(parts: Iterable[bytes], gaps: Iterable[Gap]) -> bytes:
     """The latest trade of each symbol that traded while the client was
     behind, and the ranges of the trades it skipped (fetch them over HTTP)."""
+    return _conflated_frame(Channel.TRADES, parts, gaps)
+
+
+def conflated_status_frame(parts: Iterable[bytes], gaps: Iterable[Gap]) -> bytes:
+    """The newest status events held while the client was behind, and the
+    range of the older ones it skipped (``symbol`` :data:`FEEDS`; fetch them
+    with ``GET /v1/feeds/events?after=``)."""
+    return _conflated_frame(STATUS, parts, gaps)
+
+
+def _conflated_frame(channel: Topic, parts: Iterable[bytes], gaps: Iterable[Gap]) -> bytes:
     gap_list = [{"symbol": gap.symbol, "after": gap.after, "until": gap.until} for gap in gaps]
-    return (_HEADS[Channel.TRADES][2] + b",".join(parts) + b'],"gaps":'
+    return (_HEADS[channel][2] + b",".join(parts) + b'],"gaps":'
             + codec.encode_json(gap_list) + b"}")
 
 
-def snapshot_frame(parts: Mapping[Channel, Sequence[bytes]], *,
-                   epochs: Mapping[str, str] | None = None) -> bytes:
+def snapshot_frame(parts: Mapping[Topic, Sequence[bytes]], *,
+                   epochs: Mapping[str, str] | None = None,
+                   feeds: Sequence[Mapping[str, Any]] | None = None) -> bytes:
     """The latest entry of each newly subscribed pair that has one, a list per
-    channel of the subscription (in :data:`CHANNELS` order, empty lists kept);
-    ``epochs``: the epoch of the streams they were read from, per symbol."""
+    channel of the subscription (in :data:`ALL_CHANNELS` order, empty lists
+    kept); ``epochs``: the epoch of the streams they were read from, per
+    symbol (and :data:`FEEDS`); ``feeds``: every feed's state
+    (:func:`pricepipe.feedstatus.feed_views`), with the status channel."""
     out = [b'{"type":"snapshot"']
     if epochs:
         out.append(b',"epochs":' + codec.encode_json(dict(epochs)))
-    for channel in CHANNELS:
+    for channel in ALL_CHANNELS:
         if channel in parts:
             kind = FRAME_TYPES[channel]
             out.append(f',"{kind}":['.encode() + b",".join(parts[channel]) + b"]")
+    if feeds is not None:
+        out.append(f',"{FEEDS_KEY}":'.encode() + codec.encode_json(list(feeds)))
     out.append(b"}")
     return b"".join(out)
 
@@ -380,14 +472,14 @@ def _message(kind: str, req: Any = None, **fields: Any) -> bytes:
 
 def hello(*, auth_required: bool, limits: dict[str, Any]) -> bytes:
     return _message("hello", version=VERSION, auth_required=auth_required,
-                    channels=[str(c) for c in CHANNELS], limits=limits)
+                    channels=[str(c) for c in ALL_CHANNELS], limits=limits)
 
 
 def auth_ok(req: Any = None) -> bytes:
     return _message("auth_ok", req)
 
 
-def subscribed(symbols: Sequence[str], channels: Sequence[Channel], req: Any = None, *,
+def subscribed(symbols: Sequence[str], channels: Sequence[Topic], req: Any = None, *,
                epochs: Mapping[str, str] | None = None) -> bytes:
     """The acknowledgement; ``epochs``: the epoch of each symbol's streams now."""
     fields: dict[str, Any] = {"symbols": list(symbols), "channels": [str(c) for c in channels]}
@@ -396,7 +488,7 @@ def subscribed(symbols: Sequence[str], channels: Sequence[Channel], req: Any = N
     return _message("subscribed", req, **fields)
 
 
-def unsubscribed(symbols: Sequence[str], channels: Sequence[Channel], req: Any = None) -> bytes:
+def unsubscribed(symbols: Sequence[str], channels: Sequence[Topic], req: Any = None) -> bytes:
     return _message("unsubscribed", req, symbols=list(symbols),
                     channels=[str(c) for c in channels])
 
@@ -413,7 +505,7 @@ def error(code: str, message: str, req: Any = None, *,
     return _message("error", req, code=code, message=message)
 
 
-def unrecoverable(symbol: str, channel: Channel, after: str, reason: str, *,
+def unrecoverable(symbol: str, channel: Topic, after: str, reason: str, *,
                   first_id: str | None, epoch: str | None = None) -> bytes:
     """The entries of ``symbol``'s ``channel`` after ``after`` can't all be
     replayed: fetch them over HTTP. A snapshot of that pair and its live

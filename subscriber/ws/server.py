@@ -68,13 +68,25 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-def request_token(request: Request) -> str | None:
-    """Token from ``Authorization: Bearer ...`` or the ``token`` query parameter."""
+def url_token(request: Request) -> str | None:
+    """The ``token`` query parameter of the handshake, if any."""
+    values = parse_qs(urlsplit(request.path).query).get("token")
+    return values[0] if values else None
+
+
+def request_token(request: Request, *, allow_url: bool = False) -> str | None:
+    """Token from ``Authorization: Bearer ...``, else (``allow_url``) the
+    ``token`` query parameter."""
     header = request.headers.get("Authorization")
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
-    values = parse_qs(urlsplit(request.path).query).get("token")
-    return values[0] if values else None
+    return url_token(request) if allow_url else None
+
+
+#: The answer to a handshake carrying ``?token=`` (PRICEPIPE_WS_ALLOW_URL_TOKEN off).
+URL_TOKEN_REFUSED = ("tokens in the URL are refused (proxies and access logs record URLs): "
+                     "send {\"op\": \"auth\", \"token\": ...} first, or an "
+                     "Authorization: Bearer header\n")
 
 
 class WsServer:
@@ -175,7 +187,11 @@ class WsServer:
             return connection.respond(503, "too many connections\n")
         if not origin_allowed(request.headers.get("Origin"), s.allowed_origins):
             return connection.respond(403, "origin not allowed\n")
-        token = request_token(request)
+        if not s.allow_url_token and url_token(request) is not None:
+            # Refused whether or not the token is right, and whether or not
+            # tokens are required: the client must stop sending it in URLs.
+            return connection.respond(400, URL_TOKEN_REFUSED)
+        token = request_token(request, allow_url=s.allow_url_token)
         if s.tokens and token is not None and not token_ok(token, s.tokens):
             return connection.respond(401, "invalid token\n")
         remote = connection.remote_address
@@ -199,7 +215,7 @@ class WsServer:
             # Bounds kernel memory per connection (and makes a stalled reader
             # show up in our own buffer sooner).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        token = request_token(ws.request)
+        token = request_token(ws.request, allow_url=self.settings.allow_url_token)
         authenticated = not self.settings.tokens or (
             token is not None and token_ok(token, self.settings.tokens))
         assert self.registry is not None

@@ -56,6 +56,15 @@ buffer mark plus one flush (the entries the hub read since its last flush:
 about ``read_count`` at most, see :mod:`pricepipe.subscriber.ws.hub`), a
 trade and a quote per subscribed symbol, the bars changed while behind, and
 the catch-up buffer.
+
+The ``status`` channel (every feed's status events, one stream of no
+symbol) is the pair ``(FEEDS, STATUS)`` throughout: the same catch-up,
+resume, epochs and live path. Its snapshot is the newest event and every
+feed's state (:func:`pricepipe.feedstatus.feed_views`, read in the same
+pipeline). Status events are rare and each one matters, so a client behind
+gets them all, not only the latest: up to :data:`_HELD_STATUS_MAX` held,
+and beyond, the oldest skipped and the frame names the skipped range in
+``gaps``, as for trades.
 """
 
 from __future__ import annotations
@@ -77,13 +86,25 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from pricepipe import codec
+from pricepipe.clock import now_us
 from pricepipe.exceptions import ProtocolError
+from pricepipe.feedstatus import OPEN_GAP_WINDOW, feed_views
 from pricepipe.keys import Channel, Keys
 
 from . import protocol as p
-from .hub import QUOTES, RETRYABLE, TRADES, Batch, Entry, Hub, probed_epoch
-from .protocol import CHANNELS, FRAME_END, LIVE_HEADS, Pair
+from .hub import (
+    FEEDS_SHARD,
+    QUOTES,
+    RETRYABLE,
+    STATUS_KIND,
+    TRADES,
+    Batch,
+    Entry,
+    Hub,
+    probed_epoch,
+    stream_key,
+)
+from .protocol import ALL_CHANNELS, FRAME_END, LIVE_HEADS, Pair, Topic
 from .registry import SymbolRegistry
 from .resume import verdict
 from .settings import WsSettings
@@ -107,6 +128,9 @@ _FIRST_PAGE = 64
 #: from, before trying again.
 _SETTLE_S = 10.0
 _BUCKET_KEY = b'"bucket_us":'
+#: Status events held for a client that is behind; beyond, the oldest are
+#: skipped (and named as a gap).
+_HELD_STATUS_MAX = 1000
 
 
 @dataclass
@@ -230,7 +254,7 @@ class Session:
         self._rate_key = f"ws-{id(self)}"
         self.authenticated = authenticated
         #: Every subscribed pair, live or catching up, as symbol -> channels.
-        self.subscribed: dict[str, set[Channel]] = {}
+        self.subscribed: dict[str, set[Topic]] = {}
         #: The pairs catching up (snapshot, replay, or starting again).
         self._catching: dict[Pair, _Catch] = {}
         #: Pairs to start again (an epoch change), by the reset task.
@@ -248,6 +272,11 @@ class Session:
         # While behind, what the conflated frames will carry:
         self._held_trades: dict[str, _HeldTrades] = {}
         self._latest_quotes: dict[str, bytes] = {}
+        #: The status events held, oldest first, and how many were skipped.
+        self._held_status: list[Entry] = []
+        self._status_skipped = 0
+        #: The last status entry ID sent: where a conflated frame's gap starts.
+        self._last_status: str | None = None
         #: (symbol, bucket digits) -> latest entry, in the order of last change.
         self._latest_bars: dict[tuple[str, bytes], Entry] = {}
         self.behind = False
@@ -341,6 +370,9 @@ class Session:
                 for channel in hit:
                     self._drop((symbol, channel))
                     dropped.add((symbol, channel))
+        if p.STATUS in cmd.channels and p.STATUS in self.subscribed.get(p.FEEDS, ()):
+            self._drop(p.STATUS_PAIR)
+            dropped.add(p.STATUS_PAIR)
         if dropped and self._pending:
             # Nothing of a pair after its "unsubscribed".
             self._pending = [batch for batch in self._pending if batch.pair not in dropped]
@@ -350,7 +382,8 @@ class Session:
         subscribed = self.subscribed
         # Symbols of no pair yet (any other was checked when it was added).
         fresh = [symbol for symbol in cmd.symbols if symbol not in subscribed]
-        symbols = len(subscribed) + len(fresh)
+        # The status stream is no symbol: it does not count.
+        symbols = len(subscribed) - (p.FEEDS in subscribed) + len(fresh)
         if symbols > self._settings.max_symbols:
             raise ProtocolError(
                 p.TOO_MANY_SYMBOLS, f"would hold {symbols} symbols; "
@@ -379,7 +412,7 @@ class Session:
                 await asyncio.gather(*(self._hub.add(self, symbol, channel)
                                        for symbol, channel in new))
             await self._send(p.subscribed(cmd.symbols, cmd.channels, cmd.req,
-                                          epochs=self._epochs_of(cmd.symbols)))
+                                          epochs=self._epochs_of(cmd.stream_names)))
             if new:
                 await self._catch_up_new(cmd, new)
         except RETRYABLE as exc:
@@ -489,10 +522,13 @@ class Session:
                 owned = self._owned(group[start:start + _CHECK_CHUNK])
                 if not owned:
                     continue
-                keys = [self._keys.stream(*pair) for pair in owned]
+                keys = [stream_key(self._keys, *pair) for pair in owned]
+                # The status stream is trimmed by length, with no record.
+                record = None if shard == FEEDS_SHARD else self._keys.trimmed(shard)
                 pipe = self._r.pipeline(transaction=False)
                 probed = self._hub.probe(pipe)
-                pipe.hmget(self._keys.trimmed(shard), keys)
+                if record is not None:
+                    pipe.hmget(record, keys)
                 for key in keys:
                     pipe.xinfo_stream(key)
                 for pair, key in zip(owned, keys, strict=True):
@@ -500,11 +536,13 @@ class Session:
                 async with self._gate:
                     replies = list(await pipe.execute(raise_on_error=False))
                 self._verify(owned, probed_epoch(replies) if probed else None)
-                records = replies[0]
-                if isinstance(records, Exception):
-                    raise records
+                records: Any = [None] * len(keys)
+                if record is not None:
+                    records = replies.pop(0)
+                    if isinstance(records, Exception):
+                        raise records
                 n = len(keys)
-                infos, pages = replies[1:1 + n], replies[1 + n:]
+                infos, pages = replies[:n], replies[n:]
                 for i, pair in enumerate(owned):
                     # An error is no stream (or not a stream): nothing to replay.
                     info = None if isinstance(infos[i], Exception) else infos[i]
@@ -525,15 +563,29 @@ class Session:
         order = list(owned)
         firsts = [pair for pair in order if pair in unrecoverable
                   and unrecoverable[pair][1] is None]
+        # The status channel's snapshot also holds every feed's state, read
+        # after its newest event (so no state is older than that event).
+        with_feeds = p.STATUS_PAIR in owned and p.STATUS_PAIR in snapshot_for
         pipe = self._r.pipeline(transaction=False)
         probed = self._hub.probe(pipe)
         for symbol, channel in order:
-            pipe.xrevrange(self._keys.stream(symbol, channel), count=1)
+            pipe.xrevrange(stream_key(self._keys, symbol, channel), count=1)
         for symbol, channel in firsts:
-            pipe.xrange(self._keys.stream(symbol, channel), count=1)
+            pipe.xrange(stream_key(self._keys, symbol, channel), count=1)
+        if with_feeds:
+            pipe.hgetall(self._keys.feed_states())
+            pipe.xrevrange(self._keys.feed_status(), count=OPEN_GAP_WINDOW)
         async with self._gate:
             replies = list(await pipe.execute())
         self._verify(owned, probed_epoch(replies) if probed else None)
+        feeds: list[dict[str, Any]] | None = None
+        if with_feeds:
+            recent = replies.pop()
+            states = replies.pop()
+            feeds, bad = feed_views(states, reversed(recent), now_us=now_us(),
+                                    stale_after_s=self._settings.feed_stale_after_s)
+            for name, why in bad.items():
+                log.warning("feed %s left out of a status snapshot: %s", name, why)
         lasts, first_rows = replies[:len(order)], replies[len(order):]
         first_ids = {pair: rows[0][0].decode() for pair, rows in zip(firsts, first_rows,
                                                                      strict=True) if rows}
@@ -548,7 +600,7 @@ class Session:
                     *pair, catch.sent or "0-0", reason, epoch=catch.epoch,
                     first_id=first_id if first_id is not None else first_ids.get(pair)))
         wanted = {pair[1] for pair in order if pair in snapshot_for}
-        parts: dict[Channel, list[bytes]] = {c: [] for c in CHANNELS if c in wanted}
+        parts: dict[Topic, list[bytes]] = {c: [] for c in ALL_CHANNELS if c in wanted}
         epochs: dict[str, str] = {}
         cursors: dict[Pair, str] = {}
         for pair, rows in zip(order, lasts, strict=True):
@@ -568,14 +620,16 @@ class Session:
             if catch.epoch is not None:
                 epochs[symbol] = catch.epoch
             try:
-                parts[channel].append(codec.entry_to_json(channel, symbol, fields, entry_id))
+                parts[channel].append(p.encode_entry(channel, symbol, fields, entry_id))
             except ValueError as exc:
                 log.warning("bad entry %s of %s %s left out of a snapshot: %s", entry_id,
                             symbol, channel, exc)
                 continue
             catch.sent = entry_id
-        if any(parts.values()) or told:
-            await self._send(p.snapshot_frame(parts, epochs=epochs))
+        if feeds is not None and self._catching.get(p.STATUS_PAIR) is not owned[p.STATUS_PAIR]:
+            feeds = None  # dropped, or started again, meanwhile
+        if any(parts.values()) or told or feeds is not None:
+            await self._send(p.snapshot_frame(parts, epochs=epochs, feeds=feeds))
         for pair, cursor in cursors.items():
             await self._go_live(pair, cursor, owned[pair])
 
@@ -612,6 +666,8 @@ class Session:
             floor = p.id_key(cursor)
             if pair[1] is Channel.TRADES:
                 self._last_trade[pair[0]] = cursor  # what the client has
+            elif pair[1] is p.STATUS:
+                self._last_status = cursor
             # A hub read issued before our own read may still be in flight
             # with entries we just sent: feed() drops those until it passes
             # the floor.
@@ -628,7 +684,7 @@ class Session:
         page; the last one sent. Raises :exc:`_TooFarBehind` past the pair's
         limit or the request's budget."""
         symbol, channel = pair
-        stream = self._keys.stream(symbol, channel)
+        stream = stream_key(self._keys, symbol, channel)
         limit = self._settings.max_replay_entries
         while True:
             if rows is None:
@@ -649,7 +705,7 @@ class Session:
             for raw_id, fields in rows:
                 cursor = raw_id.decode()
                 try:
-                    parts.append(codec.entry_to_json(channel, symbol, fields, cursor))
+                    parts.append(p.encode_entry(channel, symbol, fields, cursor))
                 except ValueError as exc:
                     log.warning("bad entry %s of %s %s left out of a replay: %s", cursor,
                                 symbol, channel, exc)
@@ -787,6 +843,8 @@ class Session:
             self._held_trades.pop(symbol, None)
         elif channel is Channel.QUOTES:
             self._latest_quotes.pop(symbol, None)
+        elif channel is p.STATUS:
+            self._held_status, self._status_skipped, self._last_status = [], 0, None
         elif self._latest_bars:
             for key in [key for key in self._latest_bars if key[0] == symbol]:
                 del self._latest_bars[key]
@@ -854,6 +912,13 @@ class Session:
                 held.latest = entries[-1]
         elif batch.kind == QUOTES:
             self._latest_quotes[batch.symbol] = entries[-1][2]
+        elif batch.kind == STATUS_KIND:
+            held_status = self._held_status
+            held_status.extend(entries)
+            extra = len(held_status) - _HELD_STATUS_MAX
+            if extra > 0:
+                del held_status[:extra]
+                self._status_skipped += extra
         else:
             bars = self._latest_bars
             for entry in entries:
@@ -886,11 +951,13 @@ class Session:
             last_trade = self._last_trade
             for batch in pending:
                 last_trade[batch.symbol] = batch.entries[-1][1]
+        elif kind == STATUS_KIND:
+            self._last_status = pending[-1].entries[-1][1]
         self._write_one(LIVE_HEADS[kind] + b",".join([batch.joined for batch in pending])
                         + FRAME_END, count)
 
     def _write_mixed(self, pending: list[Batch]) -> None:
-        joined: tuple[list[bytes], ...] = ([], [], [])
+        joined: tuple[list[bytes], ...] = tuple([] for _ in ALL_CHANNELS)
         count = 0
         last_trade = self._last_trade
         for batch in pending:
@@ -899,6 +966,8 @@ class Session:
             count += len(batch.entries)
             if kind == TRADES:
                 last_trade[batch.symbol] = batch.entries[-1][1]
+            elif kind == STATUS_KIND:
+                self._last_status = batch.entries[-1][1]
         self._write([p.live_frame(kind, parts) for kind, parts in enumerate(joined) if parts],
                     count)
 
@@ -972,6 +1041,18 @@ class Session:
             frames.append(p.data_frame(Channel.BARS_1M, [entry[2] for entry in bars.values()],
                                        conflated=True))
             count += len(bars)
+        status, self._held_status = self._held_status, []
+        if status:
+            parts = [entry[2] for entry in status]
+            if self._status_skipped:
+                frames.append(p.conflated_status_frame(parts, [p.Gap(
+                    p.FEEDS, self._last_status or "0-0", status[0][1])]))
+                self._stats.gaps += 1
+                self._status_skipped = 0
+            else:  # every event is here: nothing was skipped
+                frames.append(p.live_frame(STATUS_KIND, parts))
+            self._last_status = status[-1][1]
+            count += len(parts)
         return frames, count
 
     async def _drain(self) -> None:

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from pricepipe.config import Settings, setting
 from pricepipe.exceptions import ConfigError
+from pricepipe.feedstatus import STALE_AFTER_S
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -32,6 +33,11 @@ class WsSettings(Settings):
         "empty: any origin. Clients that send no Origin (non-browsers) are always allowed"
     )
     auth_timeout_s: float = setting(5.0, "Time a client has to send its auth message, seconds")
+    allow_url_token: bool = setting(
+        False, "Accept a token in the URL (?token=), as older clients sent it; off: such a "
+        "handshake is refused with HTTP 400, since proxies and access logs record URLs (send "
+        "the auth message or an Authorization: Bearer header instead)"
+    )
     trusted_proxies: tuple[str, ...] = setting(
         ("127.0.0.1", "::1"),
         "Peers (addresses or CIDR networks) whose X-Forwarded-For is believed for the client "
@@ -110,6 +116,9 @@ class WsSettings(Settings):
         32, "Most concurrent snapshot/resume reads of Redis (bounds pool connections)"
     )
     heartbeat_interval_s: float = setting(5.0, "Interval of the heartbeat key, seconds")
+    feed_stale_after_s: float = setting(
+        STALE_AFTER_S, "The status channel's snapshot shows a feed stale when it has not "
+        "rewritten its state for this long, seconds (as PRICEPIPE_API_FEED_STALE_AFTER_S)")
 
     def __post_init__(self) -> None:
         if self.max_symbols < 1:
@@ -122,6 +131,8 @@ class WsSettings(Settings):
             raise ConfigError("PRICEPIPE_WS_READ_BLOCK_MS and _READ_COUNT must be positive")
         if self.flush_interval_ms < 0:
             raise ConfigError("PRICEPIPE_WS_FLUSH_INTERVAL_MS must not be negative")
+        if not self.feed_stale_after_s > 0:
+            raise ConfigError("PRICEPIPE_WS_FEED_STALE_AFTER_S must be positive")
         if self.registry_refresh_s < 0:
             raise ConfigError("PRICEPIPE_WS_REGISTRY_REFRESH_S must not be negative")
         for name in ("max_connections_per_address", "max_replay_entries_per_request"):

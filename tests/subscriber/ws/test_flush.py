@@ -23,6 +23,7 @@ from pricepipe.events import Event, Trade
 from pricepipe.exceptions import ConfigError
 from pricepipe.keys import Channel, Keys
 from pricepipe.subscriber.ws.hub import Batch, Hub
+from pricepipe.subscriber.ws.protocol import Pair
 from pricepipe.subscriber.ws.settings import WsSettings
 
 from .helpers import (
@@ -50,7 +51,7 @@ class Recorder:
     def __init__(self) -> None:
         self.fed: list[list[str]] = []  # entry ids of each batch since the last flush
         self.flushes: list[list[list[str]]] = []
-        self.pairs: list[tuple[str, Channel]] = []  # of every batch fed
+        self.pairs: list[Pair] = []  # of every batch fed
 
     def feed(self, batch: Batch) -> None:
         self.fed.append([entry[1] for entry in batch.entries])
@@ -60,7 +61,7 @@ class Recorder:
         self.flushes.append(self.fed)
         self.fed = []
 
-    def epoch_changed(self, pair: tuple[str, Channel], last: str | None, epoch: str) -> None:
+    def epoch_changed(self, pair: Pair, last: str | None, epoch: str) -> None:
         raise AssertionError("the test's Redis does not change")
 
 

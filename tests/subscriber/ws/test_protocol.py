@@ -124,7 +124,7 @@ def test_conflated_trades_frame_names_its_gaps() -> None:
 
 
 def test_snapshot_holds_only_the_subscribed_channels() -> None:
-    parts = {Q: [_json(Q, quote("A", 1), "2-0")], T: []}
+    parts: dict[p.Topic, list[bytes]] = {Q: [_json(Q, quote("A", 1), "2-0")], T: []}
     frame = codec.decode_json(p.snapshot_frame(parts))
     assert list(frame) == ["type", "trades", "quotes"]  # CHANNELS order, empty kept
     assert frame["trades"] == [] and frame["quotes"][0]["id"] == "2-0"
@@ -134,7 +134,7 @@ def test_snapshot_holds_only_the_subscribed_channels() -> None:
 def test_server_messages() -> None:
     assert codec.decode_json(p.hello(auth_required=True, limits={"max_symbols": 5})) == {
         "type": "hello", "version": 2, "auth_required": True,
-        "channels": ["trades", "quotes", "bars.1m"], "limits": {"max_symbols": 5}}
+        "channels": ["trades", "quotes", "bars.1m", "status"], "limits": {"max_symbols": 5}}
     assert codec.decode_json(p.subscribed(["A"], [T, B], req=1)) == {
         "type": "subscribed", "symbols": ["A"], "channels": ["trades", "bars.1m"], "req": 1}
     assert codec.decode_json(p.unsubscribed([], [Q])) == {

@@ -50,7 +50,8 @@ def test_subscribe_gets_ack_snapshot_per_channel_then_live_entries_with_ids(
                 connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
             hello = await recv_json(ws)
             assert hello["type"] == "hello" and hello["auth_required"] is False
-            assert hello["version"] == 2 and hello["channels"] == ["trades", "quotes", "bars.1m"]
+            assert hello["version"] == 2
+            assert hello["channels"] == ["trades", "quotes", "bars.1m", "status"]
             await ws.send('{"op": "subscribe", "symbols": ["AAPL", "MSFT"], "req": 7}')
             ack = await recv_json(ws)
             # Without channels: trades and quotes; the epoch of each symbol's
