@@ -30,6 +30,7 @@ Uncaught exceptions are logged (so redacted) instead of printed raw.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -173,6 +174,42 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+#: syslog priorities of the logging levels (sd-daemon(3): "<N>" line prefixes).
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+             logging.DEBUG: 7}
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether stderr is connected to the journal (systemd sets
+    ``JOURNAL_STREAM`` to its ``<device>:<inode>`` for a unit's output)."""
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        status = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (status.st_dev, status.st_ino) == (device, inode)
+
+
+class JournalPrefix(logging.Formatter):
+    """Another formatter's lines, each prefixed with the record's syslog
+    priority (``<4>`` for a warning): without it every line of a unit
+    reaches the journal at the unit's default priority (info), and
+    ``journalctl -p warning`` shows none of them."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno)
+        if priority is None:  # a custom level: the nearest standard one below it
+            priority = next((p for level, p in sorted(_PRIORITY.items(), reverse=True)
+                             if record.levelno >= level), 7)
+        prefix = f"<{priority}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
 def _log_uncaught(kind: type[BaseException], exc: BaseException,
                   tb: types.TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
@@ -195,11 +232,9 @@ def setup_logging(level: str = "INFO", *, json: bool = False,
     masking ``secrets`` (and what :func:`register_secrets` adds)."""
     REDACTOR.add(secrets)
     handler = logging.StreamHandler(sys.stderr)
-    if json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    formatter = JsonFormatter() if json else logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    handler.setFormatter(JournalPrefix(formatter) if stderr_is_journal() else formatter)
     handler.addFilter(REDACTOR)
     root = logging.getLogger()
     root.handlers[:] = [handler]
