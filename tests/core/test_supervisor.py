@@ -8,8 +8,8 @@ from typing import Any
 
 from pricepipe import streams
 from pricepipe.embedded import RedisServer
-from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.events import Quote, Trade
+from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.supervisor import pipeline_counts
 
 TS = 1_767_323_045_000_000
