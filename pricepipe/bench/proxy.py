@@ -55,6 +55,11 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                # Closed meanwhile: drop() has already swept the list.
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
                 self._open += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
@@ -100,6 +105,7 @@ class TcpProxy:
         self.drop()
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._listener.close()
         self.drop()
