@@ -7,9 +7,14 @@ Queries: one day of trades and one day of quotes (``n`` rows each, default
 of them when ``n`` is smaller), each as JSON and CSV. Each is repeated and
 the median wall time kept, from sending the request to reading the last
 byte; the body is read as bytes, not parsed, as the baseline's output is.
+The queries run in interleaved rounds (``max(repeats, 5)``): each round runs
+``psql`` and then the API's JSON and CSV for each query, and each ratio is
+the API's time over the same round's ``psql`` time; reported as the median
+of the rounds with its min and max (:mod:`pricepipe.bench.ratios`).
 The API runs as ``pricepipe api`` in a process of its own, as PostgreSQL
 does for ``psql``. The baseline includes starting ``psql``, as a request
-includes its HTTP round trip. Goal: within 2x of the baseline.
+includes its HTTP round trip. Goals (issue 18): JSON <= 1.1x and CSV <= 1.0x
+of the baseline.
 
 The data go under symbols of their own (``ZZBENCH.*``) on a fixed day in
 2025, written the way the persist workers store them (stream entry IDs,
@@ -21,7 +26,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -37,13 +41,19 @@ from pricepipe.codec import pack_entry_id
 from pricepipe.connections import pg_connect
 from pricepipe.migrate import migrate
 
+from .ratios import DEFAULT_REPEATS, Ratio, pair_ratios, summary_text, target_report
+
 TRADE_SYMBOL = "ZZBENCH.T"
 QUOTE_SYMBOL = "ZZBENCH.Q"
 BAR_SYMBOL = "ZZBENCH.B"
 DAY = date(2025, 6, 2)
 BAR_MINUTES = 30 * 1440
 DEFAULT_ROWS = 86_400
-REPEATS = 5
+#: Rounds (psql, JSON, CSV of each query) at least: a round takes well under a second.
+MIN_PAIRS = 5
+FORMATS = ("json", "csv")
+#: The issue's goals: time of the API's answer / psql COPY's, per format.
+GOALS = {"json": 1.1, "csv": 1.0}
 PSQL = shutil.which("psql") or "/usr/bin/psql"
 
 
@@ -111,16 +121,11 @@ def _delete(cur: Any) -> None:
     cur.execute("DELETE FROM bars_1m WHERE symbol = %s", (BAR_SYMBOL,))
 
 
-def _timed(fn: Any, repeats: int) -> tuple[float, int]:
-    """Median milliseconds of ``fn()`` and the size it returned."""
-    fn()  # warm caches and connections
-    times = []
-    size = 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        size = fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), size
+def _once(fn: Any) -> tuple[float, int]:
+    """Milliseconds of one ``fn()`` and the size it returned."""
+    started = time.perf_counter()
+    size = fn()
+    return (time.perf_counter() - started) * 1000, size
 
 
 def _http_get(url: str, accept: str = "application/json") -> int:
@@ -187,7 +192,8 @@ class _Api:
         self.role.stop()
 
 
-def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str, Any]:
+def run(*, redis_url: str, database_url: str, n: int | None = None,
+        repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
     """Measure; print a table as it goes; return the report (see module docstring)."""
     n_rows = n or DEFAULT_ROWS
     n_bars = min(BAR_MINUTES, n_rows)
@@ -214,10 +220,13 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
             "SELECT * FROM bars_1m WHERE symbol = {} AND bucket >= {} AND bucket < {}"
             " ORDER BY bucket"
         ).format(sql.Literal(BAR_SYMBOL), sql.Literal(bars_start), sql.Literal(day_start))
-        figures: dict[str, float] = {}
-        baselines: dict[str, float] = {}
-        ratios: dict[str, float] = {}
-        print(f"{'query':<28} {'median ms':>10} {'bytes':>12}   vs psql COPY")
+        figures: dict[str, list[float]] = {}
+        baselines: dict[str, list[float]] = {}
+        sizes: dict[str, int] = {}
+        pairs = max(repeats, MIN_PAIRS)
+        print(f"{pairs} interleaved rounds (psql COPY, then the API as JSON and CSV) per query",
+              flush=True)
+        print(f"{'query':<28} {'psql ms':>10}  API ms (x the same round's psql)")
         with tempfile.TemporaryDirectory(prefix="pricepipe-bench-api-") as logs, \
                 _Api(redis_url, database_url, n_rows, Path(logs)) as base:
             day = (f"start={format_us(_day_start_us(DAY))}&end={datetime_to_us(day_end)}"
@@ -232,31 +241,38 @@ def run(*, redis_url: str, database_url: str, n: int | None = None) -> dict[str,
                 ("bars_1m", bar_query, bars_url),
             ]
             _check_counts([(trades_url, n_rows), (quotes_url, n_rows), (bars_url, n_bars)])
-            for name, query, url in cases:
-                base_ms, base_bytes = _timed(lambda q=query: _psql_copy(database_url, q, conn),
-                                             REPEATS)
-                baselines[f"psql_copy_{name}_ms"] = round(base_ms, 2)
-                print(f"{'psql COPY ' + name:<28} {base_ms:>10.1f} {base_bytes:>12}", flush=True)
-                for fmt in ("json", "csv"):
-                    ms, size = _timed(lambda u=url, f=fmt: _http_get(f"{u}&format={f}"), REPEATS)
-                    key = f"api_{name}_{fmt}"
-                    figures[f"{key}_ms"] = round(ms, 2)
-                    ratios[f"{key}_vs_psql"] = round(ms / base_ms, 3)
-                    print(f"{'API ' + name + ' ' + fmt:<28} {ms:>10.1f} {size:>12}   "
-                          f"{ms / base_ms:.2f}x", flush=True)
+            for _, query, url in cases:  # warm caches and connections, not measured
+                _psql_copy(database_url, query, conn)
+                for fmt in FORMATS:
+                    _http_get(f"{url}&format={fmt}")
+            for round_ in range(pairs):
+                for name, query, url in cases:
+                    base_ms, sizes[f"psql_{name}"] = _once(
+                        lambda q=query: _psql_copy(database_url, q, conn))
+                    baselines.setdefault(f"psql_copy_{name}_ms", []).append(base_ms)
+                    line = f"{'psql COPY ' + name:<28} {base_ms:>10.1f}"
+                    for fmt in FORMATS:
+                        ms, sizes[f"api_{name}_{fmt}"] = _once(
+                            lambda u=url, f=fmt: _http_get(f"{u}&format={f}"))
+                        figures.setdefault(f"api_{name}_{fmt}_ms", []).append(ms)
+                        line += f"  {fmt} {ms:.1f} ({ms / base_ms:.2f}x)"
+                    print(f"{line}   round {round_ + 1}", flush=True)
+        ratios = [
+            Ratio(f"api_{name}_{fmt}_vs_psql", GOALS[fmt], "lower",
+                  tuple(pair_ratios(figures[f"api_{name}_{fmt}_ms"],
+                                    baselines[f"psql_copy_{name}_ms"])),
+                  note=f"HTTP {fmt.upper()} time / psql COPY TO STDOUT time, same round")
+            for name, _, _ in cases for fmt in FORMATS]
         with conn.cursor() as cur:
             _delete(cur)
     finally:
         conn.close()
-    return {
-        "target": "api",
-        "figures": figures,
-        "baselines": baselines,
-        "ratios": ratios,
-        "params": {"trades": n_rows, "quotes": n_rows, "bars": n_bars,
-                   "bar_days": round(n_bars / 1440, 2), "repeats": REPEATS,
-                   "goal": "ratios <= 2"},
-    }
+    report = target_report(
+        "api", figures=figures, baselines=baselines, ratios=ratios,
+        params={"trades": n_rows, "quotes": n_rows, "bars": n_bars,
+                "bar_days": round(n_bars / 1440, 2), "repeats": pairs, "bytes": sizes})
+    print(summary_text(report), flush=True)
+    return report
 
 
 if __name__ == "__main__":  # pragma: no cover - `pricepipe bench api` is the way in

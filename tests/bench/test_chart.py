@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 from pricepipe.bench.chart import ramp_chart, ramp_series
 
-STEPS = [
+STEPS: list[dict[str, Any]] = [
     {"target_events_per_s": 1000, "published_events_per_s": 998.0,
      "persisted_events_per_s": 997.0, "ws_events_per_s": 998.0,
      "persist_lag_p99_ms": 40.0, "ws_latency_p99_ms": 9.0},

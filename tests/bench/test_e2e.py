@@ -24,6 +24,19 @@ def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> Non
         assert first["cpu_percent"][role] is not None, role
     baselines = report["baselines"]
     assert baselines["raw_xadd_per_s"] > 0 and baselines["raw_copy_rows_per_s"] > 0
+    # The raw XADD baseline before the ramp and after every step; raw COPY
+    # before and after: the ratio is the sustained step over each of them.
+    xadd = report["samples"]["baselines"]["raw_xadd_per_s"]
+    assert len(xadd) == len(steps) + 1
+    assert len(report["samples"]["baselines"]["raw_copy_rows_per_s"]) == 2
+    ratios = report["ratios"]
+    assert set(ratios) == {"sustained_vs_raw_xadd", "persist_lag_p99_ms", "ws_latency_p99_ms"}
+    assert len(ratios["sustained_vs_raw_xadd"]["samples"]) == len(xadd)
+    assert ratios["sustained_vs_raw_xadd"]["goal"] == 1.0
+    # CPU per event of every process at each step, and the breakdown.
+    assert first["cpu_us_per_event"]["worker0"] > 0 and first["cpu_us_per_event"]["total"] > 0
+    breakdown = report["cpu_breakdown"]
+    assert breakdown and all(part["cpu_us_per_event"] for part in breakdown.values())
     # Whatever the speed, the run persisted exactly what it published.
     once = report["exactly_once"]
     assert once["ok"], once

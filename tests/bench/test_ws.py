@@ -22,25 +22,40 @@ from pricepipe.subscriber.ws.settings import WsSettings
 TS = 1_767_323_045_000_000
 
 
-def test_bench_smoke(redis_url: str) -> None:
-    report = bench.run(redis_url=redis_url, database_url="", n=4)
-    assert report["target"] == "ws"
+def test_bench_smoke(redis_url: str, monkeypatch: Any) -> None:
+    """Two client processes (2 connections each), one pair: the baseline,
+    then pricepipe's server; the goal's figures reported, not judged (not
+    the goal's 10,000 clients)."""
+    real = bench._contender
+    monkeypatch.setattr(bench, "_contender",
+                        lambda *a, **k: real(*a, **{**k, "clients_per_process": 2}))
+    report = bench.run(redis_url=redis_url, database_url="", n=4, repeats=1)
+    assert report["target"] == "ws" and report["params"]["repeats"] == 1
     assert report["params"]["clients"] == 4 and report["params"]["quotes_per_trade"] == 5
+    assert not report["params"]["goal_scenario"]
     for section in ("figures", "baselines"):
         assert report[section]["deliveries_per_s"] > 0
         assert report[section]["p99_ms"] > 0
-    assert set(report["ratios"]) == {"deliveries_per_s", "p99_ms", "server_cpu_us_per_delivery"}
+        assert report[section]["delivered_fraction"] > 0.5
+        assert report[section]["rss_peak_mib"] >= report[section]["rss_before_mib"] > 0
+    assert set(report["ratios"]) == {
+        "deliveries_per_s", "p99_ms", "rss_per_connection_kb", "deliveries_per_s_vs_broadcast",
+        "p99_ms_vs_broadcast", "server_cpu_us_per_delivery_vs_broadcast",
+        "rss_per_connection_kb_vs_broadcast"}
+    assert report["ratios"]["p99_ms"]["goal"] is None  # judged with 10,000 clients only
+    assert report["goals_met"] is None
 
 
 def test_bench_abuse_smoke(redis_url: str) -> None:
     """The --abuse scenario: the normal clients alone, then beside abusers
     asking for made-up symbols, whose every request was refused."""
-    report = bench.run(redis_url=redis_url, database_url="", n=4, abuse=True)
+    report = bench.run(redis_url=redis_url, database_url="", n=4, abuse=True, repeats=1)
     assert report["target"] == "ws-abuse" and report["params"]["abusers"] == bench.ABUSERS
     for section in ("figures", "baselines"):
         assert report[section]["deliveries_per_s"] > 0 and report[section]["p99_ms"] > 0
     assert report["figures"]["abuser_requests"] > 0
     assert set(report["ratios"]) == {"deliveries_per_s", "p99_ms", "server_cpu_us_per_delivery"}
+    assert report["ratios"]["p99_ms"]["goal"] == 2.0
 
 
 # --- the probe -------------------------------------------------------------------------------
