@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install or upgrade pricepipe on a Debian/Ubuntu VM: Redis and PostgreSQL
-# (unless --no-local-servers), the database and its two roles, a virtualenv
-# under /opt/pricepipe, migrations, the systemd units and the nginx site.
+# Install or upgrade pricepipe on a Debian/Ubuntu VM: Redis with one ACL user
+# per role and PostgreSQL (unless --no-local-servers), the database and its two
+# roles, a virtualenv under /opt/pricepipe, one secrets file per role, migrations,
+# the systemd units and the nginx site.
 #
 # Idempotent: every step checks or overwrites, so running it again upgrades
-# the code and units and keeps the generated passwords. --dry-run prints the
-# actions without changing anything (and works without root).
+# the code and units and keeps the generated passwords. It never generates a
+# password while a file still holds the old one (it refuses, naming the files).
+# --dry-run prints the actions without changing anything (and works without root).
 #
 # Offline (--offline --wheelhouse DIR, for machines without internet access):
 # the Debian packages must already be installed (they are verified, not
@@ -25,6 +27,9 @@ ETC_DIR=${PRICEPIPE_ETC:-/etc/pricepipe}
 # System locations; the environment overrides exist for unusual layouts and the tests.
 SYSTEMD_DIR=${PRICEPIPE_SYSTEMD_DIR:-/etc/systemd/system}
 REDIS_CONF=${PRICEPIPE_REDIS_CONF:-/etc/redis/redis.conf}
+# Redis's users (Debian's unit may write /etc/redis: ACL SAVE works there too).
+REDIS_ACL=${PRICEPIPE_REDIS_ACL:-/etc/redis/users.acl}
+REDIS_OWNER=${PRICEPIPE_REDIS_OWNER:-redis:redis}
 SBIN_DIR=${PRICEPIPE_SBIN_DIR:-/usr/local/sbin}
 NGINX_DIR=${PRICEPIPE_NGINX_DIR:-/etc/nginx}
 LOCAL_SERVERS=1
@@ -53,8 +58,8 @@ usage() {
 usage: $0 [options]
   --dry-run               print the actions, change nothing
   --prefix DIR            install root (default $PREFIX; virtualenv in DIR/venv)
-  --no-local-servers      do not install Redis/PostgreSQL here (multi-VM: set the URLs
-                          in $ETC_DIR/pricepipe.env first)
+  --no-local-servers      do not install Redis/PostgreSQL here (multi-VM: write
+                          $ETC_DIR/pricepipe.env and the role-<role>.env files first)
   --db-name NAME          database (default $DB_NAME)
   --redis-maxmemory SIZE  Redis maxmemory, noeviction policy (default $REDIS_MAXMEMORY)
   --publishers LIST       publisher sources to enable, space or comma separated (default "$PUBLISHERS")
@@ -101,12 +106,64 @@ while [ $# -gt 0 ]; do
 done
 
 VENV="$PREFIX/venv"
+PRICEPIPE="$VENV/bin/pricepipe"
+# Settings of every unit: no secrets.
 ENV_FILE="$ETC_DIR/pricepipe.env"
+# The operator's credentials (the wrapper loads them; no unit does).
+ADMIN_ENV="$ETC_DIR/admin.env"
 SECRETS_FILE="$ETC_DIR/db-passwords"
+# One password file per Redis ACL user (pricepipe redis-acl passwords).
+REDIS_SECRETS="$ETC_DIR/redis-passwords"
+ROLES_DIR="$DEPLOY_DIR/roles"
+# The units' roles; each unit loads $ETC_DIR/role-<role>.env after pricepipe.env.
+UNIT_ROLES=(publisher persist ws api jobs migrate)
+# Connection URLs the shared file must not set (they belong to one role each).
+SHARED_URLS=(PRICEPIPE_REDIS_URL PRICEPIPE_DATABASE_URL PRICEPIPE_DATABASE_READ_URL)
+# Persist worker N serves its metrics on 127.0.0.1:$((METRICS_BASE_PORT + N)).
+METRICS_BASE_PORT=9300
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 random_hex() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+role_env() { printf '%s\n' "$ETC_DIR/role-$1.env"; }
+# The Redis ACL user of a unit role (none: migrations never connect to Redis).
+role_redis_user() { case $1 in migrate) ;; *) printf '%s\n' "$1" ;; esac; }
+# The database URL variables a role gets: the writer's, the read-only login's, or none.
+role_db_keys() {
+    case $1 in
+        persist|jobs|migrate) echo PRICEPIPE_DATABASE_URL ;;
+        api) echo PRICEPIPE_DATABASE_READ_URL ;;
+    esac
+}
+# What a role's file must never set: the API no writer, websocket and publisher no database.
+role_forbidden_keys() {
+    case $1 in
+        api) echo PRICEPIPE_DATABASE_URL ;;
+        ws|publisher) echo PRICEPIPE_DATABASE_URL PRICEPIPE_DATABASE_READ_URL ;;
+    esac
+}
+# The roles whose units this run enables.
+wanted_roles() {
+    local role
+    for role in "${UNIT_ROLES[@]}"; do
+        [ "$role" = publisher ] && [ -z "${PUBLISHERS// /}" ] && continue
+        echo "$role"
+    done
+}
+# has_key KEY FILE: FILE (readable) sets KEY.
+has_key() { [ -r "$2" ] && grep -q "^$1=" "$2"; }
+# env_value KEY FILE: the value of KEY's last line in FILE, empty if none.
+env_value() { if [ -r "$2" ]; then sed -n "s/^$1=//p" "$2" | tail -n 1; fi; }
+# env_set KEY VALUE < text: the text with KEY's line(s) replaced by one KEY=VALUE (in the
+# first one's place), or appended. The value goes through the environment, never argv.
+env_set() {
+    ENV_KEY=$1 ENV_VALUE=$2 awk '
+        BEGIN { k = ENVIRON["ENV_KEY"]; v = ENVIRON["ENV_VALUE"] }
+        index($0, k "=") == 1 { if (!done) print k "=" v; done = 1; next }
+        { print }
+        END { if (!done) print k "=" v }'
+}
 
 # Validate before touching anything: these values end up in file names,
 # unit instance names and configuration files.
@@ -207,9 +264,15 @@ render_nginx() {
 render_wrapper() {
     cat <<EOF
 #!/bin/sh
-# Installed by pricepipe's deploy/install.sh: run pricepipe with the services' environment.
+# Installed by pricepipe's deploy/install.sh: run pricepipe with the services' settings and
+# the operator's credentials (the admin Redis user, the database writer), as user pricepipe.
 set -a
 . "$ENV_FILE"
+if [ -r "$ADMIN_ENV" ]; then
+    . "$ADMIN_ENV"
+else
+    echo "pricepipe: no $ADMIN_ENV (the operator's URLs: deploy/roles/admin.env.example)" >&2
+fi
 # Jobs may use their own standalone Redis (rq does not run on Redis Cluster).
 case "\${1:-}" in
     jobs|backfill) if [ -r "$ETC_DIR/jobs.env" ]; then . "$ETC_DIR/jobs.env"; fi ;;
@@ -232,6 +295,87 @@ if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
     die "run as root (or with --dry-run to see what it would do)"
 fi
 [ "$DRY_RUN" = 1 ] && say "dry run: nothing is changed"
+
+# --- checks of the secrets and the files holding them (read only, before any change) -----
+
+# KEY_PREFIX: Redis's key prefix; the ACL users' names and key patterns follow it.
+KEY_PREFIX=$(env_value PRICEPIPE_REDIS_PREFIX "$ENV_FILE")
+[ -n "$KEY_PREFIX" ] || KEY_PREFIX=$(env_value PRICEPIPE_REDIS_PREFIX "$DEPLOY_DIR/pricepipe.env.example")
+[[ $KEY_PREFIX =~ ^[A-Za-z0-9_.-]+$ ]] || die "PRICEPIPE_REDIS_PREFIX in $ENV_FILE must be [A-Za-z0-9_.-]"
+
+# URLs an install from before the role files left in the shared file.
+legacy_urls=()
+for key in "${SHARED_URLS[@]}"; do
+    if has_key "$key" "$ENV_FILE"; then legacy_urls+=("$key"); fi
+done
+for role in "${UNIT_ROLES[@]}"; do
+    for key in $(role_forbidden_keys "$role"); do
+        if has_key "$key" "$(role_env "$role")"; then
+            die "$(role_env "$role") sets $key, which the $role role must not hold: delete that line"
+        fi
+    done
+done
+
+WRITER_PASSWORD=""
+API_PASSWORD=""
+if [ "$LOCAL_SERVERS" = 0 ]; then
+    # Another machine holds the servers: the operator writes the role files.
+    if [ ${#legacy_urls[@]} -gt 0 ]; then
+        die "$ENV_FILE sets ${legacy_urls[*]}: each role's URLs now go in its own file," \
+            "$ETC_DIR/role-<role>.env (deploy/roles/); move them there, then run again" \
+            "(deploy/README.md, \"Beyond one machine\")"
+    fi
+    missing=()
+    [ -e "$ENV_FILE" ] || missing+=("$ENV_FILE")
+    for role in $(wanted_roles); do
+        [ -e "$(role_env "$role")" ] || missing+=("$(role_env "$role")")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$DRY_RUN" = 1 ] || die "--no-local-servers: write ${missing[*]} first" \
+            "(from deploy/pricepipe.env.example and deploy/roles/)"
+        echo "==> dry run: --no-local-servers needs ${missing[*]}"
+    fi
+else
+    # Never a new password while a file keeps the old one: that file's unit would be
+    # locked out. Refuse, naming the files (install.sh rewrites them from the password
+    # stores on every run, so deleting them is how to rotate).
+    if [ -r "$SECRETS_FILE" ]; then
+        WRITER_PASSWORD=$(sed -n 's/^WRITER_PASSWORD=//p' "$SECRETS_FILE")
+        API_PASSWORD=$(sed -n 's/^API_PASSWORD=//p' "$SECRETS_FILE")
+    fi
+    if [ -z "$WRITER_PASSWORD" ] || [ -z "$API_PASSWORD" ]; then
+        holders=()
+        for file in "$ENV_FILE" "$ADMIN_ENV" $(for role in "${UNIT_ROLES[@]}"; do role_env "$role"; done); do
+            if has_key PRICEPIPE_DATABASE_URL "$file" || has_key PRICEPIPE_DATABASE_READ_URL "$file"; then
+                holders+=("$file")
+            fi
+        done
+        if [ ${#holders[@]} -gt 0 ]; then
+            die "$SECRETS_FILE is missing or incomplete, but ${holders[*]} hold database" \
+                "passwords: new ones would lock those out. Restore $SECRETS_FILE" \
+                "(WRITER_PASSWORD=<$DB_WRITER's password> and API_PASSWORD=<$DB_API's>, as in" \
+                "those URLs), or delete those files to have new passwords set in PostgreSQL" \
+                "and in new files"
+        fi
+    fi
+    stale=()
+    for file in "$ADMIN_ENV" $(for role in "${UNIT_ROLES[@]}"; do role_env "$role"; done); do
+        grep -qE '^PRICEPIPE_REDIS_URL=[a-z]+://[^/@]+@' "$file" 2>/dev/null || continue
+        acl_user="admin"
+        [ "$file" = "$ADMIN_ENV" ] || acl_user=$(basename "$file" .env)
+        acl_user=${acl_user#role-}
+        [ -s "$REDIS_SECRETS/$acl_user" ] || stale+=("$file (user $acl_user)")
+    done
+    if [ ${#stale[@]} -gt 0 ]; then
+        die "no Redis password in $REDIS_SECRETS for ${stale[*]}: a new one would lock" \
+            "out what holds the old one. Restore the password file(s) (the password is in" \
+            "the URL), or delete those files to have new passwords generated for both"
+    fi
+    if grep -qE '^[[:space:]]*user[[:space:]]' "$REDIS_CONF" 2>/dev/null; then
+        die "$REDIS_CONF defines users (user ...): Redis refuses them beside an aclfile;" \
+            "move them to $REDIS_ACL or delete them"
+    fi
+fi
 
 # --- packages ---------------------------------------------------------------------------
 
@@ -267,58 +411,105 @@ else
         --shell /usr/sbin/nologin --user-group pricepipe
 fi
 
+# --- code -------------------------------------------------------------------------------
+
+say "virtualenv $VENV with pricepipe from $SRC_DIR"
+run install -d -m 0755 -o root -g root "$PREFIX"
+if [ ! -x "$VENV/bin/python" ]; then
+    run python3 -m venv "$VENV"
+fi
+run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade pip
+# Not editable: the installed code is a copy owned by root, read-only for the services.
+run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade "$SRC_DIR"
+run rm -rf "$PREFIX/deploy"
+run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
+
 # --- secrets ----------------------------------------------------------------------------
 
 run install -d -m 0755 -o root -g root "$ETC_DIR"
-WRITER_PASSWORD=""
-API_PASSWORD=""
-PG_PORT=""
-if [ "$LOCAL_SERVERS" = 0 ]; then
-    # Another machine holds the database: its URLs must already be in the env file.
-    [ -e "$ENV_FILE" ] || [ "$DRY_RUN" = 1 ] \
-        || die "--no-local-servers: write $ENV_FILE first (see pricepipe.env.example)"
-elif [ -r "$SECRETS_FILE" ]; then
-    say "keeping database passwords from $SECRETS_FILE"
-    WRITER_PASSWORD=$(sed -n 's/^WRITER_PASSWORD=//p' "$SECRETS_FILE")
-    API_PASSWORD=$(sed -n 's/^API_PASSWORD=//p' "$SECRETS_FILE")
+if [ "$LOCAL_SERVERS" = 1 ]; then
+    if [ -n "$WRITER_PASSWORD" ] && [ -n "$API_PASSWORD" ]; then
+        say "keeping database passwords from $SECRETS_FILE"
+    else
+        # (No file holds old ones: the checks above refused that.)
+        say "generating database passwords into $SECRETS_FILE"
+        # hex: safe inside URLs and psql literals without escaping.
+        WRITER_PASSWORD=$(random_hex)
+        API_PASSWORD=$(random_hex)
+        printf 'WRITER_PASSWORD=%s\nAPI_PASSWORD=%s\n' "$WRITER_PASSWORD" "$API_PASSWORD" \
+            | put_file 0600 root:root "$SECRETS_FILE"
+    fi
+    say "redis: a password per ACL user in $REDIS_SECRETS (existing ones kept)"
+    run "$PRICEPIPE" redis-acl passwords "$REDIS_SECRETS"
 fi
-if [ "$LOCAL_SERVERS" = 1 ] && { [ -z "$WRITER_PASSWORD" ] || [ -z "$API_PASSWORD" ]; }; then
-    say "generating database passwords into $SECRETS_FILE"
-    # hex: safe inside URLs and psql literals without escaping.
-    WRITER_PASSWORD=$(random_hex)
-    API_PASSWORD=$(random_hex)
-    printf 'WRITER_PASSWORD=%s\nAPI_PASSWORD=%s\n' "$WRITER_PASSWORD" "$API_PASSWORD" \
-        | put_file 0600 root:root "$SECRETS_FILE"
+
+# --- shared environment file (settings, no secrets) ------------------------------------
+
+if [ ! -e "$ENV_FILE" ]; then
+    say "writing $ENV_FILE"
+    put_file 0600 root:root "$ENV_FILE" <"$DEPLOY_DIR/pricepipe.env.example"
+elif [ ${#legacy_urls[@]} -gt 0 ]; then
+    # An install from before the role files: their URLs move to the role files (written
+    # below from the same password stores), so that no unit gets another role's.
+    say "moving ${legacy_urls[*]} out of $ENV_FILE into the role files"
+    grep -vE "^($(IFS='|'; echo "${SHARED_URLS[*]}"))=" "$ENV_FILE" \
+        | put_file 0600 root:root "$ENV_FILE"
+else
+    say "keeping $ENV_FILE (edit it by hand; see pricepipe.env.example)"
 fi
 
 # --- Redis ------------------------------------------------------------------------------
 
+REDIS_PORT=6379
 if [ "$LOCAL_SERVERS" = 1 ]; then
-    say "redis: AOF everysec, maxmemory $REDIS_MAXMEMORY with noeviction"
+    # The port the local server really listens on, for the URLs below.
+    conf_port=$(awk '$1 == "port" { p = $2 } END { print p }' "$REDIS_CONF" 2>/dev/null || true)
+    if [[ $conf_port =~ ^[1-9][0-9]*$ ]]; then
+        REDIS_PORT=$conf_port
+    elif [ -n "$conf_port" ]; then
+        die "$REDIS_CONF: port '$conf_port' (TLS only?): configure Redis yourself and use --no-local-servers"
+    fi
+    say "redis: AOF everysec, maxmemory $REDIS_MAXMEMORY with noeviction, users in $REDIS_ACL"
     # noeviction: a full Redis refuses writes (the publisher backs off)
     # instead of silently evicting unpersisted stream entries.
     # auto-aof-rewrite-min-size: trimmed streams keep the rewritten AOF small,
     # so at the default 64mb a busy pipeline forks a rewrite every few
     # seconds (each fork stalls Redis for a moment).
-    redis_conf_was=$(cksum <"$REDIS_CONF" 2>/dev/null || true)
+    # aclfile: one user per role (pricepipe/acl.py); the admin is the default user, with a
+    # password and every right (never disabled: Redis < 8 replays the AOF as default).
+    redis_was=$(cat "$REDIS_CONF" "$REDIS_ACL" 2>/dev/null | cksum || true)
     for kv in "appendonly yes" "appendfsync everysec" "auto-aof-rewrite-min-size 1gb" \
               "maxmemory $REDIS_MAXMEMORY" "maxmemory-policy noeviction" \
-              "bind 127.0.0.1 -::1" "protected-mode yes"; do
+              "bind 127.0.0.1 -::1" "protected-mode yes" "aclfile $REDIS_ACL"; do
         set_conf "${kv%% *}" "${kv#* }" "$REDIS_CONF"
     done
+    # The ACL file holds password hashes only (SHA-256), never a password.
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "+ $PRICEPIPE redis-acl render --passwords-from $REDIS_SECRETS --prefix $KEY_PREFIX" \
+             "> $REDIS_ACL (mode 0640, owner $REDIS_OWNER)"
+    else
+        acl_text=$("$PRICEPIPE" redis-acl render --passwords-from "$REDIS_SECRETS" \
+                       --prefix "$KEY_PREFIX")
+        printf '%s\n' "$acl_text" | put_file 0640 "$REDIS_OWNER" "$REDIS_ACL"
+    fi
     run systemctl enable redis-server.service
-    # Restart only for a changed configuration: an upgrade that leaves redis.conf as
-    # it was must not pull Redis from under the running pipeline.
-    if [ "$DRY_RUN" = 1 ] || [ "$(cksum <"$REDIS_CONF" 2>/dev/null || true)" != "$redis_conf_was" ]; then
+    # Restart only for a changed configuration or users: an upgrade that leaves them as
+    # they were must not pull Redis from under the running pipeline.
+    if [ "$DRY_RUN" = 1 ] || [ "$(cat "$REDIS_CONF" "$REDIS_ACL" 2>/dev/null | cksum || true)" != "$redis_was" ]; then
         run systemctl restart redis-server.service
     else
-        say "redis: configuration unchanged, keeping it running"
+        say "redis: configuration and users unchanged, keeping it running"
         run systemctl start redis-server.service
     fi
+else
+    say "redis is elsewhere: create its users there once, with the admin's URL (deploy/README.md," \
+        "\"Beyond one machine\"): $PRICEPIPE redis-acl passwords DIR; $PRICEPIPE redis-acl" \
+        "apply --passwords-from DIR --prefix $KEY_PREFIX --redis-url redis://HOST:6379/0"
 fi
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
+PG_PORT=5432
 if [ "$LOCAL_SERVERS" = 1 ]; then
     say "postgresql: database $DB_NAME, roles $DB_WRITER (writer), $DB_READER (read-only) with login $DB_API"
     run systemctl enable --now postgresql.service
@@ -337,36 +528,62 @@ if [ "$LOCAL_SERVERS" = 1 ]; then
         # The cluster's real port (Debian's first cluster takes the first free port
         # from 5432), for the URLs below; Debian's psql finds the cluster itself.
         PG_PORT=$(cd / && runuser -u postgres -- psql -X -A -t -q -c 'SHOW port' </dev/null)
+        [[ $PG_PORT =~ ^[0-9]+$ ]] || die "could not read the PostgreSQL port (SHOW port: '$PG_PORT')"
     fi
 fi
-[[ $PG_PORT =~ ^[0-9]+$ ]] || PG_PORT=5432
 
-# --- environment file -------------------------------------------------------------------
+# --- each role's secrets, and the operator's ---------------------------------------------
 
-if [ -e "$ENV_FILE" ]; then
-    say "keeping $ENV_FILE (edit it by hand; see pricepipe.env.example)"
+# write_secrets FILE TEMPLATE REDIS_USER [DB_KEY...]: FILE (root, 0600) with its URL lines
+# set from the password stores: the Redis user's (none if empty) and each database URL
+# variable; every other line of an existing FILE is kept (the operator's secrets of that
+# role). Rewritten on every run, so a file never holds a password the servers no longer
+# have.
+db_url() {
+    case $1 in
+        PRICEPIPE_DATABASE_URL) echo "postgresql://$DB_WRITER:$WRITER_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME" ;;
+        PRICEPIPE_DATABASE_READ_URL) echo "postgresql://$DB_API:$API_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME" ;;
+    esac
+}
+write_secrets() {
+    local file=$1 template=$2 user=$3 key text url
+    shift 3
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "+ write $file (mode 0600, owner root:root): ${user:+Redis user $user }$*"
+        return
+    fi
+    if [ -e "$file" ]; then text=$(<"$file"); else text=$(<"$template"); fi
+    if [ -n "$user" ]; then
+        url=$("$PRICEPIPE" redis-acl url "$user" --passwords-from "$REDIS_SECRETS" \
+                  --prefix "$KEY_PREFIX" --base "redis://127.0.0.1:$REDIS_PORT/0")
+        text=$(env_set PRICEPIPE_REDIS_URL "$url" <<<"$text")
+    fi
+    for key in "$@"; do
+        text=$(env_set "$key" "$(db_url "$key")" <<<"$text")
+    done
+    printf '%s\n' "$text" | put_file 0600 root:root "$file"
+}
+
+if [ "$LOCAL_SERVERS" = 1 ]; then
+    say "secrets: $ETC_DIR/role-{${UNIT_ROLES[*]}}.env (one per role) and $ADMIN_ENV"
+    for role in "${UNIT_ROLES[@]}"; do
+        # shellcheck disable=SC2046 # role_db_keys: zero or one word
+        write_secrets "$(role_env "$role")" "$ROLES_DIR/role-$role.env.example" \
+            "$(role_redis_user "$role")" $(role_db_keys "$role")
+    done
+    write_secrets "$ADMIN_ENV" "$ROLES_DIR/admin.env.example" admin PRICEPIPE_DATABASE_URL
 else
-    say "writing $ENV_FILE"
-    sed -e "s|pricepipe_writer:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_WRITER:$WRITER_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME|" \
-        -e "s|pricepipe_api:CHANGE_ME@127.0.0.1:5432/pricepipe|$DB_API:$API_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME|" \
-        "$DEPLOY_DIR/pricepipe.env.example" | put_file 0600 root:root "$ENV_FILE"
+    # The operator's files: only root reads them.
+    for file in "$ADMIN_ENV" $(for role in "${UNIT_ROLES[@]}"; do role_env "$role"; done); do
+        if [ -e "$file" ]; then
+            run chown root:root "$file"
+            run chmod 0600 "$file"
+        fi
+    done
 fi
-
-# --- code -------------------------------------------------------------------------------
-
-say "virtualenv $VENV with pricepipe from $SRC_DIR"
-run install -d -m 0755 -o root -g root "$PREFIX"
-if [ ! -x "$VENV/bin/python" ]; then
-    run python3 -m venv "$VENV"
-fi
-run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade pip
-# Not editable: the installed code is a copy owned by root, read-only for the services.
-run "$VENV/bin/pip" install --quiet "${pip_sources[@]}" --upgrade "$SRC_DIR"
-run rm -rf "$PREFIX/deploy"
-run cp -r "$DEPLOY_DIR" "$PREFIX/deploy"
 
 # The operator's `pricepipe` (status, dlq, migrate...): root-only, because it reads the
-# 0600 environment file, then drops to the service user like the units do.
+# 0600 environment files, then drops to the service user like the units do.
 render_wrapper | put_file 0750 root:root "$SBIN_DIR/pricepipe"
 
 # --- systemd units ----------------------------------------------------------------------
@@ -374,6 +591,24 @@ render_wrapper | put_file 0750 root:root "$SBIN_DIR/pricepipe"
 say "systemd units into $SYSTEMD_DIR"
 for unit in "$DEPLOY_DIR"/systemd/*; do
     sed "s|/opt/pricepipe/venv|$VENV|g" "$unit" | put_file 0644 root:root "$SYSTEMD_DIR/$(basename "$unit")"
+done
+# Each persist worker's own metrics port, on loopback (a drop-in per instance: one
+# template cannot compute 9300 + N). Those of instances no longer wanted go.
+for i in $(seq 1 "$PERSIST_WORKERS"); do
+    dropin="$SYSTEMD_DIR/pricepipe-persist@$i.service.d"
+    run install -d -m 0755 -o root -g root "$dropin"
+    printf '%s\n' "# Written by install.sh: this worker's metrics endpoint (deploy/README.md, Metrics)." \
+        "[Service]" "Environment=PRICEPIPE_WORKER_METRICS_HOST=127.0.0.1" \
+        "Environment=PRICEPIPE_WORKER_METRICS_PORT=$((METRICS_BASE_PORT + i))" \
+        | put_file 0644 root:root "$dropin/metrics.conf"
+done
+for conf in "$SYSTEMD_DIR"/pricepipe-persist@*.service.d/metrics.conf; do
+    [ -e "$conf" ] || continue
+    instance=${conf#"$SYSTEMD_DIR"/pricepipe-persist@}
+    instance=${instance%%.service.d/metrics.conf}
+    if ! [[ $instance =~ ^[0-9]+$ ]] || [ "$instance" -gt "$PERSIST_WORKERS" ]; then
+        run rm -f "$conf"
+    fi
 done
 run systemctl daemon-reload
 
@@ -422,4 +657,4 @@ if [ "$START" = 1 ]; then
     run systemctl restart pricepipe.target
     run systemctl --no-pager --lines=0 status 'pricepipe-*' || true
 fi
-say "done; see $PREFIX/deploy/README.md (status: $VENV/bin/pricepipe status)"
+say "done; see $PREFIX/deploy/README.md (status: sudo pricepipe status)"

@@ -42,6 +42,31 @@ def test_dry_run_lists_actions_and_changes_nothing(tmp_path: Path) -> None:
     assert "+ write /etc/pricepipe/pricepipe.env (mode 0600, owner root:root)" in out
     assert "+ write /etc/pricepipe/db-passwords (mode 0600, owner root:root)" in out
     assert "+ write /usr/local/sbin/pricepipe (mode 0750, owner root:root)" in out
+    # Redis: a user per role in an ACL file Redis owns, hashes only.
+    assert (f"+ {prefix}/venv/bin/pricepipe redis-acl passwords "
+            "/etc/pricepipe/redis-passwords") in out
+    assert "+ set 'aclfile /etc/redis/users.acl' in /etc/redis/redis.conf" in out
+    assert ("redis-acl render --passwords-from /etc/pricepipe/redis-passwords --prefix pp "
+            "> /etc/redis/users.acl (mode 0640, owner redis:redis)") in out
+    # One secrets file per role, with only what the role needs; the operator's apart.
+    for role, holds in [("publisher", "Redis user publisher "),
+                        ("persist", "Redis user persist PRICEPIPE_DATABASE_URL"),
+                        ("ws", "Redis user ws "),
+                        ("api", "Redis user api PRICEPIPE_DATABASE_READ_URL"),
+                        ("jobs", "Redis user jobs PRICEPIPE_DATABASE_URL"),
+                        ("migrate", "PRICEPIPE_DATABASE_URL"),
+                        ]:
+        line = f"+ write /etc/pricepipe/role-{role}.env (mode 0600, owner root:root): {holds}"
+        assert line + "\n" in out, line
+    assert ("+ write /etc/pricepipe/admin.env (mode 0600, owner root:root): Redis user admin "
+            "PRICEPIPE_DATABASE_URL\n") in out
+    # The users exist before anything connects with them; the files before the units start.
+    assert out.index("redis-acl passwords") < out.index("redis-acl render") < out.index(
+        "restart redis-server") < out.index("role-api.env") < out.index("restart pricepipe.target")
+    # Persist workers 1-3: a metrics port each, on loopback.
+    for n in (1, 2, 3):
+        assert (f"+ write /etc/systemd/system/pricepipe-persist@{n}.service.d/metrics.conf "
+                "(mode 0644, owner root:root)") in out
     # The roles exist before migrations run as the writer (which may not create roles).
     assert out.index("roles.sql") < out.index("restart pricepipe-migrate")
     assert f"{prefix}/venv/bin/pip install" in out.replace("+ ", "")
@@ -97,6 +122,72 @@ def test_dry_run_without_local_servers_skips_them(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "redis-server" not in result.stdout.split("systemd units")[0]
     assert "roles.sql" not in result.stdout
+    assert "redis-acl apply" in result.stdout  # how to create the users on the remote Redis
+    assert "role-api.env (mode" not in result.stdout  # the operator writes the role files
+
+
+def test_shared_file_with_urls_is_refused_without_local_servers(tmp_path: Path) -> None:
+    """An install from before the role files, on a machine without the servers: the
+    installer cannot tell which URL is whose, so it asks for the move."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "pricepipe.env").write_text(
+        "PRICEPIPE_REDIS_URL=redis://redis-1:6379/0\n"
+        "PRICEPIPE_DATABASE_URL=postgresql://pricepipe_writer:pw@pg-1/pricepipe\n")
+    result = install("--dry-run", "--no-local-servers", "--prefix", str(tmp_path / "opt"),
+                     env=dict(os.environ, PRICEPIPE_ETC=str(etc)))
+    assert result.returncode != 0
+    assert (f"{etc}/pricepipe.env sets PRICEPIPE_REDIS_URL PRICEPIPE_DATABASE_URL: each "
+            "role's URLs now go in its own file") in result.stderr
+    assert "pw" not in result.stderr.replace("password", "")  # names, never values
+    assert "+ " not in result.stdout
+
+
+@pytest.mark.parametrize("role, key", [
+    ("api", "PRICEPIPE_DATABASE_URL"),
+    ("ws", "PRICEPIPE_DATABASE_URL"),
+    ("ws", "PRICEPIPE_DATABASE_READ_URL"),
+    ("publisher", "PRICEPIPE_DATABASE_URL"),
+])
+def test_role_file_with_a_url_it_must_not_hold_is_refused(tmp_path: Path, role: str,
+                                                           key: str) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / f"role-{role}.env").write_text(f"{key}=postgresql://pricepipe_writer:pw@h/db\n")
+    for local in ([], ["--no-local-servers"]):
+        result = install("--dry-run", *local, "--prefix", str(tmp_path / "opt"),
+                         env=dict(os.environ, PRICEPIPE_ETC=str(etc)))
+        assert result.returncode != 0
+        assert f"role-{role}.env sets {key}, which the {role} role must not hold" in (
+            result.stderr)
+        assert "+ " not in result.stdout
+
+
+def test_missing_passwords_with_files_holding_the_old_ones_are_refused(tmp_path: Path) -> None:
+    """Point 8 of issue 16: no new passwords while an environment file keeps the old."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "pricepipe.env").write_text(
+        "PRICEPIPE_DATABASE_URL=postgresql://pricepipe_writer:old@127.0.0.1:5432/pricepipe\n")
+    env = dict(os.environ, PRICEPIPE_ETC=str(etc))
+    result = install("--dry-run", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode != 0
+    assert f"{etc}/db-passwords is missing or incomplete, but {etc}/pricepipe.env" in result.stderr
+    assert "+ " not in result.stdout
+
+    (etc / "pricepipe.env").unlink()
+    (etc / "db-passwords").write_text("WRITER_PASSWORD=old\nAPI_PASSWORD=old2\n")
+    (etc / "role-ws.env").write_text("PRICEPIPE_REDIS_URL=redis://pp-ws:old@127.0.0.1:6379/0\n")
+    result = install("--dry-run", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode != 0
+    assert f"no Redis password in {etc}/redis-passwords for {etc}/role-ws.env (user ws)" in (
+        result.stderr)
+
+    (etc / "redis-passwords").mkdir()
+    (etc / "redis-passwords" / "ws").write_text("old\n")
+    result = install("--dry-run", "--prefix", str(tmp_path / "opt"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "keeping database passwords" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -125,6 +216,7 @@ def test_operator_wrapper(tmp_path: Path) -> None:
     text = result.stdout
     assert text.startswith("#!/bin/sh\n")
     assert f'. "{tmp_path}/etc/pricepipe.env"' in text
+    assert f'. "{tmp_path}/etc/admin.env"' in text  # the operator's URLs, not a unit's
     assert f'. "{tmp_path}/etc/jobs.env"' in text  # only for jobs and backfill
     assert text.rstrip().endswith(
         f'exec runuser -u pricepipe -- "{tmp_path}/opt/venv/bin/pricepipe" "$@"')

@@ -1,6 +1,7 @@
 """Each unit's ``ExecStart``, run as systemd would (its ``Environment=``, the
-shipped environment file pointed at the test servers, ``NOTIFY_SOCKET`` and
-``WATCHDOG_USEC``), sends ``READY=1`` from its main process once it really
+shipped environment file and its role's secrets file pointed at the test
+servers: its own Redis ACL user and only the database URL the role gets,
+``NOTIFY_SOCKET`` and ``WATCHDOG_USEC``), sends ``READY=1`` from its main process once it really
 serves, then ``WATCHDOG=1``, and the first SIGTERM stops it with exit code 0
 within ``TimeoutStopSec``."""
 
@@ -24,6 +25,7 @@ import pytest
 import redis
 
 from pricepipe import notify
+from pricepipe.acl import Role
 from pricepipe.embedded import free_port
 
 from . import unitfile
@@ -114,17 +116,31 @@ class Launch:
     port: int | None = None
 
 
+#: The URL variables of a role's secrets file (install.sh sets them from its passwords).
+URL_KEYS = ("PRICEPIPE_REDIS_URL", "PRICEPIPE_DATABASE_URL", "PRICEPIPE_DATABASE_READ_URL")
+
+
 def prepare(name: str, instance: str, *, pipeline_env: dict[str, str], database_url: str,
-            state_dir: Path, notify_path: str) -> Launch:
+            role_urls: dict[Role, str], state_dir: Path, notify_path: str) -> Launch:
     """The command line and environment systemd would give ``instance`` of unit ``name``,
     pointed at the test servers."""
     unit = unitfile.load(UNITS_DIR / name)
-    # /etc/pricepipe/pricepipe.env: the shipped example with the test servers' URLs.
+    # /etc/pricepipe/pricepipe.env: the shipped example (settings only) and the test layout.
     files = unitfile.environment_files(unit, unit_name=instance, hostname=HOSTNAME)
     assert files[0] == ("/etc/pricepipe/pricepipe.env", True)
     env_file = read_environment_file(DEPLOY / "pricepipe.env.example")
-    env_file.update({k: v for k, v in pipeline_env.items() if k.startswith("PRICEPIPE_")})
-    env_file["PRICEPIPE_DATABASE_READ_URL"] = database_url
+    assert not set(URL_KEYS) & set(env_file)
+    env_file.update({k: v for k, v in pipeline_env.items()
+                     if k in ("PRICEPIPE_REDIS_PREFIX", "PRICEPIPE_REDIS_SHARDS")})
+    # /etc/pricepipe/role-<role>.env: the role's example, its URLs the test servers'.
+    role_file, required = files[1]
+    assert required and role_file.startswith("/etc/pricepipe/role-")
+    role = Path(role_file).name.removeprefix("role-").removesuffix(".env")
+    role_env = read_environment_file(DEPLOY / "roles" / f"role-{role}.env.example")
+    for key in role_env:
+        assert key in URL_KEYS, (role, key)
+        role_env[key] = role_urls[Role(role)] if key == "PRICEPIPE_REDIS_URL" else database_url
+    env_file.update(role_env)
     env = {k: v for k, v in pipeline_env.items()
            if not k.startswith(("PRICEPIPE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
     env.update(env_file)
@@ -165,11 +181,11 @@ LONG_RUNNING = {
 @pytest.mark.parametrize("name", sorted(LONG_RUNNING))
 def test_unit_notifies_ready_and_watchdog_then_stops_cleanly(
     name: str, pipeline_env: dict[str, str], database_url: str, tmp_path: Path,
-    notify_socket: NotifySocket,
+    notify_socket: NotifySocket, redis_role_urls: dict[Role, str],
 ) -> None:
     instance = LONG_RUNNING[name] or f"pricepipe-ws@{free_port()}.service"
     launch = prepare(name, instance, pipeline_env=pipeline_env, database_url=database_url,
-                     state_dir=tmp_path, notify_path=notify_socket.path)
+                     role_urls=redis_role_urls, state_dir=tmp_path, notify_path=notify_socket.path)
     proc = subprocess.Popen(launch.argv, env=launch.env, cwd=launch.cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -205,10 +221,11 @@ def test_unit_notifies_ready_and_watchdog_then_stops_cleanly(
 
 
 def test_migrate_unit_runs_once(pipeline_env: dict[str, str], database_url: str,
-                                tmp_path: Path, notify_socket: NotifySocket) -> None:
+                                tmp_path: Path, notify_socket: NotifySocket,
+                                redis_role_urls: dict[Role, str]) -> None:
     name = "pricepipe-migrate.service"
     launch = prepare(name, name, pipeline_env=pipeline_env, database_url=database_url,
-                     state_dir=tmp_path, notify_path=notify_socket.path)
+                     role_urls=redis_role_urls, state_dir=tmp_path, notify_path=notify_socket.path)
     assert launch.unit.get("Service", "Type") == "oneshot"
     timeout_s = unitfile.seconds(launch.unit.get("Service", "TimeoutStartSec") or "90")
     result = subprocess.run(launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True,
@@ -232,7 +249,7 @@ def finished_jobs(redis_url: str, prefix: str) -> tuple[int, int]:
 
 def test_jobs_worker_children_never_notify(
     pipeline_env: dict[str, str], database_url: str, tmp_path: Path,
-    notify_socket: NotifySocket,
+    notify_socket: NotifySocket, redis_role_urls: dict[Role, str],
 ) -> None:
     """rq runs each job in a forked work horse, which heartbeats too. With
     NotifyAccess=main systemd logs "Got notification message from PID ..., but
@@ -240,7 +257,7 @@ def test_jobs_worker_children_never_notify(
     only the main process may send any."""
     name, instance = "pricepipe-jobs-worker@.service", "pricepipe-jobs-worker@1.service"
     launch = prepare(name, instance, pipeline_env=pipeline_env, database_url=database_url,
-                     state_dir=tmp_path, notify_path=notify_socket.path)
+                     role_urls=redis_role_urls, state_dir=tmp_path, notify_path=notify_socket.path)
     proc = subprocess.Popen(launch.argv, env=launch.env, cwd=launch.cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

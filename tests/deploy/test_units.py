@@ -13,7 +13,7 @@ import pytest
 from pricepipe.cli import build_parser
 
 from . import unitfile
-from .helpers import INSTALLED_VENV, UNITS_DIR
+from .helpers import DEPLOY, INSTALLED_VENV, UNITS_DIR
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = sorted(p.name for p in UNITS_DIR.glob("*.service"))
@@ -23,6 +23,13 @@ INSTANCES = {
     "pricepipe-persist@.service": "pricepipe-persist@1.service",
     "pricepipe-ws@.service": "pricepipe-ws@8101.service",
     "pricepipe-jobs-worker@.service": "pricepipe-jobs-worker@1.service",
+}
+#: Each unit's role: the secrets file it loads, /etc/pricepipe/role-<role>.env.
+ROLE_OF = {
+    "pricepipe-api.service": "api", "pricepipe-jobs-scheduler.service": "jobs",
+    "pricepipe-jobs-worker@.service": "jobs", "pricepipe-migrate.service": "migrate",
+    "pricepipe-persist@.service": "persist", "pricepipe-publisher@.service": "publisher",
+    "pricepipe-ws@.service": "ws",
 }
 LONG_RUNNING = [s for s in SERVICES if s != "pricepipe-migrate.service"]
 HARDENING = {
@@ -107,8 +114,13 @@ def test_unit_policy(name: str) -> None:
     assert service["SystemCallFilter"][-1] == "~@privileged @resources", name
     assert service["CapabilityBoundingSet"] == [], f"{name}: capabilities must be empty"
     assert unit.get("Service", "MemoryMax"), name
-    assert unitfile.environment_files(unit, unit_name=instance_of(name), hostname="h")[0] == (
-        "/etc/pricepipe/pricepipe.env", True)
+    files = unitfile.environment_files(unit, unit_name=instance_of(name), hostname="h")
+    # The shared settings, then this role's own secrets (both required), then optional
+    # per-instance files only.
+    assert files[:2] == [("/etc/pricepipe/pricepipe.env", True),
+                         (f"/etc/pricepipe/role-{ROLE_OF[name]}.env", True)], name
+    assert all(not required for _, required in files[2:]), files
+    assert (DEPLOY / "roles" / f"role-{ROLE_OF[name]}.env.example").exists()
     after = (unit.get("Unit", "After") or "").split()
     assert {"redis-server.service", "postgresql.service"} <= set(after), name
     assert unit.get("Unit", "PartOf") == "pricepipe.target", name

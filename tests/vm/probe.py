@@ -8,7 +8,10 @@ deployed pipeline that prints one JSON object on stdout.
   subscribe to trades and quotes, subscribed, then live frames of both.
 * ``counts``: per persisted stream, what Redis received (``entries-added``),
   what the persist group was given and has not acknowledged, beside the rows
-  PostgreSQL holds.
+  PostgreSQL holds (as the operator: ``/etc/pricepipe/admin.env``).
+* ``access``: Redis refuses a client without a password (``NOAUTH``), and the
+  websocket server's user (``/etc/pricepipe/role-ws.env``) reads the streams
+  but may not ``XADD`` nor ``FLUSHALL``.
 
 Every check retries until ``--timeout-s``: the pipeline may be starting.
 Only the installed package and its dependencies are used (no test code).
@@ -24,8 +27,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_FILE = Path("/etc/pricepipe/pricepipe.env")
+ADMIN_ENV = Path("/etc/pricepipe/admin.env")
+WS_ENV = Path("/etc/pricepipe/role-ws.env")
 BASE = "http://127.0.0.1"
 
 
@@ -33,10 +39,10 @@ class ProbeError(AssertionError):
     """A check did not hold before the timeout."""
 
 
-def settings() -> dict[str, str]:
-    """The services' environment file (as systemd's EnvironmentFile= reads it)."""
+def settings(path: Path = ENV_FILE) -> dict[str, str]:
+    """An environment file (as systemd's EnvironmentFile= reads it)."""
     out = {}
-    for line in ENV_FILE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if line and line[0] not in "#;" and "=" in line:
             key, _, value = line.partition("=")
@@ -127,7 +133,7 @@ def counts() -> dict[str, Any]:
     from pricepipe.keys import PERSIST_GROUP, PERSISTED, Keys
     from pricepipe.streams import known_symbols
 
-    env = settings()
+    env = {**settings(), **settings(ADMIN_ENV)}
     keys = Keys(env.get("PRICEPIPE_REDIS_PREFIX", "pp"), int(env.get("PRICEPIPE_REDIS_SHARDS",
                                                                      "8")))
     r = redis.Redis.from_url(env["PRICEPIPE_REDIS_URL"])  # bytes, as pricepipe reads it
@@ -165,9 +171,55 @@ def counts() -> dict[str, Any]:
     return {"streams": streams, "rows": rows}
 
 
+def access() -> dict[str, Any]:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from pricepipe.keys import Channel, Keys
+    from pricepipe.streams import known_symbols
+
+    env = settings()
+    keys = Keys(env.get("PRICEPIPE_REDIS_PREFIX", "pp"), int(env.get("PRICEPIPE_REDIS_SHARDS",
+                                                                     "8")))
+    ws_url = settings(WS_ENV)["PRICEPIPE_REDIS_URL"]
+    out: dict[str, Any] = {}
+    # No retries: redis-py retries a refused command for seconds otherwise.
+    no_retry = Retry(NoBackoff(), 0)
+    server = urlsplit(ws_url)  # the same server, without the credentials
+    anonymous = redis.Redis(host=server.hostname or "127.0.0.1", port=server.port or 6379,
+                            retry=no_retry)
+    try:
+        anonymous.ping()
+        out["anonymous"] = "PONG"
+    except redis.AuthenticationError as exc:
+        out["anonymous"] = f"NOAUTH {exc}"
+    finally:
+        anonymous.close()
+    ws = redis.Redis.from_url(ws_url, retry=no_retry)
+    try:
+        symbols = sorted(s.decode() if isinstance(s, bytes) else s
+                         for s in known_symbols(ws, keys))
+        if not symbols:
+            raise ProbeError("the ws user sees no symbols")
+        stream = keys.stream(symbols[0], Channel.TRADES)
+        length: int = ws.xlen(stream)  # type: ignore[assignment]
+        out["ws_xlen"] = int(length)
+        for name, call in (("ws_xadd", lambda: ws.xadd(stream, {"x": "1"})),
+                           ("ws_flushall", ws.flushall)):
+            try:
+                call()
+                out[name] = "allowed"
+            except redis.exceptions.NoPermissionError as exc:
+                out[name] = f"NOPERM {exc}"
+    finally:
+        ws.close()
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=("http", "ws", "counts"))
+    parser.add_argument("command", choices=("http", "ws", "counts", "access"))
     parser.add_argument("symbols", nargs="*")
     parser.add_argument("--timeout-s", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -176,6 +228,8 @@ def main(argv: list[str]) -> int:
             out = probe_http(args.symbols, args.timeout_s)
         elif args.command == "ws":
             out = probe_ws(args.symbols, args.timeout_s)
+        elif args.command == "access":
+            out = access()
         else:
             out = counts()
     except (ProbeError, urllib.error.URLError) as exc:

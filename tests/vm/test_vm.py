@@ -4,11 +4,17 @@ A Debian bookworm machine (``image.py``: debootstrap, cached) boots with
 ``systemd-nspawn`` (``machine.py``) on a fresh copy of the image, with
 loopback as its only network. ``deploy/install.sh --offline`` installs the
 checkout from a wheelhouse built on the host (``wheelhouse.py``), twice (the
-second run must change nothing it should keep). Then, through nginx on port
-80 and with a client inside the machine (``probe.py``): events arrive over
-HTTP and over the websocket. Faults follow: a persist worker is SIGKILLed
-during a bulk publish, Redis restarts, the machine reboots right after
-another bulk publish; after each the units come back on their own. Finally
+second run must change nothing it should keep: passwords, the ACL file, the
+environment files). Least privilege (issue 16): Redis refuses a client
+without a password (``NOAUTH``), the websocket server's user may not
+``XADD``, each role's secrets file is root's alone and the API's, websocket
+server's and publisher's hold no writer URL; every listener but nginx's is
+on loopback, each persist worker serves its metrics on its own port. Then,
+through nginx on port 80 and with a client inside the machine
+(``probe.py``): events arrive over HTTP and over the websocket. Faults
+follow: a persist worker is SIGKILLed during a bulk publish, Redis
+restarts, the machine reboots right after another bulk publish; after each
+the units come back on their own. Finally
 the publishers stop and every persisted stream has exactly as many rows in
 PostgreSQL as entries Redis ever received (the two bulk GBM runs, of known
 sizes, to the event), each once; the journal holds no warning of our units
@@ -59,6 +65,20 @@ SERVICES = ["pricepipe-migrate.service", "pricepipe-api.service",
             "pricepipe-publisher@gbm.service", "pricepipe-persist@1.service",
             "pricepipe-persist@2.service", "pricepipe-ws@8101.service",
             "pricepipe-ws@8102.service"]
+#: The secrets install.sh writes, kept as they are by a second run.
+SECRETS = ["/etc/pricepipe/db-passwords", "/etc/pricepipe/pricepipe.env",
+           "/etc/pricepipe/admin.env", "/etc/redis/users.acl", "/etc/redis/redis.conf",
+           *(f"/etc/pricepipe/redis-passwords/{role}" for role in
+             ("admin", "publisher", "persist", "ws", "reader", "group-reader", "api", "jobs")),
+           *(f"/etc/pricepipe/role-{role}.env" for role in
+             ("publisher", "persist", "ws", "api", "jobs", "migrate"))]
+#: What each role's secrets file may hold.
+ROLE_URLS = {"publisher": {"PRICEPIPE_REDIS_URL"},
+             "persist": {"PRICEPIPE_REDIS_URL", "PRICEPIPE_DATABASE_URL"},
+             "ws": {"PRICEPIPE_REDIS_URL"},
+             "api": {"PRICEPIPE_REDIS_URL", "PRICEPIPE_DATABASE_READ_URL"},
+             "jobs": {"PRICEPIPE_REDIS_URL", "PRICEPIPE_DATABASE_URL"},
+             "migrate": {"PRICEPIPE_DATABASE_URL"}}
 #: The servers install.sh sets up beside them.
 SERVERS = ["redis-server.service", "postgresql@15-main.service", "nginx.service"]
 #: How many of the realtime publisher's symbols (the unit's: 10 demo symbols) the
@@ -311,6 +331,53 @@ def journal_window(vm: Machine, run: Run, fault: str) -> None:
         run.unexplained[fault] = bad
 
 
+def env_keys(vm: Machine, path: str) -> set[str]:
+    """The variables an environment file sets (names only: the values are secrets)."""
+    text = vm.run(["cat", path]).stdout
+    return {line.split("=", 1)[0] for line in text.splitlines()
+            if "=" in line and not line.lstrip().startswith("#")}
+
+
+def check_least_privilege(vm: Machine, run: Run) -> None:
+    """Issue 16 on the installed machine (the values of the files are never logged)."""
+    for role, urls in ROLE_URLS.items():
+        path = f"/etc/pricepipe/role-{role}.env"
+        assert vm.run(["stat", "-c", "%a %U", path]).stdout.split() == ["600", "root"], path
+        assert {k for k in env_keys(vm, path) if k.endswith("_URL")} == urls, path
+    assert vm.run(["stat", "-c", "%a %U", "/etc/pricepipe/admin.env"]).stdout.split() == [
+        "600", "root"]
+    shared = env_keys(vm, "/etc/pricepipe/pricepipe.env")
+    assert not {k for k in shared if k.endswith("_URL")}, shared
+    writer = next(line for line in vm.run(["cat", "/etc/pricepipe/role-persist.env"]).stdout
+                  .splitlines() if line.startswith("PRICEPIPE_DATABASE_URL="))
+    for role in ("api", "ws", "publisher"):
+        holds = writer in vm.run(["cat", f"/etc/pricepipe/role-{role}.env"]).stdout
+        assert not holds, f"role-{role}.env holds the writer URL"  # (never the value)
+    # Each unit's environment as systemd gives it: the API's has no writer URL.
+    for unit, absent in (("pricepipe-api.service", "PRICEPIPE_DATABASE_URL="),
+                         ("pricepipe-ws@8101.service", "PRICEPIPE_DATABASE"),
+                         ("pricepipe-publisher@gbm.service", "PRICEPIPE_DATABASE")):
+        pid = vm.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout.strip()
+        environ = vm.run(["cat", f"/proc/{pid}/environ"]).stdout.split("\0")
+        assert not any(v.startswith(absent) for v in environ), unit
+        assert any(v.startswith("PRICEPIPE_REDIS_URL=redis://pp-") for v in environ), unit
+    access = probe(vm, "access")
+    run.log(f"access: {access}")
+    assert access["anonymous"].startswith("NOAUTH"), access
+    assert access["ws_xadd"].startswith("NOPERM"), access
+    assert access["ws_flushall"].startswith("NOPERM"), access
+    assert access["ws_xlen"] >= 0
+    # Loopback only, but nginx's public port: metrics and health endpoints included.
+    listeners = vm.run(["ss", "-ltnH"]).stdout.split("\n")
+    local = [line.split()[3] for line in listeners if line.strip()]
+    public = [a for a in local if not a.startswith(("127.", "[::1]:"))]
+    assert all(a.rsplit(":", 1)[1] == "80" for a in public), local
+    for n in (1, 2):  # each persist worker its own metrics port
+        assert f"127.0.0.1:{9300 + n}" in local, local
+        body = vm.run(["curl", "-fsS", f"http://127.0.0.1:{9300 + n}/metrics"]).stdout
+        assert "pricepipe_" in body
+
+
 def file_digest(vm: Machine, path: str) -> str:
     return hashlib.sha256(vm.run(["cat", path]).stdout.encode()).hexdigest()
 
@@ -360,11 +427,14 @@ def test_install_run_break_reboot_and_nothing_lost(machine: Machine, run: Run) -
     run.restarts = {u: int(s["NRestarts"]) for u, s in units_state(vm, SERVICES).items()}
 
     with run.phase("install.sh again (idempotent)"):
-        kept = {p: file_digest(vm, p) for p in ("/etc/pricepipe/db-passwords",
-                                                "/etc/pricepipe/pricepipe.env")}
+        kept = {p: file_digest(vm, p) for p in SECRETS}
         vm.run(INSTALL, timeout_s=900, cwd=CLONE)
-        assert {p: file_digest(vm, p) for p in kept} == kept, "the second run changed secrets"
+        changed = [p for p in kept if file_digest(vm, p) != kept[p]]
+        assert not changed, f"the second run changed secrets: {changed}"
         states = wait_active(vm, run)
+
+    with run.phase("least privilege: Redis users, secrets files, loopback listeners"):
+        check_least_privilege(vm, run)
 
     with run.phase("events over HTTP and the websocket, through nginx"):
         symbols = probe(vm, "http")["symbols"]
