@@ -47,7 +47,8 @@ Roles (see docs/security.md for the table):
   of heartbeats (``SCAN``); reads and writes its rate-limit counters only.
 * ``jobs`` - the rq worker and scheduler: rq's keys and channels (rq names
   them ``rq:...``; ``RQ_KEY_PREFIX``, read by rq >= 3 at import, changes
-  that) and the source registry (venue backfills claim their symbols).
+  that), the source registry (venue backfills claim their symbols) and,
+  read only, the symbol registry (the metadata job refreshes every symbol).
 * ``admin`` - the ``default`` user: ``status``, ``dlq``, ``jobs enqueue``,
   benchmarks, tests, ``pricepipe up``'s own loop: everything.
 """
@@ -261,6 +262,8 @@ def grant(role: Role, keys: Keys, *, rq_prefix: str = RQ_PREFIX) -> Grant:
                       "+script|load", "+script|exists", *BASE_COMMANDS, "-@admin",
                       "-function", "-scan", "-randomkey"),
             keys=(f"{rq_prefix}:*", p.sources),
+            # the metadata job refreshes every registered symbol
+            read_keys=(p.symbols,),
             channels=(f"{rq_prefix}:*",),
         )
     raise ValueError(f"unknown role {role!r}")  # pragma: no cover - exhaustive

@@ -1,5 +1,7 @@
 """``pricepipe status``: what is in the streams, how far behind the persist
-group is, and what PostgreSQL holds. Collection (I/O) is separate from
+group is, what PostgreSQL holds, and which processes are alive (persist
+workers and websocket servers by their heartbeat keys, rq workers and cron
+schedulers by rq's registries). Collection (I/O) is separate from
 rendering (pure)."""
 
 from __future__ import annotations
@@ -77,6 +79,68 @@ def worker_stats(r: Any, keys: Keys, role: str = "persist") -> list[dict[str, An
     return out
 
 
+def _age_s(now_ms: int, ts_ms: Any) -> float | None:
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int | float):
+        return None
+    return round(max(now_ms - ts_ms, 0) / 1000, 1)
+
+
+def ws_stats(r: Any, keys: Keys, *, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """Live websocket servers (their heartbeat key has not expired): name,
+    state (``ok`` or ``degraded``, as their ``/healthz``), connections and
+    the age of the last heartbeat, seconds (None for a server that does not
+    date its heartbeat)."""
+    from .clock import now_ms as clock_ms
+
+    now = clock_ms() if now_ms is None else now_ms
+    out = []
+    for info in worker_stats(r, keys, role="ws"):
+        out.append({"name": info["name"], "state": info.get("status", "unknown"),
+                    "connections": info.get("connections"),
+                    "heartbeat_age_s": _age_s(now, info.get("ts_ms"))})
+    return out
+
+
+def rq_worker_stats(r: Any, keys: Keys, *, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """rq workers serving this deployment's queues (registered, not yet
+    dead): name, state (``idle``, ``busy`` ...), queues, current job and the
+    age of the last heartbeat, seconds."""
+    from rq import Worker
+
+    from .clock import now_ms as clock_ms
+    from .workers.jobqueue import WORKER_OPTIONS
+
+    now = clock_ms() if now_ms is None else now_ms
+    prefix = keys.rq_queue("")
+    out = []
+    for worker in sorted(Worker.all(connection=r, **WORKER_OPTIONS), key=lambda w: w.name):
+        queues = worker.queue_names()
+        if not any(q.startswith(prefix) for q in queues):
+            continue
+        beat = worker.last_heartbeat
+        out.append({"name": worker.name, "state": str(worker.get_state()),
+                    "queues": queues, "job": worker.get_current_job_id(),
+                    "heartbeat_age_s": _age_s(now, beat.timestamp() * 1000) if beat else None})
+    return out
+
+
+def rq_scheduler_stats(r: Any, *, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """rq cron schedulers registered (rq's registry, scored by their last
+    heartbeat; shared by every deployment on this Redis): name and the age
+    of the last heartbeat, seconds. Read only: rq's cleanup of stale
+    entries is left to rq."""
+    from rq.cron_scheduler_registry import get_registry_key
+
+    from .clock import now_ms as clock_ms
+
+    now = clock_ms() if now_ms is None else now_ms
+    out = []
+    for name, score in r.zrange(get_registry_key(), 0, -1, withscores=True):
+        out.append({"name": name.decode() if isinstance(name, bytes) else name,
+                    "heartbeat_age_s": _age_s(now, score * 1000)})
+    return out
+
+
 def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dict[str, Any]:
     """Gather the status report; a server that cannot be reached is reported,
     not raised, so the command is useful during an outage."""
@@ -92,8 +156,11 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
         report["streams"] = stream_stats(r, keys, symbols)
         report["dead_letters"] = sum(int(r.xlen(keys.dead_letters(s))) for s in keys.all_shards())
         report["persist_workers"] = worker_stats(r, keys)
+        report["ws_servers"] = ws_stats(r, keys)
         try:
             report["jobs"] = job_stats(r, keys)
+            report["rq_workers"] = rq_worker_stats(r, keys)
+            report["rq_schedulers"] = rq_scheduler_stats(r)
         except redis.RedisError as exc:  # e.g. rq on a Redis Cluster (unsupported by rq)
             report["jobs_error"] = str(exc)
         r.close()
@@ -160,6 +227,7 @@ def render(report: dict[str, Any]) -> str:
     if workers is not None:
         names = ", ".join(w["name"] for w in workers) or "none"
         lines.append(f"persist workers alive: {len(workers)} ({names})")
+    lines.extend(_render_processes(report))
     jobs = report.get("jobs")
     if jobs:
         lines.append(f"{'rq queue':<24} {'queued':>8} {'started':>8} {'scheduled':>10} "
@@ -172,3 +240,29 @@ def render(report: dict[str, Any]) -> str:
     if report.get("jobs_error"):
         lines.append(f"rq queues: unavailable ({report['jobs_error']})")
     return "\n".join(lines)
+
+
+def _age(seconds: Any) -> str:
+    return "?" if seconds is None else f"{seconds:.0f}s ago"
+
+
+def _render_processes(report: dict[str, Any]) -> list[str]:
+    """The websocket servers, rq workers and cron schedulers, one line each."""
+    lines: list[str] = []
+    ws = report.get("ws_servers")
+    if ws is not None:
+        lines.append(f"websocket servers alive: {len(ws)}")
+        lines.extend(f"  {w['name']:<32} {w['state']:<9} {w['connections'] or 0:>6} conn  "
+                     f"heartbeat {_age(w['heartbeat_age_s'])}" for w in ws)
+    workers = report.get("rq_workers")
+    if workers is not None:
+        lines.append(f"rq workers: {len(workers)}")
+        lines.extend(f"  {w['name']:<32} {w['state']:<9} heartbeat {_age(w['heartbeat_age_s'])}"
+                     f"  queues {','.join(w['queues'])}"
+                     + (f"  job {w['job']}" if w.get("job") else "") for w in workers)
+    schedulers = report.get("rq_schedulers")
+    if schedulers is not None:
+        lines.append(f"rq cron schedulers: {len(schedulers)}")
+        lines.extend(f"  {s['name']:<32} heartbeat {_age(s['heartbeat_age_s'])}"
+                     for s in schedulers)
+    return lines

@@ -4,10 +4,27 @@ for development.
 With no server URLs configured it starts an embedded ``redis-server`` (AOF
 on) and PostgreSQL in the data directory (``./.pricepipe`` by default; a
 second run keeps the data), applies migrations, then runs a GBM publisher, a
-persist worker, the websocket server and the HTTP API as child processes,
-restarting any that dies (as systemd would in production). It prints the
-URLs and a live one-line status; Ctrl-C (or SIGTERM) stops the children
-gracefully, then the servers.
+persist worker, the websocket server, the HTTP API, an rq jobs worker and
+rq's cron scheduler as child processes, restarting any that dies (as
+systemd would in production). It prints the URLs and a live one-line
+status; Ctrl-C (or SIGTERM, or SIGHUP) stops the children gracefully, then
+the servers.
+
+Each child runs in its own process group, so a Ctrl-C in the terminal
+reaches only this process, which then sends each child one SIGTERM: the
+graceful stop (rq's warm shutdown: the job in progress finishes). A child
+still running after its grace period gets a second SIGTERM (rq's cold
+shutdown, which takes down the job's work horse), then SIGKILL, it and
+every process under it: nothing of ``up`` outlives it.
+
+The jobs run as in production: the scheduler enqueues partition upkeep,
+retention, the bar checks and the metadata refresh at start and then on
+their intervals (``workers/schedule.py``). ``up`` itself also enqueues the
+metadata refresh (the schedule's ``instruments`` job) once every symbol has
+persisted trades, then every :data:`METADATA_REFRESH_S`: the demo's symbols
+have no provider metadata, their 52-week band comes from stored history, so
+on a first run it exists only once trades are stored, and it follows the
+simulated prices from then on. The production schedule is unchanged.
 
 While it runs, ``<data_dir>/embedded.env`` (mode 0600) holds the servers'
 admin URLs, passwords included, so that other ``pricepipe`` commands in
@@ -18,8 +35,9 @@ in ``<data_dir>/secrets/`` (0700): Redis has one ACL user per role
 (:mod:`pricepipe.acl`) and each child connects as its own (the publisher as
 ``pp-publisher``, the worker as ``pp-persist`` ...); PostgreSQL authenticates with
 SCRAM, and the API reads through a read-only login in ``pricepipe_reader``.
-Only migrations, the persist worker and this process's status line use the
-superuser: ``up`` keeps no separate writer role (deploy/sql/roles.sql does).
+Only migrations, the persist worker, the jobs and this process's status
+line use the superuser: ``up`` keeps no separate writer role
+(deploy/sql/roles.sql does).
 """
 
 from __future__ import annotations
@@ -75,6 +93,8 @@ class Child:
     args: list[str]
     env: dict[str, str]
     log_path: Path
+    #: What runs ``args``: ``pricepipe`` of this interpreter.
+    command_prefix: tuple[str, ...] = (sys.executable, "-m", "pricepipe")
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -83,9 +103,13 @@ class Child:
     def start(self) -> None:
         if self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        # Its own process group: the terminal's SIGINT reaches only ``up``,
+        # which stops the child with a single SIGTERM (a second one would be
+        # rq's cold shutdown, and ends the other roles at once).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pricepipe", *self.args], env=self.env,
+            [*self.command_prefix, *self.args], env=self.env,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            process_group=0,
         )
 
     def check(self, now: float) -> None:
@@ -102,18 +126,86 @@ class Child:
             self.next_start = 0.0
             self.start()
 
-    def stop(self, timeout_s: float) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout_s)
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout_s: float, force_timeout_s: float = 5.0) -> None:
+        """SIGTERM, and wait up to ``timeout_s``; then a second SIGTERM (the
+        roles' "stop at once", rq's cold shutdown) and up to
+        ``force_timeout_s``; then SIGKILL to the child and every process
+        under it (an rq work horse is in a process group of its own, so
+        only its parentage finds it)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            if not _waited(proc, timeout_s):
+                log.warning("%s did not stop in %.0fs; asking again", self.name, timeout_s)
+                proc.send_signal(signal.SIGTERM)
+                if not _waited(proc, force_timeout_s):
+                    log.warning("%s did not stop; killing it and its processes", self.name)
+                    kill_tree(proc.pid)
+                    proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _waited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def parse_proc_stat(text: str) -> tuple[str, int]:
+    """``(state, parent pid)`` of a ``/proc/<pid>/stat`` line (proc(5): the
+    command name, in parentheses, may itself hold spaces and parentheses)."""
+    fields = text.rpartition(")")[2].split()
+    return fields[0], int(fields[1])
+
+
+def process_parents() -> dict[int, int]:
+    """``pid -> parent pid`` of every live (not zombie) process; empty where
+    there is no ``/proc``."""
+    out: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                state, ppid = parse_proc_stat(f.read())
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if state not in ("Z", "X"):
+            out[int(entry)] = ppid
+    return out
+
+
+def descendants(pid: int, parents: dict[int, int] | None = None) -> list[int]:
+    """Every process under ``pid`` (children, theirs ...), nearest first."""
+    parents = process_parents() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        found = children.get(todo.pop(0), [])
+        out.extend(found)
+        todo.extend(found)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it (found before any dies:
+    an orphan's parent is no longer ``pid``'s)."""
+    for target in [pid, *descendants(pid)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def pipeline_counts(r: Any, keys: Keys, symbols: list[str]) -> tuple[int, int, int]:
@@ -183,7 +275,74 @@ READER_GROUP = "pricepipe_reader"
 
 #: The Redis user each child of ``up`` connects as.
 CHILD_ROLES = {"publisher": Role.PUBLISHER, "worker": Role.PERSIST, "ws": Role.WS,
-               "api": Role.API}
+               "api": Role.API, "jobs-worker": Role.JOBS, "jobs-scheduler": Role.JOBS}
+
+#: How often ``up`` enqueues the metadata refresh once every symbol has
+#: trades (the schedule's own interval is 5,000 s), seconds.
+METADATA_REFRESH_S = 60.0
+#: The schedule's entry of the metadata refresh.
+METADATA_JOB = "instruments"
+
+
+@dataclass
+class MetadataRefresh:
+    """When ``up`` enqueues the metadata refresh: as soon as every symbol has
+    persisted trades (its 52-week band can then be computed), or
+    ``interval_s`` after start at the latest; then every ``interval_s``,
+    never while the previous one still waits or runs. Pure: times are
+    monotonic seconds."""
+
+    started: float
+    interval_s: float = METADATA_REFRESH_S
+    last: float | None = None
+
+    def due(self, now: float, *, every_symbol_has_trades: bool, previous_done: bool) -> bool:
+        if not previous_done:
+            return False
+        if self.last is None:
+            return every_symbol_has_trades or now - self.started >= self.interval_s
+        return now - self.last >= self.interval_s
+
+    def enqueued(self, now: float) -> None:
+        self.last = now
+
+
+def every_symbol_has_trades(r: Any, keys: Keys, symbols: list[str]) -> bool:
+    """Whether each of ``symbols`` (at least one) has trades the persist group
+    acknowledged, that is stored (or dead-lettered)."""
+    from .keys import Channel
+
+    if not symbols:
+        return False
+    streams = [keys.stream(s, Channel.TRADES) for s in symbols]
+    found = {b.stream: b.acknowledged for b in read_backlog(r, streams, ages=False)}
+    return all(found.get(stream, 0) > 0 for stream in streams)
+
+
+def enqueue_metadata_refresh(r: Any, keys: Keys) -> Any:
+    """Enqueue the schedule's metadata job, as ``pricepipe jobs enqueue``
+    enqueues a job (JSON, the retry policy); returns the rq job."""
+    from pricepipe.workers.jobs import enqueue
+    from pricepipe.workers.schedule import SCHEDULE
+
+    entry = next(e for e in SCHEDULE if e.name == METADATA_JOB)
+    return enqueue(r, keys.rq_queue(entry.queue), entry.func, kwargs=dict(entry.kwargs))
+
+
+def job_done(job: Any) -> bool:
+    """Whether the rq ``job`` (None: none yet) no longer waits or runs (a
+    retried job waits, scheduled, between its tries)."""
+    from rq.exceptions import InvalidJobOperation
+    from rq.job import JobStatus
+
+    if job is None:
+        return True
+    try:
+        status = job.get_status(refresh=True)
+    except InvalidJobOperation:  # its hash expired or was deleted
+        return True
+    return status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
+                      JobStatus.CANCELED)
 
 
 def ensure_reader_login(conn: Any, login: str, password: str) -> None:
@@ -254,7 +413,10 @@ def run_up(options: UpOptions) -> int:
     #: Per child name, what its environment gets beside the shared one.
     own_env: dict[str, dict[str, str]] = {name: {} for name in CHILD_ROLES}
     stop = _Stop()
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: the children, in process groups of their own, no longer
+    # get the terminal's hangup themselves.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM,
+                                                    signal.SIGHUP)}
     try:
         if not rs.url:
             layout = rs.keys
@@ -323,6 +485,11 @@ def run_up(options: UpOptions) -> int:
             ("worker", ["persist", "--name", f"{socket.gethostname()}-up"]),
             ("ws", ["ws", "--host", "127.0.0.1", "--port", str(ws_port)]),
             ("api", ["api", "--host", "127.0.0.1", "--port", str(api_port)]),
+            # A stable name: a restarted worker clears its previous life's
+            # registration. The cron scheduler keeps rq's (host:pid:random):
+            # rq refuses a second registration under one name.
+            ("jobs-worker", ["jobs", "worker", "--name", f"{socket.gethostname()}-up"]),
+            ("jobs-scheduler", ["jobs", "scheduler"]),
         ]
         for name, role_args in roles:
             child = Child(name, role_args, {**env, **own_env[name]}, logs_dir / f"{name}.log")
@@ -335,19 +502,35 @@ def run_up(options: UpOptions) -> int:
         print(f"HTTP API    http://127.0.0.1:{api_port}/v1/symbols   "
               f"docs: http://127.0.0.1:{api_port}/docs")
         print(f"websocket   ws://127.0.0.1:{ws_port}/ws" + ("" if ws_ok else "  (not up yet)"))
+        print("jobs        an rq worker and the cron scheduler (partitions, retention, "
+              "bar checks, metadata)")
         print(f"logs        {logs_dir}/   Ctrl-C stops everything")
 
         r = redis_client(rs)
         keys = rs.keys
         started = time.monotonic()
         interactive = sys.stdout.isatty()
-        last_print = 0.0
+        last_print = last_check = 0.0
+        refresh = MetadataRefresh(started)
+        refresh_job: Any = None
         while not stop.requested:
             now = time.monotonic()
             if options.duration_s is not None and now - started >= options.duration_s:
                 break
             for child in children:
                 child.check(now)
+            if now - last_check >= 1.0:
+                last_check = now
+                try:
+                    symbols = known_symbols(r, keys)
+                    ready = refresh.last is not None or every_symbol_has_trades(r, keys, symbols)
+                    if refresh.due(now, every_symbol_has_trades=ready,
+                                   previous_done=job_done(refresh_job)):
+                        refresh_job = enqueue_metadata_refresh(r, keys)
+                        refresh.enqueued(now)
+                except (redis.RedisError, OSError) as exc:
+                    # The status line says so; tried again in a second.
+                    log.debug("metadata refresh not enqueued: %s", exc)
             if now - last_print >= (1.0 if interactive else 5.0):
                 last_print = now
                 try:

@@ -36,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from pricepipe import codec, notify
+from pricepipe.clock import now_ms
 from pricepipe.config import RedisSettings
 from pricepipe.connections import async_redis_client
 
@@ -263,7 +264,9 @@ class WsServer:
         Redis, ``READONLY`` from a replica, ...) is logged once per episode
         and counted, never raised."""
         try:
-            await self._r.set(key, codec.encode_json({**self.health(), "pid": os.getpid()}),
+            # ts_ms: when it was written, so that `pricepipe status` tells its age.
+            await self._r.set(key, codec.encode_json({**self.health(), "pid": os.getpid(),
+                                                      "ts_ms": now_ms()}),
                               ex=max(int(interval * 3), 1))
         except RETRYABLE:
             self.stats.redis_write_errors += 1

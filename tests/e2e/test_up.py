@@ -1,8 +1,11 @@
 """The first README command, tried as a newcomer would: ``pricepipe up``
 with nothing configured starts its own servers and, within a minute, trades
 and quotes arrive on the websocket and in ``GET /v1/trades`` and
-``GET /v1/quotes`` (with bid < ask); Ctrl-C stops everything;
-a second run keeps the data."""
+``GET /v1/quotes`` (with bid < ask), every symbol of ``GET /v1/symbols``
+has its 52-week band (the jobs worker ran the metadata refresh), and
+``pricepipe status`` lists the websocket server, the rq worker and the cron
+scheduler; Ctrl-C stops everything, leaving no process behind; a second run
+keeps the data."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,7 @@ import pytest
 from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
+from pricepipe.supervisor import descendants, process_parents
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -76,6 +81,23 @@ class Up:
                 self.proc.stdout.close()
 
 
+def _status(data_dir: Path) -> str:
+    """``pricepipe status`` in another terminal: it finds the servers
+    through ``embedded.env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRICEPIPE_")}
+    env["PRICEPIPE_DATA_DIR"] = str(data_dir)
+    done = subprocess.run([sys.executable, "-m", "pricepipe", "status"], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def _poll(fn: Any, timeout_s: float, interval_s: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -108,6 +130,30 @@ def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
         assert len(names) == 3
         symbol = names[0]
 
+        # The 52-week band of every symbol: the metadata job, from stored history.
+        def banded() -> list[dict[str, Any]]:
+            rows = httpx.get(f"{api}/v1/symbols", timeout=5).json()["symbols"]
+            ok = len(rows) == 3 and all(row["week52_high"] is not None
+                                        and row["week52_low"] is not None for row in rows)
+            return rows if ok else []
+
+        rows = _poll(banded, 60)
+        assert rows, httpx.get(f"{api}/v1/symbols", timeout=5).text
+        assert all(row["week52_low"] <= row["week52_high"] for row in rows)
+
+        # Another terminal's `pricepipe status` sees the websocket server,
+        # the rq worker and the cron scheduler.
+        def listed() -> str:
+            text = _status(data_dir)
+            host = socket.gethostname()
+            wanted = ("websocket servers alive: 1", f"  {host}-{ws_port} ", "rq workers: 1",
+                      f"  {host}-up ", "rq cron schedulers: 1")
+            return text if all(w in text for w in wanted) else ""
+
+        status = _poll(listed, 30)
+        assert status, _status(data_dir)
+        assert "queues pp-maintenance,pp-bulk" in status
+
         # Live trades and quotes on the websocket, each with its stream entry ID.
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=10) as ws:
             ws.send(orjson.dumps({"op": "subscribe", "channels": ["trades", "quotes"],
@@ -136,9 +182,18 @@ def test_up_runs_the_whole_pipeline_and_keeps_data(data_dir: Path) -> None:
         assert httpx.get(f"{api}/v1/quotes", params={"symbols": symbol},
                          timeout=5).json()["quotes"][symbol]["bid"]
         first_id = rows[0]["id"]
+
+        # Every process under `up`, grandchildren too (rq's scheduler process
+        # under the jobs worker): none may outlive Ctrl-C.
+        tree = {pid: _cmdline(pid) for pid in descendants(up.proc.pid)}
+        workers = [pid for pid, cmd in tree.items() if cmd and b"jobs\x00worker" in cmd]
+        assert workers and any(process_parents().get(pid) in workers for pid in tree), tree
         assert up.stop() == 0
     finally:
         up.stop()
+    alive = process_parents()
+    left = {pid: cmd for pid, cmd in tree.items() if pid in alive and _cmdline(pid) == cmd}
+    assert not left, left
     # Everything stopped: nothing listens on the ports any more.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=2)
