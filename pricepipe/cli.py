@@ -63,8 +63,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .status import collect, render
+    from .workers.jobqueue import WORKER_OPTIONS
 
-    report = collect(redis_settings(args), database_settings(args))
+    report = collect(redis_settings(args), database_settings(args),
+                     rq_worker_options=WORKER_OPTIONS)
     if args.json:
         from .codec import encode_json
 
@@ -116,7 +118,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
         redis=RedisSettings.from_env(url=args.redis_url),
         database=DatabaseSettings.from_env(url=args.database_url),
         symbols=args.symbols, rate=args.rate, api_port=args.api_port, ws_port=args.ws_port,
-        duration_s=args.duration))
+        duration_s=args.duration, enqueue_refresh=enqueue_metadata_refresh))
+
+
+def enqueue_metadata_refresh(r: Any, keys: Any) -> Any:
+    """Enqueue the schedule's metadata job as ``pricepipe jobs enqueue`` does
+    (JSON, the retry policy) and return the rq job: ``up``'s refresh, here
+    because only the command may reach into a role."""
+    from .supervisor import METADATA_JOB
+    from .workers.jobs import enqueue
+    from .workers.schedule import SCHEDULE
+
+    entry = next(e for e in SCHEDULE if e.name == METADATA_JOB)
+    return enqueue(r, keys.rq_queue(entry.queue), entry.func, kwargs=dict(entry.kwargs))
 
 
 def all_settings() -> list[type[Settings]]:

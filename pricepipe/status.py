@@ -101,19 +101,20 @@ def ws_stats(r: Any, keys: Keys, *, now_ms: int | None = None) -> list[dict[str,
     return out
 
 
-def rq_worker_stats(r: Any, keys: Keys, *, now_ms: int | None = None) -> list[dict[str, Any]]:
+def rq_worker_stats(r: Any, keys: Keys, worker_options: dict[str, Any], *,
+                    now_ms: int | None = None) -> list[dict[str, Any]]:
     """rq workers serving this deployment's queues (registered, not yet
     dead): name, state (``idle``, ``busy`` ...), queues, current job and the
-    age of the last heartbeat, seconds."""
+    age of the last heartbeat, seconds. ``worker_options``: the jobs role's
+    rq options (its serializer), given by the command."""
     from rq import Worker
 
     from .clock import now_ms as clock_ms
-    from .workers.jobqueue import WORKER_OPTIONS
 
     now = clock_ms() if now_ms is None else now_ms
     prefix = keys.rq_queue("")
     out = []
-    for worker in sorted(Worker.all(connection=r, **WORKER_OPTIONS), key=lambda w: w.name):
+    for worker in sorted(Worker.all(connection=r, **worker_options), key=lambda w: w.name):
         queues = worker.queue_names()
         if not any(q.startswith(prefix) for q in queues):
             continue
@@ -141,9 +142,12 @@ def rq_scheduler_stats(r: Any, *, now_ms: int | None = None) -> list[dict[str, A
     return out
 
 
-def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dict[str, Any]:
+def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings, *,
+            rq_worker_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Gather the status report; a server that cannot be reached is reported,
-    not raised, so the command is useful during an outage."""
+    not raised, so the command is useful during an outage. rq workers are
+    listed when ``rq_worker_options`` (the jobs role's, see
+    :func:`rq_worker_stats`) are given."""
     from .connections import pg_connect, redis_client
     from .streams import known_symbols
 
@@ -159,7 +163,8 @@ def collect(redis_settings: RedisSettings, db_settings: DatabaseSettings) -> dic
         report["ws_servers"] = ws_stats(r, keys)
         try:
             report["jobs"] = job_stats(r, keys)
-            report["rq_workers"] = rq_worker_stats(r, keys)
+            if rq_worker_options is not None:
+                report["rq_workers"] = rq_worker_stats(r, keys, rq_worker_options)
             report["rq_schedulers"] = rq_scheduler_stats(r)
         except redis.RedisError as exc:  # e.g. rq on a Redis Cluster (unsupported by rq)
             report["jobs_error"] = str(exc)

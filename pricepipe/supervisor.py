@@ -50,6 +50,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,16 +320,6 @@ def every_symbol_has_trades(r: Any, keys: Keys, symbols: list[str]) -> bool:
     return all(found.get(stream, 0) > 0 for stream in streams)
 
 
-def enqueue_metadata_refresh(r: Any, keys: Keys) -> Any:
-    """Enqueue the schedule's metadata job, as ``pricepipe jobs enqueue``
-    enqueues a job (JSON, the retry policy); returns the rq job."""
-    from pricepipe.workers.jobs import enqueue
-    from pricepipe.workers.schedule import SCHEDULE
-
-    entry = next(e for e in SCHEDULE if e.name == METADATA_JOB)
-    return enqueue(r, keys.rq_queue(entry.queue), entry.func, kwargs=dict(entry.kwargs))
-
-
 def job_done(job: Any) -> bool:
     """Whether the rq ``job`` (None: none yet) no longer waits or runs (a
     retried job waits, scheduled, between its tries)."""
@@ -379,6 +370,9 @@ class UpOptions:
     api_port: int | None = None
     ws_port: int | None = None
     duration_s: float | None = None
+    #: Enqueues the schedule's metadata job, returning the rq job: given by
+    #: the command (the core imports no role); None runs no refresh.
+    enqueue_refresh: Callable[[Any, Keys], Any] | None = None
 
 
 class _Stop:
@@ -524,9 +518,10 @@ def run_up(options: UpOptions) -> int:
                 try:
                     symbols = known_symbols(r, keys)
                     ready = refresh.last is not None or every_symbol_has_trades(r, keys, symbols)
-                    if refresh.due(now, every_symbol_has_trades=ready,
-                                   previous_done=job_done(refresh_job)):
-                        refresh_job = enqueue_metadata_refresh(r, keys)
+                    if options.enqueue_refresh is not None and refresh.due(
+                            now, every_symbol_has_trades=ready,
+                            previous_done=job_done(refresh_job)):
+                        refresh_job = options.enqueue_refresh(r, keys)
                         refresh.enqueued(now)
                 except (redis.RedisError, OSError) as exc:
                     # The status line says so; tried again in a second.

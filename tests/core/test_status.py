@@ -40,7 +40,7 @@ def test_rq_workers_of_this_deployment_and_the_cron_schedulers(r: Any, keys: Key
     ours.set_state(WorkerStatus.IDLE)
     scheduler = JsonCronScheduler(connection=r, name="host:1:abc")
     scheduler.register_birth()
-    workers = rq_worker_stats(r, keys)
+    workers = rq_worker_stats(r, keys, WORKER_OPTIONS)
     assert [(w["name"], w["queues"], w["job"]) for w in workers] == [
         ("host-up", [keys.rq_queue("maintenance"), keys.rq_queue("bulk")], None)]
     assert workers[0]["state"] == "idle"
@@ -51,7 +51,7 @@ def test_rq_workers_of_this_deployment_and_the_cron_schedulers(r: Any, keys: Key
 
     ours.register_death()
     scheduler.register_death()
-    assert rq_worker_stats(r, keys) == [] and rq_scheduler_stats(r) == []
+    assert rq_worker_stats(r, keys, WORKER_OPTIONS) == [] and rq_scheduler_stats(r) == []
 
 
 def test_render_lists_each_process_with_its_heartbeat() -> None:

@@ -92,7 +92,8 @@ def test_every_symbol_has_trades_once_the_group_acknowledged_some(r: Any, keys: 
 
 
 def test_the_refresh_is_the_schedules_metadata_job(r: Any, keys: Keys) -> None:
-    from pricepipe.supervisor import enqueue_metadata_refresh, job_done
+    from pricepipe.cli import enqueue_metadata_refresh
+    from pricepipe.supervisor import job_done
     from pricepipe.workers.jobqueue import check_allowed
 
     assert job_done(None)

@@ -24,7 +24,16 @@ from pricepipe.embedded import RedisServer
 from pricepipe.keys import Channel, Keys
 from tests.helpers import wait_until
 
-from .helpers import collect, ids, live, publish, recv_json, recv_type, running_server
+from .helpers import (
+    collect,
+    ids,
+    live,
+    publish,
+    recv_json,
+    recv_type,
+    running_server,
+    until,
+)
 
 T = Channel.TRADES
 
@@ -110,7 +119,8 @@ def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
                 assert replay["type"] == "trades" and replay["replay"] is True
                 assert [t["id"] for t in replay["trades"]] == after
                 assert server.hub is not None and server.hub.epoch_changes >= 1
-                assert server.health()["redis"] is True
+                # Healthy again once its heartbeat got through to the new primary.
+                await until(lambda: server.health()["redis"] is True)
                 for conn in (ws, other, third):
                     await conn.close()
 
