@@ -1,13 +1,21 @@
-"""A short soak: load, every kind of fault once, then the full check."""
+"""A short soak: load, every kind of fault once, then the full check.
+
+It runs for a minute and a half, so it runs in its own CI stage, after the
+main suite (``.ci/run``), with ``PRICEPIPE_SOAK_TEST=1``."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 from pricepipe.bench.soak import FAULT_KINDS, SoakParams, run_soak
 
 
+@pytest.mark.skipif(os.environ.get("PRICEPIPE_SOAK_TEST") != "1",
+                    reason="a 90 s soak: PRICEPIPE_SOAK_TEST=1 runs it (.ci/run's second stage)")
 def test_short_soak_loses_nothing_and_no_reader_misses_anything_silently(
         tmp_path: Path) -> None:
     params = SoakParams(duration_s=60, rate=300, symbols=6, publishers=2, workers=2,
