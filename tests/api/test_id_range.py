@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from psycopg2 import sql
 
 from pricepipe import codec, streams
 from pricepipe.api import params, queries
@@ -332,7 +333,7 @@ def test_an_id_range_reads_the_primary_key_of_the_partitions_it_can_be_in(
                          codec.pack_entry_id(_eid(ms))))
     _insert(db, channel, rows)
     with db.cursor() as cur:
-        cur.execute(f"ANALYZE {channel}")  # a fixed table name, no value
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(channel)))
     table = queries.EVENT_TABLES[codec.Channel(channel)]
     # Ten minutes at noon of DAY0: events up to 7 days older, 5 minutes ahead.
     span = params.IdRange(codec.pack_entry_id(_eid(T0_MS)),

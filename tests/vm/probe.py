@@ -129,6 +129,7 @@ def text(value: Any) -> Any:
 def counts() -> dict[str, Any]:
     import psycopg2
     import redis
+    from psycopg2 import sql
 
     from pricepipe.keys import PERSIST_GROUP, PERSISTED, Keys
     from pricepipe.streams import known_symbols
@@ -162,8 +163,8 @@ def counts() -> dict[str, Any]:
     try:
         with conn.cursor() as cur:
             for channel in PERSISTED:  # the tables are named as the channels
-                cur.execute(f"SELECT symbol, count(*), count(DISTINCT entry_id) FROM {channel} "
-                            "GROUP BY symbol")
+                cur.execute(sql.SQL("SELECT symbol, count(*), count(DISTINCT entry_id) FROM {} "
+                                    "GROUP BY symbol").format(sql.Identifier(channel)))
                 for symbol, total, distinct in cur.fetchall():
                     rows[f"{channel}:{symbol}"] = {"rows": int(total), "distinct": int(distinct)}
     finally:
