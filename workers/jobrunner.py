@@ -60,6 +60,7 @@ def run_worker(make_worker: Callable[[], Any], *, burst: bool,
             _forget(worker)
         first = False
         failure: str
+        _stop_before_work(worker)
         try:
             worker.work(burst=burst, **work_options)
         except redis.RedisError as exc:
@@ -75,6 +76,22 @@ def run_worker(make_worker: Callable[[], Any], *, burst: bool,
         if _wait(wait_s, on_wait, stop):
             return 0
         delay_s = min(delay_s * 2, RESTART_CAP_S)
+
+
+def _stop_before_work(worker: Any) -> None:
+    """Until rq installs its own, SIGTERM and SIGINT ask ``worker`` to stop
+    (its flag, which rq's loop reads first). rq installs its handlers only
+    after its start-up (registration, the scheduler, "Listening on"): a stop
+    in that window would otherwise end the process with the default
+    disposition, not a warm shutdown."""
+    from datetime import UTC, datetime
+
+    def request(signum: int, frame: object) -> None:
+        worker._stop_requested = True
+        worker._shutdown_requested_date = datetime.now(UTC)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request)
 
 
 def _stop_was_requested(worker: Any) -> bool:
