@@ -564,11 +564,13 @@ class PersistWorker:
     def _wait_retry(self, what: str, failures: int, exc: BaseException, *,
                     upkeep: bool = False) -> None:
         self.stats.retries += 1
+        reason = str(exc).strip() or type(exc).__name__
         if self.stop.requested:
+            # Said even when stopping: the failure is why the batch is left.
+            log.warning("%s failed (%s); stopping instead of retrying", what, reason)
             raise Abandoned(what) from exc
         delay = self._backoff.compute(failures)
-        log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc).strip() or type(exc),
-                    failures, delay)
+        log.warning("%s failed (%s); retry %d in %.2fs", what, reason, failures, delay)
         notify.status(f"retrying: {what}")
         # Alive and keeping its place: systemd's watchdog must not restart a
         # worker that waits out an outage (restarts would only add churn).

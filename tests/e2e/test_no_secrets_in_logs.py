@@ -13,9 +13,12 @@ processes were quiet."""
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -77,6 +80,22 @@ def _output(proc: subprocess.Popen[bytes], *, stop: bool = False) -> str:
     return out
 
 
+def _read_until(proc: subprocess.Popen[bytes], mark: str, timeout_s: float = 60) -> str:
+    """What ``proc`` writes until ``mark`` appears in it; the rest stays in the pipe."""
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while mark.encode() not in seen:
+            left_s = deadline - time.monotonic()
+            assert left_s > 0 and proc.poll() is None, f"no {mark!r} in:\n{seen.decode()}"
+            if selector.select(timeout=min(left_s, 1.0)):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                seen += chunk
+    return seen.decode(errors="replace")
+
+
 def test_no_role_logs_a_secret(spawn: Spawn, pipeline_env: dict[str, str], r: Any,
                                keys: Keys, failing_upstream: str) -> None:
     base = {**pipeline_env, "PRICEPIPE_LOG_LEVEL": "DEBUG", "PRICEPIPE_POLL_RETRIES": "1",
@@ -105,8 +124,10 @@ def test_no_role_logs_a_secret(spawn: Spawn, pipeline_env: dict[str, str], r: An
     # Persist worker: its PostgreSQL (password in the URL) is down.
     persist = spawn(["persist", "--name", "p1"],
                     env={**base, "PRICEPIPE_DATABASE_URL": _down_database_url()})
-    wait_until(lambda: r.exists(keys.heartbeat("persist", "p1")) == 1, proc=persist)
-    outputs["persist"] = _output(persist, stop=True)
+    # Stopped only once it has said so: a SIGTERM before its first attempt
+    # would leave nothing to search.
+    said = _read_until(persist, "connect to postgresql failed")
+    outputs["persist"] = said + _output(persist, stop=True)
 
     # Websocket server with tokens: URL tokens (refused), wrong and right auth.
     ws_port = free_port()
