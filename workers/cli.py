@@ -281,6 +281,7 @@ def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
     from pricepipe.flags import redis_settings
 
     from .jobqueue import JsonCronScheduler
+    from .jobrunner import run_scheduler
     from .schedule import install
 
     class NotifyingScheduler(JsonCronScheduler):
@@ -294,12 +295,17 @@ def _cmd_jobs_scheduler(args: argparse.Namespace) -> int:
 
     rs = redis_settings(args)
     r = redis_client(rs)
-    try:
+
+    def make_scheduler() -> NotifyingScheduler:
         scheduler = NotifyingScheduler(connection=r, name=args.name or "")
         install(scheduler, rs.keys)
+        return scheduler
+
+    try:
         notify.ready("rq cron scheduler")
-        scheduler.start()  # rq's own SIGTERM handling: stops between enqueues
-        return 0
+        # rq's own SIGTERM handling stops it between enqueues; Redis errors
+        # (a full Redis, a restart) start a new one after a backoff.
+        return run_scheduler(make_scheduler, on_wait=notify.watchdog)
     finally:
         r.close()
 

@@ -1,4 +1,5 @@
-"""Keeps an rq worker working through Redis faults: ``pricepipe jobs worker``.
+"""Keeps an rq worker and the rq cron scheduler working through Redis faults:
+``pricepipe jobs worker`` and ``pricepipe jobs scheduler``.
 
 rq's ``Worker.work`` ends its loop on any error it does not expect, a
 refused write of a full Redis or a lost connection included, and returns
@@ -70,12 +71,50 @@ def run_worker(make_worker: Callable[[], Any], *, burst: bool,
                 return 0
             failure = "its work loop quit on an error (logged above)"
         _forget(worker)
-        wait_s = delay_s * (0.75 + random.random() / 2)
-        log.warning("rq worker %s stopped: %s; starting again in %.1fs", worker.name,
-                    failure, wait_s)
-        if _wait(wait_s, on_wait, stop):
+        if _pause(f"rq worker {worker.name}", failure, delay_s, on_wait, stop):
             return 0
         delay_s = min(delay_s * 2, RESTART_CAP_S)
+
+
+def run_scheduler(make_scheduler: Callable[[], Any], *,
+                  on_wait: Callable[[], object] = lambda: None,
+                  stop: threading.Event | None = None) -> int:
+    """Run rq cron schedulers made by ``make_scheduler`` until one ends on
+    request (SIGTERM or SIGINT); returns the exit code (0).
+
+    rq's ``CronScheduler.start`` lets every Redis error escape: a full Redis
+    refuses its registration, its heartbeat and its enqueues, a restart
+    drops its connection. Each is logged and a new scheduler starts after a
+    backoff, so a full Redis costs the schedule its enqueues (each interval
+    job is enqueued again as soon as a scheduler starts: the jobs are
+    idempotent), never the process."""
+    stop = stop or threading.Event()
+    delay_s = RESTART_BASE_S
+    while True:
+        scheduler = make_scheduler()
+        # rq installs its handlers inside start(); until then a stop is ours.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        if stop.is_set():
+            return 0
+        try:
+            scheduler.start()  # returns only when a signal asked it to stop
+        except redis.RedisError as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            return 0
+        if _pause(f"rq cron scheduler {scheduler.name}", failure, delay_s, on_wait, stop):
+            return 0
+        delay_s = min(delay_s * 2, RESTART_CAP_S)
+
+
+def _pause(who: str, failure: str, delay_s: float, on_wait: Callable[[], object],
+           stop: threading.Event) -> bool:
+    """Log why ``who`` stopped and wait a jittered ``delay_s`` before the next
+    start; True when a stop was requested meanwhile."""
+    wait_s = delay_s * (0.75 + random.random() / 2)
+    log.warning("%s stopped: %s; starting again in %.1fs", who, failure, wait_s)
+    return _wait(wait_s, on_wait, stop)
 
 
 def _stop_before_work(worker: Any) -> None:

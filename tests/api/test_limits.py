@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+import redis
 from fastapi.testclient import TestClient
 
+from pricepipe import streams
+from pricepipe.api.app import create_app
 from pricepipe.api.settings import ApiSettings
+from pricepipe.config import DatabaseSettings, RedisSettings
+from pricepipe.embedded import RedisServer
 from pricepipe.keys import Keys
+from tests.api.helpers import DAY0_US, insert_trades, steady_trades
 
 PROXY = ("127.0.0.1", 50000)
 STRANGER = ("203.0.113.9", 50000)
@@ -93,6 +100,41 @@ def test_rate_limiter_fails_open_when_redis_is_down(
     assert health.status_code == 503 and health.json()["redis"] == "unreachable"
     quotes = client.get("/v1/quotes?symbols=A")
     assert quotes.status_code == 503 and quotes.json()["error"] == "redis unavailable"
+
+
+def test_a_full_redis_costs_only_the_rate_limit_counts(
+        make_redis_server: Callable[..., RedisServer], db_settings: DatabaseSettings,
+        db: Any, keys: Keys) -> None:
+    """``maxmemory`` + ``noeviction`` refuses the limiter's writes: requests
+    pass and the skipped checks are counted; every read (history, the quote
+    board, symbols, health) goes on as before."""
+    server = make_redis_server()
+    settings = RedisSettings(url=server.url, prefix=keys.prefix, shards=keys.shards)
+    admin = redis.Redis.from_url(server.url)
+    insert_trades(db, steady_trades("FULL", DAY0_US, 5, 1000))
+    streams.register_symbols(admin, keys, ["FULL"])
+    app = create_app(ApiSettings(rate_limit="100/minute", key_rate_limit=None), settings,
+                     db_settings)
+    history = f"/v1/trades/FULL?start={DAY0_US}&end={DAY0_US + 10**9}"
+    try:
+        with TestClient(app) as client:
+            assert client.get(history).json()["count"] == 5
+            admin.config_set("maxmemory", 1)
+            with pytest.raises(redis.OutOfMemoryError):
+                admin.set("proof-it-is-full", 1)
+            for _ in range(3):
+                assert client.get(history).json()["count"] == 5
+            assert client.get("/v1/quotes?symbols=FULL").status_code == 200
+            assert [s["symbol"] for s in client.get("/v1/symbols").json()["symbols"]] == ["FULL"]
+            assert client.get("/healthz").json()["redis"] == "ok"
+            metrics = client.get("/metrics").text
+            # The three history reads and the two others, not the first.
+            assert "pricepipe_api_rate_limit_errors_total 5.0" in metrics
+            admin.config_set("maxmemory", 0)
+            client.get(history)
+            assert "pricepipe_api_rate_limit_errors_total 5.0" in client.get("/metrics").text
+    finally:
+        admin.close()
 
 
 def test_metrics_count_and_time_requests_per_route_template(client: TestClient) -> None:

@@ -15,7 +15,10 @@ import redis
 
 from pricepipe.clock import utcnow
 from pricepipe.embedded import RedisServer
+from pricepipe.keys import Keys
 from pricepipe.workers import jobrunner, partitions
+from pricepipe.workers.jobs import MAINTENANCE
+from pricepipe.workers.schedule import SCHEDULE
 from tests.helpers import wait_until
 
 
@@ -87,6 +90,48 @@ def test_a_registration_left_by_a_killed_life_does_not_block_the_next(
                proc=second, timeout_s=60)
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0
+
+
+def test_the_cron_scheduler_waits_out_a_full_redis_and_a_restart(
+        pipeline_env: dict[str, str], make_redis_server: Callable[..., RedisServer],
+        spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path, keys: Keys) -> None:
+    server = make_redis_server()
+    env = dict(pipeline_env, PRICEPIPE_REDIS_URL=server.url)
+    admin = redis.Redis.from_url(server.url)
+    log_path = tmp_path / "scheduler.log"
+
+    def log_text() -> str:
+        return log_path.read_text(errors="replace")
+
+    def enqueued() -> int:
+        return log_text().count("enqueued partitions on")
+
+    try:
+        # Full before it starts: rq's registration is refused, again and again.
+        admin.config_set("maxmemory", 1)
+        with log_path.open("wb") as log_file:
+            scheduler = spawn(["jobs", "scheduler", "--name", "cron-full"], env=env,
+                              stdout=log_file)
+        wait_until(lambda: log_text().count("starting again") >= 2, proc=scheduler,
+                   timeout_s=60)
+        assert enqueued() == 0 and "OutOfMemoryError" in log_text()
+        admin.config_set("maxmemory", 0)
+        wait_until(lambda: enqueued() == 1, proc=scheduler, timeout_s=60)
+        # Once each: the refused starts enqueued nothing.
+        due = sum(1 for entry in SCHEDULE if entry.queue == MAINTENANCE)
+        assert admin.llen(f"rq:queue:{keys.rq_queue(MAINTENANCE)}") == due
+
+        # A restart loses the registration: the scheduler comes back into it
+        # (by itself, or as a new scheduler after a lost connection).
+        server.stop()
+        server.start()
+        wait_until(lambda: admin.zscore("rq:cron_schedulers", "cron-full") is not None,
+                   proc=scheduler, timeout_s=90)
+        scheduler.send_signal(signal.SIGTERM)
+        assert scheduler.wait(timeout=60) == 0, log_text()[-3000:]
+        assert "shutdown complete" in log_text()
+    finally:
+        admin.close()
 
 
 class _Worker:
