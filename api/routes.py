@@ -352,7 +352,10 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
             stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit),
-                header=table.csv_columns, chunk_bytes=settings.csv_chunk_bytes)
+                header=table.csv_columns, chunk_bytes=settings.csv_chunk_bytes,
+                spare=svc.pool.spare_connection,
+                halves=lambda conn: queries.event_csv_halves(conn, table, sym, span, after,
+                                                             limit))
             return _csv(stream, f"{sym}-{table.name}.csv", headers)
         if fmt_name in params.BINARY_FORMATS:
             arrow = _require_arrow(fmt_name)
@@ -361,7 +364,10 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
                 svc.pool.connection,
                 lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit,
                                                    columns=layout.sources),
-                header=layout.sources, chunk_bytes=settings.csv_chunk_bytes)
+                header=layout.sources, chunk_bytes=settings.csv_chunk_bytes,
+                spare=svc.pool.spare_connection,
+                halves=lambda conn: queries.event_csv_halves(conn, table, sym, span, after,
+                                                             limit, columns=layout.sources))
             return _binary(arrow, fmt_name, layout, sym, stream, f"{sym}-{table.name}", headers)
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn, (
