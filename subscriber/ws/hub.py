@@ -67,7 +67,18 @@ from pricepipe.codec import entry_to_json
 from pricepipe.keys import Channel, Keys
 from pricepipe.streams import async_epoch, epoch_of, reply_streams
 
-from .protocol import ALL_CHANNELS, FEEDS, STATUS, Pair, Topic, encode_entry, id_key
+from .protocol import (
+    ALL_CHANNELS,
+    FEEDS,
+    FRAME_END,
+    LIVE_HEADS,
+    STATUS,
+    Pair,
+    Topic,
+    encode_entry,
+    id_key,
+    text_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +110,7 @@ RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, 
 class Batch:
     """The new entries of one stream from one read, shared by all its subscribers."""
 
-    __slots__ = ("symbol", "channel", "kind", "pair", "entries", "joined")
+    __slots__ = ("symbol", "channel", "kind", "pair", "entries", "joined", "_wire")
 
     def __init__(self, symbol: str, channel: Topic, entries: list[Entry]) -> None:
         self.symbol = symbol
@@ -111,6 +122,18 @@ class Batch:
         #: The entries' JSON joined with commas, once: a frame's list is the
         #: comma-joined ``joined`` of the batches it carries.
         self.joined = b",".join([entry[2] for entry in entries])
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        """This batch alone as a live data frame, websocket header included
+        (unmasked, as a server writes it), built on first use and then the
+        same bytes for every subscriber whose flush holds only this batch:
+        with many subscribers per stream, the usual flush costs a write, not
+        an encoding."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = text_frame(LIVE_HEADS[self.kind] + self.joined + FRAME_END)
+        return wire
 
     def with_entries(self, entries: list[Entry]) -> Batch:
         """The same stream's batch holding only ``entries``."""

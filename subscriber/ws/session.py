@@ -35,13 +35,16 @@ shard's server changed, or a read finds it first, the pair starts again:
 snapshot and live entries of the new epoch. A client that is behind gets
 its conflated frames (of the old epoch) first.
 
-Live frames are framed once by websockets' own :class:`~websockets.frames.Frame`
-and written straight to the transport (what ``broadcast`` does, without its
-per-call overhead): a server's frames are unmasked and the server negotiates
-no extension, so the bytes are exactly what ``send`` would write. One flush
-writes one frame per channel that has entries, all in one ``write`` (one
-system call, as with a single frame). A connection that did negotiate an
-extension goes through ``broadcast``.
+Live frames are framed by :func:`~pricepipe.subscriber.ws.protocol.text_frame`
+(websockets' framing, held to it by a test) and written straight to the
+transport (what ``broadcast`` does, without its per-call overhead): a
+server's frames are unmasked and the server negotiates no extension, so the
+bytes are exactly what ``send`` would write. A flush that holds one batch
+(the usual one with many subscribers per stream) writes that batch's frame,
+built once and shared by every subscriber (:meth:`.hub.Batch.wire`). One
+flush writes one frame per channel that has entries, all in one ``write``
+(one system call, as with a single frame). A connection that did negotiate
+an extension goes through ``broadcast``.
 
 Slow consumers: live frames are written without waiting while the
 connection's send buffer is below ``buffer_high_bytes``. Above it, the
@@ -83,7 +86,6 @@ from limits.strategies import RateLimiter
 from redis.backoff import ExponentialWithJitterBackoff
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from pricepipe.clock import now_us
@@ -286,6 +288,8 @@ class Session:
         # Frames may be written as raw bytes only when no extension (such as
         # per-message deflate) transforms them.
         self._raw_frames = not ws.protocol.extensions
+        #: ``settings.buffer_high_bytes``, read once per flush of every connection.
+        self._high_bytes = settings.buffer_high_bytes
 
     # --- conversation ----------------------------------------------------------------------
 
@@ -931,15 +935,30 @@ class Session:
         pending = self._pending
         if not pending or self.behind or self._closing:
             return
-        transport = self.ws.transport
-        high = self._settings.buffer_high_bytes
-        if transport is None or transport.get_write_buffer_size() > high:
+        ws = self.ws
+        transport = ws.transport
+        if transport is None or transport.get_write_buffer_size() > self._high_bytes:
             self._fall_behind()
             return
         self._pending = []
-        # The usual flush holds one channel's batches: one frame, built as
-        # cheaply as before there were channels. Several channels take the
-        # general path, one frame per channel.
+        if len(pending) == 1 and self._raw_frames:
+            # The usual flush with many subscribers per stream: one stream's
+            # batch, whose whole frame (header included) is built once and
+            # written to each of them as the same bytes (as broadcast does).
+            batch = pending[0]
+            kind = batch.kind
+            if kind == TRADES:
+                self._last_trade[batch.symbol] = batch.entries[-1][1]
+            elif kind == STATUS_KIND:
+                self._last_status = batch.entries[-1][1]
+            if ws.protocol.state is State.OPEN:
+                transport.write(batch.wire())
+                stats = self._stats
+                stats.frames += 1
+                stats.deliveries += len(batch.entries)
+            return
+        # Several batches of one channel: one frame, joined for this client.
+        # Several channels take the general path, one frame per channel.
         kind = pending[0].kind
         count = 0
         for batch in pending:
@@ -977,7 +996,7 @@ class Session:
         if not self._raw_frames:
             broadcast([ws], frame, text=True)
         elif ws.protocol.state is State.OPEN:
-            ws.transport.write(Frame(Opcode.TEXT, frame).serialize(mask=False))
+            ws.transport.write(p.text_frame(frame))
         else:
             return
         stats = self._stats
@@ -996,8 +1015,7 @@ class Session:
                 broadcast([ws], frame, text=True)
         elif ws.protocol.state is State.OPEN:
             # One write, one system call, however many channels.
-            ws.transport.write(b"".join([Frame(Opcode.TEXT, frame).serialize(mask=False)
-                                         for frame in frames]))
+            ws.transport.write(b"".join([p.text_frame(frame) for frame in frames]))
         else:
             return
         self._stats.frames += len(frames)

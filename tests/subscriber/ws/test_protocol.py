@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pricepipe import codec
 from pricepipe.events import Event
@@ -231,3 +233,36 @@ def _info(first: str | None, last: str, *, length: int, added: int,
 def test_resume_verdict(cursor: str, info: dict[str, object] | None, trimmed: bytes | None,
                         want: tuple[str | None, str | None]) -> None:
     assert verdict(cursor, info, trimmed) == want
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
+def test_text_frame_is_what_websockets_serializes_at_each_length_boundary(size: int) -> None:
+    """The live path frames with :func:`text_frame`; websockets' ``Frame`` is
+    the reference (RFC 6455: 7-bit, 16-bit and 64-bit lengths)."""
+    from websockets.frames import Frame, Opcode
+
+    payload = bytes(i % 251 for i in range(size))
+    assert p.text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=70_000))
+def test_text_frame_matches_websockets_for_any_payload(payload: bytes) -> None:
+    from websockets.frames import Frame, Opcode
+
+    assert p.text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def test_a_batchs_wire_frame_is_built_once_and_parses_back() -> None:
+    """Every subscriber whose flush holds only this batch gets the same bytes:
+    a text frame of the live frame of its entries."""
+    from pricepipe.subscriber.ws.hub import Batch
+
+    entries = [((1, i), f"1-{i}", codec.encode_json({"id": f"1-{i}", "n": i})) for i in range(3)]
+    batch = Batch("AAPL", Channel.QUOTES, entries)
+    wire = batch.wire()
+    assert batch.wire() is wire
+    payload = wire[2:]
+    assert wire[:2] == bytes((0x81, len(payload)))
+    assert codec.decode_json(payload) == {
+        "type": "quotes", "quotes": [{"id": f"1-{i}", "n": i} for i in range(3)]}
