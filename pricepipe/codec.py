@@ -119,6 +119,51 @@ def encode_event(event: Event) -> tuple[bytes, str]:
     return F_BAR, encode_bar(event)
 
 
+#: Where orjson writes a float as ``repr`` does (both give the shortest text
+#: that reads back exactly; outside it their notations differ: orjson writes
+#: 1e-05 as ``0.00001``). A property test holds the two to each other here.
+_ORJSON_REPR_MIN = 1e-4
+_ORJSON_REPR_MAX = 1e16
+
+
+def float_texts(values: Sequence[float]) -> list[str]:
+    """``repr`` of each float, in order. In bulk, orjson's shortest-text
+    formatter is about 10x cheaper than ``repr`` (on GBM prices, with 17
+    significant digits, ``repr`` costs ~750 ns a float on a 2-core VM), and
+    gives the same text within ``[1e-4, 1e16)``; a column with any value
+    outside (or NaN) is formatted by ``repr``."""
+    if not values:
+        return []
+    total = sum(values)  # NaN or inf when any value is
+    if (total == total and total < _ORJSON_REPR_MAX and min(values) >= _ORJSON_REPR_MIN
+            and max(values) < _ORJSON_REPR_MAX):
+        return orjson.dumps(values).decode("ascii")[1:-1].split(",")
+    return [repr(value) for value in values]
+
+
+def encode_quote_columns(ts_us: Sequence[int], bid: Sequence[float], bid_size: Sequence[float],
+                         ask: Sequence[float], ask_size: Sequence[float],
+                         source: str) -> list[str]:
+    """:func:`encode_quote` of many quotes given as columns, one text per row:
+    the same text, for quotes with both sides and their sizes and no
+    ``recv_ts_us``, whose values are already validated. A batch path for the
+    bulk publisher: no event objects, floats formatted by :func:`float_texts`."""
+    tail = f" {source} "
+    return [f"{t} {b} {bs} {a} {az}{tail}" for t, b, bs, a, az in zip(
+        ts_us, float_texts(bid), float_texts(bid_size), float_texts(ask),
+        float_texts(ask_size), strict=True)]
+
+
+def encode_trade_columns(ts_us: Sequence[int], price: Sequence[float], size: Sequence[float],
+                         buy: Sequence[bool], source: str) -> list[str]:
+    """:func:`encode_trade` of many trades given as columns, as
+    :func:`encode_quote_columns`: trades with a size and a side (``buy``
+    true: bought), no ``trade_id`` nor ``recv_ts_us``."""
+    buy_tail, sell_tail = f" b  {source} ", f" s  {source} "
+    return [f"{t} {p} {s}{buy_tail if b else sell_tail}" for t, p, s, b in zip(
+        ts_us, float_texts(price), float_texts(size), buy, strict=True)]
+
+
 # --- reference parsers -----------------------------------------------------------------------
 
 

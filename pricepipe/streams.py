@@ -92,20 +92,15 @@ def append_events(r: Any, keys: Keys, events: Sequence[Event], *,
     """
     if not events:
         return []
-    groups: dict[int, list[int]] = {}
-    shard = keys.shard
-    for i, event in enumerate(events):
-        groups.setdefault(shard(event.symbol), []).append(i)
-    stream, channel_of, encode = keys.stream, codec.channel_of, codec.encode_event
-    calls = []
-    for idx in groups.values():
-        args: list[bytes | str] = []
-        for i in idx:
-            args.extend(encode(events[i]))
-        calls.append(([stream(events[i].symbol, channel_of(events[i])) for i in idx], args))
-    replies = _run_append(r, calls)
+    batch_calls = getattr(events, "append_calls", None)
+    if batch_calls is not None:
+        # A columnar batch (the GBM publisher's) encodes itself, column-wise.
+        indexed: list[AppendCall] = batch_calls(keys)
+    else:
+        indexed = append_calls(keys, events)
+    replies = _run_append(r, [(keys_, args) for _, keys_, args in indexed])
     out: list[Any] = [None] * len(events)
-    for idx, reply in zip(groups.values(), replies, strict=True):
+    for (idx, _, _), reply in zip(indexed, replies, strict=True):
         if isinstance(reply, Exception):
             if raise_on_error:
                 raise reply
@@ -115,6 +110,28 @@ def append_events(r: Any, keys: Keys, events: Sequence[Event], *,
             for i, entry_id in zip(idx, reply, strict=True):
                 out[i] = entry_id
     return out
+
+
+#: One append script call: (indices of its events in the batch, their stream
+#: keys, the ``field value`` arguments), all of one shard.
+AppendCall = tuple[list[int], list[str], list[bytes | str]]
+
+
+def append_calls(keys: Keys, events: Sequence[Event]) -> list[AppendCall]:
+    """The append script's calls for ``events``, one per shard, in order."""
+    groups: dict[int, list[int]] = {}
+    shard = keys.shard
+    for i, event in enumerate(events):
+        groups.setdefault(shard(event.symbol), []).append(i)
+    stream, channel_of, encode = keys.stream, codec.channel_of, codec.encode_event
+    calls: list[AppendCall] = []
+    for idx in groups.values():
+        args: list[bytes | str] = []
+        for i in idx:
+            args.extend(encode(events[i]))
+        calls.append((idx, [stream(events[i].symbol, channel_of(events[i])) for i in idx],
+                      args))
+    return calls
 
 
 def _run_append(r: Any, calls: list[tuple[list[str], list[bytes | str]]]) -> list[Any]:

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pricepipe.events import Event, Quote, Side, Trade
+from pricepipe.events import validate_source, validate_symbol
 from pricepipe.gbm import FloatArray, cholesky_factor, gbm_paths
 
+from .batch import EventBatch
 from .catalog import SymbolSpec
 
 BoolArray = npt.NDArray[np.bool_]
@@ -106,7 +107,9 @@ class GbmGenerator:
         if not (0 < trade_notional < float("inf") and 0 < quote_notional < float("inf")):
             raise ValueError("trade_notional and quote_notional must be finite and > 0")
         self.specs = list(specs)
-        self.symbols = [spec.symbol for spec in self.specs]
+        # Validated once here: the batches' events are encoded without being built.
+        self.symbols = [validate_symbol(spec.symbol) for spec in self.specs]
+        validate_source(source)
         n = len(self.specs)
         self.source = source
         self.dt_years = dt_years
@@ -175,23 +178,12 @@ class GbmGenerator:
         bid, bid_size, ask, ask_size = book
         return MarketStep(mid, is_trade, bid, bid_size, ask, ask_size, buy, trade_size)
 
-    def events(self, ts_us: Sequence[int]) -> list[Event]:
+    def events(self, ts_us: Sequence[int]) -> EventBatch:
         """One period per event time in ``ts_us``: every symbol's event, in
-        spec order, period after period."""
+        spec order, period after period, as a columnar :class:`EventBatch`
+        (a ``Sequence`` of the events, which the streams encode without
+        building them)."""
         m = self.draw(len(ts_us))
-        source, symbols = self.source, self.symbols
-        out: list[Event] = []
-        append = out.append
-        columns = zip(m.is_trade.tolist(), m.trade_price.tolist(), m.trade_size.tolist(),
-                      m.buy.tolist(), m.bid.tolist(), m.bid_size.tolist(), m.ask.tolist(),
-                      m.ask_size.tolist(), strict=True)
-        for ts, (trades, prices, sizes, buys, bids, bid_sizes, asks, ask_sizes) in zip(
-                ts_us, columns, strict=True):
-            for j, symbol in enumerate(symbols):
-                if trades[j]:
-                    append(Trade(symbol, ts, prices[j], sizes[j], source, None,
-                                 Side.BUY if buys[j] else Side.SELL))
-                else:
-                    append(Quote(symbol, ts, bids[j], bid_sizes[j], asks[j], ask_sizes[j],
-                                 source))
-        return out
+        return EventBatch(self.symbols, self.source, ts_us, is_trade=m.is_trade, buy=m.buy,
+                          price=m.trade_price, size=m.trade_size, bid=m.bid,
+                          bid_size=m.bid_size, ask=m.ask, ask_size=m.ask_size)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import redis
@@ -37,6 +38,7 @@ from pricepipe.keys import Channel, Keys
 from pricepipe.stop import StopRequest
 from pricepipe.streams import append_events, register_symbols
 
+from .batch import EventBatch
 from .metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,18 @@ class StreamSink:
         """
         if not events:
             return 0
-        if not self.register({e.symbol for e in events}):
+        # A columnar batch (the GBM publisher's) stays one: iterating it
+        # would build every event, the work it exists to avoid.
+        pending: Sequence[Event]
+        if isinstance(events, EventBatch):
+            symbols: Iterable[str] = events.present_symbols()
+            pending = events
+        else:
+            symbols = {e.symbol for e in events}
+            pending = list(events)
+        if not self.register(symbols):
             self._drop(len(events), "stop" if self.stop.requested else "backpressure")
             return 0
-        pending = list(events)
         appended = 0
         while pending:
             self._check_memory()
@@ -132,7 +142,14 @@ class StreamSink:
                 self._drop(len(pending), "stop")
                 return appended
             batch, results = sent
-            refused = []
+            if batch is pending and isinstance(batch, EventBatch) and not any(
+                    map(isinstance, results, repeat(Exception))):  # (map: no Python frame)
+                # The usual round trip: every event of the batch stored.
+                appended += len(batch)
+                for channel, count in batch.channel_counts().items():
+                    self.metrics.published.labels(channel=str(channel)).inc(count)
+                return appended
+            refused: list[Event] = []
             stored: dict[Channel, int] = {}
             for event, result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
@@ -142,10 +159,12 @@ class StreamSink:
                 else:
                     channel = channel_of(event)
                     stored[channel] = stored.get(channel, 0) + 1
-            # Events left out of the batch were stored by an earlier round trip.
-            for event in _without(pending, batch):
-                channel = channel_of(event)
-                stored[channel] = stored.get(channel, 0) + 1
+            # Events left out of the batch were stored by an earlier round trip
+            # (the batch is a sub-sequence of the pending events).
+            if batch is not pending:
+                sent_counts = _channel_counts(batch)
+                for channel, count in _channel_counts(pending).items():
+                    stored[channel] = stored.get(channel, 0) + count - sent_counts.get(channel, 0)
             appended += len(pending) - len(refused)
             for channel, count in stored.items():
                 self.metrics.published.labels(channel=str(channel)).inc(count)
@@ -154,16 +173,16 @@ class StreamSink:
             pending = refused
         return appended
 
-    def _send_once(self, events: Sequence[Event]) -> tuple[list[Event], list[Any]] | None:
+    def _send_once(self, events: Sequence[Event]) -> tuple[Sequence[Event], list[Any]] | None:
         """Send ``events`` until a round trip gets through; returns the events
         sent in that round trip and their results (after a failed round trip,
         events found already stored are not sent again). None if a stop came
         first."""
-        def attempt(failures: int) -> tuple[list[Event], list[Any]]:
-            batch = self._not_yet_stored(list(events)) if failures else list(events)
+        def attempt(failures: int) -> tuple[Sequence[Event], list[Any]]:
+            batch = self._not_yet_stored(list(events)) if failures else events
             return batch, self._send(batch) if batch else []
 
-        result: tuple[list[Event], list[Any]] | None = self._retrying(attempt)
+        result: tuple[Sequence[Event], list[Any]] | None = self._retrying(attempt)
         return result
 
     def last_events(self, symbols: Iterable[str], channel: Channel) -> dict[str, Event]:
@@ -284,8 +303,12 @@ class StreamSink:
         return True
 
 
-def _without(events: Sequence[Event], sent: Sequence[Event]) -> list[Event]:
-    """``events`` less the ones in ``sent`` (by identity: a batch is a
-    sub-list of the pending events)."""
-    sent_ids = {id(e) for e in sent}
-    return [e for e in events if id(e) not in sent_ids]
+def _channel_counts(events: Sequence[Event]) -> dict[Channel, int]:
+    """How many of ``events`` there are per channel."""
+    if isinstance(events, EventBatch):
+        return events.channel_counts()
+    counts: dict[Channel, int] = {}
+    for event in events:
+        channel = channel_of(event)
+        counts[channel] = counts.get(channel, 0) + 1
+    return counts
