@@ -69,6 +69,11 @@ class Batch:
     trade_ids: list[EntryRef] = field(default_factory=list)
     quotes: list[QuoteRow] = field(default_factory=list)
     quote_ids: list[EntryRef] = field(default_factory=list)
+    #: The COPY line of each trade row (:func:`trade_copy_line`), same order
+    #: as :attr:`trades`: made while decoding, most straight from the entry's
+    #: bytes (no float formatted back to text).
+    trade_lines: list[bytes] = field(default_factory=list)
+    quote_lines: list[bytes] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     #: Entries deleted from the stream while pending (nothing left to persist).
     vanished: list[EntryRef] = field(default_factory=list)
@@ -84,8 +89,10 @@ class Batch:
     def extend(self, other: Batch) -> None:
         self.trades.extend(other.trades)
         self.trade_ids.extend(other.trade_ids)
+        self.trade_lines.extend(other.trade_lines)
         self.quotes.extend(other.quotes)
         self.quote_ids.extend(other.quote_ids)
+        self.quote_lines.extend(other.quote_lines)
         self.rejects.extend(other.rejects)
         self.vanished.extend(other.vanished)
 
@@ -179,12 +186,16 @@ def decode_entries(
         return out
     rows: list[Any]
     fast: Any
+    line_of: Any
     if channel is Channel.TRADES:
-        rows, refs, fast = out.trades, out.trade_ids, codec.trade_values
+        rows, refs, lines = out.trades, out.trade_ids, out.trade_lines
+        fast, plain, line_of = codec.trade_values, codec.plain_trade, trade_copy_line
     else:
-        rows, refs, fast = out.quotes, out.quote_ids, codec.quote_values
+        rows, refs, lines = out.quotes, out.quote_ids, out.quote_lines
+        fast, plain, line_of = codec.quote_values, codec.plain_quote, quote_copy_line
     name = codec.FIELD_OF[channel]
     pack = codec.pack_entry_id
+    prefix = symbol.encode() + b"\t"
     for raw_id, raw_fields in entries:
         entry_id = raw_id.decode() if type(raw_id) is bytes else str(raw_id)
         # The usual entry, one field, as the raw reader returns it (a flat
@@ -205,8 +216,14 @@ def decode_entries(
                 except ValueError:
                     pass
                 else:
-                    rows.append((symbol, *values, packed))
+                    row = (symbol, *values, packed)
+                    rows.append(row)
                     refs.append((stream_key, entry_id))
+                    # The entry's value is the COPY row but for its separators
+                    # (same columns, same order; empty is NULL) when its
+                    # numbers are plain decimals (see codec.plain_quote).
+                    lines.append(prefix + value.replace(b" ", b"\t") + b"\t%d\n" % packed
+                                 if plain(value) else line_of(row))
                     continue
         fields = as_field_map(raw_fields)
         if not fields:
@@ -219,9 +236,13 @@ def decode_entries(
             out.rejects.append(Reject(stream_key, entry_id, fields, str(exc)))
             continue
         if isinstance(event, Trade):
-            out.trades.append(trade_row(event, packed))
+            trade = trade_row(event, packed)
+            out.trades.append(trade)
+            out.trade_lines.append(trade_copy_line(trade))
         elif isinstance(event, Quote):
-            out.quotes.append(quote_row(event, packed))
+            quote = quote_row(event, packed)
+            out.quotes.append(quote)
+            out.quote_lines.append(quote_copy_line(quote))
         else:  # the parser of a persisted channel returns its kind of event
             raise AssertionError(f"unexpected {type(event).__name__} in {stream_key}")
         refs.append((stream_key, entry_id))
@@ -269,6 +290,7 @@ def reject_untimely(batch: Batch) -> int:
     for kind in (Channel.TRADES, Channel.QUOTES):
         rows: list[Any] = batch.trades if kind is Channel.TRADES else batch.quotes
         refs = batch.trade_ids if kind is Channel.TRADES else batch.quote_ids
+        lines = batch.trade_lines if kind is Channel.TRADES else batch.quote_lines
         bad = [i for i, row in enumerate(rows)
                if not (row[8] >> shift) * 1000 - low <= row[1] <= (row[8] >> shift) * 1000 + high]
         if not bad:
@@ -283,6 +305,8 @@ def reject_untimely(batch: Batch) -> int:
         kept = [i for i in range(len(rows)) if i not in drop]
         rows[:] = [rows[i] for i in kept]
         refs[:] = [refs[i] for i in kept]
+        if lines:
+            lines[:] = [lines[i] for i in kept]
         moved += len(bad)
     return moved
 
@@ -300,40 +324,49 @@ def quote_fields(row: QuoteRow) -> dict[bytes, bytes]:
 
 # --- COPY text -------------------------------------------------------------------------------
 #
-# No escaping is needed: symbols, sources and trade ids match
-# pricepipe.events.SYMBOL_RE / SOURCE_RE / TRADE_ID_RE (no tab, newline or
-# backslash), sides are "buy"/"sell", numbers are written by repr/str.
-# "\N" is NULL.
+# PostgreSQL ``COPY ... FROM STDIN WITH (NULL '')`` text format (see
+# :data:`COPY_OPTIONS_SQL`): an empty field is NULL. No escaping is needed:
+# symbols, sources and trade ids match pricepipe.events.SYMBOL_RE /
+# SOURCE_RE / TRADE_ID_RE (no tab, newline or backslash, never empty), sides
+# are written as the wire's codes ``b``/``s`` (the staging table's insert
+# spells them out), numbers are written by repr/str. So a trade or quote
+# entry's value is its COPY row, spaces for tabs, once the symbol and the
+# packed entry ID are put around it.
 
-_NULL = "\\N"
+#: The options of every COPY of these lines.
+COPY_OPTIONS_SQL = "WITH (NULL '')"
+
+_SIDE_CODE = {"buy": "b", "sell": "s", None: ""}
 
 
 def _opt(value: float | int | str | None) -> str:
     if value is None:
-        return _NULL
+        return ""
     return repr(value) if type(value) is float else str(value)
 
 
-def trade_copy_text(rows: Iterable[TradeRow]) -> str:
-    """Trade rows in PostgreSQL ``COPY ... FROM STDIN`` text format."""
-    null = _NULL
-    lines: list[str] = []
-    append = lines.append
-    for symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id in rows:
-        append(f"{symbol}\t{ts_us}\t{price!r}\t{null if size is None else repr(size)}\t"
-               f"{side or null}\t{trade_id or null}\t{source}\t"
-               f"{null if recv_ts_us is None else recv_ts_us}\t{entry_id}\n")
-    return "".join(lines)
+def trade_copy_line(row: TradeRow) -> bytes:
+    """One trade row as a line of COPY text."""
+    symbol, ts_us, price, size, side, trade_id, source, recv_ts_us, entry_id = row
+    return (f"{symbol}\t{ts_us}\t{price!r}\t{_opt(size)}\t{_SIDE_CODE[side]}\t"
+            f"{trade_id or ''}\t{source}\t{_opt(recv_ts_us)}\t{entry_id}\n").encode()
 
 
-def quote_copy_text(rows: Iterable[QuoteRow]) -> str:
-    """Quote rows in PostgreSQL ``COPY ... FROM STDIN`` text format."""
-    lines: list[str] = []
-    append = lines.append
-    for symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, entry_id in rows:
-        append(f"{symbol}\t{ts_us}\t{_opt(bid)}\t{_opt(bid_size)}\t{_opt(ask)}\t"
-               f"{_opt(ask_size)}\t{source}\t{_opt(recv_ts_us)}\t{entry_id}\n")
-    return "".join(lines)
+def quote_copy_line(row: QuoteRow) -> bytes:
+    """One quote row as a line of COPY text."""
+    symbol, ts_us, bid, bid_size, ask, ask_size, source, recv_ts_us, entry_id = row
+    return (f"{symbol}\t{ts_us}\t{_opt(bid)}\t{_opt(bid_size)}\t{_opt(ask)}\t"
+            f"{_opt(ask_size)}\t{source}\t{_opt(recv_ts_us)}\t{entry_id}\n").encode()
+
+
+def trade_copy_text(rows: Iterable[TradeRow]) -> bytes:
+    """Trade rows as COPY text (for rows that come without their lines)."""
+    return b"".join([trade_copy_line(row) for row in rows])
+
+
+def quote_copy_text(rows: Iterable[QuoteRow]) -> bytes:
+    """Quote rows as COPY text."""
+    return b"".join([quote_copy_line(row) for row in rows])
 
 
 def days_of(rows: Iterable[TradeRow] | Iterable[QuoteRow]) -> set[int]:

@@ -71,9 +71,7 @@ from .bars import BarStateRow
 from .batch import (
     Batch,
     EntryRef,
-    QuoteRow,
     Reject,
-    TradeRow,
     quote_fields,
     reject_untimely,
     trade_fields,
@@ -130,6 +128,20 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Rows of one kind with their entries and COPY lines (same order)."""
+
+    rows: list[Any]
+    refs: list[EntryRef]
+    lines: list[bytes]
+
+    def halves(self) -> tuple[_Rows, _Rows]:
+        mid = len(self.rows) // 2
+        return (_Rows(self.rows[:mid], self.refs[:mid], self.lines[:mid]),
+                _Rows(self.rows[mid:], self.refs[mid:], self.lines[mid:]))
 
 
 class PersistWorker:
@@ -418,8 +430,9 @@ class PersistWorker:
             # when they finally go.
             written = self._dead_letter("dead-letter entries", batch.rejects, deliveries)
             self.stats.untimely += max(0, min(written, last) - first)
-        result, refused = self._write(batch.trades, batch.trade_ids, batch.quotes,
-                                      batch.quote_ids, fresh=not redelivered)
+        result, refused = self._write(
+            _Rows(batch.trades, batch.trade_ids, batch.trade_lines),
+            _Rows(batch.quotes, batch.quote_ids, batch.quote_lines), fresh=not redelivered)
         if refused:
             self._dead_letter("dead-letter refused rows", refused, deliveries)
         self.stats.trades_inserted += result.trades
@@ -476,10 +489,11 @@ class PersistWorker:
     def _drop_poison(self, batch: Batch, deliveries: dict[tuple[str, str], int]) -> None:
         limit = self.settings.max_deliveries
 
-        def keep(rows: list[Any], refs: list[EntryRef], fields_of: Callable[[Any], Any]
-                 ) -> tuple[list[Any], list[EntryRef]]:
-            kept_rows, kept_refs = [], []
-            for row, ref in zip(rows, refs, strict=True):
+        def keep(rows: list[Any], refs: list[EntryRef], lines: list[bytes],
+                 fields_of: Callable[[Any], Any]
+                 ) -> tuple[list[Any], list[EntryRef], list[bytes]]:
+            kept_rows, kept_refs, kept_lines = [], [], []
+            for row, ref, line in zip(rows, refs, lines, strict=True):
                 n = deliveries.get(ref, 0)
                 if n > limit:
                     batch.rejects.append(Reject(
@@ -488,39 +502,39 @@ class PersistWorker:
                 else:
                     kept_rows.append(row)
                     kept_refs.append(ref)
-            return kept_rows, kept_refs
+                    kept_lines.append(line)
+            return kept_rows, kept_refs, kept_lines
 
-        batch.trades, batch.trade_ids = keep(batch.trades, batch.trade_ids, trade_fields)
-        batch.quotes, batch.quote_ids = keep(batch.quotes, batch.quote_ids, quote_fields)
+        batch.trades, batch.trade_ids, batch.trade_lines = keep(
+            batch.trades, batch.trade_ids, batch.trade_lines, trade_fields)
+        batch.quotes, batch.quote_ids, batch.quote_lines = keep(
+            batch.quotes, batch.quote_ids, batch.quote_lines, quote_fields)
 
-    def _write(self, trades: list[TradeRow], trade_ids: list[EntryRef], quotes: list[QuoteRow],
-               quote_ids: list[EntryRef], *, fresh: bool = False
+    def _write(self, trades: _Rows, quotes: _Rows, *, fresh: bool = False
                ) -> tuple[WriteResult, list[Reject]]:
         """Write rows, splitting the batch to isolate rows PostgreSQL refuses.
         Returns what was written and the refused rows as rejects."""
-        if not trades and not quotes:
+        if not trades.rows and not quotes.rows:
             return WriteResult(), []
         try:
-            return self._retry_db("write a batch",
-                                  lambda: self.sink.write(trades, quotes, fresh=fresh)), []
+            return self._retry_db("write a batch", lambda: self.sink.write(
+                trades.rows, quotes.rows, fresh=fresh, trade_lines=trades.lines,
+                quote_lines=quotes.lines)), []
         except psycopg2.Error as exc:
             # Only "data" errors come out of _retry_db: some row is unwritable.
-            if len(trades) + len(quotes) == 1:
-                stream, entry_id = trade_ids[0] if trades else quote_ids[0]
-                fields = trade_fields(trades[0]) if trades else quote_fields(quotes[0])
+            if len(trades.rows) + len(quotes.rows) == 1:
+                stream, entry_id = trades.refs[0] if trades.rows else quotes.refs[0]
+                fields = (trade_fields(trades.rows[0]) if trades.rows
+                          else quote_fields(quotes.rows[0]))
                 reason = f"refused by postgresql: {str(exc).strip()}"
                 return WriteResult(), [Reject(stream, entry_id, fields, reason.lower())]
-            parts: list[tuple[list[TradeRow], list[EntryRef], list[QuoteRow], list[EntryRef]]]
-            if trades and quotes:  # each kind alone first, then halves
-                parts = [(trades, trade_ids, [], []), ([], [], quotes, quote_ids)]
-            elif trades:
-                mid = len(trades) // 2
-                parts = [(trades[:mid], trade_ids[:mid], [], []),
-                         (trades[mid:], trade_ids[mid:], [], [])]
+            none = _Rows([], [], [])
+            if trades.rows and quotes.rows:  # each kind alone first, then halves
+                parts = [(trades, none), (none, quotes)]
+            elif trades.rows:
+                parts = [(half, none) for half in trades.halves()]
             else:
-                mid = len(quotes) // 2
-                parts = [([], [], quotes[:mid], quote_ids[:mid]),
-                         ([], [], quotes[mid:], quote_ids[mid:])]
+                parts = [(none, half) for half in quotes.halves()]
             result, refused = WriteResult(), []
             for part in parts:
                 written, rejects = self._write(*part)

@@ -43,7 +43,14 @@ from .bars import (
     bar_rows,
     bar_state,
 )
-from .batch import QuoteRow, TradeRow, days_of, quote_copy_text, trade_copy_text
+from .batch import (
+    COPY_OPTIONS_SQL,
+    QuoteRow,
+    TradeRow,
+    days_of,
+    quote_copy_text,
+    trade_copy_text,
+)
 from .partitions import LOCK_TIMEOUT_MS, create_partitions
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ CREATE TEMP TABLE IF NOT EXISTS trade_stage (
     ts_us       bigint           NOT NULL,
     price       double precision NOT NULL,
     size        double precision,
-    side        text,
+    side        text,            -- the wire's code: b, s or NULL
     trade_id    text,
     source      text             NOT NULL,
     recv_ts_us  bigint,
@@ -76,17 +83,19 @@ CREATE TEMP TABLE IF NOT EXISTS quote_stage (
 """
 
 TRADE_COPY_SQL = ("COPY trade_stage (symbol, ts_us, price, size, side, trade_id, source,"
-                  " recv_ts_us, entry_id) FROM STDIN")
+                  " recv_ts_us, entry_id) FROM STDIN " + COPY_OPTIONS_SQL)
 QUOTE_COPY_SQL = ("COPY quote_stage (symbol, ts_us, bid, bid_size, ask, ask_size, source,"
-                  " recv_ts_us, entry_id) FROM STDIN")
+                  " recv_ts_us, entry_id) FROM STDIN " + COPY_OPTIONS_SQL)
 
 # Microseconds become timestamptz in the server (no per-row datetime objects
-# in Python).
+# in Python), and the wire's side codes their names (the COPY lines are most
+# often the entries' own bytes).
 TRADES_FROM_STAGE_SQL = """
 INSERT INTO trades (symbol, ts, price, size, side, trade_id, source, recv_ts, entry_id)
 SELECT symbol,
        timestamptz 'epoch' + ts_us * interval '1 microsecond',
-       price, size, side, trade_id, source,
+       price, size, CASE side WHEN 'b' THEN 'buy' WHEN 's' THEN 'sell' END,
+       trade_id, source,
        timestamptz 'epoch' + recv_ts_us * interval '1 microsecond',
        entry_id
 FROM trade_stage
@@ -315,7 +324,8 @@ class EventSink:
             self._days.add(key)
 
     def write(self, trades: Sequence[TradeRow] = (), quotes: Sequence[QuoteRow] = (), *,
-              fresh: bool = False) -> WriteResult:
+              fresh: bool = False, trade_lines: Sequence[bytes] | None = None,
+              quote_lines: Sequence[bytes] | None = None) -> WriteResult:
         """Persist ``trades`` and ``quotes`` in one transaction.
 
         Idempotent: rows already stored (same symbol, ts, entry_id; for
@@ -323,16 +333,24 @@ class EventSink:
         and not counted into their bars again. ``fresh=True`` says the rows
         are probably all new (first deliveries), which picks a cheaper plan
         with a fallback (see :data:`BARS_UPSERT_SQL`); the outcome is the
-        same. Returns the new rows per table and the bars changed. Raises
-        ``psycopg2.Error`` (see :func:`classify`); then nothing of the batch
-        was committed.
+        same. ``trade_lines`` and ``quote_lines``, when given, are the rows'
+        COPY lines (:attr:`.batch.Batch.trade_lines`), one per row, same
+        order; else they are made from the rows. Returns the new rows per
+        table and the bars changed. Raises ``psycopg2.Error`` (see
+        :func:`classify`); then nothing of the batch was committed.
         """
         if not trades and not quotes:
             return WriteResult()
         needed = {(TRADES, d) for d in days_of(trades)} | {(QUOTES, d) for d in days_of(quotes)}
         self.ensure_days(needed)
-        trade_text = trade_copy_text(trades) if trades else ""
-        quote_text = quote_copy_text(quotes) if quotes else ""
+        if trade_lines is not None and len(trade_lines) != len(trades):
+            raise ValueError(f"{len(trade_lines)} trade lines for {len(trades)} rows")
+        if quote_lines is not None and len(quote_lines) != len(quotes):
+            raise ValueError(f"{len(quote_lines)} quote lines for {len(quotes)} rows")
+        trade_text = (b"" if not trades else trade_copy_text(trades) if trade_lines is None
+                      else b"".join(trade_lines))
+        quote_text = (b"" if not quotes else quote_copy_text(quotes) if quote_lines is None
+                      else b"".join(quote_lines))
         try:
             return self._write_text(trade_text, quote_text, trades, fresh=fresh)
         except psycopg2.errors.CheckViolation:
@@ -343,7 +361,7 @@ class EventSink:
             self.ensure_days(needed)
             return self._write_text(trade_text, quote_text, trades, fresh=fresh)
 
-    def _write_text(self, trade_text: str, quote_text: str, trades: Sequence[TradeRow], *,
+    def _write_text(self, trade_text: bytes, quote_text: bytes, trades: Sequence[TradeRow], *,
                     fresh: bool) -> WriteResult:
         if fresh:
             try:
@@ -352,13 +370,13 @@ class EventSink:
                 log.debug("batch holds rows already written: inserting with ON CONFLICT")
         return self._write_idempotent(trade_text, quote_text)
 
-    def _copy(self, cur: Any, trade_text: str, quote_text: str) -> None:
+    def _copy(self, cur: Any, trade_text: bytes, quote_text: bytes) -> None:
         if trade_text:
-            cur.copy_expert(TRADE_COPY_SQL, io.StringIO(trade_text))
+            cur.copy_expert(TRADE_COPY_SQL, io.BytesIO(trade_text))
         if quote_text:
-            cur.copy_expert(QUOTE_COPY_SQL, io.StringIO(quote_text))
+            cur.copy_expert(QUOTE_COPY_SQL, io.BytesIO(quote_text))
 
-    def _write_fresh(self, trade_text: str, quote_text: str, trades: Sequence[TradeRow]
+    def _write_fresh(self, trade_text: bytes, quote_text: bytes, trades: Sequence[TradeRow]
                      ) -> WriteResult:
         conn = self.connect()
         result = WriteResult()
@@ -381,7 +399,7 @@ class EventSink:
             raise
         return result
 
-    def _write_idempotent(self, trade_text: str, quote_text: str) -> WriteResult:
+    def _write_idempotent(self, trade_text: bytes, quote_text: bytes) -> WriteResult:
         conn = self.connect()
         result = WriteResult()
         try:

@@ -152,10 +152,11 @@ RAW_TABLES = {"trades": ("bench_raw_trades", "trade_stage"),
               "quotes": ("bench_raw_quotes", "quote_stage")}
 
 
-def _raw_copy(conn: Any, table: str, text: str) -> float:
+def _raw_copy(conn: Any, table: str, text: bytes) -> float:
     """Seconds to ``COPY`` ``text`` (rows of ``table``) into an index-free table."""
     from psycopg2 import sql
 
+    from pricepipe.workers.batch import COPY_OPTIONS_SQL
     from pricepipe.workers.sink import STAGE_DDL
 
     raw, like = (sql.Identifier(name) for name in RAW_TABLES[table])
@@ -164,8 +165,8 @@ def _raw_copy(conn: Any, table: str, text: str) -> float:
         cur.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {})").format(raw, like))
         conn.commit()
         t0 = time.perf_counter()
-        cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(raw).as_string(conn),
-                        io.StringIO(text))
+        cur.copy_expert(sql.SQL("COPY {} FROM STDIN " + COPY_OPTIONS_SQL).format(raw)
+                        .as_string(conn), io.BytesIO(text))
         conn.commit()
         elapsed = time.perf_counter() - t0
         cur.execute(sql.SQL("DROP TABLE {}").format(raw))

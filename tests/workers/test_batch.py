@@ -18,8 +18,10 @@ from pricepipe.workers.batch import (
     days_of,
     decode_entries,
     decode_reply,
+    quote_copy_line,
     quote_copy_text,
     quote_row,
+    trade_copy_line,
     trade_copy_text,
     trade_row,
 )
@@ -99,12 +101,21 @@ def _check(channel: Channel, stream: str, field_maps: list[dict[bytes, bytes]]) 
     rows = got.trades if channel is Channel.TRADES else got.quotes
     assert rows == want_rows
     assert [r.entry_id for r in got.rejects] == want_rejected
+    # Each row's COPY line reads back as the row: the entry's own text when
+    # its numbers are plain, else the row formatted (both read alike).
+    lines = got.trade_lines if channel is Channel.TRADES else got.quote_lines
+    line_of = trade_copy_line if channel is Channel.TRADES else quote_copy_line
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows, strict=True):
+        for have, want in zip(line.split(b"\t"), line_of(row).split(b"\t"), strict=True):
+            assert have == want or float(have) == float(want)
     assert not (got.quotes if channel is Channel.TRADES else got.trades)
     # The server's raw flat lists decode exactly like redis-py's dicts (the
     # fast path is taken for the usual one-field entries only).
     raw = [[eid.encode(), [x for kv in f.items() for x in kv]] for eid, f in entries]
     again = decode_reply(KEYS, [[stream.encode(), raw]])
     assert (again.trades, again.quotes) == (got.trades, got.quotes)
+    assert (again.trade_lines, again.quote_lines) == (got.trade_lines, got.quote_lines)
     assert [(r.entry_id, r.reason) for r in again.rejects] == \
         [(r.entry_id, r.reason) for r in got.rejects]
 
@@ -155,14 +166,14 @@ def test_entries_of_a_stream_that_is_not_persisted_are_rejected() -> None:
         (bad_symbol, "2-0")]
 
 
-def test_copy_text_is_tab_separated_with_null_markers() -> None:
+def test_copy_text_is_tab_separated_and_empty_is_null() -> None:
     trades = [("AAPL", BASE_TS_US, 0.1, None, None, None, "x", None, 7),
               ("AAPL", BASE_TS_US + 1, 1e-07, 3.0, "sell", "ab:1", "y", BASE_TS_US + 5, 8)]
     assert trade_copy_text(trades) == (
-        f"AAPL\t{BASE_TS_US}\t0.1\t\\N\t\\N\t\\N\tx\t\\N\t7\n"
-        f"AAPL\t{BASE_TS_US + 1}\t1e-07\t3.0\tsell\tab:1\ty\t{BASE_TS_US + 5}\t8\n")
+        f"AAPL\t{BASE_TS_US}\t0.1\t\t\t\tx\t\t7\n"
+        f"AAPL\t{BASE_TS_US + 1}\t1e-07\t3.0\ts\tab:1\ty\t{BASE_TS_US + 5}\t8\n").encode()
     quotes = [("AAPL", BASE_TS_US, 1.5, 0.0, None, None, "x", None, 9)]
-    assert quote_copy_text(quotes) == f"AAPL\t{BASE_TS_US}\t1.5\t0.0\t\\N\t\\N\tx\t\\N\t9\n"
+    assert quote_copy_text(quotes) == f"AAPL\t{BASE_TS_US}\t1.5\t0.0\t\t\tx\t\t9\n".encode()
     assert days_of(trades) == days_of(quotes) == {BASE_TS_US // 86_400_000_000}
 
 

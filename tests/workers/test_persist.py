@@ -120,8 +120,8 @@ def test_a_trade_stored_before_under_its_venue_id_is_not_stored_twice(
 class _CrashAfterCommit(EventSink):
     """Commits, then dies before the worker can publish or acknowledge: the widest window."""
 
-    def write(self, trades: Any = (), quotes: Any = (), *, fresh: bool = False) -> WriteResult:
-        super().write(trades, quotes, fresh=fresh)
+    def write(self, trades: Any = (), quotes: Any = (), **kwargs: Any) -> WriteResult:
+        super().write(trades, quotes, **kwargs)
         raise SystemExit("simulated crash between COMMIT and XACK")
 
 
