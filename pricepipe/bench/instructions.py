@@ -180,13 +180,7 @@ def publisher_workload(n: int) -> tuple[Loop, int]:
 
 def worker_workload(n: int) -> tuple[Loop, int]:
     from pricepipe.keys import Keys
-    from pricepipe.workers.batch import (
-        days_of,
-        decode_reply,
-        quote_copy_text,
-        reject_untimely,
-        trade_copy_text,
-    )
+    from pricepipe.workers.batch import days_of, decode_reply, reject_untimely
 
     keys = Keys(PREFIX, SHARDS)
     replies = raw_replies(_events(n))
@@ -199,20 +193,19 @@ def worker_workload(n: int) -> tuple[Loop, int]:
             batch.row_ack_ids()
             days_of(batch.trades)
             days_of(batch.quotes)
-            out.append((trade_copy_text(batch.trades), quote_copy_text(batch.quotes)))
+            # The COPY text as the sink joins it: the lines made while decoding.
+            out.append((b"".join(batch.trade_lines), b"".join(batch.quote_lines)))
         return out
 
     return loop, n
 
 
 def hub_workload(n: int) -> tuple[Loop, int]:
-    from websockets.frames import Frame, Opcode
-
     from pricepipe.codec import entry_to_json
     from pricepipe.keys import Keys
     from pricepipe.streams import reply_streams
     from pricepipe.subscriber.ws.hub import Batch
-    from pricepipe.subscriber.ws.protocol import FRAME_END, LIVE_HEADS, id_key
+    from pricepipe.subscriber.ws.protocol import FRAME_END, LIVE_HEADS, id_key, text_frame
 
     keys = Keys(PREFIX, SHARDS)
     replies = raw_replies(_events(n))
@@ -240,13 +233,16 @@ def hub_workload(n: int) -> tuple[Loop, int]:
                 shared = Batch(symbol, channel, batch)
                 for k in subs_of[symbol]:
                     pending.setdefault(k, []).append(shared)
-            for batches in pending.values():  # each subscriber's flush
+            for batches in pending.values():  # each subscriber's flush, as Session.flush
+                if len(batches) == 1:  # one stream's batch: its shared frame
+                    batches[0].wire()
+                    frames += 1
+                    continue
                 by_kind: dict[int, list[bytes]] = {}
                 for batch_ in batches:
                     by_kind.setdefault(batch_.kind, []).append(batch_.joined)
                 for kind, parts in by_kind.items():
-                    frame = LIVE_HEADS[kind] + b",".join(parts) + FRAME_END
-                    Frame(Opcode.TEXT, frame).serialize(mask=False)
+                    text_frame(LIVE_HEADS[kind] + b",".join(parts) + FRAME_END)
                     frames += 1
         return frames
 
