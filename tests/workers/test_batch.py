@@ -104,10 +104,11 @@ def _check(channel: Channel, stream: str, field_maps: list[dict[bytes, bytes]]) 
     # Each row's COPY line reads back as the row: the entry's own text when
     # its numbers are plain, else the row formatted (both read alike).
     lines = got.trade_lines if channel is Channel.TRADES else got.quote_lines
-    line_of = trade_copy_line if channel is Channel.TRADES else quote_copy_line
     assert len(lines) == len(rows)
     for line, row in zip(lines, rows, strict=True):
-        for have, want in zip(line.split(b"\t"), line_of(row).split(b"\t"), strict=True):
+        made = (trade_copy_line(row) if channel is Channel.TRADES  # type: ignore[arg-type]
+                else quote_copy_line(row))  # type: ignore[arg-type]
+        for have, want in zip(line.split(b"\t"), made.split(b"\t"), strict=True):
             assert have == want or float(have) == float(want)
     assert not (got.quotes if channel is Channel.TRADES else got.trades)
     # The server's raw flat lists decode exactly like redis-py's dicts (the
