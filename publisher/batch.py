@@ -45,7 +45,7 @@ class EventBatch(Sequence[Event]):
     """
 
     __slots__ = ("symbols", "source", "ts_us", "is_trade", "buy", "price", "size", "bid",
-                 "bid_size", "ask", "ask_size", "_count")
+                 "bid_size", "ask", "ask_size", "_count", "_calls")
 
     def __init__(self, symbols: Sequence[str], source: str, ts_us: Sequence[int], *,
                  is_trade: Any, buy: Any, price: Any, size: Any, bid: Any, bid_size: Any,
@@ -58,6 +58,9 @@ class EventBatch(Sequence[Event]):
         self.bid, self.bid_size, self.ask, self.ask_size = bid, bid_size, ask, ask_size
         total = len(self.ts_us) * len(self.symbols)
         self._count = total if count is None else max(0, min(count, total))
+        #: The last :meth:`append_calls` result and its keys (a batch encoded
+        #: ahead, while the one before it is sent, is not encoded again).
+        self._calls: tuple[Keys, list[AppendCall]] | None = None
 
     # --- Sequence ---------------------------------------------------------------------------
 
@@ -171,7 +174,15 @@ class EventBatch(Sequence[Event]):
         indices (in batch order), their stream keys and the ``field value``
         arguments, the same as :func:`pricepipe.codec.encode_event` of each
         event gives. Raises :exc:`~pricepipe.exceptions.InvalidEventError`
-        for an invalid event, as building it would."""
+        for an invalid event, as building it would. Computed once per keys."""
+        cached = self._calls
+        if cached is not None and cached[0] == keys:
+            return cached[1]
+        calls = self._append_calls(keys)
+        self._calls = (keys, calls)
+        return calls
+
+    def _append_calls(self, keys: Keys) -> list[AppendCall]:
         if not self.valid():
             return append_calls_of(keys, self.events())
         n = len(self.symbols)

@@ -19,12 +19,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pricepipe import notify
 from pricepipe.clock import now_us
+from pricepipe.events import Event
 from pricepipe.stop import StopRequest
 
+from .batch import EventBatch
 from .generator import GbmGenerator
 from .metrics import PublisherMetrics
 from .pacer import Pacer
@@ -59,21 +62,36 @@ class Simulator:
 
     def run_bulk(self, count: int) -> int:
         """Publish ``count`` events in total (one per symbol per period, the
-        last period cut short); returns how many were appended."""
-        n = len(self.generator.symbols)
+        last period cut short); returns how many were appended.
+
+        The next batch is generated and encoded in a thread while this one
+        is sent: the round trip to Redis (mostly spent waiting on the
+        socket, without the GIL) and the encoding overlap. Batches are still
+        made one after another, in order, from the one generator."""
         remaining = count
         appended = 0
-        while remaining > 0 and not self.stop.requested:
-            periods = min(self.periods_per_batch, math.ceil(remaining / n))
-            base_us = max(self.wall_us(), self.last_ts_us + 1)
-            ts_us = [base_us + i for i in range(periods)]
-            events = self.generator.events(ts_us)[:remaining]
-            self.last_ts_us = ts_us[-1]
-            appended += self.sink.publish(events)
-            remaining -= len(events)
-            self._batch_done()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gbm-ahead") as ahead:
+            upcoming = ahead.submit(self._bulk_batch, remaining) if remaining > 0 else None
+            while upcoming is not None and not self.stop.requested:
+                events = upcoming.result()
+                remaining -= len(events)
+                upcoming = ahead.submit(self._bulk_batch, remaining) if remaining > 0 else None
+                appended += self.sink.publish(events)
+                self._batch_done()
         self._report(final=True)
         return appended
+
+    def _bulk_batch(self, remaining: int) -> Sequence[Event]:
+        """The next bulk batch of at most ``remaining`` events, encoded for the sink."""
+        n = len(self.generator.symbols)
+        periods = min(self.periods_per_batch, math.ceil(remaining / n))
+        base_us = max(self.wall_us(), self.last_ts_us + 1)
+        ts_us = [base_us + i for i in range(periods)]
+        events = self.generator.events(ts_us)[:remaining]
+        self.last_ts_us = ts_us[-1]
+        if isinstance(events, EventBatch):
+            events.append_calls(self.sink.keys)  # kept by the batch for the sink's send
+        return events
 
     def run_realtime(self, rate_hz: float) -> int:
         """Publish ``rate_hz`` events per second per symbol until a stop is

@@ -86,8 +86,11 @@ def test_same_seed_publishes_same_events(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     def events() -> list[Trade | Quote]:
+        # Batches of 2 periods: each made (in a thread) while the one before
+        # is sent, still in the seed's order.
         proc = spawn(["publish", "--symbols", "2", "--count", "40", "--seed", "7",
-                      "--params", "AAPL:10:0.1:0.9", "--quotes-per-trade", "1"],
+                      "--params", "AAPL:10:0.1:0.9", "--quotes-per-trade", "1",
+                      "--batch-size", "4"],
                      env=pipeline_env)
         assert proc.wait(timeout=60) == 0
         # Event times are the wall clock; everything else is the seed's.
