@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq.exceptions import StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,30 @@ def run_scheduler(make_scheduler: Callable[[], Any], *,
     job is enqueued again as soon as a scheduler starts: the jobs are
     idempotent), never the process."""
     stop = stop or threading.Event()
-    delay_s = RESTART_BASE_S
-    while True:
-        scheduler = make_scheduler()
-        # rq installs its handlers inside start(); until then a stop is ours.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        if stop.is_set():
-            return 0
-        try:
-            scheduler.start()  # returns only when a signal asked it to stop
-        except redis.RedisError as exc:
-            failure = f"{type(exc).__name__}: {exc}"
-        else:
-            return 0
-        if _pause(f"rq cron scheduler {scheduler.name}", failure, delay_s, on_wait, stop):
-            return 0
-        delay_s = min(delay_s * 2, RESTART_CAP_S)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        delay_s = RESTART_BASE_S
+        while True:
+            scheduler = make_scheduler()
+            # rq installs its handlers inside start(); until then a stop is ours.
+            for signum in previous:
+                signal.signal(signum, lambda *_: stop.set())
+            if stop.is_set():
+                return 0
+            try:
+                scheduler.start()  # returns only when a signal asked it to stop
+            except StopRequested:
+                return 0  # a signal during its registration, outside rq's own handling
+            except redis.RedisError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                return 0
+            if _pause(f"rq cron scheduler {scheduler.name}", failure, delay_s, on_wait, stop):
+                return 0
+            delay_s = min(delay_s * 2, RESTART_CAP_S)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _pause(who: str, failure: str, delay_s: float, on_wait: Callable[[], object],

@@ -11,7 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from rq.exceptions import StopRequested
 
 from pricepipe.clock import utcnow
 from pricepipe.embedded import RedisServer
@@ -183,3 +185,34 @@ def test_run_worker_starts_again_after_each_kind_of_failure(monkeypatch: Any) ->
     assert jobrunner.run_worker(lambda: _Worker("quit", made), burst=False, work_options={},
                                 stop=stop) == 0
     assert len(made) == 6
+
+
+class _Scheduler:
+    """Stands in for rq's CronScheduler: ``start`` raises its outcome, if any."""
+
+    def __init__(self, outcome: BaseException | None, made: list[_Scheduler]) -> None:
+        self.outcome = outcome
+        self.name = f"s{len(made)}"
+        made.append(self)
+
+    def start(self) -> None:
+        if self.outcome is not None:
+            raise self.outcome
+
+
+def test_run_scheduler_starts_again_after_redis_errors_and_ends_on_a_stop(
+        monkeypatch: Any) -> None:
+    monkeypatch.setattr(jobrunner, "RESTART_BASE_S", 0.01)
+    made: list[_Scheduler] = []
+    pings: list[int] = []
+    outcomes: list[BaseException | None] = [redis.OutOfMemoryError("full"),
+                                            redis.ConnectionError("gone"), None]
+    assert jobrunner.run_scheduler(lambda: _Scheduler(outcomes.pop(0), made),
+                                   on_wait=lambda: pings.append(1)) == 0
+    assert len(made) == 3 and len(pings) >= 2
+    # A signal while rq registers it (before its own handling starts).
+    assert jobrunner.run_scheduler(lambda: _Scheduler(StopRequested(), made)) == 0
+    assert len(made) == 4
+    # Any other error is not a Redis fault: it is raised.
+    with pytest.raises(ValueError):
+        jobrunner.run_scheduler(lambda: _Scheduler(ValueError("bug"), made))
