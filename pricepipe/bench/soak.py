@@ -28,9 +28,9 @@ seeded fault schedule (:func:`fault_plan`) then, every
   primary SIGKILLed, the replica promoted and the proxy moved to it, a new
   replica started in the old one's place. The entries the primary had and
   the replica lacked are lost by Redis: the soak records them per stream;
-* ``redis_full``: ``maxmemory`` just above what Redis holds and PostgreSQL
-  stopped until Redis refuses writes, then PostgreSQL back: nothing may
-  exit, and the workers must persist and trim their way out;
+* ``redis_full``: ``maxmemory`` just below what Redis holds and PostgreSQL
+  stopped until Redis has refused a write, then PostgreSQL back: nothing
+  may exit, and the workers must persist and trim their way out;
 * ``stop_strategy``: both strategies stopped (SIGTERM) for longer than the
   workers' hard cap for stopped groups, then started under the same names.
 
@@ -104,10 +104,11 @@ class SoakParams:
     strategy_stop: float | None = None
     #: How far the replica falls behind before a ``failover``.
     replica_lag_s: float = 2.0
-    #: ``redis_full``: memory allowed above what Redis holds when it starts,
-    #: how long to wait for Redis to refuse writes (and, after, to empty),
-    #: how long to keep PostgreSQL down once it does.
-    full_headroom_bytes: int = 1024 * 1024
+    #: ``redis_full``: how far below what Redis holds when it starts
+    #: ``maxmemory`` is set (what the workers must free to end it), how long
+    #: to wait for Redis to refuse a write (and, after, to get below the
+    #: limit), how long to keep PostgreSQL down once it has.
+    full_headroom_bytes: int = 64 * 1024
     full_timeout_s: float = 60.0
     full_hold_s: float = 3.0
     seed: int = 7
@@ -612,27 +613,29 @@ class _Faults:
         return False
 
     def _redis_full(self) -> str:
-        """A ``maxmemory`` just above what Redis holds, PostgreSQL stopped
-        until Redis refuses writes, then PostgreSQL back: the workers must
-        persist and trim their way out, the publishers follow their policy."""
+        """``maxmemory`` just below what Redis holds, PostgreSQL stopped until
+        Redis has refused a write, then PostgreSQL back: the workers must
+        persist and trim their way out, the publishers follow their policy.
+
+        Below, not above: with room left, the publishers stop at their
+        high-water mark before Redis is full (their policy working), and
+        Redis may then never refuse anything. Below what it holds, Redis
+        refuses every write that may grow memory (a worker's heartbeat, a
+        publisher's append) until the workers have freed room."""
         import time
 
         client = _direct(self.pair.primary)
         try:
-            used = int(client.info("memory")["used_memory"])
             refused = _oom_refusals(client)
+            limit = max(int(client.info("memory")["used_memory"])
+                        - self.params.full_headroom_bytes, 1)
             client.config_set("maxmemory-policy", "noeviction")
-            client.config_set("maxmemory", used + self.params.full_headroom_bytes)
+            client.config_set("maxmemory", limit)
             self.pg.stop()
             started = time.monotonic()
             full = self._wait(self.params.full_timeout_s,
                               lambda: _oom_refusals(client) > refused)
             filled_s = time.monotonic() - started
-            # Full is over by a few bytes only: a client buffer freed would let
-            # the next write in. Below what it holds now, it stays full until
-            # the workers have persisted and trimmed room.
-            limit = int(client.info("memory")["used_memory"]) - 64 * 1024
-            client.config_set("maxmemory", limit)
             self._wait(self.params.full_hold_s)
             self.pg.start()
             self._wait(self.params.full_timeout_s,
@@ -643,8 +646,8 @@ class _Faults:
             client.close()
         if not full:
             return f"Redis never refused a write in {self.params.full_timeout_s:.0f}s"
-        return (f"full after {filled_s:.1f}s, {refusals} writes refused, PostgreSQL "
-                f"back after {self.params.full_hold_s:.0f}s more")
+        return (f"full, first write refused after {filled_s:.1f}s, {refusals} refused in "
+                f"all, PostgreSQL back after {self.params.full_hold_s:.0f}s more")
 
     def run_due(self, now_s: float, *, all_now: bool = False) -> None:
         import signal

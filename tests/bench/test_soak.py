@@ -27,7 +27,7 @@ def test_short_soak_loses_nothing_and_no_reader_misses_anything_silently(
     summary = run_soak(params, json_path=str(tmp_path / "soak.json"))
     assert sorted({f["kind"] for f in summary["faults"]}) == sorted(FAULT_KINDS)
     details = {f["kind"]: f["detail"] for f in summary["faults"]}
-    assert details["redis_full"].startswith("full after"), details
+    assert details["redis_full"].startswith("full, first write refused"), details
     once = summary["exactly_once"]
     assert once["published"] > 0
     assert once["lost"] == 0 and once["duplicated"] == 0, once
