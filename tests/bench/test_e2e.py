@@ -4,8 +4,10 @@ that every figure is a real measurement. Never a speed assertion."""
 from __future__ import annotations
 
 from pricepipe.bench import e2e
+from tests.helpers import slow_stage
 
 
+@slow_stage
 def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> None:
     report = e2e.run(redis_url=redis_url, database_url=database_url, n=400,
                           warmup_s=0.5, measure_s=1.5, symbols=4)

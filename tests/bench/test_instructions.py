@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from pricepipe.bench import instructions
+from tests.helpers import slow_stage
 
 needs_valgrind = pytest.mark.skipif(
     not shutil.which("valgrind") and not (os.geteuid() == 0 and shutil.which("apt-get")),
@@ -26,6 +27,7 @@ def test_the_workloads_run_without_valgrind() -> None:
     assert sum(len(entries) for reply in replies for _, entries in reply) == 1000
 
 
+@slow_stage
 @needs_valgrind
 @pytest.mark.timeout(300)
 def test_counts_every_hot_loop_twice_alike() -> None:

@@ -18,10 +18,12 @@ from pricepipe.events import Event, Quote, Trade
 from pricepipe.keys import Keys
 from pricepipe.subscriber.ws.server import WsServer
 from pricepipe.subscriber.ws.settings import WsSettings
+from tests.helpers import slow_stage
 
 TS = 1_767_323_045_000_000
 
 
+@slow_stage
 def test_bench_smoke(redis_url: str, monkeypatch: Any) -> None:
     """Two client processes (2 connections each), one pair: the baseline,
     then pricepipe's server; the goal's figures reported, not judged (not
@@ -46,6 +48,7 @@ def test_bench_smoke(redis_url: str, monkeypatch: Any) -> None:
     assert report["goals_met"] is None
 
 
+@slow_stage
 def test_bench_abuse_smoke(redis_url: str) -> None:
     """The --abuse scenario: the normal clients alone, then beside abusers
     asking for made-up symbols, whose every request was refused."""

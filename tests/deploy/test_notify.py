@@ -27,6 +27,7 @@ import redis
 from pricepipe import notify
 from pricepipe.acl import Role
 from pricepipe.embedded import free_port
+from tests.helpers import slow_stage
 
 from . import unitfile
 from .helpers import DEPLOY, INSTALLED_VENV, UNITS_DIR
@@ -178,6 +179,7 @@ LONG_RUNNING = {
 }
 
 
+@slow_stage
 @pytest.mark.parametrize("name", sorted(LONG_RUNNING))
 def test_unit_notifies_ready_and_watchdog_then_stops_cleanly(
     name: str, pipeline_env: dict[str, str], database_url: str, tmp_path: Path,

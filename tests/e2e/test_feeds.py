@@ -195,7 +195,10 @@ def test_a_dropping_skipping_venue_ends_as_exactly_its_trades_in_postgresql_and_
     repaired = [e for e in statuses if e["kind"] == "gap_repaired"]
     assert repaired[0]["trades"] == len(skipped)
     # Coinbase sends the last match on subscribing: the end of that gap may come live.
-    assert 1 <= repaired[1]["trades"] <= len(away)
+    # And the repair's REST page may already hold the trade sent live after the
+    # reconnect (then it is published by the repair, and the live copy is the
+    # duplicate dropped): at most the away trades and that one.
+    assert 1 <= repaired[1]["trades"] <= len(away) + 1
     drops = [e["reason"] for e in statuses if e["kind"] == "disconnected"]
     assert drops[0] in ("closed", "error") and drops[-1] == "stop"
     # And the API agrees: the feed stopped, every trade counted.
