@@ -360,14 +360,13 @@ def build_router(settings: ApiSettings, dependencies: Sequence[Any] = ()) -> API
         if fmt_name in params.BINARY_FORMATS:
             arrow = _require_arrow(fmt_name)
             layout = arrow.LAYOUTS[table.name]
+            # One COPY, never split in halves: the research formats keep memory
+            # flat whatever the range (a split's second half waits in memory).
             stream = CopyStream(
                 svc.pool.connection,
                 lambda conn: queries.event_csv_sql(conn, table, sym, span, after, limit,
                                                    columns=layout.sources),
-                header=layout.sources, chunk_bytes=settings.csv_chunk_bytes,
-                spare=svc.pool.spare_connection,
-                halves=lambda conn: queries.event_csv_halves(conn, table, sym, span, after,
-                                                             limit, columns=layout.sources))
+                header=layout.sources, chunk_bytes=settings.csv_chunk_bytes)
             return _binary(arrow, fmt_name, layout, sym, stream, f"{sym}-{table.name}", headers)
         rows = limit or settings.default_page_rows
         with svc.pool.connection() as conn, (
