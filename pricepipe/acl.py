@@ -226,7 +226,8 @@ def grant(role: Role, keys: Keys, *, rq_prefix: str = RQ_PREFIX) -> Grant:
         )
     if role is Role.READER:
         return Grant(
-            commands=(*BASE_COMMANDS, *_STREAM_READS),
+            # The persist group's place: a fill of an epoch gap waits for it.
+            commands=(*BASE_COMMANDS, *_STREAM_READS, "+xinfo|groups", "+xpending"),
             read_keys=(*p.streams, p.trimmed, p.symbols, *p.feeds),
         )
     if role is Role.GROUP_READER:

@@ -17,6 +17,8 @@
     * :exc:`EmbeddedServerError` - an embedded redis-server or PostgreSQL
       could not be found or started.
     * :exc:`MigrationError` - a schema migration failed.
+    * :exc:`CheckpointError` - a group reader's checkpoint file is unreadable
+      or another consumer's (also a ``ValueError``).
     * :exc:`InvalidParameterError` - a client's request parameter is invalid
       (also a ``ValueError``); the HTTP API answers it with a 4xx.
 
@@ -89,6 +91,11 @@ class EmbeddedServerError(PricepipeError):
 
 class MigrationError(PricepipeError):
     """A schema migration could not be applied."""
+
+
+class CheckpointError(PricepipeError, ValueError):
+    """A group reader's checkpoint file cannot be read, or belongs to another
+    group or consumer (reading on from it would hide or invent gaps)."""
 
 
 class InvalidParameterError(PricepipeError, ValueError):

@@ -735,6 +735,7 @@ def run_soak(params: SoakParams, *, json_path: str | None = None,
         strategies = [
             Role(f"strategy{i}", ["--symbols", ",".join(names), "--group", f"soak-strategy{i}",
                                   "--consumer", "c", "--record", str(tmp / f"strategy{i}.jsonl"),
+                                  "--checkpoint", str(tmp / f"strategy{i}.checkpoint.json"),
                                   *(["--fill-gaps"] if i else [])],
                  env, log_dir, module="pricepipe.bench.strategy")
             for i in range(2 if params.strategies else 0)]

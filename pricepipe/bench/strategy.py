@@ -14,7 +14,7 @@ in the order the reader handed them out. The soak judges them with
 :func:`pricepipe.bench.soak.check_reader`.
 
 Run: ``python -m pricepipe.bench.strategy --symbols A,B --group g --consumer c
---record FILE [--fill-gaps]`` with the ``PRICEPIPE_REDIS_*`` (and, for
+--record FILE [--checkpoint FILE] [--fill-gaps]`` with the ``PRICEPIPE_REDIS_*`` (and, for
 ``--fill-gaps``, ``PRICEPIPE_DATABASE_URL``) environment.
 """
 
@@ -43,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group", required=True)
     parser.add_argument("--consumer", required=True)
     parser.add_argument("--record", required=True)
+    parser.add_argument("--checkpoint",
+                        help="the reader's checkpoint file (kept across lives: a failover"
+                             " while the process is stopped is reported as a gap)")
     parser.add_argument("--fill-gaps", action="store_true",
                         help="fill gaps from PostgreSQL (PRICEPIPE_DATABASE_URL)")
     args = parser.parse_args(argv)
@@ -62,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     symbols = [s for s in args.symbols.split(",") if s]
     try:
         with GroupReader(r, redis_settings.keys, symbols, group=args.group,
-                         consumer=args.consumer, start="$", fill_gaps=history) as reader:
+                         consumer=args.consumer, start="$", fill_gaps=history,
+                         checkpoint=args.checkpoint) as reader:
             while not stop.is_set():
                 try:
                     item = reader.get(timeout_s=0.2)

@@ -15,7 +15,10 @@ never decodes a trade, or ``"bars.1m"``):
   every event goes to one consumer of the group; ``ack()`` it once handled.
   After a crash, a consumer restarted under the same name first receives the
   entries it had not acknowledged (``Delivery.redelivered``), then new ones:
-  nothing is lost, and what was acknowledged never comes back.
+  nothing is lost, and what was acknowledged never comes back. With
+  ``checkpoint=path`` it keeps its place in a local file too, so a consumer
+  that was stopped while Redis failed over to a replica that was behind is
+  told of what the replica lacked (an ``epoch`` :class:`Gap`).
 * :class:`ReplayReader` / :class:`AsyncReplayReader` - history from the
   ``trades`` and ``quotes`` tables, interleaved in event-time order, at N×
   speed (``speed=None``: as fast as possible), for backtests; ``ack()`` is a
@@ -44,6 +47,7 @@ async readers have the same methods as coroutines (``aclose()``, ``async for``,
 """
 
 from .aio import AsyncGroupReader, AsyncStreamReader
+from .checkpoint import Checkpoint
 from .delivery import Delivery, Gap, GapReason
 from .frames import HttpHistory, bars_frame, quotes_frame, trades_frame
 from .history import HistorySource, PgHistory
@@ -52,7 +56,8 @@ from .settings import ClientSettings
 from .sync import GroupReader, StreamReader
 
 __all__ = [
-    "AsyncGroupReader", "AsyncReplayReader", "AsyncStreamReader", "ClientSettings", "Delivery",
+    "AsyncGroupReader", "AsyncReplayReader", "AsyncStreamReader", "Checkpoint",
+    "ClientSettings", "Delivery",
     "Gap", "GapReason", "GroupReader", "HistorySource", "HttpHistory", "PgHistory",
     "ReplayReader", "StreamReader", "bars_frame", "quotes_frame", "trades_frame",
 ]

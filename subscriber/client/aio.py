@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -20,18 +21,21 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from pricepipe.keys import Keys
 
+from .checkpoint import Checkpoint, tracker
 from .core import (
     DEFAULT_CHANNELS,
+    FILL_POLL_S,
     GroupShard,
     LatestShard,
     Plan,
     Start,
     ack_plan,
     channel_list,
+    persisted_plan,
     run_async,
     symbol_list,
 )
-from .delivery import Delivery, Gap
+from .delivery import Delivery, Gap, GapReason
 from .history import HistorySource, fill_pages
 from .settings import ClientSettings
 
@@ -69,6 +73,12 @@ class _TaskReader:
     def _shard(self, symbols: list[str]) -> Any:
         raise NotImplementedError
 
+    def _prepared_shard(self, shard: Any) -> None:
+        """``shard`` is prepared (before any of its items is handed out)."""
+
+    def _got(self, item: Delivery | Gap) -> None:
+        """The application got ``item`` from :meth:`get`."""
+
     async def ready(self) -> None:
         """Wait until every shard is prepared: from then on, ``"$"`` has been
         resolved and no event appended later can be missed."""
@@ -87,27 +97,42 @@ class _TaskReader:
     async def _loop(self, shard: Any) -> None:
         try:
             gaps = await self._run(shard, shard.prepare)
+            self._prepared_shard(shard)
             self._unprepared -= 1
             if not self._unprepared:
                 self._prepared.set()
             for gap in gaps:
-                await self._hand_out(gap)
+                await self._hand_out(shard, gap)
             while True:
                 for item in await self._run(shard, shard.read):
-                    await self._hand_out(item)
+                    await self._hand_out(shard, item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # not retryable: surfaces in get()
             await self._queue.put(exc)
+            self._prepared.set()  # ready() returns, and get() raises it
 
-    async def _hand_out(self, item: Delivery | Gap) -> None:
+    async def _hand_out(self, shard: Any, item: Delivery | Gap) -> None:
         if isinstance(item, Gap) and self._history is not None:
+            if item.reason is GapReason.EPOCH:
+                await self._await_persisted(shard, item)
             pages = fill_pages(self._history, item)
             while (page := await asyncio.to_thread(next, pages, None)) is not None:
                 for delivery in page:
                     await self._queue.put(delivery)
             item = replace(item, filled=True)
         await self._queue.put(item)
+
+    async def _await_persisted(self, shard: Any, gap: Gap) -> None:
+        """:meth:`.sync._ThreadedReader._await_persisted`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.fill_wait_s
+        while not await self._run(shard, lambda: persisted_plan(self._keys, gap)):
+            if loop.time() >= deadline:
+                log.warning("filling %s %s after %s without all of it persisted",
+                            gap.symbol, gap.channel, gap.after)
+                return
+            await asyncio.sleep(FILL_POLL_S)
 
     async def get(self, timeout_s: float | None = None) -> Delivery | Gap | None:
         """The next delivery (or gap), or None after ``timeout_s``. Safe to cancel."""
@@ -117,6 +142,7 @@ class _TaskReader:
             return None
         if isinstance(item, BaseException):
             raise item
+        self._got(item)
         return item
 
     async def __aiter__(self) -> AsyncIterator[Delivery | Gap]:
@@ -157,22 +183,42 @@ class AsyncStreamReader(_TaskReader):
 
 
 class AsyncGroupReader(_TaskReader):
-    """Asyncio :class:`~.sync.GroupReader` (``r`` is a ``redis.asyncio`` client)."""
+    """Asyncio :class:`~.sync.GroupReader` (``r`` is a ``redis.asyncio`` client).
+    The checkpoint file is written from the event loop (a small file renamed
+    into place, at most every ``every_s``)."""
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
                  consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
                  settings: ClientSettings | None = None,
-                 fill_gaps: HistorySource | None = None) -> None:
+                 fill_gaps: HistorySource | None = None,
+                 checkpoint: str | os.PathLike[str] | Checkpoint | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
+        self._tracker = tracker(keys, checkpoint, group=group, consumer=consumer)
         super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
         return GroupShard(self._keys, symbols, self.channels, group=self.group,
-                          consumer=self.consumer,
-                          start=self._group_start, settings=self.settings)
+                          consumer=self.consumer, start=self._group_start,
+                          settings=self.settings,
+                          saved=self._tracker.saved if self._tracker else None)
+
+    def _prepared_shard(self, shard: GroupShard) -> None:
+        if self._tracker is not None:
+            self._tracker.started(shard.floors)
+
+    def _got(self, item: Delivery | Gap) -> None:
+        if self._tracker is not None:
+            self._tracker.got(item)
 
     async def ack(self, *deliveries: Delivery) -> None:
         """Acknowledge handled deliveries (retried across Redis restarts)."""
         await self._run(None, lambda: ack_plan(self._keys, self.group, deliveries))
+        if self._tracker is not None:
+            self._tracker.acked(deliveries)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._tracker is not None:
+            self._tracker.close()

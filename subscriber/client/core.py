@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis
@@ -37,6 +37,7 @@ from pricepipe import codec, streams
 from pricepipe.keys import PERSIST_GROUP, Channel, Keys
 from pricepipe.streams import next_id, prev_id, reply_streams
 
+from .checkpoint import Mark
 from .delivery import Delivery, Gap, GapReason
 from .settings import ClientSettings
 
@@ -264,7 +265,7 @@ class _Shard:
 
     def _gap(self, stream: str, after: str, until: str, reason: GapReason) -> Gap:
         channel, symbol = self.keys.parse_stream(stream)
-        return Gap(symbol, channel, after, until, reason)
+        return Gap(symbol, channel, after, until, reason, epoch=self.epoch)
 
     def _first_after(self, cursors: Mapping[str, str]) -> Plan[dict[str, str]]:
         """Per stream, the first entry after its cursor still in it: where this
@@ -293,9 +294,36 @@ class _Shard:
         if not changed:
             return []
         log.warning("redis epoch changed (%s -> %s): it may have lost entries", known, current)
-        firsts = yield from self._first_after(cursors)
-        return [self._gap(stream, cursors[stream], firsts[stream], GapReason.EPOCH)
-                for stream in cursors]
+        return (yield from self._lost_after(cursors))
+
+    def _lost_after(self, cursors: Mapping[str, str]) -> Plan[list[Gap]]:
+        """Epoch gaps after each cursor, up to the first entry after what the
+        server holds now; :meth:`_resume_after` moves the reader there.
+
+        What a server lost in a failover or a restore is a suffix of the old
+        server's stream, and what is appended to the new one follows it: an
+        entry the new server holds after the cursor may be one that
+        survived or one appended since, and the lost ones may lie between
+        any two of them. Only past the end of what it holds now is nothing
+        missing (a gap up to the first entry after the cursor would pass
+        over the lost ones when the reader was behind)."""
+        order = list(cursors)
+        lasts = yield Pipeline(tuple(Call("xrevrange", (stream,), {"count": 1})
+                                     for stream in order))
+        bases = {}
+        for stream, rows in zip(order, lasts, strict=True):
+            last = _text(rows[0][0]) if rows else None
+            cursor = cursors[stream]
+            bases[stream] = last if last is not None and _after(last, cursor) else cursor
+        firsts = yield from self._first_after(bases)
+        gaps = [self._gap(stream, cursors[stream], firsts[stream], GapReason.EPOCH)
+                for stream in order]
+        self._resume_after(bases, gaps)
+        return gaps
+
+    def _resume_after(self, bases: Mapping[str, str], gaps: list[Gap]) -> None:
+        """Read on after ``bases`` (per stream), past ``gaps``."""
+        raise NotImplementedError
 
     def _trimmed_gaps(self, cursors: Mapping[str, str]) -> Plan[list[Gap]]:
         """Gaps after cursors that trimming has passed (entries were removed
@@ -341,6 +369,9 @@ class LatestShard(_Shard):
         epochs = {saved[s] for s in symbols if s in saved}
         self._start_epoch = epochs.pop() if len(epochs) == 1 else None
         self.ids: dict[str, str] = {}
+
+    def _resume_after(self, bases: Mapping[str, str], gaps: list[Gap]) -> None:
+        self.ids.update(bases)
 
     def prepare(self) -> Plan[list[Gap]]:
         """Resolve the starts; the gaps after saved cursors, if any."""
@@ -421,11 +452,17 @@ class GroupShard(_Shard):
     Gaps: what the hard cap trimmed past the group (reported by exactly one
     reader of the group), pending entries deleted from the stream, and an
     epoch change (after which the group itself may have moved back: entries
-    this reader handed out before come again marked ``redelivered``).
+    this reader handed out before come again marked ``redelivered``, and
+    what the group hands out inside the gap is acknowledged, not delivered).
+    An epoch change while no reader ran is seen from ``saved``, the marks of
+    a :class:`~.checkpoint.Checkpoint`: a stream whose mark is from another
+    epoch gets an epoch gap after the mark's ``handled`` entry.
+    :attr:`floors` is where each stream starts for the next checkpoint.
     """
 
     def __init__(self, keys: Keys, symbols: Iterable[str], channels: Iterable[Channel], *,
                  group: str, consumer: str, start: str, settings: ClientSettings,
+                 saved: Mapping[str, Mark] | None = None,
                  clock: Any = time.monotonic) -> None:
         if start not in ("$", "0"):
             raise ValueError("group start must be '$' or '0'")
@@ -444,6 +481,13 @@ class GroupShard(_Shard):
         #: Entries up to these (per stream) may have been handed out before.
         self._seen_upto: dict[str, str] = {}
         self._claimed_at = 0.0
+        self._saved = {stream: mark for stream, mark in (saved or {}).items()
+                       if stream in self.streams}
+        #: Per stream, the range of the last epoch gap reported: what the
+        #: group hands out inside it is acknowledged, not delivered.
+        self._skip: dict[str, tuple[str, str]] = {}
+        #: Per stream, the mark a checkpoint starts from (set by :meth:`prepare`).
+        self.floors: dict[str, Mark] = {}
 
     @property
     def recovering(self) -> bool:
@@ -460,10 +504,72 @@ class GroupShard(_Shard):
                     raise
 
     def prepare(self) -> Plan[list[Gap]]:
-        """Create the group on each stream if missing, at ``start``."""
+        """Create the group on each stream if missing, at ``start``; the
+        epoch gaps after saved marks of another epoch."""
         yield from self._ensure_groups()
         yield from self._epoch_gaps({}, None)
-        return []
+        stale = {stream: mark for stream, mark in self._saved.items() if mark.epoch != self.epoch}
+        self.floors = yield from self._group_floors([s for s in self.streams if s not in stale])
+        for stream, mark in self._saved.items():
+            floor = self.floors.get(stream)
+            if stream in stale or floor is None or not _after(mark.handled, floor.handled):
+                continue
+            # Same epoch, and the mark is past the group: a gap the last
+            # life was told of ended there, and what the group still holds
+            # inside it was not acknowledged before that life stopped. It
+            # is not delivered now either (it was filled, or reported).
+            self._skip[stream] = ("0-0", next_id(mark.handled))
+            self.floors[stream] = mark
+        if not stale:
+            return []
+        self.floors.update(stale)
+        log.warning("group %s consumer %s: %d streams were last read in another redis epoch"
+                    " (%s, now %s): it may have lost entries", self.group, self.consumer,
+                    len(stale), next(iter(stale.values())).epoch, self.epoch)
+        self._seen_upto = {stream: mark.high for stream, mark in stale.items()}
+        return self._marked((yield from self._lost_after(
+            {s: m.handled for s, m in stale.items()})))
+
+    def _marked(self, gaps: list[Gap]) -> list[Gap]:
+        """Epoch gaps with how far their range may hold entries this
+        consumer handed out before (a fill marks those ``redelivered``)."""
+        return [replace(gap, redelivered_upto=self._seen_upto.get(
+            self.keys.stream(gap.symbol, gap.channel))) for gap in gaps]
+
+    def _group_floors(self, order: list[str]) -> Plan[dict[str, Mark]]:
+        """Per stream, the mark of this consumer's place in the group: every
+        entry up to the group's last-delivered ID and below this consumer's
+        oldest pending one went to the group and was handled."""
+        if not order:
+            return {}
+        replies = yield Pipeline(tuple(
+            call for stream in order for call in (
+                Call("xinfo_groups", (stream,)),
+                Call("xpending_range", (stream, self.group), {
+                    "min": "-", "max": "+", "count": 1, "consumername": self.consumer}))))
+        out = {}
+        for i, stream in enumerate(order):
+            groups, pending = replies[2 * i], replies[2 * i + 1]
+            delivered = next((_text(g["last-delivered-id"]) for g in groups
+                              if _text(g["name"]) == self.group), "0-0")
+            floor = delivered
+            if pending:
+                oldest = prev_id(_text(pending[0]["message_id"]))
+                floor = oldest if _after(delivered, oldest) else delivered
+            out[stream] = Mark(floor, floor, str(self.epoch))
+        return out
+
+    def _resume_after(self, bases: Mapping[str, str], gaps: list[Gap]) -> None:
+        for gap in gaps:
+            stream = self.keys.stream(gap.symbol, gap.channel)
+            self._skip[stream] = (gap.after, gap.until)
+            if stream not in self.covered or _after(gap.until, self.covered[stream]):
+                self.covered[stream] = gap.until
+
+    def _skipped(self, stream: str, entry_id: str) -> bool:
+        """Inside the last epoch gap reported for ``stream``."""
+        span = self._skip.get(stream)
+        return span is not None and _after(entry_id, span[0]) and _after(span[1], entry_id)
 
     def connection_lost(self) -> None:
         super().connection_lost()
@@ -481,14 +587,16 @@ class GroupShard(_Shard):
     def read(self) -> Plan[list[Delivery | Gap]]:
         out: list[Delivery | Gap] = []
         if self._lost:
-            cursors = {s: self.handed.get(s, "0-0") for s in self.streams}
+            cursors = {s: self.handed[s] if s in self.handed
+                       else self.floors[s].handled if s in self.floors else "0-0"
+                       for s in self.streams}
             gaps = yield from self._epoch_gaps(cursors, self.epoch)
             if gaps:
                 # Redis moved back: its group may hand this reader's entries
                 # out again; they are marked redelivered.
                 self._seen_upto = dict(self.handed)
                 self._pending = dict.fromkeys(self.streams, "0")
-            out.extend(gaps)
+            out.extend(self._marked(gaps))
         recovering = self.recovering
         try:
             reply = yield Call("xreadgroup", (self.group, self.consumer, self._read_streams()), {
@@ -503,9 +611,14 @@ class GroupShard(_Shard):
             yield from self._ensure_groups()
             self._pending = dict.fromkeys(self.streams, "0")
             return out
-        taken, deleted = self._take(reply, recovering)
+        taken, deleted, skipped = self._take(reply, recovering)
         claimed, more_deleted = yield from self._claim()
-        taken.extend(claimed)
+        for delivery in claimed:
+            stream = self.keys.stream(delivery.symbol, delivery.channel)
+            if self._skipped(stream, delivery.entry_id):
+                skipped.append((stream, delivery.entry_id))
+            else:
+                taken.append(delivery)
         deleted.extend(more_deleted)
         group_gaps = yield from self._group_gaps()
         out.extend(group_gaps)
@@ -515,10 +628,11 @@ class GroupShard(_Shard):
                        for gap in group_gaps):
                 out.append(self._gap(stream, prev_id(entry_id), next_id(entry_id),
                                      GapReason.DELETED))
-        if deleted:
-            # Nothing left to deliver: acknowledged, and reported above.
+        if deleted or skipped:
+            # Nothing left to deliver: acknowledged, and reported (above, or
+            # in the epoch gap that covers them).
             yield Pipeline(tuple(Call("xack", (stream, self.group, entry_id))
-                                 for stream, entry_id in deleted))
+                                 for stream, entry_id in [*deleted, *skipped]))
         for delivery in taken:
             stream = self.keys.stream(delivery.symbol, delivery.channel)
             if stream not in self.handed or _after(delivery.entry_id, self.handed[stream]):
@@ -536,15 +650,21 @@ class GroupShard(_Shard):
         return pending and (handed is None or not _after(entry_id, handed))
 
     def _take(self, reply: Any, recovering: bool
-              ) -> tuple[list[Delivery], list[tuple[str, str]]]:
+              ) -> tuple[list[Delivery], list[tuple[str, str]], list[tuple[str, str]]]:
+        """The deliveries of a read; the entries deleted while pending; the
+        entries inside an epoch gap (acknowledged unread)."""
         out: list[Delivery] = []
         deleted: list[tuple[str, str]] = []
+        skipped: list[tuple[str, str]] = []
         seen: set[str] = set()
         for stream_key, entries in reply_streams(reply):
             name = _text(stream_key)
             seen.add(name)
             for raw_id, fields in entries:
                 entry_id = _text(raw_id)
+                if self._skipped(name, entry_id):
+                    skipped.append((name, entry_id))
+                    continue
                 delivery = decode_entry(
                     self.keys, name, raw_id, fields, epoch=self.epoch,
                     redelivered=self._redelivered(name, entry_id, pending=recovering))
@@ -561,7 +681,7 @@ class GroupShard(_Shard):
             # Streams absent from the reply have no pending entries left.
             for name in [n for n in self._pending if n not in seen]:
                 del self._pending[name]
-        return out, deleted
+        return out, deleted, skipped
 
     def _claim(self) -> Plan[tuple[list[Delivery], list[tuple[str, str]]]]:
         """Entries other consumers left pending longer than ``claim_idle_ms``
@@ -621,6 +741,34 @@ class GroupShard(_Shard):
         if after_handed is None or (covered is not None and _after(covered, after_handed)):
             return covered
         return after_handed
+
+
+#: How often a fill waiting for the persist workers (:func:`persisted_plan`)
+#: looks again, seconds.
+FILL_POLL_S = 0.1
+
+
+def persisted_plan(keys: Keys, gap: Gap) -> Plan[bool]:
+    """Whether the persist workers have stored every entry the server holds
+    before ``gap.until`` (True too when no persist group reads the stream:
+    nothing will be stored to wait for). A reader filling an epoch gap waits
+    for it: the gap runs past what the new server held, and the history
+    holds all of it only once the workers have caught up."""
+    stream = keys.stream(gap.symbol, gap.channel)
+    try:
+        groups, pending, below = yield Pipeline((
+            Call("xinfo_groups", (stream,)),
+            Call("xpending", (stream, PERSIST_GROUP)),
+            Call("xrevrange", (stream,), {"max": f"({gap.until}", "min": "-", "count": 1})))
+    except redis.ResponseError:
+        return True  # no stream, or no persist group
+    info = next((g for g in groups if _text(g["name"]) == PERSIST_GROUP), None)
+    if info is None:
+        return True
+    oldest = pending.get("min") if pending else None
+    if oldest is not None and _after(gap.until, _text(oldest)):
+        return False
+    return not below or not _after(_text(below[0][0]), _text(info["last-delivered-id"]))
 
 
 def ack_plan(keys: Keys, group: str, deliveries: Iterable[Delivery]) -> Plan[None]:

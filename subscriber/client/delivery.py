@@ -4,7 +4,7 @@ lost silently."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pricepipe.codec import channel_of
@@ -66,7 +66,15 @@ class Gap:
     the reader has delivered, just before this gap, what the history holds
     of the range: all of it for ``trimmed`` (trimming never passes entries
     not yet persisted), maybe not all for ``epoch`` (what Redis lost before
-    it was persisted is gone everywhere)."""
+    it was persisted is gone everywhere). ``epoch`` is the epoch the reader
+    reads in from the gap on.
+
+    An ``epoch`` gap runs from the reader's place to past the end of what
+    the new server held when the reader saw the change: after a failover or
+    a restore the entries that survived and the ones lost cannot be told
+    apart (the lost ones are a suffix of the old server's stream, and new
+    entries follow them), so none of the range is delivered from Redis; the
+    history fills it."""
 
     symbol: str
     channel: Channel
@@ -74,3 +82,10 @@ class Gap:
     until: str
     reason: GapReason
     filled: bool = False
+    #: Not compared: which server a reader went on with does not change
+    #: what the gap says may be missing.
+    epoch: str | None = field(default=None, compare=False)
+    #: Entries of the range up to this one may have been handed out to this
+    #: consumer before (an epoch gap of a group reader): a fill marks them
+    #: ``redelivered``.
+    redelivered_upto: str | None = field(default=None, compare=False)

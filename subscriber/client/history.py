@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 import psycopg2
@@ -130,9 +131,13 @@ def fill_pages(history: HistorySource, gap: Gap) -> Iterator[list[Delivery]]:
     """The pages of history that fill ``gap``, in stream order: the decision
     both reader flavours share (the asyncio one runs each page in a thread)."""
     after = gap.after
+    seen = None if gap.redelivered_upto is None else codec.parse_entry_id(gap.redelivered_upto)
     while True:
         page = history.page(gap.symbol, gap.channel, after, gap.until)
         if not page:
             return
+        if seen is not None:
+            page = [replace(d, redelivered=True) if codec.parse_entry_id(d.entry_id) <= seen
+                    else d for d in page]
         yield page
         after = page[-1].entry_id

@@ -15,8 +15,10 @@ of the range, marked ``filled``, then the gap marked ``filled``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -26,8 +28,10 @@ from redis.retry import Retry
 
 from pricepipe.keys import Keys
 
+from .checkpoint import Checkpoint, tracker
 from .core import (
     DEFAULT_CHANNELS,
+    FILL_POLL_S,
     RETRYABLE,
     GroupShard,
     LatestShard,
@@ -35,10 +39,11 @@ from .core import (
     Start,
     ack_plan,
     channel_list,
+    persisted_plan,
     run_sync,
     symbol_list,
 )
-from .delivery import Delivery, Gap
+from .delivery import Delivery, Gap, GapReason
 from .history import HistorySource, fill_pages
 from .settings import ClientSettings
 
@@ -74,6 +79,8 @@ class _ThreadedReader:
         # constructor returned", so events appended after it are never missed.
         # The gaps found are handed out (and filled) by the shard's thread.
         prepared = [(shard, self._run(shard, shard.prepare)) for shard in shards]
+        for shard in shards:
+            self._prepared(shard)
         self._threads = [
             threading.Thread(target=self._loop, args=(shard, gaps), daemon=True,
                              name=f"pricepipe-reader-{i}")
@@ -84,6 +91,12 @@ class _ThreadedReader:
 
     def _shard(self, symbols: list[str]) -> Any:
         raise NotImplementedError
+
+    def _prepared(self, shard: Any) -> None:
+        """``shard`` is prepared (before any of its items is handed out)."""
+
+    def _got(self, item: Delivery | Gap) -> None:
+        """The application got ``item`` from :meth:`get`."""
 
     def _run(self, shard: Any, make_plan: Callable[[], Plan[Any]]) -> Any:
         """A fresh plan per attempt: a retried plan starts over from the
@@ -100,22 +113,36 @@ class _ThreadedReader:
     def _loop(self, shard: Any, gaps: list[Gap]) -> None:
         try:
             for gap in gaps:
-                self._hand_out(gap)
+                self._hand_out(shard, gap)
             while not self._stop.is_set():
                 for item in self._run(shard, shard.read):
-                    self._hand_out(item)
+                    self._hand_out(shard, item)
         except _Stopped:
             pass
         except Exception as exc:  # not retryable: surfaces in get()
             self._put(exc)
 
-    def _hand_out(self, item: Delivery | Gap) -> None:
+    def _hand_out(self, shard: Any, item: Delivery | Gap) -> None:
         if isinstance(item, Gap) and self._history is not None:
+            if item.reason is GapReason.EPOCH:
+                self._await_persisted(shard, item)
             for page in fill_pages(self._history, item):
                 for delivery in page:
                     self._put(delivery)
             item = replace(item, filled=True)
         self._put(item)
+
+    def _await_persisted(self, shard: Any, gap: Gap) -> None:
+        """Until the history holds what Redis holds of ``gap`` (see
+        :func:`~.core.persisted_plan`), for up to ``fill_wait_s``."""
+        deadline = time.monotonic() + self.settings.fill_wait_s
+        while not self._run(shard, lambda: persisted_plan(self._keys, gap)):
+            if time.monotonic() >= deadline:
+                log.warning("filling %s %s after %s without all of it persisted",
+                            gap.symbol, gap.channel, gap.after)
+                return
+            if self._stop.wait(FILL_POLL_S):
+                raise _Stopped
 
     def _put(self, item: Any) -> None:
         while not self._stop.is_set():
@@ -136,6 +163,7 @@ class _ThreadedReader:
             return None
         if isinstance(item, BaseException):
             raise item
+        self._got(item)
         return item
 
     def __iter__(self) -> Iterator[Delivery | Gap]:
@@ -186,24 +214,53 @@ class GroupReader(_ThreadedReader):
     :class:`~.core.GroupShard`). Deliveries stay pending in Redis until
     :meth:`ack`; restarting with the same ``consumer`` name delivers the
     unacknowledged ones again first.
+
+    ``checkpoint``: a file (path, or a :class:`~.checkpoint.Checkpoint`)
+    where the reader keeps its place outside Redis, so that a restart after
+    Redis lost entries while it was stopped (a failover to a replica that
+    was behind, a restore) reports them as an ``epoch`` gap. Without one,
+    only a running reader can see that.
     """
 
     def __init__(self, r: Any, keys: Keys, symbols: Iterable[str], *, group: str,
                  consumer: str, channels: Iterable[str] = DEFAULT_CHANNELS, start: str = "$",
                  settings: ClientSettings | None = None,
-                 fill_gaps: HistorySource | None = None) -> None:
+                 fill_gaps: HistorySource | None = None,
+                 checkpoint: str | os.PathLike[str] | Checkpoint | None = None) -> None:
         self.group = group
         self.consumer = consumer
         self._group_start = start
+        self._tracker = tracker(keys, checkpoint, group=group, consumer=consumer)
+        self._tracked = threading.Lock()
         super().__init__(r, keys, symbols, channels, settings, fill_gaps)
 
     def _shard(self, symbols: list[str]) -> GroupShard:
         return GroupShard(self._keys, symbols, self.channels, group=self.group,
-                          consumer=self.consumer,
-                          start=self._group_start, settings=self.settings)
+                          consumer=self.consumer, start=self._group_start,
+                          settings=self.settings,
+                          saved=self._tracker.saved if self._tracker else None)
+
+    def _prepared(self, shard: GroupShard) -> None:
+        if self._tracker is not None:
+            with self._tracked:
+                self._tracker.started(shard.floors)
+
+    def _got(self, item: Delivery | Gap) -> None:
+        if self._tracker is not None:
+            with self._tracked:
+                self._tracker.got(item)
 
     def ack(self, *deliveries: Delivery) -> None:
         """Acknowledge handled deliveries (retried across Redis restarts)."""
         self._retry.call_with_retry(
             lambda: run_sync(self._r, ack_plan(self._keys, self.group, deliveries)),
             lambda exc: log.warning("ack failed, retrying: %s", exc))
+        if self._tracker is not None:
+            with self._tracked:
+                self._tracker.acked(deliveries)
+
+    def close(self) -> None:
+        super().close()
+        if self._tracker is not None:
+            with self._tracked:
+                self._tracker.close()

@@ -58,6 +58,13 @@ def take(reader: Any, n: int, timeout_s: float = 10.0) -> list[Any]:
     return out
 
 
+def inside(gap: Any, entry_id: str) -> bool:
+    """Whether ``entry_id`` lies in ``gap``'s range (``after < id < until``)."""
+    from pricepipe.codec import parse_entry_id
+
+    return parse_entry_id(gap.after) < parse_entry_id(entry_id) < parse_entry_id(gap.until)
+
+
 def _us(ts_us: int | None) -> str:
     return "\\N" if ts_us is None else format_us(ts_us)
 

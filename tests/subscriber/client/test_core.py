@@ -12,6 +12,7 @@ import redis
 from pricepipe import codec, streams
 from pricepipe.events import Trade
 from pricepipe.keys import Channel, Keys
+from pricepipe.subscriber.client.checkpoint import Mark
 from pricepipe.subscriber.client.core import (
     Call,
     EpochOf,
@@ -21,6 +22,7 @@ from pricepipe.subscriber.client.core import (
     Plan,
     Script,
     ack_plan,
+    persisted_plan,
 )
 from pricepipe.subscriber.client.delivery import Delivery, Gap, GapReason
 from pricepipe.subscriber.client.replay import Pacer
@@ -259,3 +261,81 @@ def test_pacer_maps_event_time_to_wall_time() -> None:
     assert abs(pacer.delay_s(TS + 1_000_000, now_s=50.0) - 0.1) < 1e-9  # 1 s at 10x
     assert pacer.delay_s(TS + 1_000_000, now_s=50.5) == 0.0  # already late: no wait
     assert Pacer(None).delay_s(TS + 10**9, now_s=0.0) == 0.0
+
+
+def test_an_epoch_gap_runs_past_what_the_new_server_holds_after_the_cursor() -> None:
+    # The cursor is behind what the new server holds: what it lost lies
+    # somewhere after what it held of the old stream, and the reader cannot
+    # tell where, so the gap runs past all of it and the reader reads on
+    # after it (a gap up to 51-0 would pass over the lost ones silently).
+    start = {"AAPL": {"trades": "50-0", "epoch": "e0"}}
+    shard = LatestShard(KEYS, ["AAPL"], [Channel.TRADES], start, SETTINGS)
+    server = Server(epoch="e1", xrevrange=[(b"80-0", {})], xrange=[])
+    assert drive(shard.prepare(), server) == [
+        Gap("AAPL", Channel.TRADES, "50-0", "1767323999005-0", GapReason.EPOCH)]
+    assert shard.ids == {STREAM: "80-0"}
+
+
+def test_a_group_resumed_from_a_mark_of_another_epoch_gets_a_gap_and_skips_inside_it() -> None:
+    saved = {STREAM: Mark("103-0", "104-0", "e0")}
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="0",
+                       settings=SETTINGS, saved=saved)
+    server = Server(epoch="e1", xrevrange=[(b"106-0", {})], xrange=[(b"109-0", {})])
+    assert drive(shard.prepare(), server) == [
+        Gap("AAPL", Channel.TRADES, "103-0", "109-0", GapReason.EPOCH)]
+    assert shard.floors == saved  # the checkpoint starts from the saved mark
+    # The new server's group hands out what the old one had handed this
+    # consumer (flagged) and entries inside the gap (acknowledged, not delivered).
+    server = Server([(STREAM.encode(), [entry(2), entry(5), entry(9)])])
+    got = drive(shard.read(), server)
+    assert [(d.entry_id, d.redelivered) for d in got] == [("102-0", True), ("109-0", True)]
+    assert Pipeline((Call("xack", (STREAM, "g", "105-0")),)) in server.steps
+
+
+def test_a_group_with_a_mark_of_the_same_epoch_starts_from_its_place_in_the_group() -> None:
+    saved = {STREAM: Mark("90-0", "95-0", "e1")}
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="0",
+                       settings=SETTINGS, saved=saved)
+    server = Server(epoch="e1", xinfo_groups=[{"name": b"g", "last-delivered-id": b"105-0"}],
+                    xpending_range=[{"message_id": b"103-0", "consumer": b"c"}])
+    assert drive(shard.prepare(), server) == []
+    # Its own oldest pending entry is not handled yet: the mark is below it.
+    assert shard.floors == {STREAM: Mark(streams.prev_id("103-0"), streams.prev_id("103-0"),
+                                         "e1")}
+    server = Server(epoch="e1", xinfo_groups=[{"name": b"g", "last-delivered-id": b"105-0"}])
+    drive(shard.prepare(), server)
+    assert shard.floors[STREAM].handled == "105-0"
+
+
+def test_a_fill_of_an_epoch_gap_waits_for_the_persist_group() -> None:
+    gap = Gap("AAPL", Channel.TRADES, "100-0", "120-0", GapReason.EPOCH)
+    info = {"name": b"persist", "last-delivered-id": b"110-0", "pending": 0}
+
+    def persisted(**answers: Any) -> bool:
+        replies = [answers.get("xinfo_groups", [info]), answers.get("xpending", {"min": None}),
+                   answers.get("xrevrange", [(b"110-0", {})])]
+        return bool(drive(persisted_plan(KEYS, gap), lambda step: replies))
+
+    assert persisted()  # read and acknowledged up to the last entry before the gap's end
+    assert not persisted(xrevrange=[(b"115-0", {})])  # 115-0 not read yet
+    assert not persisted(xpending={"min": b"108-0"})  # read, not yet committed
+    assert persisted(xpending={"min": b"125-0"})
+    assert persisted(xinfo_groups=[])  # nobody persists the stream: nothing to wait for
+    assert drive(persisted_plan(KEYS, gap), lambda step: redis.ResponseError("no such key"))
+
+
+def test_a_group_restarted_in_the_same_epoch_skips_what_its_last_gap_covered() -> None:
+    # The last life was told of a gap up to 109-0 and stopped before the
+    # group handed it the entries inside (it acknowledges them unread): they
+    # must not come now, after the application has dealt with the range.
+    saved = {STREAM: Mark(streams.prev_id("109-0"), streams.prev_id("109-0"), "e1")}
+    shard = GroupShard(KEYS, ["AAPL"], [Channel.TRADES], group="g", consumer="c", start="0",
+                       settings=SETTINGS, saved=saved)
+    server = Server(epoch="e1", xinfo_groups=[{"name": b"g", "last-delivered-id": b"103-0"}])
+    assert drive(shard.prepare(), server) == []
+    assert shard.floors == saved
+    drive(shard.read(), Server([(STREAM.encode(), [])]))  # its pending list is empty
+    server = Server([(STREAM.encode(), [entry(5), entry(9)])])
+    got = drive(shard.read(), server)
+    assert [d.entry_id for d in got] == ["109-0"]
+    assert Pipeline((Call("xack", (STREAM, "g", "105-0")),)) in server.steps

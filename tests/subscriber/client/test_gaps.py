@@ -30,22 +30,28 @@ from pricepipe.subscriber.client import (
 )
 from tests.helpers import wait_until
 
-from .helpers import FAST, insert_events, take, trade
+from .helpers import FAST, insert_events, inside, take, trade
 
 TRADES = ["trades"]
 
 
 def persist_all(r: redis.Redis, keys: Keys, db: Any, symbol: str) -> list[str]:
     """What a persist worker does, in short: every entry of the symbol's trades
-    stream into the table, then acknowledged. The stream's entry IDs."""
+    stream the persist group has not read yet into the table, then
+    acknowledged. Their entry IDs."""
     stream = keys.trades(symbol)
-    rows: Any = r.xrange(stream)
+    reply: Any = r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
+    rows = [row for _, entries in streams.reply_streams(reply) for row in entries]
+    with db.cursor() as cur:  # idempotent, as the workers are (a restore redelivers)
+        cur.execute("SELECT entry_id FROM trades WHERE symbol = %s AND entry_id = ANY(%s)",
+                    (symbol, [streams.codec.pack_entry_id(i) for i, _ in rows]))
+        stored = {streams.codec.unpack_entry_id(i) for (i,) in cur.fetchall()}
+    rows = [row for row in rows if row[0].decode() not in stored]
     insert_events(db, [(streams.codec.parse_trade(symbol, fields[b"t"]), entry_id.decode())
                        for entry_id, fields in rows])
     ids = [entry_id.decode() for entry_id, _ in rows]
-    r.xreadgroup(PERSIST_GROUP, "w", {stream: ">"})
-    if ids:
-        r.xack(stream, PERSIST_GROUP, *ids)
+    if ids or stored:
+        r.xack(stream, PERSIST_GROUP, *ids, *stored)
     return ids
 
 
@@ -158,51 +164,159 @@ def test_a_restart_from_an_older_aof_is_an_epoch_gap(
             shutil.copytree(backup, server.data_dir / "appendonlydir")
             server.start()
             after = publish(r, keys, "AAPL", 20, 2)
+            # The fill waits for the persist workers: what the restored
+            # server holds of the gap reaches the history only through them.
+            persist_all(r, keys, db, "AAPL")
             got = take(reader, 3)
-            gap = got[0]
-            assert isinstance(gap, Gap) and gap.reason is GapReason.EPOCH and gap.filled
+            (gap,) = [g for g in got if isinstance(g, Gap)]
+            assert gap.reason is GapReason.EPOCH and gap.filled
             assert gap.after == lost[-1]  # the reader's place; Redis went back to kept[-1]
-            assert [d.entry_id for d in got[1:]] == after
+            # Appended before the reader saw the restart, they are filled from
+            # the history (before the gap); after it, read live (after it).
+            events = [d for d in got if isinstance(d, Delivery)]
+            assert [d.entry_id for d in events] == after
+            assert all(d.filled == inside(gap, d.entry_id) for d in events)
     finally:
         r.close()
 
 
+class Failover:
+    """A primary and a replica whose replication link can be paused (to make
+    the replica fall behind); clients reach the primary through a proxy that
+    :meth:`promote` points at the replica once it is promoted."""
+
+    def __init__(self, make_redis_server: Callable[..., RedisServer]) -> None:
+        self.primary = make_redis_server()
+        self.link = TcpProxy(self.primary.port)
+        self.replica = make_redis_server(
+            extra_args=("--replicaof", "127.0.0.1", str(self.link.port)))
+        self.proxy = TcpProxy(self.primary.port)
+        self.to_primary = redis.Redis.from_url(self.primary.url)
+        # redis-py's sync/async union types
+        self.to_replica: Any = redis.Redis.from_url(self.replica.url)
+        self.through = redis.Redis.from_url(self.primary.url_at(self.proxy.port),
+                                            socket_timeout=2)
+        wait_until(lambda: self.to_replica.info("replication")["master_link_status"] == "up",
+                   timeout_s=30)
+
+    def synced(self, keys: Keys, n: int) -> None:
+        wait_until(lambda: self.to_replica.xlen(keys.trades("AAPL")) == n, timeout_s=30)
+
+    def promote(self) -> None:
+        """The primary dies with what it had not sent; the replica takes over."""
+        self.primary.kill()
+        self.link.close()
+        self.to_replica.replicaof("NO", "ONE")
+        self.proxy.retarget(self.replica.port)
+
+    def close(self) -> None:
+        self.through.close()
+        self.to_primary.close()
+        self.to_replica.close()
+        self.proxy.close()
+        self.link.close()
+
+
 def test_a_failover_to_a_replica_that_was_behind_is_an_epoch_gap(
         make_redis_server: Callable[..., RedisServer], keys: Keys) -> None:
-    primary = make_redis_server()
-    link = TcpProxy(primary.port)  # the replication link, paused to make the replica lag
-    replica = make_redis_server(extra_args=("--replicaof", "127.0.0.1", str(link.port)))
-    proxy = TcpProxy(primary.port)
-    to_primary = redis.Redis.from_url(primary.url)
-    to_replica: Any = redis.Redis.from_url(replica.url)  # redis-py's sync/async union types
-    through = redis.Redis.from_url(primary.url_at(proxy.port), socket_timeout=2)
+    f = Failover(make_redis_server)
     try:
-        wait_until(lambda: to_replica.info("replication")["master_link_status"] == "up",
-                   timeout_s=30)
-        synced = publish(to_primary, keys, "AAPL", 0, 3)
-        wait_until(lambda: to_replica.xlen(keys.trades("AAPL")) == 3, timeout_s=30)
-        with StreamReader(through, keys, ["AAPL"], channels=TRADES, start="0",
+        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
+        f.synced(keys, 3)
+        with StreamReader(f.through, keys, ["AAPL"], channels=TRADES, start="0",
                           settings=FAST) as reader:
             assert [d.entry_id for d in take(reader, 3)] == synced
-            link.pause()  # the replica falls behind...
-            unreplicated = publish(to_primary, keys, "AAPL", 10, 2)
+            f.link.pause()  # the replica falls behind...
+            unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
             assert [d.entry_id for d in take(reader, 2)] == unreplicated
-            primary.kill()  # ...and the primary dies with what it had not sent
-            link.close()
-            to_replica.replicaof("NO", "ONE")
-            assert to_replica.xlen(keys.trades("AAPL")) == 3  # really lost
-            proxy.retarget(replica.port)
-            after = publish(to_replica, keys, "AAPL", 20, 2)
-            gap, *rest = take(reader, 3, timeout_s=30)
-            # After what the reader had; up to the first entry it reads next
-            # (or, when it reconnected before that was appended, the time then).
+            f.promote()  # ...and the primary dies with what it had not sent
+            assert f.to_replica.xlen(keys.trades("AAPL")) == 3  # really lost
+            after = publish(f.to_replica, keys, "AAPL", 20, 2)
+            (gap,) = take(reader, 1, timeout_s=30)
+            newer = publish(f.to_replica, keys, "AAPL", 30, 2)
+            # After what the reader had, past what the new server held when
+            # the reader saw the change.
             assert isinstance(gap, Gap) and (gap.after, gap.reason) == (unreplicated[-1],
                                                                         GapReason.EPOCH)
-            assert not streams.entry_key(gap.until) > streams.entry_key(after[0])
-            assert [d.entry_id for d in rest] == after
+            assert not streams.entry_key(gap.until) > streams.entry_key(newer[0])
+            outside = [i for i in after if not inside(gap, i)]
+            assert [d.entry_id for d in take(reader, len(outside) + 2)] == outside + newer
     finally:
-        through.close()
-        to_primary.close()
-        to_replica.close()
-        proxy.close()
-        link.close()
+        f.close()
+
+
+def test_a_cursor_behind_what_a_lagging_replica_holds_gets_the_lost_range(
+        make_redis_server: Callable[..., RedisServer], keys: Keys) -> None:
+    """The lost entries are a suffix of the old primary's stream: a cursor
+    older than what the replica holds must not get a gap that ends at the
+    next entry it holds, which would pass over them."""
+    f = Failover(make_redis_server)
+    try:
+        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
+        f.synced(keys, 3)
+        old_epoch = streams.epoch(f.to_primary, keys.trades("AAPL"))
+        f.link.pause()
+        unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
+        f.promote()
+        # A strategy saved its cursor after the first entry, in the old epoch.
+        start = {"AAPL": {"trades": synced[0], "epoch": old_epoch}}
+        with StreamReader(f.through, keys, ["AAPL"], channels=TRADES, start=start,
+                          settings=FAST) as reader:
+            (gap,) = take(reader, 1)
+            assert isinstance(gap, Gap) and (gap.after, gap.reason) == (synced[0],
+                                                                        GapReason.EPOCH)
+            assert all(inside(gap, i) for i in unreplicated)
+            newer = publish(f.to_replica, keys, "AAPL", 30, 2)
+            assert [d.entry_id for d in take(reader, 2)] == newer
+    finally:
+        f.close()
+
+
+def test_a_group_stopped_through_a_failover_is_told_from_its_checkpoint(
+        make_redis_server: Callable[..., RedisServer], keys: Keys, db: Any,
+        tmp_path: Any) -> None:
+    """The group's own state fails over with Redis: only the checkpoint file
+    remembers the epoch the consumer last read in. Filling from PostgreSQL,
+    the restarted consumer gets every entry, in order, exactly once."""
+    f = Failover(make_redis_server)
+    checkpoint = tmp_path / "strat-c.json"
+    group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
+                             "settings": FAST}
+    try:
+        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
+        with GroupReader(f.through, keys, ["AAPL"], start="0", checkpoint=checkpoint,
+                         **group) as reader:
+            got = take(reader, 3)
+            assert [d.entry_id for d in got] == synced
+            reader.ack(*got)
+        f.synced(keys, 3)
+        wait_until(lambda: f.to_replica.xinfo_groups(keys.trades("AAPL"))[0]["pending"] == 0)
+        f.link.pause()
+        # While the strategy is stopped, entries the replica never gets; a
+        # persist worker stored them before the primary died.
+        unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
+        persist_all(f.to_primary, keys, db, "AAPL")
+        f.promote()
+        after = publish(f.to_replica, keys, "AAPL", 20, 2)
+        persist_all(f.to_replica, keys, db, "AAPL")
+        # Without the checkpoint, the promoted replica's group says nothing.
+        with GroupReader(f.through, keys, ["AAPL"], **group) as blind:
+            assert [d.entry_id for d in take(blind, 2)] == after
+            assert blind.get(timeout_s=0.3) is None
+        f.to_replica.xgroup_setid(keys.trades("AAPL"), "strat", synced[-1])  # undo that read
+        with GroupReader(f.through, keys, ["AAPL"], checkpoint=checkpoint,
+                         fill_gaps=PgHistory(db), **group) as reader:
+            got = take(reader, 2 + 2 + 1)
+            gap = got[4]
+            assert isinstance(gap, Gap) and (gap.reason, gap.after, gap.filled) == (
+                GapReason.EPOCH, synced[-1], True)
+            assert [(d.entry_id, d.filled) for d in got[:4]] == [
+                (i, True) for i in unreplicated + after]
+            newer = publish(f.to_replica, keys, "AAPL", 30, 2)
+            live = take(reader, 2)
+            assert [(d.entry_id, d.filled) for d in live] == [(i, False) for i in newer]
+            reader.ack(*live)
+            assert reader.get(timeout_s=0.3) is None
+        assert f.to_replica.xpending(keys.trades("AAPL"), "strat")["pending"] == 0
+    finally:
+        f.close()
