@@ -34,7 +34,8 @@ seeded fault schedule (:func:`fault_plan`) then, every
 * ``stop_strategy``: both strategies stopped (SIGTERM) for longer than the
   workers' hard cap for stopped groups, then started under the same names.
 
-Every kind happens once, in random order, before any repeats. At the end
+Every kind happens once, in random order, before any repeats (a failover
+right after the strategies' stop, while they are down). At the end
 the publishers are stopped, the persist group drains, the readers catch
 up, and the soak checks (:func:`check_exactly_once`, :func:`check_reader`,
 :func:`memory_verdict`):
@@ -125,15 +126,23 @@ def fault_plan(duration_s: float, interval_s: float, seed: int, *, warmup_s: flo
                kinds: Sequence[str] = FAULT_KINDS) -> list[tuple[float, str]]:
     """``(at_s, kind)`` faults every ``interval_s`` from ``warmup_s`` until
     ``interval_s`` before the end (time for the last one to heal). Every
-    kind appears once, in a seeded random order, before any repeats. Pure."""
+    kind appears once, in a seeded random order, before any repeats; in the
+    first round a ``failover`` comes right after ``stop_strategy``, while
+    the strategies are down (their groups fail over with Redis: only their
+    checkpoints can tell them what the replica lacked). Pure."""
     rng = random.Random(seed)
     plan: list[tuple[float, str]] = []
     deck: list[str] = []
+    first = True
     at = warmup_s + interval_s
     while at <= duration_s - interval_s / 2:
         if not deck:
             deck = list(kinds)
             rng.shuffle(deck)
+            if first and "stop_strategy" in deck and "failover" in deck:
+                deck.remove("failover")  # drawn from the end: just after the stop
+                deck.insert(deck.index("stop_strategy"), "failover")
+            first = False
         plan.append((round(at, 3), deck.pop()))
         at += interval_s
     return plan

@@ -28,6 +28,8 @@ def test_fault_plan_is_seeded_spaced_and_covers_every_kind_first() -> None:
     assert times[0] == 15 and all(b - a == 10 for a, b in zip(times, times[1:], strict=False))
     assert times[-1] <= 95  # room to heal after the last fault
     assert sorted(kind for _, kind in plan[:len(FAULT_KINDS)]) == sorted(FAULT_KINDS)
+    kinds = [kind for _, kind in plan]
+    assert kinds.index("failover") == kinds.index("stop_strategy") + 1
     assert fault_plan(10, 10, seed=1) == []
 
 
