@@ -3,6 +3,7 @@ connections from settings and pass them on explicitly."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg2
@@ -46,6 +47,21 @@ def async_redis_client(settings: RedisSettings, **kwargs: Any) -> Any:
     if settings.cluster:
         return redis.asyncio.RedisCluster.from_url(url, **options)
     return redis.asyncio.Redis.from_url(url, **options)
+
+
+def honour_cancel() -> None:
+    """Raise the cancellation asked of the current task, if redis-py swallowed it.
+
+    Python 3.11's ``asyncio.wait_for`` returns its result instead of raising
+    when a cancel lands just as the awaited call finishes (CPython
+    gh-86296), and redis.asyncio sends every command through it when the
+    client has a ``socket_timeout`` (as :func:`async_redis_client`'s do). The
+    request stays counted on the task: a loop calling this after each round
+    trip ends when cancelled, instead of reading on forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def raw_replies(r: Any, *commands: str) -> Any:

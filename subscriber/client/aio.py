@@ -19,6 +19,7 @@ import redis
 import redis.asyncio.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from pricepipe.connections import honour_cancel
 from pricepipe.keys import Keys
 
 from .checkpoint import Checkpoint, tracker
@@ -91,8 +92,10 @@ class _TaskReader:
                 shard.connection_lost()
             log.warning("redis error, reconnecting with backoff: %s", exc)
 
-        return await self._retry.call_with_retry(lambda: run_async(self._r, make_plan()),
-                                                 failed)
+        result = await self._retry.call_with_retry(lambda: run_async(self._r, make_plan()),
+                                                   failed)
+        honour_cancel()  # redis-py may have swallowed aclose()'s
+        return result
 
     async def _loop(self, shard: Any) -> None:
         try:

@@ -38,7 +38,7 @@ from websockets.http11 import Request, Response
 from pricepipe import codec, notify
 from pricepipe.clock import now_ms
 from pricepipe.config import RedisSettings
-from pricepipe.connections import async_redis_client
+from pricepipe.connections import async_redis_client, honour_cancel
 
 from . import protocol as p
 from .address import AddressLimit, TrustedProxies, client_address
@@ -249,6 +249,7 @@ class WsServer:
             notify.watchdog()
             try:
                 await self._beat(key, interval)
+                honour_cancel()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not stop the watchdog (and kill every client)

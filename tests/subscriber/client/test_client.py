@@ -140,6 +140,45 @@ def test_async_readers(redis_url: str, r: redis.Redis, keys: Keys) -> None:
     assert pending(r, keys, "ga") == 0
 
 
+class _SwallowingRedis(redis.asyncio.Redis):
+    """Finishes a command it is cancelled in and returns the reply, as
+    Python 3.11's ``wait_for`` (redis-py's send, with a ``socket_timeout``)
+    does when the cancel lands just as the send completes."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        inner = asyncio.ensure_future(super().execute_command(*args, **options))
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            return await inner
+
+
+def test_async_readers_close_when_a_library_swallows_the_cancel(
+        redis_url: str, r: redis.Redis, keys: Keys) -> None:
+    publish(r, keys, "AAPL", 2)
+
+    async def scenario() -> None:
+        client = _SwallowingRedis.from_url(redis_url)
+        try:
+            for reader in (AsyncStreamReader(client, keys, ["AAPL"], start="0", settings=FAST),
+                           AsyncGroupReader(client, keys, ["AAPL"], group="gs", consumer="c",
+                                            start="0", settings=FAST)):
+                await reader.ready()
+                assert isinstance(await reader.get(5), Delivery)
+                # Its shard task sits in a blocking read when the cancel comes.
+                await asyncio.sleep(0.05)
+                await reader.aclose()
+        finally:
+            await client.aclose()
+
+    # In a thread: a close that hangs would take the event loop (and any
+    # timeout in it) with it.
+    closer = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive(), "aclose() hung"
+
+
 def test_replay_from_postgres_in_time_order(db: Any) -> None:
     ticks: list[tuple[Trade | Quote, str]] = [
         (Trade("AAPL" if i % 2 else "MSFT", TS + i * 1000, 10.0 + i, 1.0, "gbm"),
