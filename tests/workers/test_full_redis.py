@@ -86,9 +86,22 @@ def _tighten(r: Any) -> None:
     write while it uses more than ``maxmemory`` (checked before the write),
     so once a fill is refused it is full by a few bytes only, and a client
     buffer freed meanwhile would let the next small write in: with the margin
-    Redis stays full until something is trimmed."""
-    used = int(r.info("memory")["used_memory"])
-    r.config_set("maxmemory", used - FULL_MARGIN_BYTES)
+    Redis stays full until something is trimmed.
+
+    The fill's connections are closed first, so their query buffers (which
+    Redis shrinks on its own clock, by far more than the margin) are already
+    gone from what is measured; and it is measured again until a small
+    write is refused."""
+    r.connection_pool.disconnect()
+    for _ in range(50):
+        used = int(r.info("memory")["used_memory"])
+        r.config_set("maxmemory", used - FULL_MARGIN_BYTES)
+        try:
+            r.set("tighten-probe", "x")
+        except redis.exceptions.OutOfMemoryError:
+            return
+        r.delete("tighten-probe")
+    raise AssertionError("Redis would not stay full")
 
 
 @pytest.fixture
