@@ -527,8 +527,8 @@ _COUNT_UPTO = sql.SQL("""
 
 
 def event_csv_halves(conn: psycopg2.extensions.connection, table: EventTable, symbol: str,
-                     span: Span, cursor: Cursor | None, limit: int | None, *,
-                     columns: Sequence[str] | None = None) -> tuple[bytes, bytes] | None:
+                     span: Span, cursor: Cursor | None,
+                     limit: int | None) -> tuple[bytes, bytes] | None:
     """The bound ``SELECT`` of the first and of the second half of the rows
     :func:`event_csv_sql` selects, split at the key of the middle row, or
     None when there are fewer than :data:`SPLIT_CSV_ROWS` or more than
@@ -558,7 +558,7 @@ def event_csv_halves(conn: psycopg2.extensions.connection, table: EventTable, sy
         if middle is None:  # cannot be, in one snapshot; one COPY then
             return None
         params = {**params, "split_ts": middle[0], "split_entry": middle[1]}
-        names = sql.SQL(", ").join(sql.Identifier(c) for c in columns or table.csv_columns)
+        names = sql.SQL(", ").join(sql.Identifier(c) for c in table.csv_columns)
         first = _CSV.format(columns=names,
                             select=_select(table, order, None, *after, order.before_split))
         second = _CSV.format(columns=names,

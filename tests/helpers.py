@@ -107,8 +107,8 @@ def wait_cluster_ok(ports: list[int], timeout_s: float = 30.0) -> None:
 
 
 #: Tests too slow for the main suite's 10 minutes (benchmark harnesses,
-#: units under systemd-run): ``PRICEPIPE_SLOW_TESTS=1`` runs them, as
-#: ``.ci/run``'s second stage does.
+#: units under systemd-run, an alert that needs 30 s of lag):
+#: ``PRICEPIPE_SLOW_TESTS=1`` runs them, as ``.ci/run``'s second stage does.
 slow_stage = pytest.mark.skipif(
     os.environ.get("PRICEPIPE_SLOW_TESTS") != "1",
     reason="slow: PRICEPIPE_SLOW_TESTS=1 runs it (.ci/run's second stage)")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pricepipe.embedded import free_port
-from tests.helpers import wait_http, wait_until
+from tests.helpers import slow_stage, wait_http, wait_until
 from tests.monitoring.helpers import (
     ALERTS,
     DASHBOARD,
@@ -87,6 +87,9 @@ def logs(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
         f.close()
 
 
+# At least 30 s by the shipped rule itself (the oldest entry must wait
+# that long), so it runs beside the soak, not in the main suite's 10 minutes.
+@slow_stage
 def test_killing_the_persist_worker_fires_the_lag_alert(
     bin_dir: Path, spawn: Callable[..., Any], pipeline_env: dict[str, str],
     logs: Callable[[str], Any], tmp_path: Path,
