@@ -57,7 +57,9 @@ def test_poller_keeps_running_and_stops_on_sigterm(
     wait_until(lambda: r.xlen(keys.trades("BTC-USD")) >= 1 and
                r.xlen(keys.quotes("BTC-USD")) >= 1, timeout_s=30, proc=proc)
     fake.set_market("BTCUSDT", 65010.0)
-    wait_until(lambda: r.xlen(keys.trades("BTC-USD")) >= 2, timeout_s=30, proc=proc)
+    # Trades and the book are polled apart: the new trade may come first.
+    wait_until(lambda: r.xlen(keys.trades("BTC-USD")) >= 2 and
+               r.xlen(keys.quotes("BTC-USD")) >= 2, timeout_s=30, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
