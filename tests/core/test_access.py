@@ -61,7 +61,7 @@ from pricepipe.embedded import PostgresServer, RedisServer, free_port
 from pricepipe.events import Trade
 from pricepipe.keys import PERSIST_GROUP, Keys
 from pricepipe.supervisor import ensure_reader_login
-from tests.helpers import wait_http, wait_until
+from tests.helpers import slow_stage, wait_http, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -658,6 +658,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@slow_stage  # initdb and the whole pipeline, 13-16 s
 def test_up_runs_each_child_as_its_own_user(up_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRICEPIPE_")}
     env.update({"PRICEPIPE_DATA_DIR": str(up_dir), "PYTHONUNBUFFERED": "1"})

@@ -28,10 +28,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from pricepipe.embedded import free_port
+from tests.helpers import slow_stage
 
 from .helpers import DEPLOY, INSTALLED_VENV, UNITS_DIR
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh chowns to root")
+# Real install.sh runs, 5-10 s each: beside the soak, out of the main suite's
+# 10 minutes.
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="install.sh chowns to root"),
+              slow_stage]
 
 LOGGING_SHIM = """#!/bin/sh
 { printf '%s' "$(basename "$0")"; for a in "$@"; do printf ' %s' "$a"; done; printf '\\n'; } \\

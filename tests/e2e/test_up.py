@@ -30,8 +30,11 @@ from websockets.sync.client import connect
 
 from pricepipe.embedded import free_port
 from pricepipe.supervisor import descendants, process_parents
+from tests.helpers import slow_stage
 
-pytestmark = pytest.mark.timeout(240)
+# 15-20 s of initdb and a whole pipeline: beside the soak, out of the main
+# suite's 10 minutes.
+pytestmark = [pytest.mark.timeout(240), slow_stage]
 
 
 class Up:
