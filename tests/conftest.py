@@ -40,7 +40,6 @@ from typing import Any
 import psycopg2
 import pytest
 import redis
-from psycopg2 import sql
 
 from pricepipe.acl import Role, acl_file, role_urls, user_name
 from pricepipe.config import DatabaseSettings, RedisSettings
@@ -48,9 +47,13 @@ from pricepipe.embedded import PostgresServer, RedisServer
 from pricepipe.keys import Keys
 from pricepipe.migrate import migrate
 
-from .helpers import CLUSTER_BUS_OFFSET, cluster_port, wait_cluster_ok
-
-TEMPLATE_DB = "pricepipe_template"
+from .helpers import (
+    CLUSTER_BUS_OFFSET,
+    TEMPLATE_DB,
+    cluster_port,
+    recreate_database,
+    wait_cluster_ok,
+)
 
 #: Installed, the roles are pricepipe.publisher etc.; in a checkout their
 #: folders also look like top-level packages, which nothing may import.
@@ -122,20 +125,6 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
-
-
-def recreate_database(server: PostgresServer, name: str, template: str = TEMPLATE_DB) -> str:
-    conn = psycopg2.connect(server.url_for("postgres"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)))
-    finally:
-        conn.close()
-    return server.url_for(name)
 
 
 @pytest.fixture

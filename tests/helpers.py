@@ -12,12 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 import redis
+from psycopg2 import sql
 
-from pricepipe.embedded import STANDARD_PORTS
+from pricepipe.embedded import STANDARD_PORTS, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The session PostgreSQL's migrated database, which each test's is cloned from.
+TEMPLATE_DB = "pricepipe_template"
 
 
 def _failed_early(proc: subprocess.Popen[bytes] | None) -> None:
@@ -52,6 +57,22 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, *,
               timeout_s: float = 60.0) -> None:
     """Wait until ``url`` answers 200 (see :func:`wait_until`)."""
     wait_until(lambda: http_ok(url), timeout_s=timeout_s, proc=proc)
+
+
+def recreate_database(server: PostgresServer, name: str, template: str = TEMPLATE_DB) -> str:
+    """Drop ``name`` if it exists and create it anew as a copy of ``template``;
+    its URL on ``server``."""
+    conn = psycopg2.connect(server.url_for("postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)))
+    finally:
+        conn.close()
+    return server.url_for(name)
 
 
 # --- a local Redis Cluster --------------------------------------------------------------------

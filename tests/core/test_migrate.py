@@ -5,6 +5,7 @@ import psycopg2.errors
 import pytest
 
 from pricepipe.migrate import available, migrate
+from tests.helpers import recreate_database
 
 
 def test_migrations_are_recorded_and_safe_to_run_twice(database_url: str) -> None:
@@ -21,8 +22,6 @@ def test_migrations_are_recorded_and_safe_to_run_twice(database_url: str) -> Non
 
 
 def test_fresh_database_migrates_from_zero(pg_server: Any) -> None:
-    from tests.conftest import recreate_database
-
     url = recreate_database(pg_server, "pricepipe_fresh", template="template0")
     conn = psycopg2.connect(url)
     try:
@@ -64,8 +63,6 @@ def test_the_database_refuses_what_the_event_model_refuses(database_url: str) ->
 def test_ticks_become_trades_and_their_bars_are_rebuilt(pg_server: Any) -> None:
     """Migration 0004 on a database that has ticks: a tick is a trade (a size
     of 0 is unknown), and the bars are recomputed with notional and count."""
-    from tests.conftest import recreate_database
-
     url = recreate_database(pg_server, "pricepipe_upgrade", template="template0")
     conn = psycopg2.connect(url)
     conn.autocommit = True

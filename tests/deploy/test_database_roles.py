@@ -10,8 +10,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from pricepipe.clock import now_us, us_to_datetime
 from pricepipe.embedded import PostgresServer, find_pg_bindir, free_port
+from tests.helpers import wait_http
 
 from .helpers import DEPLOY
 
@@ -104,17 +103,10 @@ def test_roles_then_migrations_then_least_privilege(
     # login; on a multi-VM deployment a streaming replica).
     port = free_port()
     server = spawn(["api", "--host", "127.0.0.1", "--port", str(port)], env=env)
-    body = None
-    deadline = time.monotonic() + 60
-    while body is None and time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read() if server.stdout else ""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/trades/AAPL",
-                                        timeout=5) as response:
-                body = json.loads(response.read())
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    assert body is not None, "API did not answer"
+    trades_url = f"http://127.0.0.1:{port}/v1/trades/AAPL"
+    wait_http(trades_url, server)
+    with urllib.request.urlopen(trades_url, timeout=5) as response:
+        body = json.loads(response.read())
     assert [(t["symbol"], t["price"]) for t in body["trades"]] == [("AAPL", 1.5)]
     # Which role the API's connections authenticated as (log_connections).
     log = (fresh_pg.data_dir / "postgres.log").read_text(errors="replace")

@@ -22,19 +22,11 @@ from pricepipe.publisher.simulator import Simulator
 from pricepipe.publisher.sink import StreamSink
 from pricepipe.stop import StopRequest
 from pricepipe.streams import known_symbols
+from tests.helpers import wait_until
 
 from .helpers import read_events, stream_length
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_bulk_publishes_exactly_n_valid_events(
@@ -109,7 +101,8 @@ def test_sigterm_finishes_the_batch_and_exits_zero(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     proc = spawn(["publish", "--symbols", "3", "--rate", "20"], env=pipeline_env)
-    assert wait_for(lambda: stream_length(r, keys, "GOOG") >= 3), "no events published"
+    # Until events are published (fails at once if the publisher exits instead).
+    wait_until(lambda: stream_length(r, keys, "GOOG") >= 3, timeout_s=30, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()
@@ -191,7 +184,7 @@ def test_realtime_rate_roughly_in_wall_clock(
     spawn: Spawn, pipeline_env: dict[str, str], r: Any, keys: Keys
 ) -> None:
     proc = spawn(["publish", "--symbols", "1", "--rate", "50"], env=pipeline_env)
-    assert wait_for(lambda: stream_length(r, keys, "AAPL") > 0)
+    wait_until(lambda: stream_length(r, keys, "AAPL") > 0, timeout_s=30, proc=proc)
     started = time.monotonic()
     first = stream_length(r, keys, "AAPL")
     time.sleep(1.0)
