@@ -177,7 +177,8 @@ def candle_row(symbol: str, candle: Candle) -> tuple[Any, ...]:
     """A ``bars_1m`` row of one candle (see the module docstring)."""
     bucket = bucket_of(candle.bucket_us)
     trades = candle.trades if candle.trades else 1
-    notional = candle.volume * (candle.high + candle.low + candle.close) / 3
+    notional = (candle.notional if candle.notional is not None
+                else candle.volume * (candle.high + candle.low + candle.close) / 3)
     return (symbol, bucket, candle.open, candle.high, candle.low, candle.close, candle.volume,
             notional, trades, bucket, CANDLE_ENTRY, bucket + US_PER_MINUTE - 1, CANDLE_ENTRY)
 

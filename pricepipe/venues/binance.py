@@ -227,7 +227,7 @@ def parse_klines(symbol: str, payload: Any) -> list[Candle]:
                              "open time", "ms"),
             number(row[1], "open"), number(row[2], "high"), number(row[3], "low"),
             number(row[4], "close"), number(row[5], "volume"),
-            integer(row[8], "number of trades")))
+            integer(row[8], "number of trades"), number(row[7], "quote asset volume")))
     return sorted(out, key=lambda c: c.bucket_us)
 
 

@@ -101,7 +101,8 @@ class Unknown:
 @dataclass(frozen=True, slots=True)
 class Candle:
     """One bar of the venue's history: ``bucket_us`` its start. ``trades``
-    is the venue's trade count where it gives one (Binance klines)."""
+    is the venue's trade count and ``notional`` the sum of price x size
+    (its quote volume) where it gives them (Binance klines)."""
 
     upstream: str
     bucket_us: int
@@ -111,6 +112,7 @@ class Candle:
     close: float
     volume: float
     trades: int | None = None
+    notional: float | None = None
 
 
 VenueMessage = VenueTrade | VenueQuote | Heartbeat | Subscribed | Refused | Shutdown | Unknown

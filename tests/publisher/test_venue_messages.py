@@ -81,7 +81,7 @@ def test_binance_rest_history_as_documented() -> None:
                                Side.SELL)
     (candle,) = binance.parse_klines("LTCBTC", loaded("binance/klines_rest.json"))
     assert candle == Candle("LTCBTC", 1499040000000_000, 0.0163479, 0.8, 0.015758, 0.015771,
-                            148976.11427815, 308)
+                            148976.11427815, 308, 2434.19055334)
     for parse in (binance.parse_agg_trades, binance.parse_klines):
         with pytest.raises(BadResponseError) as info:
             parse("NOPE", loaded("binance/rest_error.json"))

@@ -16,12 +16,12 @@ import pytest
 from rq import SimpleWorker
 
 from pricepipe import sources
-from pricepipe.clock import format_us, now_us
+from pricepipe.clock import datetime_to_us, format_us, now_us
 from pricepipe.exceptions import UpstreamError
 from pricepipe.keys import Keys
 from pricepipe.upstream import HttpOptions
 from pricepipe.workers import jobqueue, jobs
-from pricepipe.workers.backfill import CANDLE_ENTRY, run_venue_backfill
+from pricepipe.workers.backfill import CANDLE_ENTRY, run_venue_backfill, venue_entry_id
 from tests.publisher.fake_upstream import FakeUpstream
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -157,6 +157,85 @@ def test_coinbase_trades_by_bisection_and_candles_where_trades_are_not_served(
     assert "180 trade(s) from backfill-coinbase, 180 new" in out and "resumed" in out, out
     assert [i for i, _ in stored(db, "COINBASE:BTC-USD")] == everything
     assert bars(db, "COINBASE:BTC-USD") == (180, 540, 0)
+
+
+def bar_rows(db: Any, symbol: str) -> dict[int, tuple[Any, ...]]:
+    """bucket -> (open, high, low, close, volume, notional, trade_count, open_ts,
+    open_entry, close_ts, close_entry), times in epoch microseconds."""
+    with db.cursor() as cur:
+        cur.execute("SELECT bucket, open, high, low, close, volume, notional, trade_count,"
+                    " open_ts, open_entry, close_ts, close_entry FROM bars_1m"
+                    " WHERE symbol = %s", (symbol,))
+        return {datetime_to_us(b): (o, h, lo, c, v, x, n, datetime_to_us(ot), oe,
+                                    datetime_to_us(ct), ce)
+                for b, o, h, lo, c, v, x, n, ot, oe, ct, ce in cur.fetchall()}
+
+
+def test_binance_trades_after_the_horizon_and_klines_for_the_minutes_before(
+        spawn: Spawn, pipeline_env: dict[str, str], db: Any, venue_rest: FakeUpstream) -> None:
+    start, end = DAY_US + 3_600_000_000, DAY_US + 4 * 3_600_000_000  # three hours
+    cut = start + 3_600_000_000
+    tape(venue_rest, "BTCUSDT", start, end, 20_000)  # three trades a minute
+    everything = ids_in(venue_rest, "BTCUSDT", start, end, served=False)
+    # aggTrades no longer serves the first hour; klines still cover it. The
+    # horizon falls on a minute boundary, so every minute is either all
+    # candle or all trades.
+    venue_rest.horizon["BTCUSDT"] = ids_in(venue_rest, "BTCUSDT", cut, end, served=False)[0]
+    served = ids_in(venue_rest, "BTCUSDT", start, end)
+    assert len(everything) == 540 and len(served) == 360
+    # The venue's own answer, read by the documented layout ([open time, open,
+    # high, low, close, volume, close time, quote volume, trades, ...]), so
+    # the expectation does not go through the parser under test.
+    with venue_rest.lock:
+        status, klines = venue_rest.answer("/api/v3/klines", {
+            "symbol": ["BTCUSDT"], "interval": ["1m"], "startTime": [str(start // 1000)],
+            "endTime": [str(cut // 1000 - 1)], "limit": ["1000"]}, {})
+        tail = [t for t in venue_rest.served("BTCUSDT") if cut <= t.ts_ms * 1000 < end]
+    assert status == 200 and len(klines) == 60
+    args = ["backfill", "--source", "binance", "BTCUSDT", "--start", format_us(start),
+            "--end", format_us(end), "--base-url", venue_rest.url, "--quiet"]
+    first = spawn(args, env=pipeline_env)
+    out = first.communicate(timeout=120)[0].decode()
+    assert first.returncode == 0, out
+    assert "360 trade(s) from backfill-binance, 360 new, 60 bar(s) from candles" in out, out
+    assert [i for i, _ in stored(db, "BINANCE:BTCUSDT")] == served
+    # Klines carry the trade count, so every trade of the three hours is
+    # counted once: 180 by the candles, 360 by the stored trades.
+    assert bars(db, "BINANCE:BTCUSDT") == (180, 540, 60)
+    rows = bar_rows(db, "BINANCE:BTCUSDT")
+    assert sum(row[4] for row in rows.values()) == pytest.approx(0.5 * 540)
+    for k in klines:
+        bucket = k[0] * 1000
+        # A candle bar has no trade behind it: marked by CANDLE_ENTRY, spanning
+        # its whole minute; its notional is the kline's quote volume, so its
+        # VWAP is exact (not the typical price's estimate Coinbase gets).
+        assert rows[bucket] == (
+            pytest.approx(float(k[1])), pytest.approx(float(k[2])), pytest.approx(float(k[3])),
+            pytest.approx(float(k[4])), pytest.approx(float(k[5])),
+            pytest.approx(float(k[7])), k[8], bucket,
+            CANDLE_ENTRY, bucket + 59_999_999, CANDLE_ENTRY), bucket
+        assert k[6] * 1000 == bucket + 59_999_000  # the kline is that same minute
+    by_minute: dict[int, list[Any]] = {}
+    for t in tail:
+        by_minute.setdefault(t.ts_ms * 1000 - t.ts_ms * 1000 % 60_000_000, []).append(t)
+    assert len(by_minute) == 120 and set(rows) == {k[0] * 1000 for k in klines} | set(by_minute)
+    for bucket, group in by_minute.items():
+        prices = [t.price for t in group]
+        assert rows[bucket] == (
+            pytest.approx(prices[0]), pytest.approx(max(prices)), pytest.approx(min(prices)),
+            pytest.approx(prices[-1]), pytest.approx(sum(t.qty for t in group)),
+            pytest.approx(sum(t.qty * t.price for t in group)), len(group),
+            group[0].ts_ms * 1000, venue_entry_id(group[0].trade_id), group[-1].ts_ms * 1000,
+            venue_entry_id(group[-1].trade_id)), bucket
+    pages = len(venue_rest.requests_to("fromId="))
+    again = spawn(args, env=pipeline_env)
+    out = again.communicate(timeout=120)[0].decode()
+    assert again.returncode == 0, out
+    assert re.search(r"0 trade\(s\) from backfill-binance, 0 new, 0 bar\(s\) from candles,"
+                     r" resumed", out), out
+    assert len(venue_rest.requests_to("fromId=")) == pages  # no trade fetched again
+    assert [i for i, _ in stored(db, "BINANCE:BTCUSDT")] == served
+    assert bar_rows(db, "BINANCE:BTCUSDT") == rows
 
 
 def test_a_backfill_refuses_a_symbol_fed_with_other_trade_ids(
