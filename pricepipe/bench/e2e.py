@@ -18,8 +18,10 @@ to drain. Measured per step:
 * **published / persisted events/s**: published from the streams'
   ``entries-added`` (``XINFO STREAM``), persisted from the rows in
   PostgreSQL with an event time since the step began (committed rows only),
-  both read at the start and the end of the measuring window. At the end
-  all rows are counted and compared with what was published.
+  both read at the start and the end of the measuring window, per type
+  (``published_trades_per_s``, ``persisted_quotes_per_s``, ...: each read
+  per stream or table, the total their sum). At the end all rows are
+  counted per table and compared with what was published per stream.
 * **persist lag**: every ``lag_interval_s``, for every stream, the age of
   the oldest event that is published but not yet committed (now minus the
   millisecond of its entry ID; 0 when nothing waits). The oldest waiting
@@ -254,7 +256,12 @@ class Probe(Role):
         event = [v for ln in lines for v in ln["event_ms"]]
         before = [ln for ln in list(self.lines) if ln["t"] <= start_wall_s]
         conflated0 = before[-1]["conflated"] if before else 0
+        by_channel: dict[str, int] = {}
+        for ln in lines:
+            for channel, count in ln.get("n_by_channel", {}).items():
+                by_channel[channel] = by_channel.get(channel, 0) + int(count)
         return {"events": sum(int(ln["n"]) for ln in lines), "lat_ms": lat, "event_ms": event,
+                "events_by_channel": by_channel,
                 "conflated_frames": (lines[-1]["conflated"] - conflated0) if lines else 0,
                 "connects": lines[-1]["connects"] if lines else 0,
                 "span_s": (lines[-1]["t"] - lines[0]["t"]) if len(lines) > 1 else 0.0,
@@ -283,16 +290,18 @@ def published_count(r: Any, keys: Keys, symbols: Sequence[str]) -> int:
     return sum(published_by_channel(r, keys, symbols).values())
 
 
-#: Rows of both tables from an event time on, each an index range scan per
-#: symbol on its (symbol, ts, ...) index.
+#: Rows of each table from an event time on, each an index range scan per
+#: symbol on its (symbol, ts, ...) index; one round trip for both, so the two
+#: counts are read at the same instant.
 _PERSISTED_SQL = """
-    SELECT (SELECT count(*) FROM trades WHERE symbol = ANY(%(symbols)s) AND ts >= %(since)s)
-         + (SELECT count(*) FROM quotes WHERE symbol = ANY(%(symbols)s) AND ts >= %(since)s)
+    SELECT (SELECT count(*) FROM trades WHERE symbol = ANY(%(symbols)s) AND ts >= %(since)s),
+           (SELECT count(*) FROM quotes WHERE symbol = ANY(%(symbols)s) AND ts >= %(since)s)
 """
 
 
-def persisted_count(conn: Any, symbols: Sequence[str], since_us: int) -> int:
-    """Rows (trades and quotes) of ``symbols`` with an event time from ``since_us`` on.
+def persisted_by_channel(conn: Any, symbols: Sequence[str], since_us: int) -> dict[str, int]:
+    """Per table (``trades``, ``quotes``), rows of ``symbols`` with an event
+    time from ``since_us`` on.
 
     (Not the group's ``lag`` from ``XINFO GROUPS``: Redis 7.0 derives it from
     ``entries-read``, which is wrong after an AOF reload, see docs/bench.md.)
@@ -304,7 +313,13 @@ def persisted_count(conn: Any, symbols: Sequence[str], since_us: int) -> int:
                                      "since": us_to_datetime(since_us)})
         row = cur.fetchone()
     conn.commit()
-    return int(row[0]) if row else 0
+    trades, quotes = row if row else (0, 0)
+    return {"trades": int(trades), "quotes": int(quotes)}
+
+
+def persisted_count(conn: Any, symbols: Sequence[str], since_us: int) -> int:
+    """Rows (trades and quotes) of ``symbols`` with an event time from ``since_us`` on."""
+    return sum(persisted_by_channel(conn, symbols, since_us).values())
 
 
 def rows_by_channel(conn: Any, symbols: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -480,6 +495,11 @@ class E2EParams:
     drain_timeout_s: float = 20.0
     profile_dir: str | None = None
     bounds: Bounds = field(default_factory=Bounds)
+
+
+#: A step's rates, rounded in the report: the totals, then per type.
+STEP_RATES = tuple(f"{stage}_{kind}_per_s" for kind in ("events", "trades", "quotes")
+                   for stage in ("published", "persisted", "ws"))
 
 
 def _print_step(step: dict[str, Any]) -> None:
@@ -661,9 +681,12 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
     shown = best or (steps[0] if steps else None)
     figures: dict[str, Any] = {
         "max_sustained_events_per_s": round(best["published_events_per_s"]) if best else 0,
+        # The same step's rate per type (what its publishers appended to each stream).
+        **{f"max_sustained_{kind}_per_s": round(best[f"published_{kind}_per_s"]) if best else 0
+           for kind in ("trades", "quotes")},
     }
     if shown is not None:
-        for name in ("published_events_per_s", "persisted_events_per_s", "ws_events_per_s"):
+        for name in STEP_RATES:
             figures[name] = round(shown[name])
         for name in ("persist_lag_p50_ms", "persist_lag_p99_ms", "ws_latency_p50_ms",
                      "ws_latency_p99_ms", "ws_event_latency_p99_ms", "machine_cpu_percent"):
@@ -679,6 +702,10 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
             figures[f"cpu_us_per_event_{proc}"] = value
     figures["rows_persisted"] = int(rows)
     figures["events_published"] = int(published)
+    # Per type from the exactly-once check's counts (per stream, per table).
+    for kind in ("trades", "quotes"):
+        figures[f"{kind}_published"] = int(published_per[kind])
+        figures[f"{kind}_persisted"] = int(rows_per[kind][0])
     sustained = figures["max_sustained_events_per_s"]
     ratios = judge_goals(best, xadd_samples)
     exactly_once = {
@@ -794,10 +821,10 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
     time.sleep(max(2 * params.warmup_s, params.warmup_s + 4) if seed == 1 else params.warmup_s)
 
     t0, w0, cpu0 = time.monotonic(), time.time(), read_machine_cpu()
-    pub0, ack0 = published_count(r, keys, names), persisted_count(conn, names, since_us)
+    pub0, ack0 = published_by_channel(r, keys, names), persisted_by_channel(conn, names, since_us)
     time.sleep(params.measure_s)
     t1, w1, cpu1 = time.monotonic(), time.time(), read_machine_cpu()
-    pub1, ack1 = published_count(r, keys, names), persisted_count(conn, names, since_us)
+    pub1, ack1 = published_by_channel(r, keys, names), persisted_by_channel(conn, names, since_us)
     elapsed = t1 - t0
 
     for publisher in publishers:
@@ -819,8 +846,8 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
         machine = round((cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1]) * 100, 1)
     step: dict[str, Any] = {
         "target_events_per_s": target,
-        "published_events_per_s": (pub1 - pub0) / elapsed,
-        "persisted_events_per_s": (ack1 - ack0) / elapsed,
+        "published_events_per_s": (sum(pub1.values()) - sum(pub0.values())) / elapsed,
+        "persisted_events_per_s": (sum(ack1.values()) - sum(ack0.values())) / elapsed,
         # The probe reports every 0.5 s: rate over the span of its lines.
         "ws_events_per_s": got["events"] / elapsed,
         "persist_lag_p50_ms": _round(percentile(flat, 50)),
@@ -845,7 +872,14 @@ def _step(r: Any, conn: Any, keys: Keys, names: list[str], groups: list[list[str
     step["why_not"] = judge(step, params.bounds)
     step["sustained"] = not step["why_not"]
     step["cpu_us_per_event"] = cpu_us_per_event(step)
-    for name in ("published_events_per_s", "persisted_events_per_s", "ws_events_per_s"):
+    # Per type, as measured per stream, table and probe frame (issue 14): the
+    # mix as it went through, not the publishers' nominal one. Informative:
+    # neither judged nor used to decide whether the step was sustained.
+    for kind in ("trades", "quotes"):
+        step[f"published_{kind}_per_s"] = (pub1[kind] - pub0[kind]) / elapsed
+        step[f"persisted_{kind}_per_s"] = (ack1[kind] - ack0[kind]) / elapsed
+        step[f"ws_{kind}_per_s"] = got["events_by_channel"].get(kind, 0) / elapsed
+    for name in STEP_RATES:
         step[name] = round(step[name], 1)
     return step
 

@@ -34,7 +34,11 @@ is taken from it): websockets' sans-I/O protocol does each connection's
 handshake; after it, one bare epoll loop reads every connection and splits
 frames by their header, without an event loop's or a websocket library's
 per-message machinery (see :class:`_BenchClient`). Every delivery is
-counted: every trade and quote of every text frame, by its ``"ts_us":`` key.
+counted: every trade and quote of every text frame, by its ``"ts_us":`` key,
+and per type (``deliveries_trades_per_s``, ``deliveries_quotes_per_s``) by
+the frame's channel: the ``type`` that heads pricepipe's frames, or for the
+baseline's one bare entry per frame, its ``"bid":`` key (a quote's) or
+``"price":`` key (a trade's).
 Latency is ``time the client process read the frame - the event's ts_us``
 (the publisher stamps ``ts_us`` just before appending; same host, same
 clock), taken for every entry of one frame in ``SAMPLE_EVERY`` per
@@ -114,6 +118,9 @@ class _Tally:
         self.recording = False
         self.sample_every = sample_every
         self.entries = 0
+        #: ``entries`` by type, counted per frame (a frame carries one channel).
+        self.trades = 0
+        self.quotes = 0
         self.frames = 0
         self.conflated = 0
         self.latencies_us: list[int] = []
@@ -122,6 +129,12 @@ class _Tally:
 #: Every trade and quote has it once (bars, which have none, are not subscribed).
 _ENTRY_KEY = b'"ts_us":'
 _CONFLATED = (b'{"type":"trades","conflated":true', b'{"type":"quotes","conflated":true')
+#: How pricepipe's data frames start: their channel, before anything else.
+_TRADES_HEAD = b'{"type":"trades"'
+_QUOTES_HEAD = b'{"type":"quotes"'
+#: The baseline's frame is one bare entry: only a quote has a bid, only a trade a price.
+_QUOTE_KEY = b'"bid":'
+_TRADE_KEY = b'"price":'
 
 
 class _BenchClient:
@@ -201,6 +214,18 @@ class _BenchClient:
                 continue
             tally.frames += 1
             tally.entries += entries
+            # By type once per frame, never per entry: pricepipe's frame names
+            # its channel in its first bytes; the baseline's bare entry needs a
+            # find, quotes' key first (they are most frames). A frame of neither
+            # is counted in neither, so trades + quotes < deliveries would show it.
+            if data.startswith(_QUOTES_HEAD, start):
+                tally.quotes += entries
+            elif data.startswith(_TRADES_HEAD, start):
+                tally.trades += entries
+            elif data.find(_QUOTE_KEY, start, end) >= 0:
+                tally.quotes += entries
+            elif data.find(_TRADE_KEY, start, end) >= 0:
+                tally.trades += entries
             if data.startswith(_CONFLATED[0], start) or data.startswith(_CONFLATED[1], start):
                 tally.conflated += 1
             self._seen += 1
@@ -315,6 +340,8 @@ def _clients_main(url: str, clients: int, symbols: int, per_client: int,
     lat = np.array(tally.latencies_us or [0], dtype=np.float64) / 1000.0
     return {
         "deliveries": tally.entries,
+        "trade_deliveries": tally.trades,
+        "quote_deliveries": tally.quotes,
         "frames": tally.frames,
         "conflated_frames": tally.conflated,
         "latency_samples": len(tally.latencies_us),
@@ -520,6 +547,8 @@ def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
     lat = [v for part in parts for v in part.get("latencies_ms", ())]
     return {
         "deliveries": sum(int(p["deliveries"]) for p in parts),
+        "trade_deliveries": sum(int(p.get("trade_deliveries", 0)) for p in parts),
+        "quote_deliveries": sum(int(p.get("quote_deliveries", 0)) for p in parts),
         "frames": sum(int(p["frames"]) for p in parts),
         "conflated_frames": sum(int(p["conflated_frames"]) for p in parts),
         "latency_samples": len(lat),
@@ -634,6 +663,9 @@ def _contender(name: str, server_cmd: list[str], ready: tuple[str, str], *, redi
     result["published"] = published
     result["expected_deliveries"] = expected
     result["deliveries_per_s"] = result["deliveries"] / result["elapsed_s"]
+    # Per type as the clients counted them (informative, not judged).
+    result["deliveries_trades_per_s"] = result["trade_deliveries"] / result["elapsed_s"]
+    result["deliveries_quotes_per_s"] = result["quote_deliveries"] / result["elapsed_s"]
     result["delivered_fraction"] = result["deliveries"] / max(expected, 1)
     result["frames_per_s"] = result["frames"] / result["elapsed_s"]
     print(f"{name:<10} {result['deliveries_per_s']:>14,.0f} {result['p50_ms']:>9.2f} "
@@ -659,10 +691,11 @@ DELIVERIES_TOLERANCE = 0.99
 #: short of the goal's for small runs, which are not judged).
 MAX_EVENTS_PER_S = 1000.0
 #: Figures of each run kept in the report.
-FIGURES = ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "delivered_fraction",
-           "frames_per_s", "server_cpu_pct", "clients_cpu_pct", "server_cpu_us_per_delivery",
-           "rss_per_connection_kb", "rss_idle_per_connection_kb", "rss_before_mib",
-           "rss_peak_mib", "conflated_frames", "latency_samples", "connect_s")
+FIGURES = ("deliveries_per_s", "deliveries_trades_per_s", "deliveries_quotes_per_s", "p50_ms",
+           "p99_ms", "max_ms", "delivered_fraction", "frames_per_s", "server_cpu_pct",
+           "clients_cpu_pct", "server_cpu_us_per_delivery", "rss_per_connection_kb",
+           "rss_idle_per_connection_kb", "rss_before_mib", "rss_peak_mib", "conflated_frames",
+           "latency_samples", "connect_s")
 
 
 def scenario(clients: int, *, symbols: int = 100, per_client: int = 10) -> dict[str, Any]:

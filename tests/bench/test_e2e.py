@@ -3,6 +3,8 @@ that every figure is a real measurement. Never a speed assertion."""
 
 from __future__ import annotations
 
+import pytest
+
 from pricepipe.bench import e2e
 from tests.helpers import slow_stage
 
@@ -46,6 +48,30 @@ def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> Non
     per = once["per_channel"]
     assert per["trades"]["rows"] == per["trades"]["published"] > 0
     assert per["quotes"]["rows"] == per["quotes"]["published"] > per["trades"]["published"]
+    # Per type (issue 14): the run's counts are the exactly-once check's...
+    figures = report["figures"]
+    for kind in ("trades", "quotes"):
+        assert figures[f"{kind}_published"] == per[kind]["published"]
+        assert figures[f"{kind}_persisted"] == per[kind]["rows"]
+    assert figures["trades_published"] + figures["quotes_published"] \
+        == figures["events_published"]
+    assert figures["trades_persisted"] + figures["quotes_persisted"] == figures["rows_persisted"]
+    # ...and every step's rates, measured per stream, table and probe frame,
+    # add up to its totals (each rounded to 0.1/s) in the default mix.
+    for step in steps:
+        for stage in ("published", "persisted", "ws"):
+            trades, quotes = step[f"{stage}_trades_per_s"], step[f"{stage}_quotes_per_s"]
+            assert trades + quotes == pytest.approx(step[f"{stage}_events_per_s"], abs=0.2)
+    for stage in ("published", "persisted", "ws"):
+        assert first[f"{stage}_quotes_per_s"] > first[f"{stage}_trades_per_s"] > 0, stage
+    # The sustained rate per type is the highest sustained step's (0 without one),
+    # the figures' rates per type the reported step's (each rounded to 1/s).
+    assert abs(figures["max_sustained_trades_per_s"] + figures["max_sustained_quotes_per_s"]
+               - figures["max_sustained_events_per_s"]) <= 1
+    for stage in ("published", "persisted", "ws"):
+        assert abs(figures[f"{stage}_trades_per_s"] + figures[f"{stage}_quotes_per_s"]
+                   - figures[f"{stage}_events_per_s"]) <= 1
+    assert not set(ratios) & {name for name in figures if "_trades" in name or "_quotes" in name}
 
 
 def test_the_goal_is_judged_on_the_step_rate_held_to_99_percent() -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis
 
 from pricepipe import streams
 from pricepipe.bench import ws as bench
 from pricepipe.bench.probe import ProbeState, frame_entries, run_probe
-from pricepipe.codec import encode_json, pack_entry_id
+from pricepipe.codec import encode_json, event_to_dict, pack_entry_id
 from pricepipe.config import RedisSettings
 from pricepipe.events import Event, Quote, Trade
 from pricepipe.keys import Keys
@@ -46,6 +47,16 @@ def test_bench_smoke(redis_url: str, monkeypatch: Any) -> None:
         "rss_per_connection_kb_vs_broadcast"}
     assert report["ratios"]["p99_ms"]["goal"] is None  # judged with 10,000 clients only
     assert report["goals_met"] is None
+    # Deliveries per type as the clients counted them, for both servers: every
+    # delivery is a trade or a quote, and the mix (5 quotes per trade) shows.
+    for section in ("figures", "baselines"):
+        samples = report["samples"][section]
+        for total, trades, quotes in zip(samples["deliveries_per_s"],
+                                         samples["deliveries_trades_per_s"],
+                                         samples["deliveries_quotes_per_s"], strict=True):
+            assert trades + quotes == pytest.approx(total), section
+            assert quotes > trades > 0, section
+    assert not set(report["ratios"]) & {"deliveries_trades_per_s", "deliveries_quotes_per_s"}
 
 
 @slow_stage
@@ -56,9 +67,35 @@ def test_bench_abuse_smoke(redis_url: str) -> None:
     assert report["target"] == "ws-abuse" and report["params"]["abusers"] == bench.ABUSERS
     for section in ("figures", "baselines"):
         assert report[section]["deliveries_per_s"] > 0 and report[section]["p99_ms"] > 0
+        assert report[section]["deliveries_trades_per_s"] > 0
+        assert report[section]["deliveries_quotes_per_s"] > 0
     assert report["figures"]["abuser_requests"] > 0
     assert set(report["ratios"]) == {"deliveries_per_s", "p99_ms", "server_cpu_us_per_delivery"}
     assert report["ratios"]["p99_ms"]["goal"] == 2.0
+
+
+def test_bench_client_counts_deliveries_per_type_of_either_server() -> None:
+    """pricepipe's frames by their channel, the baseline's bare entries by
+    their keys; a frame split over two reads is counted once."""
+    from websockets.frames import Frame, Opcode
+
+    def wire(message: dict[str, Any]) -> bytes:
+        return Frame(Opcode.TEXT, encode_json(message)).serialize(mask=False)
+
+    trade = Trade("B001", TS, 100.0, 1.0, "bench", recv_ts_us=TS)
+    quote = Quote("B001", TS, 99.0, 3.0, 101.0, 4.0, "bench", TS)
+    trade_entry, quote_entry = (event_to_dict(e, "1767323045000-0") for e in (trade, quote))
+    data = b"".join([
+        wire({"type": "trades", "trades": [trade_entry, trade_entry]}),
+        wire({"type": "quotes", "conflated": True, "quotes": [quote_entry] * 3}),
+        wire(trade_entry), wire(quote_entry), wire(quote_entry)])
+    tally = bench._Tally(sample_every=1)
+    tally.recording = True
+    client = bench._BenchClient(None, None, tally, 0)  # type: ignore[arg-type]
+    client.received(data[:7])
+    client.received(data[7:])
+    assert (tally.entries, tally.trades, tally.quotes, tally.frames) == (8, 3, 5, 5)
+    assert tally.conflated == 1 and len(tally.latencies_us) == 8
 
 
 # --- the probe -------------------------------------------------------------------------------
