@@ -1,6 +1,7 @@
 """pricepipe: a market-data pub/sub pipeline.
 
-Publishers append ticks to Redis Streams; workers persist them to PostgreSQL;
+Publishers append trades and quotes to Redis Streams; workers persist them
+(and the one-minute bars built from the trades) to PostgreSQL;
 a websocket server and an HTTP API serve them live and as history.
 
 This package is the shared core; the roles are installed inside it

@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the whole pipeline (embedded servers unless URLs are set)")
     add_server_flags(p)
     p.add_argument("--symbols", type=int, default=10, help="number of demo GBM symbols")
-    p.add_argument("--rate", type=float, default=5.0, help="ticks per second per symbol")
+    p.add_argument("--rate", type=float, default=5.0,
+                   help="demo GBM events (trades and quotes) per second per symbol")
     p.add_argument("--api-port", type=int, default=None, help="HTTP port (default: free port)")
     p.add_argument("--ws-port", type=int, default=None, help="websocket port (default: free)")
     p.add_argument("--duration", type=float, default=None,

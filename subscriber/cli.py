@@ -23,16 +23,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_ws)
 
     p = subparsers.add_parser(
-        "tail", help="print live ticks of some symbols",
-        description="Print ticks as they are appended to the streams (straight from Redis).")
+        "tail", help="print live trades and quotes of some symbols",
+        description="Print events (trades, quotes, bars) as they are appended to the streams "
+                    "(straight from Redis).")
     add_server_flags(p, database=False)
     p.add_argument("symbols", nargs="+", metavar="SYMBOL")
     p.add_argument("--channels", type=_channels, default="trades,quotes",
                    help="comma-separated: trades, quotes, bars.1m (default trades,quotes)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--last", action="store_true",
-                   help="start with the latest tick of each symbol already in the stream")
-    p.add_argument("--count", type=int, help="exit after this many ticks")
+                   help="start with the latest event of each symbol and channel already in the "
+                        "streams")
+    p.add_argument("--count", type=int,
+                   help="exit after printing this many lines (events and gap notices)")
     p.add_argument("--duration", type=float, help="exit after this many seconds")
     p.set_defaults(func=_cmd_tail)
 

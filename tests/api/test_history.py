@@ -207,6 +207,23 @@ def test_quotes_csv(make_client: Callable[..., TestClient], db: Any) -> None:
     assert rows[-1]["recv_ts_us"] == str(DAY0_US)
 
 
+def _assert_sane_board(board: dict[str, Any]) -> None:
+    """What a reader of the quote board relies on: each row's book is its newest
+    quote's, whole (not mixed from two entries), so it is never crossed (Quote
+    refuses bid > ask) and its sizes are not negative; the price is the trade's."""
+    for row in board.values():
+        if row is None:
+            continue
+        book = (row["bid"], row["bid_size"], row["ask"], row["ask_size"])
+        quote, trade = row["quote"], row["trade"]
+        assert book == ((quote["bid"], quote["bid_size"], quote["ask"], quote["ask_size"])
+                        if quote else (None,) * 4), row
+        assert row["price"] == (trade["price"] if trade else None), row
+        if row["bid"] is not None and row["ask"] is not None:
+            assert row["bid"] <= row["ask"], row
+        assert all(size is None or size >= 0.0 for size in (row["bid_size"], row["ask_size"]))
+
+
 def test_quote_board_from_the_streams(client: TestClient, r: Any, keys: Keys) -> None:
     streams.register_symbols(r, keys, ["QA", "QB", "QC", "QD"])
     events: list[Trade | Quote] = [
@@ -219,20 +236,26 @@ def test_quote_board_from_the_streams(client: TestClient, r: Any, keys: Keys) ->
     ids = [i.decode() for i in streams.append_events(r, keys, events)]
     # Corrupt entries are reported, not a 500: the good half is still shown.
     r.xadd(keys.quotes("QB"), {"sym": "QB", "ts": "x"})
-    streams.append_events(r, keys, [Trade("QB", DAY0_US, 3.0, 1.0, "gbm")])
+    qb_trade = Trade("QB", DAY0_US, 3.0, 1.0, "gbm")
+    qb_id = streams.append_events(r, keys, [qb_trade])[0].decode()
     r.xadd(keys.trades("QD"), {"t": "not a trade"})
     body = client.get("/v1/quotes", params={"symbols": "qa,QB,NONE,QA,QC,QD"}).json()
     assert list(body["quotes"]) == ["QA", "QB", "NONE", "QC", "QD"]
+    _assert_sane_board(body["quotes"])
+    # QA's board is its newest quote (events[2]), not the first one published.
     qa = body["quotes"]["QA"]
     assert qa == {"symbol": "QA", "bid": 1.52, "bid_size": 11.0, "ask": 1.58, "ask_size": None,
                   "price": 1.55, "quote": codec.event_to_dict(events[2], ids[2]),
                   "trade": codec.event_to_dict(events[1], ids[1])}
     qb = body["quotes"]["QB"]
     assert qb["bid"] is None and qb["quote"] is None and qb["price"] == 3.0
+    assert qb["trade"] == codec.event_to_dict(qb_trade, qb_id)
     assert "quotes entry unreadable" in body["errors"]["QB"]
     assert body["quotes"]["QC"]["price"] == 9.0 and body["quotes"]["QC"]["bid"] is None
+    assert body["quotes"]["QC"]["trade"] == codec.event_to_dict(events[3], ids[3])
     qd = body["quotes"]["QD"]
     assert (qd["bid"], qd["ask"], qd["price"], qd["trade"]) == (None, 4.0, None, None)
+    assert qd["quote"] == codec.event_to_dict(events[4], ids[4]) and qd["ask_size"] == 1.0
     assert "trades entry unreadable" in body["errors"]["QD"]
     assert body["quotes"]["NONE"] is None
     assert set(body["errors"]) == {"QB", "QD"}

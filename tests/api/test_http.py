@@ -24,6 +24,19 @@ from tests.api.helpers import (
 )
 
 
+def _assert_sane_quotes(quotes: list[dict[str, Any]]) -> None:
+    """What a reader of any quote page relies on, whatever the rows: no crossed
+    book (Quote refuses bid > ask; a locked bid == ask is a market), sizes not
+    negative and only beside their price, rows in event time then entry ID."""
+    for q in quotes:
+        if q["bid"] is not None and q["ask"] is not None:
+            assert q["bid"] <= q["ask"], q
+        for price, size in (("bid", "bid_size"), ("ask", "ask_size")):
+            assert q[size] is None or (q[price] is not None and q[size] >= 0.0), q
+    order = [(q["ts_us"], codec.parse_entry_id(q["id"])) for q in quotes]
+    assert order == sorted(order)
+
+
 def test_trades_json_matches_the_codec(client: TestClient, db: Any) -> None:
     trades = [
         Trade("AAPL", DAY0_US + 1, 187.25, 3.0, "test", "884213", Side.BUY, DAY0_US + 900),
@@ -56,6 +69,9 @@ def test_quotes_json_matches_the_codec(client: TestClient, db: Any) -> None:
     assert body["count"] == 4 and body["next_cursor"] is None
     assert body["quotes"] == [expected_json(q, entry_for(q)) for q in quotes]
     assert [list(q) for q in body["quotes"]] == [list(codec.event_to_dict(quotes[0], "1-0"))] * 4
+    # The exact round trip above holds for these rows; the invariants hold for any
+    # (the locked quote keeps the crossed-book check at the model's bid > ask).
+    _assert_sane_quotes(body["quotes"])
 
 
 def test_epoch_microseconds_are_exact_up_to_2100(client: TestClient, db: Any) -> None:
@@ -118,6 +134,8 @@ def test_cursor_pagination_walks_every_row_once(client: TestClient, db: Any) -> 
     insert_quotes(db, quotes)
     pages, got = _walk(client, "/v1/quotes/PAGE", "quotes", 2)
     assert pages == 5 and got == [expected_json(q, entry_for(q)) for q in quotes]
+    # Page boundaries must not reorder the book: time order holds across them.
+    _assert_sane_quotes(got)
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 100])
