@@ -562,9 +562,30 @@ class GroupShard(_Shard):
     def _resume_after(self, bases: Mapping[str, str], gaps: list[Gap]) -> None:
         for gap in gaps:
             stream = self.keys.stream(gap.symbol, gap.channel)
-            self._skip[stream] = (gap.after, gap.until)
+            start, end = gap.after, gap.until
+            old = self._skip.get(stream)
+            if old is not None and not _after(start, old[1]):
+                # The last gap's range may still hold entries the group has
+                # not handed this reader yet (a second epoch change soon
+                # after the first): skipped as well, or the group would
+                # deliver what that gap's fill already did.
+                start = old[0] if _after(start, old[0]) else start
+                end = old[1] if _after(old[1], end) else end
+            self._skip[stream] = (start, end)
             if stream not in self.covered or _after(gap.until, self.covered[stream]):
                 self.covered[stream] = gap.until
+
+    def _done_upto(self, stream: str) -> str:
+        """The newest entry of ``stream`` this reader is done with: the
+        newest it handed out, or the last before the end of a gap it
+        reported (a fill delivered that range, or the application was told
+        of it), whichever is later; before either, its place in the group."""
+        done = self.handed.get(stream) or (
+            self.floors[stream].handled if stream in self.floors else "0-0")
+        covered = self.covered.get(stream)
+        if covered is not None and _after(prev_id(covered), done):
+            return prev_id(covered)
+        return done
 
     def _skipped(self, stream: str, entry_id: str) -> bool:
         """Inside the last epoch gap reported for ``stream``."""
@@ -587,9 +608,10 @@ class GroupShard(_Shard):
     def read(self) -> Plan[list[Delivery | Gap]]:
         out: list[Delivery | Gap] = []
         if self._lost:
-            cursors = {s: self.handed[s] if s in self.handed
-                       else self.floors[s].handled if s in self.floors else "0-0"
-                       for s in self.streams}
+            # Not only what it handed out: a second epoch change soon after a
+            # first, before the group handed it anything past that gap, must
+            # not report (and fill) the first gap's range again.
+            cursors = {s: self._done_upto(s) for s in self.streams}
             gaps = yield from self._epoch_gaps(cursors, self.epoch)
             if gaps:
                 # Redis moved back: its group may hand this reader's entries

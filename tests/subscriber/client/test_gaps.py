@@ -320,3 +320,56 @@ def test_a_group_stopped_through_a_failover_is_told_from_its_checkpoint(
         assert f.to_replica.xpending(keys.trades("AAPL"), "strat")["pending"] == 0
     finally:
         f.close()
+
+
+def test_a_second_epoch_change_right_after_a_filled_one_fills_nothing_twice(
+        make_redis_server: Callable[..., RedisServer], keys: Keys, db: Any,
+        tmp_path: Any) -> None:
+    """What the soak caught: a consumer restarted after a failover fills its
+    epoch gap, and Redis restarts (another epoch) before the group hands it
+    anything past that gap. The second gap starts where the first ended; the
+    group's entries inside the first stay acknowledged unread."""
+    f = Failover(make_redis_server)
+    checkpoint = tmp_path / "strat-c.json"
+    group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
+                             "settings": FAST}
+    try:
+        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
+        with GroupReader(f.through, keys, ["AAPL"], start="0", checkpoint=checkpoint,
+                         **group) as reader:
+            got = take(reader, 3)
+            assert [d.entry_id for d in got] == synced
+            reader.ack(*got)
+        f.synced(keys, 3)
+        wait_until(lambda: f.to_replica.xinfo_groups(keys.trades("AAPL"))[0]["pending"] == 0)
+        f.link.pause()
+        unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
+        persist_all(f.to_primary, keys, db, "AAPL")
+        f.promote()
+        # Enough that the group still holds some when the second change comes.
+        after = publish(f.to_replica, keys, "AAPL", 20, 120)
+        persist_all(f.to_replica, keys, db, "AAPL")
+        with GroupReader(f.through, keys, ["AAPL"], checkpoint=checkpoint,
+                         fill_gaps=PgHistory(db), **group) as reader:
+            filled = take(reader, 2 + 120 + 1)
+            first = filled[-1]
+            assert isinstance(first, Gap) and first.filled
+            # Restarted as the primary it now is: the AOF keeps the group; the
+            # epoch changes.
+            f.replica.extra_args = ()
+            f.replica.restart()
+            newer = publish(f.to_replica, keys, "AAPL", 200, 2)
+            persist_all(f.to_replica, keys, db, "AAPL")
+            # The new entries come live after the gap, or filled inside it
+            # when the reader saw the restart only after they were appended.
+            rest = take(reader, 3, timeout_s=30)
+            (second,) = [item for item in rest if isinstance(item, Gap)]
+            assert second.reason is GapReason.EPOCH
+            assert not streams.entry_key(second.after) < streams.entry_key(after[-1])
+            deliveries = [d for d in [*filled, *rest] if isinstance(d, Delivery)]
+            ids = [d.entry_id for d in deliveries]
+            assert ids == unreplicated + after + newer  # each once, in order
+            reader.ack(*deliveries)
+            assert reader.get(timeout_s=0.3) is None
+    finally:
+        f.close()
