@@ -56,6 +56,14 @@ def ids_in(fake: FakeUpstream, symbol: str, start_us: int, end_us: int, *,
         return [t.trade_id for t in trades if start_us <= t.ts_ms * 1000 < end_us]
 
 
+def backfill(spawn: Spawn, args: list[str], env: dict[str, str]) -> str:
+    """The output of ``pricepipe <args>``, which must exit 0."""
+    proc = spawn(args, env=env)
+    out: str = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    return out
+
+
 def stored(db: Any, symbol: str) -> list[tuple[int, str]]:
     with db.cursor() as cur:
         cur.execute("SELECT trade_id::bigint, source FROM trades WHERE symbol = %s"
@@ -80,18 +88,14 @@ def test_a_day_of_binance_trades_loads_once_however_often_it_runs(
     assert len(expected) == 2160
     args = ["backfill", "--source", "binance", "BTCUSDT", "--start", format_us(DAY_US),
             "--end", format_us(DAY_US + US_PER_DAY), "--base-url", venue_rest.url]
-    first = spawn(args, env=pipeline_env)
-    out = first.communicate(timeout=120)[0].decode()
-    assert first.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert "backfilled BINANCE:BTCUSDT: 2160 trade(s) from backfill-binance, 2160 new" in out
     assert "trade/s" in out  # the progress bar
     assert stored(db, "BINANCE:BTCUSDT") == [(i, "backfill-binance") for i in expected]
     assert bars(db, "BINANCE:BTCUSDT") == (1440, 2160, 0)  # every minute traded: no candles
     pages = len(venue_rest.requests_to("fromId="))
     assert pages == 3  # 1000 a page
-    again = spawn(args, env=pipeline_env)
-    out = again.communicate(timeout=120)[0].decode()
-    assert again.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert "0 trade(s) from backfill-binance, 0 new" in out and "resumed" in out, out
     assert len(venue_rest.requests_to("fromId=")) == pages  # nothing fetched again
     assert stored(db, "BINANCE:BTCUSDT") == [(i, "backfill-binance") for i in expected]
@@ -128,9 +132,7 @@ def test_coinbase_trades_by_bisection_and_candles_where_trades_are_not_served(
     assert len(everything) == 540 and len(served) == 360
     args = ["backfill", "--source", "coinbase", "BTC-USD", "--start", format_us(start),
             "--end", format_us(end), "--base-url", venue_rest.url, "--quiet"]
-    first = spawn(args, env=pipeline_env)
-    out = first.communicate(timeout=120)[0].decode()
-    assert first.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert "360 trade(s) from backfill-coinbase, 360 new, 60 bar(s) from candles" in out, out
     assert [i for i, _ in stored(db, "COINBASE:BTC-USD")] == served
     # Two hours of bars from trades, the first hour's from the venue's candles.
@@ -143,17 +145,13 @@ def test_coinbase_trades_by_bisection_and_candles_where_trades_are_not_served(
     assert volume == pytest.approx(1.5) and span.total_seconds() == pytest.approx(60, abs=1e-5)
     probes = len(venue_rest.requests_to("limit=1&"))
     assert 0 < probes < 40  # bisection, not a walk through every page
-    again = spawn(args, env=pipeline_env)
-    out = again.communicate(timeout=120)[0].decode()
-    assert again.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert re.search(r"0 trade\(s\) from backfill-coinbase, 0 new, 0 bar\(s\)", out), out
     assert bars(db, "COINBASE:BTC-USD") == (180, 420, 60)
     # Served again (a mirror, a venue that reaches further back): the first
     # hour's trades replace the bars made from candles.
     venue_rest.horizon.clear()
-    further = spawn(args, env=pipeline_env)
-    out = further.communicate(timeout=120)[0].decode()
-    assert further.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert "180 trade(s) from backfill-coinbase, 180 new" in out and "resumed" in out, out
     assert [i for i, _ in stored(db, "COINBASE:BTC-USD")] == everything
     assert bars(db, "COINBASE:BTC-USD") == (180, 540, 0)
@@ -194,9 +192,7 @@ def test_binance_trades_after_the_horizon_and_klines_for_the_minutes_before(
     assert status == 200 and len(klines) == 60
     args = ["backfill", "--source", "binance", "BTCUSDT", "--start", format_us(start),
             "--end", format_us(end), "--base-url", venue_rest.url, "--quiet"]
-    first = spawn(args, env=pipeline_env)
-    out = first.communicate(timeout=120)[0].decode()
-    assert first.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert "360 trade(s) from backfill-binance, 360 new, 60 bar(s) from candles" in out, out
     assert [i for i, _ in stored(db, "BINANCE:BTCUSDT")] == served
     # Klines carry the trade count, so every trade of the three hours is
@@ -228,9 +224,7 @@ def test_binance_trades_after_the_horizon_and_klines_for_the_minutes_before(
             group[0].ts_ms * 1000, venue_entry_id(group[0].trade_id), group[-1].ts_ms * 1000,
             venue_entry_id(group[-1].trade_id)), bucket
     pages = len(venue_rest.requests_to("fromId="))
-    again = spawn(args, env=pipeline_env)
-    out = again.communicate(timeout=120)[0].decode()
-    assert again.returncode == 0, out
+    out = backfill(spawn, args, pipeline_env)
     assert re.search(r"0 trade\(s\) from backfill-binance, 0 new, 0 bar\(s\) from candles,"
                      r" resumed", out), out
     assert len(venue_rest.requests_to("fromId=")) == pages  # no trade fetched again
@@ -253,9 +247,8 @@ def test_a_backfill_refuses_a_symbol_fed_with_other_trade_ids(
     assert stored(db, "BINANCE:BTCUSDT") == []
     # The websocket feed shares the backfill's ids: fine.
     assert sources.claim(r, keys, ["BINANCE:BTCUSDT"], "binance-ws", force=True)
-    allowed = spawn(args, env=pipeline_env)
-    out = allowed.communicate(timeout=120)[0].decode()
-    assert allowed.returncode == 0 and "60 new" in out, out
+    out = backfill(spawn, args, pipeline_env)
+    assert "60 new" in out, out
 
 
 def test_a_venue_backfill_runs_as_an_rq_job(

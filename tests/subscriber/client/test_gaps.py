@@ -209,6 +209,26 @@ class Failover:
         self.to_replica.replicaof("NO", "ONE")
         self.proxy.retarget(self.replica.port)
 
+    def stop_group_through_failover(self, keys: Keys, db: Any, checkpoint: Any,
+                                    group: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """A consumer with a checkpoint reads and acknowledges 3 entries and
+        stops; meanwhile the replica misses 2 more (a persist worker stored
+        them) and is promoted. Their entry IDs: (read, unreplicated)."""
+        synced = publish(self.to_primary, keys, "AAPL", 0, 3)
+        with GroupReader(self.through, keys, ["AAPL"], start="0", checkpoint=checkpoint,
+                         **group) as reader:
+            got = take(reader, 3)
+            assert [d.entry_id for d in got] == synced
+            reader.ack(*got)
+        self.synced(keys, 3)
+        wait_until(
+            lambda: self.to_replica.xinfo_groups(keys.trades("AAPL"))[0]["pending"] == 0)
+        self.link.pause()
+        unreplicated = publish(self.to_primary, keys, "AAPL", 10, 2)
+        persist_all(self.to_primary, keys, db, "AAPL")
+        self.promote()
+        return synced, unreplicated
+
     def close(self) -> None:
         self.through.close()
         self.to_primary.close()
@@ -283,20 +303,7 @@ def test_a_group_stopped_through_a_failover_is_told_from_its_checkpoint(
     group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
                              "settings": FAST}
     try:
-        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
-        with GroupReader(f.through, keys, ["AAPL"], start="0", checkpoint=checkpoint,
-                         **group) as reader:
-            got = take(reader, 3)
-            assert [d.entry_id for d in got] == synced
-            reader.ack(*got)
-        f.synced(keys, 3)
-        wait_until(lambda: f.to_replica.xinfo_groups(keys.trades("AAPL"))[0]["pending"] == 0)
-        f.link.pause()
-        # While the strategy is stopped, entries the replica never gets; a
-        # persist worker stored them before the primary died.
-        unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
-        persist_all(f.to_primary, keys, db, "AAPL")
-        f.promote()
+        synced, unreplicated = f.stop_group_through_failover(keys, db, checkpoint, group)
         after = publish(f.to_replica, keys, "AAPL", 20, 2)
         persist_all(f.to_replica, keys, db, "AAPL")
         # Without the checkpoint, the promoted replica's group says nothing.
@@ -334,18 +341,7 @@ def test_a_second_epoch_change_right_after_a_filled_one_fills_nothing_twice(
     group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
                              "settings": FAST}
     try:
-        synced = publish(f.to_primary, keys, "AAPL", 0, 3)
-        with GroupReader(f.through, keys, ["AAPL"], start="0", checkpoint=checkpoint,
-                         **group) as reader:
-            got = take(reader, 3)
-            assert [d.entry_id for d in got] == synced
-            reader.ack(*got)
-        f.synced(keys, 3)
-        wait_until(lambda: f.to_replica.xinfo_groups(keys.trades("AAPL"))[0]["pending"] == 0)
-        f.link.pause()
-        unreplicated = publish(f.to_primary, keys, "AAPL", 10, 2)
-        persist_all(f.to_primary, keys, db, "AAPL")
-        f.promote()
+        _, unreplicated = f.stop_group_through_failover(keys, db, checkpoint, group)
         # Enough that the group still holds some when the second change comes.
         after = publish(f.to_replica, keys, "AAPL", 20, 120)
         persist_all(f.to_replica, keys, db, "AAPL")
