@@ -57,6 +57,12 @@ def wait_for_all(feed: FeedHarness, fake: FakeUpstream, symbol: str) -> None:
                timeout_s=30)
 
 
+def wait_story(feed: FeedHarness, *kinds: str) -> None:
+    """Until the feed's status events hold ``kinds`` in this order: a repair's
+    status is written after its trades, so it may trail them."""
+    wait_until(lambda: in_order(feed.story(), *kinds), timeout_s=30)
+
+
 def test_trades_and_quotes_go_out_once_each_under_venue_qualified_names(
         make_feed: MakeFeed, venue: FakeVenue, fake: FakeUpstream, r: Any, keys: Keys) -> None:
     symbol = SYMBOL[venue.kind]
@@ -95,8 +101,8 @@ def test_skipped_trades_are_repaired_from_rest_in_id_order(
     venue.trade(symbol, 300.0)  # shows the gap
     wait_for_all(feed, fake, symbol)
     assert feed.trade_ids(symbol) == served_ids(fake, symbol)  # once each, in order
+    wait_story(feed, "connected", "gap_detected", "gap_repaired")
     story = feed.story()
-    assert in_order(story, "connected", "gap_detected", "gap_repaired"), story
     detected = next(s for s in feed.statuses() if s.kind is FeedEvent.GAP_DETECTED)
     repaired = next(s for s in feed.statuses() if s.kind is FeedEvent.GAP_REPAIRED)
     assert (detected.first_id, detected.last_id) == (skipped[0], skipped[-1])
@@ -120,9 +126,7 @@ def test_an_abrupt_close_reconnects_resubscribes_and_catches_up(
     venue.trade(symbol, 200.0)
     wait_for_all(feed, fake, symbol)
     assert feed.trade_ids(symbol) == served_ids(fake, symbol)
-    story = feed.story()
-    assert in_order(story, "connected", "disconnected", "connected", "gap_detected",
-                    "gap_repaired"), story
+    wait_story(feed, "connected", "disconnected", "connected", "gap_detected", "gap_repaired")
     gap = next(s for s in feed.statuses() if s.kind is FeedEvent.GAP_DETECTED)
     assert gap.first_id == missed[0] and (gap.last_id or 0) >= missed[-1]
     assert len(venue.subscriptions) >= 2  # subscribed again on the new connection
@@ -209,7 +213,7 @@ def test_a_slow_or_rate_limited_repair_still_repairs(
         venue.trade(symbol, 102.0 + i)
     wait_for_all(feed, fake, symbol)
     assert feed.trade_ids(symbol) == served_ids(fake, symbol)
-    assert in_order(feed.story(), "gap_detected", "gap_repaired")
+    wait_story(feed, "gap_detected", "gap_repaired")
     assert any("429" not in path for _, path, _ in fake.log)
     feed.close()
 
@@ -229,7 +233,7 @@ def test_trades_the_venue_no_longer_serves_are_reported_lost(
     assert (lost.first_id, lost.last_id, lost.reason) == (skipped[0], skipped[1], "not_served")
     repaired = next(s for s in feed.statuses() if s.kind is FeedEvent.GAP_REPAIRED)
     assert repaired.trades == 1
-    assert in_order(feed.story(), "gap_detected", "gap_unrepairable", "gap_repaired")
+    wait_story(feed, "gap_detected", "gap_unrepairable", "gap_repaired")
     feed.close()
     state = feed.state()
     assert state is not None and state["counts"]["trades_unrepairable"] == 2
@@ -284,7 +288,7 @@ def test_a_coinbase_heartbeat_reveals_a_lost_last_trade(
     venue.trade("BTC-USD", 101.0, deliver=False)  # and no trade after it to show the gap
     wait_for_all(feed, fake, "BTC-USD")
     assert feed.trade_ids("BTC-USD") == served_ids(fake, "BTC-USD")
-    assert in_order(feed.story(), "gap_detected", "gap_repaired")
+    wait_story(feed, "gap_detected", "gap_repaired")
     feed.close()
 
 
