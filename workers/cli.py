@@ -12,7 +12,10 @@ import argparse
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pricepipe.config import DatabaseSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +223,9 @@ def _check_range(args: argparse.Namespace) -> None:
         raise ConfigError("--end must be after --start")
 
 
-def _export_settings_to_env(args: argparse.Namespace) -> None:
+def _export_settings_to_env(rs: RedisSettings, ds: DatabaseSettings) -> None:
     """Make the resolved URLs (flags, env or a running ``up``) visible to job
     processes, which read their settings from the environment."""
-    from pricepipe.flags import database_settings, redis_settings
-
-    rs, ds = redis_settings(args), database_settings(args)
     if rs.url:
         os.environ["PRICEPIPE_REDIS_URL"] = rs.url
     if ds.url:
@@ -237,7 +237,7 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
 
     from pricepipe import notify
     from pricepipe.connections import redis_client
-    from pricepipe.flags import redis_settings
+    from pricepipe.flags import database_settings, redis_settings
 
     from .jobqueue import WORKER_OPTIONS
     from .jobrunner import run_worker
@@ -250,8 +250,8 @@ def _cmd_jobs_worker(args: argparse.Namespace) -> int:
             notify.watchdog()
             return super().heartbeat(*a, **kw)
 
-    _export_settings_to_env(args)
     rs = redis_settings(args)
+    _export_settings_to_env(rs, database_settings(args))
     keys = rs.keys
     r = redis_client(rs)
     try:
