@@ -78,6 +78,11 @@ class Simulator:
                 upcoming = ahead.submit(self._bulk_batch, remaining) if remaining > 0 else None
                 appended += self.sink.publish(events)
                 self._batch_done()
+            if upcoming is not None:
+                # Stopped with the next batch made (or being made): its events
+                # were never appended, so nothing is lost, but say so.
+                log.info("stopped: %d generated events ahead were not published",
+                         len(upcoming.result()))
         self._report(final=True)
         return appended
 

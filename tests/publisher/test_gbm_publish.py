@@ -112,6 +112,31 @@ def test_sigterm_finishes_the_batch_and_exits_zero(
     assert b"done: published" in out
 
 
+def test_a_stop_in_bulk_says_what_it_made_and_did_not_publish(
+    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = StopRequest()
+    metrics = PublisherMetrics()
+    sink = StreamSink(r, keys, stop=stop, metrics=metrics)
+    publish = sink.publish
+
+    def publish_then_stop(events: Any) -> int:
+        appended = publish(events)
+        stop.set()  # as SIGTERM would, while the next batch is being made
+        return appended
+
+    sink.publish = publish_then_stop  # type: ignore[method-assign]
+    gen = GbmGenerator(parse_symbols("AAPL,MSFT"), seed=3)
+    sim = Simulator(gen, sink, stop=stop, metrics=metrics, batch_size=20)
+    with caplog.at_level("INFO", logger="pricepipe.publisher.simulator"):
+        appended = sim.run_bulk(100)
+    # One batch of 10 periods of both symbols went out; the next was made.
+    assert appended == 20
+    assert stream_length(r, keys, "AAPL") + stream_length(r, keys, "MSFT") == 20
+    assert "stopped: 20 generated events ahead were not published" in caplog.text
+    assert "done: published 20 events" in caplog.text
+
+
 class FakeTime:
     """A clock that advances only when the publisher sleeps."""
 
