@@ -41,8 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_ws(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from pricepipe import eventloop
     from pricepipe.flags import redis_settings
 
     from .ws.server import run
@@ -50,7 +49,7 @@ def _cmd_ws(args: argparse.Namespace) -> int:
 
     origins = tuple(args.allow_websocket_origin) if args.allow_websocket_origin else None
     settings = WsSettings.from_env(host=args.host, port=args.port, allowed_origins=origins)
-    return asyncio.run(run(settings, redis_settings(args)))
+    return eventloop.run(run(settings, redis_settings(args)))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:

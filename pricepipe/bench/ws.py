@@ -80,7 +80,7 @@ import time
 import urllib.request
 from typing import Any
 
-from pricepipe import codec
+from pricepipe import codec, eventloop
 from pricepipe.clock import now_us
 from pricepipe.embedded import free_port
 
@@ -903,7 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "abuse":
         print(codec.encode_json(_run_abuse(args.redis_url, args.n)).decode(), flush=True)
     else:
-        asyncio.run(_baseline_main(args.port, args.redis_url))
+        # The baseline server on the loop pricepipe's server runs on
+        # (pricepipe.eventloop): the ratios compare fan-outs, not loops.
+        eventloop.run(_baseline_main(args.port, args.redis_url))
     return 0
 
 

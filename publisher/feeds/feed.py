@@ -53,7 +53,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from pricepipe import notify
+from pricepipe import eventloop, notify
 from pricepipe.budget import Budget
 from pricepipe.clock import now_us
 from pricepipe.events import Event, Quote, Trade
@@ -177,7 +177,7 @@ class Feed:
 
     def run(self) -> int:
         """Run until stopped; returns the exit code (0)."""
-        return asyncio.run(self._main())
+        return eventloop.run(self._main())
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
