@@ -253,12 +253,8 @@ class PersistWorker:
             self._retry("read the symbol registry", self.consumer.refresh)
             self._next_refresh = now + self.settings.refresh_interval_s
         progressed = False
-        if self.burst or now >= self._next_claim:
-            # Batches in flight are pending for this consumer: let them finish
-            # first, so XAUTOCLAIM never hands this worker its own entries.
-            self._drain()
-            progressed |= self._claim_idle()
-            self._next_claim = now + self.settings.claim_interval_s
+        if now >= self._next_claim:
+            progressed |= self._claim_round(now)
         # What every shard has is written together, up to batch_size per
         # transaction: at low rates each shard holds a few entries, and one
         # commit per shard per round would cost PostgreSQL a WAL flush each.
@@ -283,9 +279,22 @@ class PersistWorker:
                 self.stop.wait(self.settings.linger_ms / 1000)
         if self.stop.requested:
             return progressed
-        if not progressed and not self.burst and not self.stop.requested:
-            progressed = self._wait_for_entries()
+        if not progressed:
+            # A burst claims on the same clock as a service, and once more when
+            # nothing new is left (it ends only when neither gives anything):
+            # claiming every round waited for the writer every round, so a
+            # burst never read one batch while writing the other (1.3x of
+            # sequential instead of ~2x).
+            progressed = self._claim_round(now) if self.burst else self._wait_for_entries()
         self._housekeeping()
+        return progressed
+
+    def _claim_round(self, now: float) -> bool:
+        # Batches in flight are pending for this consumer: let them finish
+        # first, so XAUTOCLAIM never hands this worker its own entries.
+        self._drain()
+        progressed = self._claim_idle()
+        self._next_claim = now + self.settings.claim_interval_s
         return progressed
 
     def _wait_for_entries(self) -> bool:

@@ -4,6 +4,7 @@ once, redelivery harmless, crashes lose nothing, SIGTERM finishes the batch."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +167,54 @@ def test_dead_consumers_pending_entries_are_claimed_by_another(
     with db.cursor() as cur:
         cur.execute("SELECT sum(trade_count) FROM bars_1m")
         assert cur.fetchone()[0] == kinds(events)["trades"]
+
+
+class _HeldSink(EventSink):
+    """Holds its first write until the worker has handed over another batch."""
+
+    def __init__(self, database_url: str, handed: threading.Event) -> None:
+        super().__init__(database_url)
+        self.handed = handed
+        self.overlapped: bool | None = None
+
+    def write(self, *args: Any, **kwargs: Any) -> WriteResult:
+        if self.overlapped is None:
+            # A generous bound, only so that a worker that never reads on
+            # fails the test instead of hanging it.
+            self.overlapped = self.handed.wait(30)
+        return super().write(*args, **kwargs)
+
+
+class _HandingWorker(PersistWorker):
+    def __init__(self, *args: Any, handed: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handed = handed
+        self.handed_over = 0
+
+    def process(self, batch: Any, *, redelivered: bool) -> None:
+        self.handed_over += 1
+        if self.handed_over == 2:
+            self.handed.set()
+        super().process(batch, redelivered=redelivered)
+
+
+def test_a_burst_reads_the_next_batch_while_the_last_one_is_written(
+        r: Any, keys: Keys, db: Any, database_url: str) -> None:
+    # One symbol's trades, 16 a round: a round is one batch, so the second
+    # batch is read in the second round. A burst that waited for its writer
+    # at the start of every round (it used to, to claim idle entries) would
+    # only read it once the first was committed.
+    trades = make_trades(80, symbols=("AAPL",))
+    publish(r, keys, trades)
+    handed = threading.Event()
+    sink = _HeldSink(database_url, handed)
+    worker = _HandingWorker(r, sink, GroupConsumer(r, keys, "w1"),
+                            fast_settings(batch_size=16, pipeline=True), burst=True,
+                            handed=handed)
+    assert worker.run(install_signals=False) == 0
+    assert sink.overlapped is True
+    assert worker.handed_over == 5 and row_count(db) == 80
+    assert pending_count(r, keys, ("AAPL",)) == 0
 
 
 def test_sigkill_mid_run_then_restart_persists_every_event_once(
