@@ -34,6 +34,9 @@ def ramp_chart(steps: Sequence[dict[str, Any]], path: Path, *, title: str,
     there is no step."""
     if not steps:
         return False
+    # In the order of their rates: the steps that bisect after the ramp's
+    # first failure come after it.
+    steps = sorted(steps, key=lambda step: step.get("target_events_per_s") or 0)
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

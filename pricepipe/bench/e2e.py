@@ -126,6 +126,36 @@ def ramp(top_events_per_s: int) -> list[int]:
     return sorted({max(1, round(top * f)) for f in fractions})
 
 
+#: Bisections between the highest sustained step and the lowest one that was
+#: not, after the ramp's first failure: the ramp's steps are up to 1.75x
+#: apart at the top, so its highest sustained step alone could understate
+#: the rate the pipeline holds by nearly that much.
+REFINE_STEPS = 2
+#: ... while the two are more than this fraction of the higher apart.
+REFINE_GAP = 0.1
+
+
+def next_step_rate(planned: Sequence[int], done: Sequence[tuple[int, bool]],
+                   refine: int = REFINE_STEPS) -> int | None:
+    """The rate of the next step, or None when the ramp is over (pure).
+
+    ``done`` holds each step so far as ``(rate, sustained)``, in order. The
+    ``planned`` rates run in order until a step is not sustained; then up to
+    ``refine`` steps bisect between the highest sustained rate and the
+    lowest one that was not, while they are more than :data:`REFINE_GAP`
+    apart."""
+    first_failure = next((i for i, (_, ok) in enumerate(done) if not ok), None)
+    if first_failure is None:
+        return planned[len(done)] if len(done) < len(planned) else None
+    if len(done) - first_failure - 1 >= refine:
+        return None
+    high = min(rate for rate, ok in done if not ok)
+    low = max((rate for rate, ok in done if ok and rate < high), default=None)
+    if low is None or high - low <= REFINE_GAP * high:
+        return None
+    return round((low + high) / 2)
+
+
 def symbol_names(count: int, stem: str = "E2E") -> list[str]:
     return [f"{stem}{i:03d}" for i in range(count)]
 
@@ -495,6 +525,8 @@ class E2EParams:
     drain_timeout_s: float = 20.0
     profile_dir: str | None = None
     bounds: Bounds = field(default_factory=Bounds)
+    #: Bisecting steps after the ramp's first failure (:func:`next_step_rate`).
+    refine: int = REFINE_STEPS
 
 
 #: A step's rates, rounded in the report: the totals, then per type.
@@ -640,17 +672,20 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
         lag = LagSampler(r, keys, names).start()
 
         groups = split(names, params.publishers)
-        for seed, target in enumerate(params.rates, start=1):
+        done: list[tuple[int, bool]] = []
+        while (target := next_step_rate(params.rates, done, params.refine)) is not None:
+            if not all(ok for _, ok in done):  # past the first failure: bisecting
+                print(f"  refining between the highest sustained and the lowest failed step: "
+                      f"{target:,}/s", flush=True)
             step = _step(r, conn, keys, names, groups, publisher_roles, probe, sampler, lag,
-                         target, seed, params)
+                         target, len(done) + 1, params)
             steps.append(step)
+            done.append((target, bool(step["sustained"])))
             _print_step(step)
             # Between steps every role is idle (the backlog drained): the
             # baseline again, close in time to the step it is compared with.
             xadd_samples.append(raw_xadd_per_s(r, keys))
             step["raw_xadd_after_per_s"] = round(xadd_samples[-1])
-            if not step["sustained"]:
-                break
 
         for role in roles:
             role.stop()
@@ -715,7 +750,9 @@ def _run(redis_url: str, database_url: str, params: E2EParams, log_dir: Path) ->
                             "distinct_rows": rows_per[c][1]} for c in published_per},
         "ok": drained and all(published_per[c] == rows_per[c][0] == rows_per[c][1]
                               for c in published_per)}
-    nxt = next((s for s in steps if not s["sustained"]), None)
+    # The lowest step that was not sustained: where the machine ran out.
+    nxt = min((s for s in steps if not s["sustained"]),
+              key=lambda s: s["target_events_per_s"], default=None)
     report = target_report(
         "e2e", figures={k: [v] for k, v in figures.items()},
         baselines={"raw_xadd_per_s": xadd_samples, "raw_copy_rows_per_s": copy_samples},

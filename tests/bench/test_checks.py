@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pricepipe.bench.e2e import Bounds, judge, ramp, split, symbol_names
+from pricepipe.bench.e2e import Bounds, judge, next_step_rate, ramp, split, symbol_names
 from pricepipe.bench.probe import ProbeState
 from pricepipe.bench.soak import (
     FAULT_KINDS,
@@ -165,6 +165,24 @@ def test_strategy_lives_become_one_log() -> None:
     assert (result["received"], result["flagged"], result["unexplained"]) == (3, 3, 0)
     lives[1]["errors"] = ["RedisError: boom"]
     assert not check_reader(strategy_log(lives), truth, {"trades:A": P("6-0")})["ok"]
+
+
+def test_the_ramp_bisects_after_its_first_failure() -> None:
+    planned = [10_000, 50_000, 87_500, 100_000]
+    # The planned steps in order while they hold.
+    assert next_step_rate(planned, []) == 10_000
+    assert next_step_rate(planned, [(10_000, True), (50_000, True)]) == 87_500
+    assert next_step_rate(planned, [(r, True) for r in planned]) is None
+    # Then between the highest held and the lowest failed, twice at most.
+    done = [(10_000, True), (50_000, True), (87_500, False)]
+    assert next_step_rate(planned, done) == 68_750
+    assert next_step_rate(planned, [*done, (68_750, True)]) == 78_125
+    assert next_step_rate(planned, [*done, (68_750, False)]) == 59_375
+    assert next_step_rate(planned, [*done, (68_750, True), (78_125, False)]) is None
+    assert next_step_rate(planned, done, refine=0) is None
+    # Not when nothing held, nor when the two are within 10 %.
+    assert next_step_rate(planned, [(10_000, False)]) is None
+    assert next_step_rate(planned, [(50_000, True), (54_000, False)]) is None
 
 
 def test_memory_verdict() -> None:

@@ -16,7 +16,10 @@ def test_e2e_bench_measures_every_role(redis_url: str, database_url: str) -> Non
     assert report["target"] == "e2e"
     assert set(report) >= {"figures", "baselines", "ratios", "params", "steps"}
     steps = report["steps"]
-    assert steps and [s["target_events_per_s"] for s in steps] == [200, 400][:len(steps)]
+    targets = [s["target_events_per_s"] for s in steps]
+    # The ramp's steps in order, then (after a failure) bisections between them.
+    assert targets and targets[:2] == [200, 400][:len(targets[:2])]
+    assert all(200 < t < 400 for t in targets[2:])
     first = steps[0]
     assert first["published_events_per_s"] > 0
     assert first["persisted_events_per_s"] > 0
