@@ -29,8 +29,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 from limits import parse as parse_rate
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -43,6 +41,7 @@ from pricepipe.connections import async_redis_client, honour_cancel
 from . import protocol as p
 from .address import AddressLimit, TrustedProxies, client_address
 from .hub import RETRYABLE, Hub
+from .ratewindow import MovingWindow
 from .registry import SymbolRegistry
 from .session import Session, Stats, token_ok
 from .settings import WsSettings
@@ -104,7 +103,6 @@ class WsServer:
         self.sessions: set[Session] = set()
         self.hub: Hub | None = None
         self._server: Server | None = None
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._rate = parse_rate(settings.subscribe_rate)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat_ok = True
@@ -222,7 +220,7 @@ class WsServer:
         assert self.registry is not None
         session = Session(
             ws, hub=self.hub, r=self._r, keys=self.keys, settings=self.settings,
-            limiter=self._limiter, rate=self._rate, stats=self.stats,
+            rate=MovingWindow(self._rate), stats=self.stats,
             authenticated=authenticated, gate=self._gate, registry=self.registry,
         )
         self.stats.connections += 1

@@ -73,7 +73,6 @@ and beyond, the oldest skipped and the frame names the skipped range in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -81,8 +80,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from limits import RateLimitItem
-from limits.strategies import RateLimiter
 from redis.backoff import ExponentialWithJitterBackoff
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
@@ -107,6 +104,7 @@ from .hub import (
     stream_key,
 )
 from .protocol import ALL_CHANNELS, FRAME_END, LIVE_HEADS, Pair, Topic
+from .ratewindow import MovingWindow
 from .registry import SymbolRegistry
 from .resume import verdict
 from .settings import WsSettings
@@ -238,7 +236,7 @@ class Session:
 
     def __init__(
         self, ws: ServerConnection, *, hub: Hub, r: Any, keys: Keys, settings: WsSettings,
-        limiter: RateLimiter, rate: RateLimitItem, stats: Stats, authenticated: bool,
+        rate: MovingWindow, stats: Stats, authenticated: bool,
         gate: asyncio.Semaphore, registry: SymbolRegistry,
     ) -> None:
         self.ws = ws
@@ -247,13 +245,12 @@ class Session:
         self._r = r
         self._keys = keys
         self._settings = settings
-        self._limiter = limiter
+        #: This connection's subscribe/unsubscribe requests (its own window).
         self._rate = rate
         self._stats = stats
         # Shared by every session: bounds concurrent Redis reads (and so
         # pool connections) when many clients subscribe at once.
         self._gate = gate
-        self._rate_key = f"ws-{id(self)}"
         self.authenticated = authenticated
         #: Every subscribed pair, live or catching up, as symbol -> channels.
         self.subscribed: dict[str, set[Topic]] = {}
@@ -359,7 +356,7 @@ class Session:
 
     def _admit(self, op: str, req: Any) -> None:
         """The subscribe rate, checked before a request's symbols are looked at."""
-        if op in _RATED_OPS and not self._limiter.hit(self._rate, self._rate_key):
+        if op in _RATED_OPS and not self._rate.hit():
             raise ProtocolError(p.RATE_LIMITED, f"more than {self._settings.subscribe_rate} "
                                 "subscribe/unsubscribe requests", req=req)
 
@@ -863,8 +860,6 @@ class Session:
             self._drain_task.cancel()
         if self._reset_task is not None:
             self._reset_task.cancel()
-        with contextlib.suppress(Exception):
-            self._limiter.clear(self._rate, self._rate_key)
 
     # --- live path (called by the hub) -----------------------------------------------------
 
