@@ -81,8 +81,13 @@ class Simulator:
             if upcoming is not None:
                 # Stopped with the next batch made (or being made): its events
                 # were never appended, so nothing is lost, but say so.
-                log.info("stopped: %d generated events ahead were not published",
-                         len(upcoming.result()))
+                failed = upcoming.exception()
+                if failed is not None:
+                    log.warning("stopped: the batch generated ahead failed (%s); none of it "
+                                "was published", failed)
+                else:
+                    log.info("stopped: %d generated events ahead were not published",
+                             len(upcoming.result()))
         self._report(final=True)
         return appended
 

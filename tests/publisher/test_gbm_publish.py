@@ -137,6 +137,37 @@ def test_a_stop_in_bulk_says_what_it_made_and_did_not_publish(
     assert "done: published 20 events" in caplog.text
 
 
+def test_a_stop_in_bulk_reports_a_batch_that_failed_ahead(
+    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = StopRequest()
+    metrics = PublisherMetrics()
+    sink = StreamSink(r, keys, stop=stop, metrics=metrics)
+    publish = sink.publish
+
+    def publish_then_stop(events: Any) -> int:
+        appended = publish(events)
+        stop.set()
+        return appended
+
+    sink.publish = publish_then_stop  # type: ignore[method-assign]
+
+    class FailingSecond(GbmGenerator):
+        calls = 0
+
+        def events(self, ts_us: Any) -> Any:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("generator broke")
+            return super().events(ts_us)
+
+    gen = FailingSecond(parse_symbols("AAPL,MSFT"), seed=3)
+    sim = Simulator(gen, sink, stop=stop, metrics=metrics, batch_size=20)
+    with caplog.at_level("INFO", logger="pricepipe.publisher.simulator"):
+        assert sim.run_bulk(100) == 20  # the stop still ends the run cleanly
+    assert "the batch generated ahead failed (generator broke)" in caplog.text
+
+
 class FakeTime:
     """A clock that advances only when the publisher sleeps."""
 
