@@ -112,34 +112,11 @@ def test_sigterm_finishes_the_batch_and_exits_zero(
     assert b"done: published" in out
 
 
-def test_a_stop_in_bulk_says_what_it_made_and_did_not_publish(
-    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
-) -> None:
-    stop = StopRequest()
-    metrics = PublisherMetrics()
-    sink = StreamSink(r, keys, stop=stop, metrics=metrics)
-    publish = sink.publish
-
-    def publish_then_stop(events: Any) -> int:
-        appended = publish(events)
-        stop.set()  # as SIGTERM would, while the next batch is being made
-        return appended
-
-    sink.publish = publish_then_stop  # type: ignore[method-assign]
-    gen = GbmGenerator(parse_symbols("AAPL,MSFT"), seed=3)
-    sim = Simulator(gen, sink, stop=stop, metrics=metrics, batch_size=20)
-    with caplog.at_level("INFO", logger="pricepipe.publisher.simulator"):
-        appended = sim.run_bulk(100)
-    # One batch of 10 periods of both symbols went out; the next was made.
-    assert appended == 20
-    assert stream_length(r, keys, "AAPL") + stream_length(r, keys, "MSFT") == 20
-    assert "stopped: 20 generated events ahead were not published" in caplog.text
-    assert "done: published 20 events" in caplog.text
-
-
-def test_a_stop_in_bulk_reports_a_batch_that_failed_ahead(
-    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
-) -> None:
+def _bulk_stopped_after_one_batch(r: Any, keys: Keys, gen: GbmGenerator,
+                                  caplog: pytest.LogCaptureFixture) -> int:
+    """``run_bulk(100)`` of ``gen`` in batches of 20 events, stopped (as
+    SIGTERM would) right after the first batch went out, while the next
+    one is being made; returns how many were appended."""
     stop = StopRequest()
     metrics = PublisherMetrics()
     sink = StreamSink(r, keys, stop=stop, metrics=metrics)
@@ -151,7 +128,25 @@ def test_a_stop_in_bulk_reports_a_batch_that_failed_ahead(
         return appended
 
     sink.publish = publish_then_stop  # type: ignore[method-assign]
+    sim = Simulator(gen, sink, stop=stop, metrics=metrics, batch_size=20)
+    with caplog.at_level("INFO", logger="pricepipe.publisher.simulator"):
+        return sim.run_bulk(100)
 
+
+def test_a_stop_in_bulk_says_what_it_made_and_did_not_publish(
+    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    gen = GbmGenerator(parse_symbols("AAPL,MSFT"), seed=3)
+    # One batch of 10 periods of both symbols went out; the next was made.
+    assert _bulk_stopped_after_one_batch(r, keys, gen, caplog) == 20
+    assert stream_length(r, keys, "AAPL") + stream_length(r, keys, "MSFT") == 20
+    assert "stopped: 20 generated events ahead were not published" in caplog.text
+    assert "done: published 20 events" in caplog.text
+
+
+def test_a_stop_in_bulk_reports_a_batch_that_failed_ahead(
+    r: Any, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
     class FailingSecond(GbmGenerator):
         calls = 0
 
@@ -162,9 +157,8 @@ def test_a_stop_in_bulk_reports_a_batch_that_failed_ahead(
             return super().events(ts_us)
 
     gen = FailingSecond(parse_symbols("AAPL,MSFT"), seed=3)
-    sim = Simulator(gen, sink, stop=stop, metrics=metrics, batch_size=20)
-    with caplog.at_level("INFO", logger="pricepipe.publisher.simulator"):
-        assert sim.run_bulk(100) == 20  # the stop still ends the run cleanly
+    # The stop still ends the run cleanly, and says what became of the batch.
+    assert _bulk_stopped_after_one_batch(r, keys, gen, caplog) == 20
     assert "the batch generated ahead failed (generator broke)" in caplog.text
 
 
