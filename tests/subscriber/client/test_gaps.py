@@ -33,6 +33,9 @@ from tests.helpers import wait_until
 from .helpers import FAST, insert_events, inside, take, trade
 
 TRADES = ["trades"]
+#: The group reader that the failover tests stop and start again.
+STOPPED_GROUP: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
+                                 "settings": FAST}
 
 
 def persist_all(r: redis.Redis, keys: Keys, db: Any, symbol: str) -> list[str]:
@@ -300,8 +303,7 @@ def test_a_group_stopped_through_a_failover_is_told_from_its_checkpoint(
     the restarted consumer gets every entry, in order, exactly once."""
     f = Failover(make_redis_server)
     checkpoint = tmp_path / "strat-c.json"
-    group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
-                             "settings": FAST}
+    group = STOPPED_GROUP
     try:
         synced, unreplicated = f.stop_group_through_failover(keys, db, checkpoint, group)
         after = publish(f.to_replica, keys, "AAPL", 20, 2)
@@ -338,8 +340,7 @@ def test_a_second_epoch_change_right_after_a_filled_one_fills_nothing_twice(
     group's entries inside the first stay acknowledged unread."""
     f = Failover(make_redis_server)
     checkpoint = tmp_path / "strat-c.json"
-    group: dict[str, Any] = {"group": "strat", "consumer": "c", "channels": TRADES,
-                             "settings": FAST}
+    group = STOPPED_GROUP
     try:
         _, unreplicated = f.stop_group_through_failover(keys, db, checkpoint, group)
         # Enough that the group still holds some when the second change comes.
