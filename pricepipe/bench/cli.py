@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from .soak import FAULT_KINDS  # a light module: the harness imports inside run_soak
@@ -25,7 +28,32 @@ from .soak import FAULT_KINDS  # a light module: the harness imports inside run_
 TARGET_NAMES = ("publish", "persist", "ws", "api", "e2e", "instructions")
 
 
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a bench or a soak as Ctrl-C does: a
+    ``KeyboardInterrupt`` unwinds every ``with`` and ``finally``, and those
+    stop the roles, the client processes and the embedded servers (the main
+    command then exits 130). The signals' default action ends the process
+    where it stands, and everything it started, in process groups of its
+    own, would go on running."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    with _terminate_unwinds():
+        return _bench(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
     from pricepipe.codec import encode_json
 
     from .ratios import summary_text
@@ -83,6 +111,11 @@ def _ramp_chart(reports: list[dict[str, Any]], machine: dict[str, Any],
 
 
 def _cmd_soak(args: argparse.Namespace) -> int:
+    with _terminate_unwinds():
+        return _soak(args)
+
+
+def _soak(args: argparse.Namespace) -> int:
     from .soak import SoakParams, run_soak
 
     params = SoakParams(duration_s=args.minutes * 60, rate=args.rate, symbols=args.symbols,
