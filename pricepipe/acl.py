@@ -192,6 +192,10 @@ _STREAM_READS = ("+xread", "+xrange", "+xrevrange", "+xlen", "+xinfo|stream",
 #: ``EVALSHA`` of our scripts, loading them after ``NOSCRIPT``. Not ``EVAL``:
 #: nothing of ours sends a script's text to run.
 _SCRIPTS = ("+evalsha", "+script|load", "+script|exists")
+#: ``EVALSHA_RO`` of our read-only scripts (``EVALSHA`` declares its keys
+#: written, which read-only keys refuse): a websocket snapshot's newest
+#: entries (``pricepipe.streams.LATEST_SCRIPT``).
+_READ_SCRIPTS = ("+evalsha_ro", "+script|load")
 
 
 def grant(role: Role, keys: Keys, *, rq_prefix: str = RQ_PREFIX) -> Grant:
@@ -220,7 +224,7 @@ def grant(role: Role, keys: Keys, *, rq_prefix: str = RQ_PREFIX) -> Grant:
         )
     if role is Role.WS:
         return Grant(
-            commands=(*BASE_COMMANDS, *_STREAM_READS, "+set", "+get"),
+            commands=(*BASE_COMMANDS, *_STREAM_READS, *_READ_SCRIPTS, "+set", "+get"),
             keys=(keys.heartbeat("ws", "*"),),
             read_keys=(*p.streams, p.trimmed, p.symbols, *p.feeds),
         )

@@ -292,6 +292,11 @@ class Hub:
         return self._epochs.get(shard)
 
     @property
+    def cluster(self) -> bool:
+        """Whether the streams are read from a Redis Cluster."""
+        return self._cluster
+
+    @property
     def probes(self) -> bool:
         """Whether reads on the shared pool can carry an epoch probe (:meth:`probe`)."""
         return not self._cluster

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -89,6 +90,7 @@ from pricepipe.clock import now_us
 from pricepipe.exceptions import ProtocolError
 from pricepipe.feedstatus import OPEN_GAP_WINDOW, feed_views
 from pricepipe.keys import Channel, Keys
+from pricepipe.streams import LATEST_SCRIPT, LATEST_SHA
 
 from . import protocol as p
 from .hub import (
@@ -567,17 +569,34 @@ class Session:
         # The status channel's snapshot also holds every feed's state, read
         # after its newest event (so no state is older than that event).
         with_feeds = p.STATUS_PAIR in owned and p.STATUS_PAIR in snapshot_for
-        pipe = self._r.pipeline(transaction=False)
-        probed = self._hub.probe(pipe)
-        for symbol, channel in order:
-            pipe.xrevrange(stream_key(self._keys, symbol, channel), count=1)
-        for symbol, channel in firsts:
-            pipe.xrange(stream_key(self._keys, symbol, channel), count=1)
-        if with_feeds:
-            pipe.hgetall(self._keys.feed_states())
-            pipe.xrevrange(self._keys.feed_status(), count=OPEN_GAP_WINDOW)
-        async with self._gate:
-            replies = list(await pipe.execute())
+        last_keys = [stream_key(self._keys, symbol, channel) for symbol, channel in order]
+        # The newest entries in one script call (pricepipe.streams.LATEST_SCRIPT),
+        # or on a cluster one XREVRANGE each.
+        scripted = not self._hub.cluster
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            probed = self._hub.probe(pipe)
+            if scripted:
+                pipe.evalsha_ro(LATEST_SHA, len(last_keys), *last_keys)
+            else:
+                for key in last_keys:
+                    pipe.xrevrange(key, count=1)
+            for symbol, channel in firsts:
+                pipe.xrange(stream_key(self._keys, symbol, channel), count=1)
+            if with_feeds:
+                pipe.hgetall(self._keys.feed_states())
+                pipe.xrevrange(self._keys.feed_status(), count=OPEN_GAP_WINDOW)
+            try:
+                async with self._gate:
+                    replies = list(await pipe.execute())
+                break
+            except NoScriptError:
+                if attempt:
+                    raise
+                # A new, restarted or failed-over Redis: it ran none of the
+                # pipeline's scripts, so the whole read goes again.
+                async with self._gate:
+                    await self._r.script_load(LATEST_SCRIPT)
         self._verify(owned, probed_epoch(replies) if probed else None)
         feeds: list[dict[str, Any]] | None = None
         if with_feeds:
@@ -587,7 +606,9 @@ class Session:
                                     stale_after_s=self._settings.feed_stale_after_s)
             for name, why in bad.items():
                 log.warning("feed %s left out of a status snapshot: %s", name, why)
-        lasts, first_rows = replies[:len(order)], replies[len(order):]
+        n_lasts = 1 if scripted else len(order)
+        lasts = replies[0] if scripted else replies[:n_lasts]
+        first_rows = replies[n_lasts:]
         first_ids = {pair: rows[0][0].decode() for pair, rows in zip(firsts, first_rows,
                                                                      strict=True) if rows}
         told = False

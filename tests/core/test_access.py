@@ -161,6 +161,8 @@ def _commands(keys: Keys) -> dict[str, tuple[str, ...]]:
     t, b = keys.trades("AAPL"), keys.bars("AAPL")
     return {
         "append script": ("EVALSHA", streams.APPEND_SHA, "1", t, "t", "x"),
+        "snapshot script": ("EVALSHA_RO", streams.LATEST_SHA, "1", t),
+        "load script": ("SCRIPT", "LOAD", streams.LATEST_SCRIPT),
         "xadd trades": ("XADD", t, "*", "t", "x"),
         "xadd bars": ("XADD", b, "*", "b", "x"),
         "create group": ("XGROUP", "CREATE", t, "g", "0", "MKSTREAM"),
@@ -198,23 +200,28 @@ def _commands(keys: Keys) -> dict[str, tuple[str, ...]]:
 
 #: What each role may do of :func:`_commands`; every other line is refused.
 ALLOWED: dict[Role, set[str]] = {
-    Role.PUBLISHER: {"append script", "xadd trades", "create group", "register symbol",
-                     "read registry", "claim source", "write feed status", "info", "ping"},
-    Role.PERSIST: {"append script", "xadd trades", "xadd bars", "create group", "xread trades",
-                   "xrevrange bars", "xreadgroup", "xack", "xtrim", "read dead letters",
-                   "write dead letters", "read trimmed", "write trimmed", "take group gaps",
-                   "read registry", "bar state", "persist heartbeat", "info", "ping"},
-    Role.WS: {"xread trades", "xrevrange bars", "read trimmed", "read registry",
-              "read feed status", "ws heartbeat", "info", "ping"},
+    Role.PUBLISHER: {"append script", "load script", "xadd trades", "create group",
+                     "register symbol", "read registry", "claim source", "write feed status",
+                     "info", "ping"},
+    Role.PERSIST: {"append script", "load script", "xadd trades", "xadd bars", "create group",
+                   "xread trades", "xrevrange bars", "xreadgroup", "xack", "xtrim",
+                   "read dead letters", "write dead letters", "read trimmed", "write trimmed",
+                   "take group gaps", "read registry", "bar state", "persist heartbeat",
+                   "info", "ping"},
+    Role.WS: {"snapshot script", "load script", "xread trades", "xrevrange bars",
+              "read trimmed", "read registry", "read feed status", "ws heartbeat", "info",
+              "ping"},
     Role.READER: {"xread trades", "xrevrange bars", "read trimmed", "read registry",
                   "read feed status", "info", "ping"},
-    Role.GROUP_READER: {"append script", "create group", "xread trades", "xrevrange bars",
+    Role.GROUP_READER: {"append script", "load script", "create group", "xread trades",
+                        "xrevrange bars",
                         "xreadgroup", "xack", "read trimmed", "take group gaps",
                         "read registry", "read feed status", "info", "ping"},
-    Role.API: {"xread trades", "xrevrange bars", "read trimmed", "read dead letters",
-               "read registry", "read feed status", "rate limit", "scan", "info", "ping"},
-    Role.JOBS: {"claim source", "read registry", "rq queue", "rq channel", "eval", "info",
-                "ping"},
+    Role.API: {"load script", "xread trades", "xrevrange bars", "read trimmed",
+               "read dead letters", "read registry", "read feed status", "rate limit", "scan",
+               "info", "ping"},
+    Role.JOBS: {"load script", "claim source", "read registry", "rq queue", "rq channel",
+                "eval", "info", "ping"},
 }
 
 

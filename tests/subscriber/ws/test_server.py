@@ -38,6 +38,36 @@ from .helpers import (
 T, Q, B = Channel.TRADES, Channel.QUOTES, Channel.BARS_1M
 
 
+def test_a_snapshot_is_read_again_after_redis_forgot_the_script(
+    redis_settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    # The newest entries come from one script call; a restarted or
+    # failed-over Redis has no scripts (NOSCRIPT), as SCRIPT FLUSH leaves it.
+    trades = publish(r, keys, "AAPL", 2)
+    quotes = publish(r, keys, "MSFT", 3, channel=Q)
+
+    async def snapshot_of(port: int) -> dict[str, Any]:
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await recv_type(ws, "hello")
+            # AAPL has no quotes and MSFT no trades: streams that do not exist.
+            await ws.send(subscribe_message(["AAPL", "MSFT"]))
+            await recv_type(ws, "subscribed")
+            return await recv_type(ws, "snapshot")
+
+    async def scenario() -> None:
+        async with running_server(redis_settings) as server:
+            for _ in range(2):
+                r.script_flush()
+                snapshot = await snapshot_of(server.port)
+                assert [(t["symbol"], t["id"]) for t in snapshot["trades"]] == \
+                    [("AAPL", trades[-1])]
+                assert [(q["symbol"], q["id"]) for q in snapshot["quotes"]] == \
+                    [("MSFT", quotes[-1])]
+                assert r.script_exists(streams.LATEST_SHA) == [True]
+
+    asyncio.run(scenario())
+
+
 def test_subscribe_gets_ack_snapshot_per_channel_then_live_entries_with_ids(
     redis_settings: RedisSettings, r: redis.Redis, keys: Keys
 ) -> None:
