@@ -432,10 +432,11 @@ def _sha(script: str) -> str:
 
 #: The newest entry of each stream of KEYS, each as ``XREVRANGE key + -
 #: COUNT 1`` replies (an empty list for a missing stream), in one call. A
-#: websocket client's snapshot of 20 streams cost the server's client 1.3 ms
-#: of CPU as 20 pipelined commands (redis-py reads and parses each reply on
-#: its own) and 0.33 ms as this script; 10,000 clients connecting took 39 s
-#: to be served, 23 s so. Run with ``EVALSHA_RO`` (a user who may only read
+#: websocket client's snapshot of 20 streams, beside the epoch probe, cost
+#: the server's Redis client 1.3 ms of CPU as 20 pipelined commands
+#: (redis-py reads and parses each reply on its own) and 0.5 ms as this
+#: script; 10,000 clients connecting took 39 s to be served, 24-26 s so
+#: (docs/bench.md, finding 29). Run with ``EVALSHA_RO`` (a user who may only read
 #: the streams may run it) and flagged ``no-writes``: a replica and a full
 #: Redis run it, as they answer ``XREVRANGE``. Not on a cluster: a script's
 #: keys must share a hash slot, and redis-py's cluster pipeline refuses
