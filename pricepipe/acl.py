@@ -193,8 +193,8 @@ _STREAM_READS = ("+xread", "+xrange", "+xrevrange", "+xlen", "+xinfo|stream",
 #: nothing of ours sends a script's text to run.
 _SCRIPTS = ("+evalsha", "+script|load", "+script|exists")
 #: ``EVALSHA_RO`` of our read-only scripts (``EVALSHA`` declares its keys
-#: written, which read-only keys refuse): a websocket snapshot's newest
-#: entries (``pricepipe.streams.LATEST_SCRIPT``).
+#: written, which read-only keys refuse): the websocket server's snapshot
+#: and resume reads (``pricepipe.subscriber.ws.scripts``).
 _READ_SCRIPTS = ("+evalsha_ro", "+script|load")
 
 

@@ -430,27 +430,6 @@ def _sha(script: str) -> str:
     return sha
 
 
-#: The newest entry of each stream of KEYS, each as ``XREVRANGE key + -
-#: COUNT 1`` replies (an empty list for a missing stream), in one call. A
-#: websocket client's snapshot of 20 streams, beside the epoch probe, cost
-#: the server's Redis client 1.3 ms of CPU as 20 pipelined commands
-#: (redis-py reads and parses each reply on its own) and 0.5 ms as this
-#: script; 10,000 clients connecting took 39 s to be served, 24-26 s so
-#: (docs/bench.md, finding 29). Run with ``EVALSHA_RO`` (a user who may only read
-#: the streams may run it) and flagged ``no-writes``: a replica and a full
-#: Redis run it, as they answer ``XREVRANGE``. Not on a cluster: a script's
-#: keys must share a hash slot, and redis-py's cluster pipeline refuses
-#: scripts.
-LATEST_SCRIPT = """#!lua flags=no-writes
-local out = {}
-for i = 1, #KEYS do
-    out[i] = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-end
-return out
-"""
-LATEST_SHA = hashlib.sha1(LATEST_SCRIPT.encode()).hexdigest()
-
-
 def run_script(r: Any, script: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
     """``EVALSHA`` of ``script``, loading it after ``NOSCRIPT`` (a new or
     restarted Redis; on a cluster, ``script_load`` loads it on every primary)."""

@@ -76,7 +76,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +90,9 @@ from pricepipe.clock import now_us
 from pricepipe.exceptions import ProtocolError
 from pricepipe.feedstatus import OPEN_GAP_WINDOW, feed_views
 from pricepipe.keys import Channel, Keys
-from pricepipe.streams import LATEST_SCRIPT, LATEST_SHA
 
 from . import protocol as p
+from . import scripts
 from .hub import (
     FEEDS_SHARD,
     QUOTES,
@@ -526,33 +526,65 @@ class Session:
                 if not owned:
                     continue
                 keys = [stream_key(self._keys, *pair) for pair in owned]
+                after = [cursors[pair] for pair in owned]
                 # The status stream is trimmed by length, with no record.
                 record = None if shard == FEEDS_SHARD else self._keys.trimmed(shard)
-                pipe = self._r.pipeline(transaction=False)
-                probed = self._hub.probe(pipe)
-                if record is not None:
-                    pipe.hmget(record, keys)
-                for key in keys:
-                    pipe.xinfo_stream(key)
-                for pair, key in zip(owned, keys, strict=True):
-                    pipe.xrange(key, min=f"({cursors[pair]}", max="+", count=_FIRST_PAGE)
-                async with self._gate:
-                    replies = list(await pipe.execute(raise_on_error=False))
+                scripted = not self._hub.cluster
+
+                def fill(pipe: Any, keys: list[str] = keys, after: list[str] = after,
+                         record: str | None = record, scripted: bool = scripted) -> bool:
+                    probed = self._hub.probe(pipe)
+                    if record is not None:
+                        pipe.hmget(record, keys)
+                    if scripted:
+                        pipe.evalsha_ro(scripts.RESUME_SHA, len(keys), *keys,
+                                        *scripts.resume_args(after, _FIRST_PAGE))
+                        return probed
+                    for key in keys:
+                        pipe.xinfo_stream(key)
+                    for key, cursor in zip(keys, after, strict=True):
+                        pipe.xrange(key, min=f"({cursor}", max="+", count=_FIRST_PAGE)
+                    return probed
+
+                probed, replies = await self._pipelined(fill)
                 self._verify(owned, probed_epoch(replies) if probed else None)
                 records: Any = [None] * len(keys)
                 if record is not None:
                     records = replies.pop(0)
                     if isinstance(records, Exception):
                         raise records
-                n = len(keys)
-                infos, pages = replies[:n], replies[n:]
-                for i, pair in enumerate(owned):
+                if scripted:
+                    if isinstance(replies[0], Exception):
+                        raise replies[0]
+                    states = [scripts.resume_state(reply) for reply in replies[0]]
+                else:
+                    n = len(keys)
                     # An error is no stream (or not a stream): nothing to replay.
-                    info = None if isinstance(infos[i], Exception) else infos[i]
-                    rows = [] if isinstance(pages[i], Exception) else pages[i]
+                    states = [(None if isinstance(info, Exception) else info,
+                               [] if isinstance(rows, Exception) else rows)
+                              for info, rows in zip(replies[:n], replies[n:], strict=True)]
+                for i, (pair, (info, rows)) in enumerate(zip(owned, states, strict=True)):
                     reason, first_id = verdict(cursors[pair], info, records[i])
                     out[pair] = (reason, first_id, rows, _FIRST_PAGE)
         return out
+
+    async def _pipelined(self, fill: Callable[[Any], bool]) -> tuple[bool, list[Any]]:
+        """Run a pipeline that ``fill`` queues (whether it queued the epoch
+        probe, and the replies, errors among them), behind the gate. A new,
+        restarted or failed-over Redis has none of the scripts and answers
+        ``NOSCRIPT`` having run nothing of them: they are loaded and the
+        whole read goes again, its probe included."""
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            probed = fill(pipe)
+            async with self._gate:
+                replies = list(await pipe.execute(raise_on_error=False))
+            if attempt or not any(isinstance(reply, NoScriptError) for reply in replies):
+                break
+            async with self._gate:
+                for script in scripts.SCRIPTS:
+                    await self._r.script_load(script)
+        return probed, replies
 
     async def _start_fresh(self, owned: dict[Pair, _Catch], *, snapshot_for: set[Pair],
                            unrecoverable: Mapping[Pair, tuple[str, str | None]]) -> None:
@@ -570,14 +602,13 @@ class Session:
         # after its newest event (so no state is older than that event).
         with_feeds = p.STATUS_PAIR in owned and p.STATUS_PAIR in snapshot_for
         last_keys = [stream_key(self._keys, symbol, channel) for symbol, channel in order]
-        # The newest entries in one script call (pricepipe.streams.LATEST_SCRIPT),
-        # or on a cluster one XREVRANGE each.
+        # The newest entries in one script call, or on a cluster one XREVRANGE each.
         scripted = not self._hub.cluster
-        for attempt in range(2):
-            pipe = self._r.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> bool:
             probed = self._hub.probe(pipe)
             if scripted:
-                pipe.evalsha_ro(LATEST_SHA, len(last_keys), *last_keys)
+                pipe.evalsha_ro(scripts.LATEST_SHA, len(last_keys), *last_keys)
             else:
                 for key in last_keys:
                     pipe.xrevrange(key, count=1)
@@ -586,17 +617,12 @@ class Session:
             if with_feeds:
                 pipe.hgetall(self._keys.feed_states())
                 pipe.xrevrange(self._keys.feed_status(), count=OPEN_GAP_WINDOW)
-            try:
-                async with self._gate:
-                    replies = list(await pipe.execute())
-                break
-            except NoScriptError:
-                if attempt:
-                    raise
-                # A new, restarted or failed-over Redis: it ran none of the
-                # pipeline's scripts, so the whole read goes again.
-                async with self._gate:
-                    await self._r.script_load(LATEST_SCRIPT)
+            return probed
+
+        probed, replies = await self._pipelined(fill)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         self._verify(owned, probed_epoch(replies) if probed else None)
         feeds: list[dict[str, Any]] | None = None
         if with_feeds:

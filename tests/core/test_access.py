@@ -60,6 +60,7 @@ from pricepipe.config import RedisSettings, mask_url
 from pricepipe.embedded import PostgresServer, RedisServer, free_port
 from pricepipe.events import Trade
 from pricepipe.keys import PERSIST_GROUP, Keys
+from pricepipe.subscriber.ws import scripts
 from pricepipe.supervisor import ensure_reader_login
 from tests.helpers import slow_stage, wait_http, wait_until
 
@@ -161,8 +162,9 @@ def _commands(keys: Keys) -> dict[str, tuple[str, ...]]:
     t, b = keys.trades("AAPL"), keys.bars("AAPL")
     return {
         "append script": ("EVALSHA", streams.APPEND_SHA, "1", t, "t", "x"),
-        "snapshot script": ("EVALSHA_RO", streams.LATEST_SHA, "1", t),
-        "load script": ("SCRIPT", "LOAD", streams.LATEST_SCRIPT),
+        "snapshot script": ("EVALSHA_RO", scripts.LATEST_SHA, "1", t),
+        "resume script": ("EVALSHA_RO", scripts.RESUME_SHA, "1", t, "0-0", "64"),
+        "load script": ("SCRIPT", "LOAD", scripts.LATEST_SCRIPT),
         "xadd trades": ("XADD", t, "*", "t", "x"),
         "xadd bars": ("XADD", b, "*", "b", "x"),
         "create group": ("XGROUP", "CREATE", t, "g", "0", "MKSTREAM"),
@@ -208,7 +210,7 @@ ALLOWED: dict[Role, set[str]] = {
                    "read dead letters", "write dead letters", "read trimmed", "write trimmed",
                    "take group gaps", "read registry", "bar state", "persist heartbeat",
                    "info", "ping"},
-    Role.WS: {"snapshot script", "load script", "xread trades", "xrevrange bars",
+    Role.WS: {"snapshot script", "resume script", "load script", "xread trades", "xrevrange bars",
               "read trimmed", "read registry", "read feed status", "ws heartbeat", "info",
               "ping"},
     Role.READER: {"xread trades", "xrevrange bars", "read trimmed", "read registry",

@@ -6,6 +6,7 @@ per channel, errors that leave the connection usable, health, and the
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import urllib.request
@@ -20,6 +21,7 @@ from pricepipe import codec, streams
 from pricepipe.config import RedisSettings
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import Channel, Keys
+from pricepipe.subscriber.ws import scripts
 from tests.helpers import wait_http
 
 from .helpers import (
@@ -63,7 +65,20 @@ def test_a_snapshot_is_read_again_after_redis_forgot_the_script(
                     [("AAPL", trades[-1])]
                 assert [(q["symbol"], q["id"]) for q in snapshot["quotes"]] == \
                     [("MSFT", quotes[-1])]
-                assert r.script_exists(streams.LATEST_SHA) == [True]
+                assert r.script_exists(scripts.LATEST_SHA) == [True]
+            # A resume's checks and first page: another script, read again too.
+            r.script_flush()
+            async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                await recv_type(ws, "hello")
+                await ws.send(json.dumps({"op": "subscribe", "symbols": ["AAPL"],
+                                          "channels": ["trades"],
+                                          "resume": {"AAPL": {"trades": trades[0]}}}))
+                await recv_type(ws, "subscribed")
+                replay = await recv_type(ws, "trades")
+                assert replay["replay"] is True
+                assert [t["id"] for t in replay["trades"]] == trades[1:]
+            assert r.script_exists(scripts.RESUME_SHA) == [True]
+            assert server.stats.unrecoverable == 0
 
     asyncio.run(scenario())
 
