@@ -11,7 +11,7 @@ from pricepipe.subscriber.ws import scripts
 from pricepipe.subscriber.ws.resume import verdict
 
 
-def _states(r: redis.Redis) -> dict[str, str]:
+def _states(r: Any) -> dict[str, str]:
     """Keys in each state, by what they hold; their cursors to resume after."""
     r.delete("sc:full", "sc:trimmed", "sc:emptied", "sc:missing", "sc:string")
     ids = [r.xadd("sc:full", {"f": str(i)}).decode() for i in range(5)]
@@ -24,7 +24,7 @@ def _states(r: redis.Redis) -> dict[str, str]:
             "sc:missing": "5-0", "sc:string": "0-0"}
 
 
-def _by_commands(r: redis.Redis, key: str, cursor: str, count: int) -> tuple[Any, Any]:
+def _by_commands(r: Any, key: str, cursor: str, count: int) -> tuple[Any, Any]:
     """What the session read command by command (errors: no stream)."""
     try:
         info: Any = r.xinfo_stream(key)
@@ -33,7 +33,7 @@ def _by_commands(r: redis.Redis, key: str, cursor: str, count: int) -> tuple[Any
     return info, r.xrange(key, min=f"({cursor}", max="+", count=count)
 
 
-def test_the_resume_script_gives_what_xinfo_and_xrange_give(r: redis.Redis) -> None:
+def test_the_resume_script_gives_what_xinfo_and_xrange_give(r: Any) -> None:
     cursors = _states(r)
     keys = list(cursors)
     r.script_load(scripts.RESUME_SCRIPT)
@@ -52,7 +52,7 @@ def test_the_resume_script_gives_what_xinfo_and_xrange_give(r: redis.Redis) -> N
     assert scripts.resume_state(reply[keys.index("sc:string")]) == (None, [])
 
 
-def test_the_latest_script_gives_what_xrevrange_gives(r: redis.Redis) -> None:
+def test_the_latest_script_gives_what_xrevrange_gives(r: Any) -> None:
     cursors = _states(r)
     keys = [key for key in cursors if key != "sc:string"]
     r.script_load(scripts.LATEST_SCRIPT)
