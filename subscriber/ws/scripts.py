@@ -5,12 +5,14 @@ A snapshot or a resume reads a few facts of each of a client's streams. As
 one pipelined command per stream, redis-py's asyncio pipeline reads and
 parses every reply on its own: a quarter of the server's time while 10,000
 clients connected (docs/bench.md, findings 29 and 32). Each script does the
-same reads inside Redis and answers once. Both run with ``EVALSHA_RO`` (the server's Redis
-user may only read the streams, and ``EVALSHA`` declares its keys written)
-and are flagged ``no-writes``, so a replica and a full Redis run them as
-they answer the reads themselves. Not on a cluster: a script's keys must
-share a hash slot, and redis-py's cluster pipeline refuses scripts; the
-session reads command by command there.
+same reads inside Redis and answers once.
+
+Both run with ``EVALSHA_RO`` (the server's Redis user may only read the
+streams, and ``EVALSHA`` declares its keys written) and are flagged
+``no-writes``, so a replica and a full Redis run them as they answer the
+reads themselves. Not on a cluster: a script's keys must share a hash slot,
+and redis-py's cluster pipeline refuses scripts; the session reads command
+by command there.
 """
 
 from __future__ import annotations
