@@ -28,7 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from pricepipe.embedded import RedisServer, free_port
 from pricepipe.keys import PERSIST_GROUP, Keys
-from tests.helpers import wait_http
+from tests.helpers import slow_stage, wait_http
 
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA"]
 #: A first bulk run registers the symbols; the second is published live to the clients.
@@ -71,6 +71,7 @@ def count_rows(database_url: str) -> tuple[int, int]:
         conn.close()
 
 
+@slow_stage  # 12-21 s: in .ci/run's second stage, to keep the main suite in 10 min
 def test_pipeline_end_to_end_on_redis_cluster(
     redis_cluster: list[RedisServer], pipeline_env: dict[str, str], database_url: str,
     spawn: Spawn,

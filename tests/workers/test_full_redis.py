@@ -33,6 +33,7 @@ from pricepipe.workers.consumer import GroupConsumer
 from pricepipe.workers.episode import Episode
 from pricepipe.workers.persister import PersistWorker
 from pricepipe.workers.sink import EventSink
+from tests.helpers import slow_stage
 
 from .helpers import (
     BASE_TS_US,
@@ -217,6 +218,7 @@ def _spawn_logged(spawn: Callable[..., Any], args: list[str], env: dict[str, str
         return spawn(args, env=env, stdout=out)
 
 
+@slow_stage  # 12-21 s: in .ci/run's second stage, to keep the main suite in 10 min
 def test_publishers_and_worker_survive_a_full_redis_with_postgresql_down(
         make_redis_server: Callable[..., RedisServer], make_pg_server: Callable[..., Any],
         spawn: Callable[..., Any], tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import psycopg2
 import redis
 
 from pricepipe.keys import Keys
+from tests.helpers import slow_stage
 
 from .helpers import (
     duplicate_count,
@@ -73,6 +74,7 @@ def test_three_workers_share_the_load_one_killed_mid_run(
     assert all(count > 0 for count in inserted.values()), inserted  # both took a share
 
 
+@slow_stage  # 12-21 s: in .ci/run's second stage, to keep the main suite in 10 min
 def test_chaos_100k_events_with_kills_and_server_restarts(
         make_redis_server: Callable[..., Any], make_pg_server: Callable[..., Any],
         spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
