@@ -103,6 +103,10 @@ EXPLAINED: dict[str, list[str]] = {
         r'"level":"WARNING","logger":"pricepipe\.[a-z._]+","msg":"[^"]*(failed|unreachable) '
         r'\((Connection closed by server|Error \d+ connecting|Redis is loading|Error while '
         r'reading|Connection reset|Timeout)[^"]*\); retry \d+ in',
+        # The rq cron scheduler's loop starts a new scheduler after a Redis error
+        # (pricepipe.workers.jobrunner.run_scheduler), loading included.
+        r'"logger":"pricepipe\.workers\.jobrunner","msg":"rq cron scheduler [^"]* stopped: '
+        r'(ConnectionError|BusyLoadingError|TimeoutError): [^"]*; starting again in',
         # rq's worker logs its own reconnection at ERROR.
         r'"logger":"rq\.worker","msg":"Worker [^"]*: could not connect to Redis instance',
         # rq's worker runs its scheduler in a child process, which dies with Redis (and is
