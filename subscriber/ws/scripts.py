@@ -34,7 +34,10 @@ return out
 #: when there is no such stream (or the key is no stream), else the oldest
 #: entry's ID (false when empty), ``XINFO STREAM``'s ``last-generated-id``,
 #: ``max-deleted-entry-id``, ``entries-added`` and ``length``, and the
-#: entries after ``ARGV[i]`` as ``XRANGE`` replies, at most ``ARGV[#KEYS + 1]``.
+#: entries after ``ARGV[i]`` as ``XRANGE`` replies, at most ``ARGV[#KEYS + 1]``
+#: (none when Redis refuses the range: after the largest ID there is, the
+#: verdict says ``cursor_ahead``). An error of one stream is that stream's,
+#: as it was for the commands one by one: it never fails the others.
 RESUME_SCRIPT = """#!lua flags=no-writes
 local n = #KEYS
 local count = ARGV[n + 1]
@@ -47,10 +50,14 @@ for i = 1, n do
             f[info[j]] = info[j + 1]
         end
         local first = f['first-entry']
+        local read, rows = pcall(redis.call, 'XRANGE', KEYS[i], '(' .. ARGV[i], '+',
+                                 'COUNT', count)
+        if not read then
+            rows = {}
+        end
         out[i] = {first and first[1] or false, f['last-generated-id'] or false,
                   f['max-deleted-entry-id'] or false, f['entries-added'] or false,
-                  f['length'],
-                  redis.call('XRANGE', KEYS[i], '(' .. ARGV[i], '+', 'COUNT', count)}
+                  f['length'], rows}
     else
         out[i] = false
     end
