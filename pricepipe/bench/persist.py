@@ -26,7 +26,15 @@ Baselines, per type and together: ``raw_copy_*_per_s`` (the same rows
 ``COPY``'d into index-free tables: the bulk-load ceiling) and
 ``row_insert_commit_*_per_s`` (one ``INSERT`` and one ``COMMIT`` per event,
 as the seed stockstreamer wrote; measured on a sample of the mix and
-extrapolated).
+extrapolated). Beside them ``schema_copy_events_per_s``: the same rows taken
+into the real ``trades`` and ``quotes`` tables the way the worker's first
+delivery takes them (``COPY`` into its staging tables, ``INSERT ... SELECT``
+into the logged, partitioned tables with their unique keys and indexes), in
+one transaction, with no Redis, no worker and no bars. It is what PostgreSQL
+alone spends on this schema, so no worker writing through one connection can
+be faster: ``schema_copy_vs_raw_copy`` is the ceiling of
+``persist_vs_raw_copy`` in the same run, and ``persist_vs_schema_copy`` says
+how near the worker comes to it.
 
 The baselines and the worker run in interleaved pairs (the baselines, then
 the worker's three drains; ``repeats`` of them), each ratio per pair,
@@ -116,16 +124,10 @@ def _drain(r: Any, keys: Any, database_url: str, *, pipeline: bool, name: str
 
 
 def _cleanup(r: Any, keys: Any, conn: Any) -> None:
-    from psycopg2 import sql
-
     from pricepipe.streams import delete_all
 
     delete_all(r, keys)  # streams, bar states, registry, dead letters, heartbeats
-    with conn.cursor() as cur:
-        for table in ("trades", "quotes", "bars_1m"):
-            cur.execute(sql.SQL("DELETE FROM {} WHERE symbol = ANY(%s)").format(
-                sql.Identifier(table)), (list(SYMBOLS),))
-    conn.commit()
+    _delete_rows(conn)
 
 
 def rows_of(events: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -171,6 +173,49 @@ def _raw_copy(conn: Any, table: str, text: bytes) -> float:
         elapsed = time.perf_counter() - t0
         cur.execute(sql.SQL("DROP TABLE {}").format(raw))
     conn.commit()
+    return elapsed
+
+
+def _delete_rows(conn: Any) -> None:
+    """Delete the bench's symbols' rows from the event and bar tables."""
+    from psycopg2 import sql
+
+    with conn.cursor() as cur:
+        for table in ("trades", "quotes", "bars_1m"):
+            cur.execute(sql.SQL("DELETE FROM {} WHERE symbol = ANY(%s)").format(
+                sql.Identifier(table)), (list(SYMBOLS),))
+    conn.commit()
+
+
+def _schema_copy(conn: Any, days: set[int], trade_text: bytes, quote_text: bytes) -> float:
+    """Seconds for PostgreSQL alone to take the rows into ``trades`` and
+    ``quotes`` as the worker's first delivery does (its staging ``COPY`` and
+    ``INSERT ... SELECT``: the real tables' keys, indexes and WAL), in one
+    transaction; the rows are deleted afterwards, outside the time."""
+    from pricepipe.workers.partitions import create_partitions
+    from pricepipe.workers.sink import (
+        QUOTE_COPY_SQL,
+        QUOTES_FROM_STAGE_SQL,
+        STAGE_DDL,
+        TRADE_COPY_SQL,
+        TRADES_FROM_STAGE_SQL,
+        day_date,
+    )
+
+    with conn.cursor() as cur:
+        cur.execute(STAGE_DDL)
+        for table in ("trades", "quotes"):
+            for day in sorted(days):
+                create_partitions(cur, table, day_date(day), day_date(day))
+        conn.commit()
+        t0 = time.perf_counter()
+        cur.copy_expert(TRADE_COPY_SQL, io.BytesIO(trade_text))
+        cur.copy_expert(QUOTE_COPY_SQL, io.BytesIO(quote_text))
+        cur.execute(TRADES_FROM_STAGE_SQL)
+        cur.execute(QUOTES_FROM_STAGE_SQL)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+    _delete_rows(conn)
     return elapsed
 
 
@@ -255,8 +300,10 @@ def run(*, redis_url: str, database_url: str, n: int | None = None,
     conn = pg_connect(database_url, application_name="pricepipe-bench")
     rpid, ppid = redis_pid(r), postgres_pid(conn)
     # The baselines' rows: the same mix, made as the worker makes them.
-    trades, quotes = rows_of(events_of(n, now_us() - n * 1000))
+    baseline_events = events_of(n, now_us() - n * 1000)
+    trades, quotes = rows_of(baseline_events)
     trade_text, quote_text = trade_copy_text(trades), quote_copy_text(quotes)
+    days = {e.ts_us // 86_400_000_000 for e in baseline_events}
     sample_trades = trades[:ROW_INSERT_SAMPLE // (QUOTES_PER_TRADE + 1)]
     sample_quotes = quotes[:len(sample_trades) * QUOTES_PER_TRADE]
     sample = len(sample_trades) + len(sample_quotes)
@@ -273,7 +320,12 @@ def run(*, redis_url: str, database_url: str, n: int | None = None,
                "raw_copy_quotes_per_s": len(quotes) / copy_quotes_s,
                "row_insert_commit_events_per_s": sample / _row_inserts(
                    conn, sample_trades, sample_quotes)}
-        for name in ("raw_copy_events_per_s", "row_insert_commit_events_per_s"):
+        out["schema_copy_events_per_s"] = (len(trades) + len(quotes)) / _schema_copy(
+            conn, days, trade_text, quote_text)
+        # The worker then writes into partitions without the dead rows just left.
+        _vacuum(database_url, baseline_events)
+        for name in ("raw_copy_events_per_s", "row_insert_commit_events_per_s",
+                     "schema_copy_events_per_s"):
             show(f"baseline {name}", out[name])
         return out
 
@@ -331,6 +383,7 @@ def run(*, redis_url: str, database_url: str, n: int | None = None,
         _raw_copy(conn, "trades", trade_copy_text(trades[:2_000]))
         _raw_copy(conn, "quotes", quote_copy_text(quotes[:10_000]))
         _row_inserts(conn, sample_trades[:20], sample_quotes[:100])
+        _schema_copy(conn, days, trade_copy_text(trades[:2_000]), quote_copy_text(quotes[:10_000]))
         pairs = interleave(baseline, worker, repeats)
     finally:
         try:
@@ -347,6 +400,14 @@ def run(*, redis_url: str, database_url: str, n: int | None = None,
               tuple(pair_ratios(persist, baselines["raw_copy_events_per_s"])),
               note="one idempotent worker (Redis to PostgreSQL, bars too) / COPY into an "
                    "index-free table"),
+        Ratio("schema_copy_vs_raw_copy", None, "higher",
+              tuple(pair_ratios(baselines["schema_copy_events_per_s"],
+                                baselines["raw_copy_events_per_s"])),
+              note="PostgreSQL alone into the real tables (keys, indexes, WAL) / index-free "
+                   "COPY: the ceiling of persist_vs_raw_copy on this schema"),
+        Ratio("persist_vs_schema_copy", None, "higher",
+              tuple(pair_ratios(persist, baselines["schema_copy_events_per_s"])),
+              note="how near the worker comes to what PostgreSQL alone needs"),
         Ratio("persist_vs_row_insert_commit", None, "higher",
               tuple(pair_ratios(persist, baselines["row_insert_commit_events_per_s"])),
               note="against one INSERT and one COMMIT per event"),

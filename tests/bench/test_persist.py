@@ -22,9 +22,10 @@ def test_bench_reports_per_type_figures_baselines_and_ratios(
         "redis_cpu_us_per_event", "postgres_cpu_us_per_event", "bars_published"}
     assert set(report["baselines"]) == {
         "raw_copy_events_per_s", "raw_copy_trades_per_s", "raw_copy_quotes_per_s",
-        "row_insert_commit_events_per_s"}
+        "row_insert_commit_events_per_s", "schema_copy_events_per_s"}
     assert set(report["ratios"]) == {"persist_vs_raw_copy", "persist_vs_row_insert_commit",
-                                     "pipelined_vs_sequential"}
+                                     "pipelined_vs_sequential", "schema_copy_vs_raw_copy",
+                                     "persist_vs_schema_copy"}
     for group in ("figures", "baselines"):
         # CPU is counted in clock ticks (10 ms): a tiny run may show 0 for a server.
         assert all(value > 0 or (name.endswith("_cpu_us_per_event") and value == 0)
@@ -38,6 +39,11 @@ def test_bench_reports_per_type_figures_baselines_and_ratios(
     assert goal["samples"] == pytest.approx([o / b for o, b in zip(ours, raw, strict=True)])
     assert goal["goal"] == 0.3 and goal["met"] is (goal["median"] >= 0.3)
     assert report["ratios"]["pipelined_vs_sequential"]["goal"] is None
+    # The schema's ceiling is its own pair's ratio too, reported, not judged.
+    ceiling = report["ratios"]["schema_copy_vs_raw_copy"]
+    schema = samples["baselines"]["schema_copy_events_per_s"]
+    assert ceiling["goal"] is None and ceiling["samples"] == pytest.approx(
+        [s / b for s, b in zip(schema, raw, strict=True)])
     # The mix: five quotes drained per trade.
     figures = report["figures"]
     assert figures["persist_quotes_per_s"] == pytest.approx(5 * figures["persist_trades_per_s"])
